@@ -1,0 +1,33 @@
+# Two commands on a fresh machine:  make demo  (install + nightly job on the sample)  and  make test
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test install browser bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/belegwacht run sample_data/demo --data-dir var
+	@echo
+	@echo "Next: $(BIN)/belegwacht users add auditor --role auditor && $(BIN)/belegwacht app"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -q
+
+# Debian's Chromium for the real-browser test (CI installs it; see .ci/run)
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+
+bench: $(STAMP)
+	$(BIN)/python -m bench --lines 1000000
+
+clean:
+	rm -rf var .pytest_cache

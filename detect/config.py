@@ -1,0 +1,197 @@
+"""``belegwacht.toml`` -> typed settings.
+
+Every field has a default, so the bundled sample runs with no config file. A file may hold
+top-level defaults and ``[entities.<name>]`` tables that override them per entity
+(municipality); ``settings_for(entity)`` merges the two.
+
+Example::
+
+    entity = "Musterstadt"
+    state = "NW"                   # Bundesland for public holidays
+    fiscal_year_start_month = 1
+
+    [rules.PAY001]                 # per-rule parameters and on/off
+    window_days = 45
+    [rules.TIM002]
+    enabled = false
+
+    [thresholds]
+    procurement = [1000, 3000, 25000, 100000]   # Vergabe-Wertgrenzen, EUR net
+
+    [entities.Nebenstadt]
+    state = "BY"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from detect.errors import ConfigError
+
+DEFAULT_CONFIG_NAME = "belegwacht.toml"
+
+
+@dataclass
+class Thresholds:
+    procurement: list[float] = field(default_factory=lambda: [1000.0, 3000.0, 25000.0, 100000.0])
+    """Vergabe-Wertgrenzen (procurement thresholds), EUR."""
+    materiality: float = 50000.0
+    """Amount from which a line counts as material."""
+    approval_margin: float = 0.05
+    """'Just below' a limit means within this share below it."""
+
+
+@dataclass
+class OfficeHours:
+    start_hour: int = 6
+    end_hour: int = 20
+    workdays: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    """ISO weekdays (1 = Monday)."""
+
+
+@dataclass
+class ValidationSettings:
+    placeholder_share_warn: float = 0.5
+    """Warn (never quarantine) when this share of a date column is a placeholder."""
+    placeholder_dates: list[str] = field(default_factory=lambda: ["1900-01-01", "1899-12-30",
+                                                                   "0001-01-01", "9999-12-31"])
+    balance_tolerance: float = 0.0
+    """Allowed journal imbalance in currency units."""
+    control_total_tolerance: float = 0.0
+
+
+@dataclass
+class ModelSettings:
+    detectors: list[str] = field(default_factory=lambda: ["iforest", "hbos", "ecod"])
+    seed: int = 42
+    fit_sample: int = 200_000
+    """Fit on at most this many lines; score all lines in batches."""
+    batch_size: int = 500_000
+    top_features: int = 3
+
+
+@dataclass
+class ScoringSettings:
+    rule_weight: float = 0.7
+    model_weight: float = 0.3
+    severity_points: dict[str, float] = field(
+        default_factory=lambda: {"low": 10.0, "medium": 25.0, "high": 45.0, "critical": 70.0})
+    review_capacity: int = 50
+    """Items an audit team can review per run; the run reports how many lie above it."""
+    review_capacity_share: float = 0.0
+    """Alternatively a share of journals (0 = use review_capacity)."""
+    min_risk: float = 0.0
+
+
+@dataclass
+class AppSettings:
+    session_timeout_minutes: int = 60
+    language: str = "de"
+    oidc_provider: str = ""
+    """Name of an [auth.<provider>] section in .streamlit/secrets.toml; empty = local accounts."""
+
+
+@dataclass
+class Settings:
+    entity: str = "default"
+    country: str = "DE"
+    state: str = "NW"
+    fiscal_year_start_month: int = 1
+    currency: str = "EUR"
+    timezone: str = "Europe/Berlin"
+    data_dir: str = "var"
+    store_url: str = ""
+    """Review store URL; empty = SQLite (WAL) under the data dir."""
+    language: str = "de"
+    service_users: list[str] = field(default_factory=list)
+    generic_users: list[str] = field(default_factory=lambda: ["ADMIN", "SYSTEM", "BATCH", "TEST"])
+    description_keywords: list[str] = field(default_factory=lambda: [
+        "privat", "bar", "sonstig", "korrektur", "storno", "diverse", "test", "misc", "cash",
+        "personal", "adjust", "gift", "geschenk", "bonus", "ohne beleg", "nachtrag"])
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    office_hours: OfficeHours = field(default_factory=OfficeHours)
+    validation: ValidationSettings = field(default_factory=ValidationSettings)
+    models: ModelSettings = field(default_factory=ModelSettings)
+    scoring: ScoringSettings = field(default_factory=ScoringSettings)
+    app: AppSettings = field(default_factory=AppSettings)
+    rules: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per-rule overrides: ``{rule_id: {"enabled": bool, <param>: value}}``."""
+    mapping: str = ""
+    """Path of a CSV mapping profile (TOML) for ``--format csv``."""
+
+    def rule_enabled(self, rule_id: str) -> bool:
+        return bool(self.rules.get(rule_id, {}).get("enabled", True))
+
+    def rule_params(self, rule_id: str, defaults: dict[str, Any]) -> dict[str, Any]:
+        params = dict(defaults)
+        params.update({k: v for k, v in self.rules.get(rule_id, {}).items() if k != "enabled"})
+        return params
+
+    def fingerprint(self) -> str:
+        """Hash of the effective settings, recorded in each run's manifest."""
+        blob = json.dumps(asdict(self), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(f"unknown setting {key!r} in [{where}]",
+                              hint=f"known settings: {', '.join(sorted(known))}")
+        default = known[key].default_factory() if callable(known[key].default_factory) else known[key].default  # type: ignore[misc]
+        if is_dataclass(default):
+            if not isinstance(value, dict):
+                raise ConfigError(f"[{where}.{key}] must be a table")
+            value = _build(type(default), {**asdict(default), **value}, f"{where}.{key}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_raw(path: Path | None) -> dict[str, Any]:
+    """Read the TOML file; ``None`` or a missing default file means no overrides."""
+    if path is None:
+        candidate = Path(DEFAULT_CONFIG_NAME)
+        if not candidate.exists():
+            return {}
+        path = candidate
+    if not path.exists():
+        raise ConfigError("config file not found", file=str(path))
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML: {exc}", file=str(path)) from exc
+
+
+def load_settings(path: Path | None = None, entity: str | None = None,
+                  overrides: dict[str, Any] | None = None) -> Settings:
+    """Effective settings for ``entity``: defaults < file < [entities.<entity>] < overrides."""
+    raw = load_raw(path)
+    per_entity = raw.pop("entities", {})
+    name = entity or raw.get("entity") or Settings.entity
+    merged = _merge(raw, per_entity.get(name, {}))
+    merged = _merge(merged, overrides or {})
+    merged["entity"] = name
+    return _build(Settings, merged, "belegwacht.toml")
+
+
+def entities_in(path: Path | None) -> list[str]:
+    """Entities configured in the file (for multi-entity service providers)."""
+    raw = load_raw(path)
+    return sorted(raw.get("entities", {}))

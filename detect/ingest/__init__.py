@@ -1,0 +1,137 @@
+"""Ingest: ERP exports -> canonical bookings (``detect.schema.BOOKING_SCHEMA``) with provenance.
+
+One module per source format. Each module exposes
+
+- ``NAME``: the ``--format`` value;
+- ``sniff(path, text) -> float``: confidence 0..1 that ``path`` (whose first bytes decode to
+  ``text``) is a *primary* file of this format (the booking table; master-data and control files
+  are picked up by ``read``);
+- ``read(files, settings, workdir) -> IngestResult``: every file of the delivery is passed;
+  the module uses what it recognises and lists the rest in ``IngestResult.ignored``.
+
+Formats are recognised by content, never only by file name.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+import polars as pl
+
+from detect.config import Settings
+from detect.errors import IngestError
+from detect.ingest.textio import decode_head, read_head, sha256_of
+from detect.schema import BOOKING_SCHEMA
+
+FORMAT_MODULES: dict[str, str] = {
+    "ads": "detect.ingest.ads",
+    "datev": "detect.ingest.datev",
+    "sap": "detect.ingest.sap",
+    "gdpdu": "detect.ingest.gdpdu",
+    "saft": "detect.ingest.saft",
+    "csv": "detect.ingest.mapped",
+}
+"""``--format`` name -> module. ``csv`` (a mapping profile) also covers Parquet and XLSX."""
+
+INGEST_SCHEMA: pl.Schema = pl.Schema({**BOOKING_SCHEMA, "ingest_issue": pl.String()})
+"""What ``read`` returns: canonical columns plus ``ingest_issue`` (parse problems, null if none)."""
+
+
+@dataclass
+class InputFile:
+    path: str
+    sha256: str
+    size: int
+    role: str = "bookings"
+    """bookings | master:<name> | control_totals | description | ignored"""
+    rows: int | None = None
+
+
+@dataclass
+class ControlTotals:
+    """Totals the delivery claims about itself, to be reconciled by validation.
+
+    ``per_journal`` has columns journal_id (str), debit (decimal), credit (decimal, positive),
+    lines (int, may be null). ``overall`` may hold line_count, journal_count, debit, credit.
+    """
+
+    source: str
+    per_journal: pl.DataFrame | None = None
+    overall: dict[str, float | int] = field(default_factory=dict)
+
+
+@dataclass
+class IngestResult:
+    format: str
+    bookings: pl.LazyFrame
+    """Columns exactly ``INGEST_SCHEMA``."""
+    inputs: list[InputFile] = field(default_factory=list)
+    master: dict[str, pl.DataFrame] = field(default_factory=dict)
+    """Master data by name (``detect.schema.MASTER_SCHEMAS``)."""
+    control_totals: list[ControlTotals] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+
+def format_module(name: str) -> ModuleType:
+    if name not in FORMAT_MODULES:
+        raise IngestError(f"unknown format {name!r}",
+                          hint=f"choose one of: auto, {', '.join(FORMAT_MODULES)}")
+    return importlib.import_module(FORMAT_MODULES[name])
+
+
+def expand_sources(sources: list[Path]) -> list[Path]:
+    """Files named directly, plus every regular file in named folders (recursively, sorted)."""
+    files: list[Path] = []
+    for src in sources:
+        if not src.exists():
+            raise IngestError("no such file or folder", file=str(src))
+        if src.is_dir():
+            found = sorted(p for p in src.rglob("*") if p.is_file() and not p.name.startswith("."))
+            if not found:
+                raise IngestError("folder holds no files", file=str(src))
+            files.extend(found)
+        else:
+            files.append(src)
+    return files
+
+
+def detect_format(files: list[Path]) -> str:
+    """The format whose sniffer is most confident about any of ``files``."""
+    best, best_score = "", 0.0
+    for path in files:
+        if path.stat().st_size == 0:
+            continue
+        text = decode_head(read_head(path))
+        for name in FORMAT_MODULES:
+            try:
+                score = format_module(name).sniff(path, text)
+            except ModuleNotFoundError:
+                continue
+            if score > best_score:
+                best, best_score = name, score
+    if best_score < 0.5:
+        names = ", ".join(p.name for p in files[:5])
+        raise IngestError(f"cannot recognise the format of {names}",
+                          hint="pass --format (datev, sap, ads, gdpdu, saft) or --format csv "
+                               "with a mapping profile")
+    return best
+
+
+def ingest(sources: list[Path], fmt: str, settings: Settings, workdir: Path) -> IngestResult:
+    """Read a delivery (files and/or folders) into canonical bookings."""
+    files = expand_sources(sources)
+    empty = [f for f in files if f.stat().st_size == 0]
+    if empty and len(empty) == len(files):
+        raise IngestError("file is empty", file=str(empty[0]))
+    name = detect_format(files) if fmt == "auto" else fmt
+    result = format_module(name).read(files, settings, workdir)
+    result.format = name
+    hashed = {i.path for i in result.inputs}
+    for f in files:
+        if str(f) not in hashed:
+            result.inputs.append(InputFile(str(f), sha256_of(f), f.stat().st_size, role="ignored"))
+    return result
