@@ -1,0 +1,1 @@
+"""Benchmarks: speed, memory and detection quality (run with ``python -m bench``)."""
