@@ -1,0 +1,302 @@
+"""AICPA Audit Data Standard: ``GL_Detail`` plus optional listings in the same delivery.
+
+Files are recognised by their header, not their name: the GL detail (Journal_ID,
+GL_Account_Number, Amount), Chart_Of_Accounts, Supplier/Vendor listing, User_Listing, vendor
+change logs, cost centers, and an ADS-style control log (Journal_ID, indicator, Total).
+Column names are matched tolerantly (case, spaces, underscores), because real exports have
+quirks such as the header ``JE_Header_ Description``.
+
+Mapping decisions (see docs/ingest_formats.md):
+
+- ``Amount`` with ``Amount_Credit_Debit_Indicator`` D/C (or SAP S/H, Debit/Credit) becomes a
+  signed amount; without an indicator the amount's own sign is kept.
+- ``entity`` is the journal's first ``Business_Unit_Code`` (so a journal spanning business units
+  stays whole), unless the entity setting names one explicitly.
+- ``posting_date`` is ``Effective_Date`` as delivered, placeholders included; the setting
+  ``posting_date_column`` takes it from another column, and a warning says when to use it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from detect.config import Settings
+from detect.errors import IngestError
+from detect.ingest import ControlTotals, IngestResult, InputFile
+from detect.ingest.mapped import (
+    LINE, AmountSpec, Profile, SourceOptions, find_column, normalise_name, scan_delimited,
+    to_bookings,
+)
+from detect.ingest.parsing import parse_date, parse_datetime, parse_decimal, strip_or_null
+from detect.ingest.textio import sha256_of
+from detect.schema import MASTER_SCHEMAS, conform
+
+NAME = "ads"
+
+DATE_FORMATS = ["%Y%m%d", "%Y-%m-%d", "%m/%d/%Y", "%d.%m.%Y", "%Y/%m/%d"]
+DATETIME_FORMATS = ["%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y%m%d%H%M%S", "%Y%m%d %H%M%S",
+                    "%m/%d/%Y %H:%M:%S", "%d.%m.%Y %H:%M:%S", "%Y-%m-%d %H:%M:%S%.f"]
+
+GL_ALIASES: dict[str, list[str]] = {
+    "journal_id": ["Journal_ID"],
+    "line_no": ["Journal_ID_Line_Number", "JE_Line_Number", "Line_Number"],
+    "posting_date": ["Effective_Date", "Posting_Date"],
+    "document_date": ["Document_Date"],
+    "entered_date": ["Entered_Date"],
+    "entered_time": ["Entered_Time"],
+    "entered_by": ["Entered_By"],
+    "approved_by": ["Approved_By"],
+    "gl_account": ["GL_Account_Number", "GL_Account_ID", "Account_Number"],
+    "description": ["JE_Line_Description", "Line_Description"],
+    "header_description": ["JE_Header_Description", "Header_Description"],
+    "document_type": ["Document_Type", "JE_Document_Type"],
+    "source": ["Source"],
+    "fiscal_year": ["Fiscal_Year"],
+    "period": ["Period", "Fiscal_Period"],
+    "currency": ["Amount_Currency", "Currency"],
+    "entity": ["Business_Unit_Code", "Entity", "Company_Code"],
+    "cost_center": ["Cost_Center", "Cost_Centre"],
+    "vendor_id": ["Supplier_Account_ID", "Vendor_ID", "Vendor_Account_ID", "Supplier_ID"],
+    "reference": ["Reference_Number", "Reference", "Invoice_Number"],
+    "bank_account": ["Bank_Account", "IBAN", "Bank_Account_Number"],
+    "reversal_of": ["Reversal_Journal_ID"],
+}
+
+MASTER_ALIASES: dict[str, dict[str, list[str]]] = {
+    "accounts": {
+        "gl_account": ["GL_Account_Number", "GL_Account_ID", "Account_Number", "gl_account"],
+        "account_name": ["GL_Account_Name", "Account_Name", "Account_Description"],
+        "account_type": ["Account_Type", "GL_Account_Type"],
+    },
+    "vendors": {
+        "vendor_id": ["Supplier_Account_ID", "Supplier_ID", "Vendor_ID", "Vendor_Account_ID"],
+        "vendor_name": ["Supplier_Account_Name", "Supplier_Name", "Vendor_Name",
+                        "Vendor_Account_Name"],
+        "bank_account": ["Supplier_Bank_Account", "Supplier_IBAN", "Bank_Account", "IBAN",
+                         "Bank_Account_Number"],
+        "created_at": ["Supplier_Account_Creation_Date", "Supplier_Created_Date", "Created_At",
+                       "Creation_Date", "Created_Date", "Supplier_Added_Date"],
+        "is_person": ["Is_Person", "Natural_Person", "Supplier_Is_Person"],
+    },
+    "vendor_changes": {
+        "vendor_id": ["Supplier_Account_ID", "Supplier_ID", "Vendor_ID", "Vendor_Account_ID"],
+        "changed_at": ["Changed_At", "Change_Date", "Change_Timestamp", "Modified_Date",
+                       "Last_Modified_Date", "Changed_Date"],
+        "field": ["Field", "Field_Name", "Changed_Field", "Change_Field"],
+        "old_value": ["Old_Value", "Value_Old", "Previous_Value"],
+        "new_value": ["New_Value", "Value_New"],
+        "changed_by": ["Changed_By", "Modified_By", "Last_Modified_By", "Change_User"],
+    },
+    "users": {
+        "user_id": ["User_ID", "User", "Username"],
+        "department": ["Department", "Department_Name", "Dept"],
+        "approval_limit": ["Approval_Limit", "Posting_Limit"],
+        "is_service": ["Is_Service", "Service_Account", "Is_Service_User", "Service_User"],
+    },
+    "cost_centers": {
+        "cost_center": ["Cost_Center", "Cost_Center_ID", "Cost_Centre"],
+        "cost_center_name": ["Cost_Center_Name", "Cost_Centre_Name", "Cost_Center_Description"],
+        "department": ["Department", "Department_Name"],
+    },
+}
+
+
+def _has(header: set[str], aliases: list[str]) -> bool:
+    return any(normalise_name(a) in header for a in aliases)
+
+
+def _header_names(text: str) -> set[str]:
+    first = text.lstrip("\ufeff").splitlines()[0] if text.strip() else ""
+    sep = max((";", ",", "\t", "|"), key=first.count)
+    return {normalise_name(c.strip().strip('"')) for c in first.split(sep)}
+
+
+def classify(text: str) -> str | None:
+    """Role of an ADS file from its header: gl, control, or a master-data name."""
+    h = _header_names(text)
+    journal = "journalid" in h
+    if journal and _has(h, GL_ALIASES["gl_account"]) and (
+            "amount" in h or {"debitamount", "creditamount"} <= h):
+        return "gl"
+    if journal and "total" in h:
+        return "control"
+    if journal:
+        return None
+    m = MASTER_ALIASES
+    if _has(h, m["vendor_changes"]["vendor_id"]) and (
+            _has(h, m["vendor_changes"]["field"]) or _has(h, m["vendor_changes"]["new_value"])):
+        return "vendor_changes"
+    if _has(h, m["vendors"]["vendor_id"]):
+        return "vendors"
+    if _has(h, m["accounts"]["gl_account"]):
+        return "accounts"
+    if _has(h, m["users"]["user_id"]):
+        return "users"
+    if _has(h, m["cost_centers"]["cost_center"]):
+        return "cost_centers"
+    return None
+
+
+def sniff(path: Path, text: str) -> float:
+    return 0.95 if classify(text) == "gl" else 0.0
+
+
+def gl_profile(names: list[str], settings: Settings) -> Profile:
+    """The built-in ADS profile, resolved against this file's (quirky) header."""
+    columns: dict[str, list[str]] = {}
+    for key, aliases in GL_ALIASES.items():
+        found = next((c for a in aliases if (c := find_column(names, a))), None)
+        if found:
+            columns[key] = [found]
+    if settings.posting_date_column:
+        found = find_column(names, settings.posting_date_column)
+        if found is None:
+            raise IngestError(f"posting_date_column {settings.posting_date_column!r} is not in "
+                              "the GL detail", column=settings.posting_date_column,
+                              hint=f"columns: {', '.join(names)}")
+        columns["posting_date"] = [found]
+    missing = [k for k in ("journal_id", "gl_account", "posting_date") if k not in columns]
+    if missing:
+        raise IngestError(f"required ADS column {GL_ALIASES[missing[0]][0]} is missing",
+                          column=GL_ALIASES[missing[0]][0],
+                          hint=f"the header has: {', '.join(names)}")
+    amount = find_column(names, "Amount")
+    indicator = find_column(names, "Amount_Credit_Debit_Indicator") \
+        or find_column(names, "Debit_Credit_Indicator")
+    if amount:
+        spec = AmountSpec(column=amount, dc_column=indicator)
+    else:
+        spec = AmountSpec(debit_column=find_column(names, "Debit_Amount"),
+                          credit_column=find_column(names, "Credit_Amount"))
+    if settings.entity != "default":
+        columns.pop("entity", None)
+    return Profile("built-in ADS profile", SourceOptions(
+        encoding="auto", delimiter=None, decimal=".", date_formats=DATE_FORMATS,
+        datetime_formats=DATETIME_FORMATS), columns, spec)
+
+
+def _required_column_error(path: Path, err: IngestError) -> IngestError:
+    return IngestError(err.message, file=str(path), column=err.column, hint=err.hint)
+
+
+def read_gl(path: Path, settings: Settings, workdir: Path) -> tuple[pl.LazyFrame, list[str]]:
+    raw = scan_delimited(path, workdir=workdir)
+    names = [n for n in raw.collect_schema().names() if n != LINE]
+    try:
+        profile = gl_profile(names, settings)
+    except IngestError as err:
+        raise _required_column_error(path, err) from None
+    frame = to_bookings(raw, profile, settings, str(path))
+    if "entity" in profile.columns:
+        # One entity per journal: the first business unit named on any of its lines.
+        first_bu = pl.col("entity").sort_by("source_line").drop_nulls().first() \
+            .over("source_file", "journal_id")
+        frame = frame.with_columns(pl.coalesce(first_bu, pl.lit(settings.entity))
+                                   .alias("entity"))
+    return frame, placeholder_warnings(raw, profile, settings, path)
+
+
+def placeholder_warnings(raw: pl.LazyFrame, profile: Profile, settings: Settings,
+                         path: Path) -> list[str]:
+    """Tell the user when the posting-date column is mostly a placeholder, and what to do."""
+    col = profile.columns["posting_date"][0]
+    placeholders = [p.replace("-", "") for p in settings.validation.placeholder_dates] \
+        + list(settings.validation.placeholder_dates)
+    stats = raw.select(pl.len().alias("n"),
+                       pl.col(col).str.strip_chars().is_in(placeholders).sum().alias("p")) \
+        .collect()
+    n, p = stats["n"][0], stats["p"][0]
+    if n == 0 or p / n < settings.validation.placeholder_share_warn:
+        return []
+    others = [c for c in ("Entered_Date", "Document_Date") if find_column(
+        raw.collect_schema().names(), c)]
+    return [f"{path.name}: posting_date comes from {col!r}, which holds a placeholder date on "
+            f"{p:,} of {n:,} rows ({p / n:.0%}). Kept as delivered; to take posting_date from "
+            f"another column set posting_date_column = \"{(others or ['Entered_Date'])[0]}\" "
+            f"in belegwacht.toml (candidates: {', '.join(others) or 'none found'})."]
+
+
+def _bool(expr: pl.Expr) -> pl.Expr:
+    text = strip_or_null(expr).str.to_lowercase()
+    return (pl.when(text.is_in(["1", "true", "yes", "ja", "y", "j", "x", "wahr"])).then(True)
+            .when(text.is_in(["0", "false", "no", "nein", "n", "falsch"])).then(False)
+            .otherwise(None))
+
+
+def read_master(path: Path, name: str, workdir: Path) -> tuple[pl.DataFrame, list[str]]:
+    """A listing file -> the master schema ``name``; unparseable cells become null + a warning."""
+    raw = scan_delimited(path, workdir=workdir)
+    names = raw.collect_schema().names()
+    schema = MASTER_SCHEMAS[name]
+    exprs, issues = [], []
+    for col, dtype in schema.items():
+        src = next((c for a in MASTER_ALIASES[name].get(col, [col]) + [col]
+                    if (c := find_column(names, a))), None)
+        if src is None:
+            continue
+        text = pl.col(src)
+        if dtype == pl.String:
+            exprs.append(strip_or_null(text).alias(col))
+            continue
+        if dtype == pl.Boolean:
+            exprs.append(_bool(text).alias(col))
+            continue
+        if dtype == pl.Date:
+            value, issue = parse_date(text, src, DATE_FORMATS)
+        elif isinstance(dtype, pl.Datetime):
+            value, issue = parse_datetime(text, src, DATETIME_FORMATS + DATE_FORMATS)
+        else:
+            value, issue = parse_decimal(text, src)
+        exprs.append(value.alias(col))
+        issues.append(issue.alias(f"__issue_{col}"))
+    frame = raw.select([*exprs, *issues, pl.col(LINE)]).sort(LINE).collect()
+    warnings = []
+    for issue_col in [c for c in frame.columns if c.startswith("__issue_")]:
+        bad = frame.filter(pl.col(issue_col).is_not_null())
+        if bad.height:
+            warnings.append(f"{path.name} line {bad[LINE][0]}: {bad[issue_col][0]} "
+                            f"({bad.height} such cells left empty)")
+    out = conform(frame.lazy(), schema).collect()
+    key = schema.names()[0]
+    if key not in frame.columns:
+        raise IngestError(f"listing has no {key} column", file=str(path), column=key)
+    return out, warnings
+
+
+def read(files: list[Path], settings: Settings, workdir: Path) -> IngestResult:
+    from detect.ingest.control import read_control_totals
+    from detect.ingest.textio import decode_head, read_head
+
+    gl_frames: list[pl.LazyFrame] = []
+    result = IngestResult(NAME, pl.LazyFrame())
+    masters: dict[str, list[pl.DataFrame]] = {}
+    for path in files:
+        if path.stat().st_size == 0:
+            raise IngestError("file is empty", file=str(path))
+        role = classify(decode_head(read_head(path)))
+        if role is None:
+            result.ignored.append(str(path))
+            continue
+        digest = InputFile(str(path), sha256_of(path), path.stat().st_size)
+        if role == "gl":
+            frame, warnings = read_gl(path, settings, workdir)
+            gl_frames.append(frame)
+            result.warnings.extend(warnings)
+        elif role == "control":
+            result.control_totals.append(read_control_totals(path))
+            digest.role = "control_totals"
+        else:
+            frame, warnings = read_master(path, role, workdir)
+            masters.setdefault(role, []).append(frame)
+            result.warnings.extend(warnings)
+            digest.role = f"master:{role}"
+            digest.rows = frame.height
+        result.inputs.append(digest)
+    if not gl_frames:
+        raise IngestError("no ADS GL_Detail file (header with Journal_ID, GL_Account_Number, "
+                          "Amount) in the delivery", file=", ".join(str(f) for f in files[:3]))
+    result.bookings = pl.concat(gl_frames, how="vertical")
+    result.master = {k: pl.concat(v, how="vertical") for k, v in masters.items()}
+    return result

@@ -1,0 +1,571 @@
+"""Generic CSV / Parquet / XLSX with a mapping profile (``--format csv``).
+
+Users with an ERP we do not know start here: a small TOML profile says which source column
+feeds which canonical column, how dates and amounts are written and how debit/credit is coded.
+The same machinery (``to_bookings``) turns ADS and GoBD tables into canonical bookings, so there
+is one place where text becomes typed, signed, provenance-carrying booking lines.
+
+Profile (all sections but ``[columns]`` optional)::
+
+    [source]
+    encoding = "auto"            # auto | utf-8 | cp1252
+    delimiter = ";"              # default: sniffed from the header line
+    decimal = ","                # decimal mark
+    thousands = "."              # grouping mark, only accepted in groups of three
+    date_formats = ["DD.MM.YYYY", "%Y-%m-%d"]
+    datetime_formats = ["DD.MM.YYYY hh:mm:ss"]
+    skip_rows = 0                # lines before the header
+    sheet = "Buchungen"          # XLSX sheet name (default: first sheet)
+
+    [columns]                    # canonical = "Source column" | ["A", "B"] (joined by a space)
+    journal_id = "Belegnr"
+    posting_date = "Buchungsdatum"
+    gl_account = "Konto"
+
+    [amount]                     # one of three shapes:
+    column = "Betrag"            # signed amount, or with a D/C column:
+    dc_column = "S/H"
+    debit_codes = ["S", "D"]
+    credit_codes = ["H", "C"]
+    # debit_column = "Soll" / credit_column = "Haben"   (two unsigned columns)
+
+    [constants]
+    entity = "Musterstadt"
+    currency = "EUR"
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from detect.config import Settings
+from detect.errors import ConfigError, IngestError
+from detect.ingest import INGEST_SCHEMA, IngestResult, InputFile
+from detect.ingest.parsing import (
+    combine_time, gather_issues, parse_date, parse_datetime, parse_decimal, parse_int,
+    strip_or_null,
+)
+from detect.ingest.textio import as_utf8, count_lines, detect_encoding, read_head, sha256_of
+from detect.schema import AMOUNT, BOOKING_SCHEMA, conform
+
+NAME = "csv"
+
+LINE = "__line"
+"""Physical line (or record) of each raw row; becomes ``source_line``."""
+ISSUE = "__issue"
+"""Parse problems a reader found before mapping (e.g. GoBD typed columns)."""
+
+TABLE_SUFFIXES = {".csv", ".txt", ".tsv", ".dat", ".parquet", ".xlsx", ".xlsm"}
+DEFAULT_DATE_FORMATS = ["%Y-%m-%d", "%d.%m.%Y", "%Y%m%d", "%d/%m/%Y"]
+DEFAULT_DATETIME_FORMATS = ["%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%d.%m.%Y %H:%M:%S",
+                            "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%d.%m.%Y %H:%M"]
+ENCODINGS = {"auto": None, "utf-8": "utf-8", "utf8": "utf-8", "utf-8-sig": "utf-8-sig",
+             "cp1252": "cp1252", "windows-1252": "cp1252", "ansi": "cp1252",
+             "latin-1": "latin-1", "iso-8859-1": "latin-1", "iso-8859-15": "iso8859_15"}
+# Canonical columns a profile may map; amount has its own section, provenance is ours.
+MAPPABLE = [c for c in BOOKING_SCHEMA if c not in ("amount", "source_file", "source_line")]
+EXTRA_KEYS = ["entered_date", "entered_time"]
+"""Pseudo-columns: a date and a time column combined into ``entered_at`` (SAP CPUDT+CPUTM)."""
+REQUIRED_MAPPED = ("journal_id", "gl_account", "posting_date")
+
+
+# --- profile -----------------------------------------------------------------------------------
+
+@dataclass
+class SourceOptions:
+    encoding: str = "auto"
+    delimiter: str | None = None
+    quote: str = '"'
+    decimal: str = "."
+    thousands: str | None = None
+    date_formats: list[str] = field(default_factory=lambda: list(DEFAULT_DATE_FORMATS))
+    datetime_formats: list[str] = field(default_factory=lambda: list(DEFAULT_DATETIME_FORMATS))
+    date_placeholders: list[str] = field(default_factory=list)
+    skip_rows: int = 0
+    sheet: str | None = None
+
+
+@dataclass
+class AmountSpec:
+    column: str | None = None
+    dc_column: str | None = None
+    debit_codes: list[str] = field(default_factory=lambda: ["D", "S", "DEBIT", "SOLL", "+"])
+    credit_codes: list[str] = field(default_factory=lambda: ["C", "H", "CREDIT", "HABEN", "-"])
+    debit_column: str | None = None
+    credit_column: str | None = None
+
+    @property
+    def kind(self) -> str:
+        if self.debit_column or self.credit_column:
+            return "split"
+        return "dc" if self.dc_column else "signed"
+
+    def source_columns(self) -> list[str]:
+        return [c for c in (self.column, self.dc_column, self.debit_column, self.credit_column)
+                if c]
+
+
+@dataclass
+class Profile:
+    name: str
+    """Where the profile came from (a path, or 'built-in ADS'), for error messages."""
+    source: SourceOptions = field(default_factory=SourceOptions)
+    columns: dict[str, list[str]] = field(default_factory=dict)
+    amount: AmountSpec = field(default_factory=AmountSpec)
+    constants: dict[str, str] = field(default_factory=dict)
+    gdpdu_table: str | None = None
+
+
+def _to_list(value: Any) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+
+
+def strftime_format(fmt: str) -> str:
+    """``DD.MM.YYYY hh:mm:ss`` (GoBD/Excel style) -> ``%d.%m.%Y %H:%M:%S``; strftime passes."""
+    if "%" in fmt:
+        return fmt
+    out = fmt
+    for token, repl in (("YYYY", "%Y"), ("JJJJ", "%Y"), ("YY", "%y"), ("JJ", "%y"),
+                        ("MM", "%m"), ("DD", "%d"), ("TT", "%d"), ("hh", "%H"), ("HH", "%H"),
+                        ("mm", "%M"), ("ss", "%S"), ("SS", "%S")):
+        out = out.replace(token, repl)
+    return out
+
+
+def _check_keys(data: dict[str, Any], allowed: set[str], section: str, where: str) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]!r} in [{section}]", file=where,
+                          hint=f"allowed: {', '.join(sorted(allowed))}")
+
+
+def profile_from_dict(data: dict[str, Any], where: str) -> Profile:
+    """Validate a parsed profile; unknown sections and keys are errors (typos must not pass)."""
+    _check_keys(data, {"source", "columns", "amount", "constants", "gdpdu"}, "profile", where)
+    src = dict(data.get("source", {}))
+    _check_keys(src, {f for f in SourceOptions.__dataclass_fields__} | {"date_format",
+                "datetime_format"}, "source", where)
+    if "date_format" in src:
+        src["date_formats"] = _to_list(src.pop("date_format"))
+    if "datetime_format" in src:
+        src["datetime_formats"] = _to_list(src.pop("datetime_format"))
+    if str(src.get("encoding", "auto")).lower() not in ENCODINGS:
+        raise ConfigError(f"unknown encoding {src['encoding']!r} in [source]", file=where,
+                          hint="use auto, utf-8 or cp1252")
+    source = SourceOptions(**src)
+    source.encoding = source.encoding.lower()
+    source.date_formats = [strftime_format(f) for f in _to_list(source.date_formats)]
+    source.datetime_formats = [strftime_format(f) for f in _to_list(source.datetime_formats)]
+    if source.decimal not in (",", "."):
+        raise ConfigError(f"decimal must be ',' or '.', not {source.decimal!r}", file=where)
+    columns_raw = data.get("columns", {})
+    _check_keys(columns_raw, set(MAPPABLE) | set(EXTRA_KEYS), "columns", where)
+    columns = {k: _to_list(v) for k, v in columns_raw.items()}
+    amount_raw = data.get("amount", {})
+    _check_keys(amount_raw, set(AmountSpec.__dataclass_fields__), "amount", where)
+    amount = AmountSpec(**amount_raw)
+    if not (amount.column or amount.debit_column or amount.credit_column):
+        raise ConfigError("[amount] needs 'column' (signed, or with 'dc_column') or "
+                          "'debit_column' and 'credit_column'", file=where)
+    constants = {k: str(v) for k, v in data.get("constants", {}).items()}
+    _check_keys(constants, set(MAPPABLE), "constants", where)
+    gdpdu = data.get("gdpdu", {})
+    _check_keys(gdpdu, {"table"}, "gdpdu", where)
+    missing = [c for c in REQUIRED_MAPPED if c not in columns and c not in constants]
+    if missing:
+        raise ConfigError(f"[columns] must map {', '.join(missing)}", file=where)
+    return Profile(where, source, columns, amount, constants, gdpdu.get("table"))
+
+
+def load_profile(path: Path) -> Profile:
+    if not path.exists():
+        raise ConfigError("mapping profile not found", file=str(path),
+                          hint="set mapping = \"...\" in belegwacht.toml to an existing file")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML: {exc}", file=str(path)) from exc
+    return profile_from_dict(data, str(path))
+
+
+# --- reading raw tables ------------------------------------------------------------------------
+
+def resolve_encoding(path: Path, wanted: str) -> str:
+    """The encoding to decode ``path`` with; 'auto' checks the whole file (bounded memory)."""
+    enc = ENCODINGS.get(wanted.lower(), "?")
+    if enc == "?":
+        raise IngestError(f"unknown encoding {wanted!r}", file=str(path),
+                          hint="use auto, utf-8 or cp1252")
+    if enc is None:
+        return detect_encoding(path)
+    return enc
+
+
+def to_utf8(path: Path, encoding: str, workdir: Path | None) -> Path:
+    """UTF-8 copy of ``path`` (or the file itself); decode errors become an IngestError."""
+    try:
+        return as_utf8(path, encoding, workdir)
+    except UnicodeDecodeError as exc:
+        raise IngestError(f"not valid {encoding} at byte {exc.start} of a chunk",
+                          file=str(path), hint="set [source] encoding to the file's real "
+                          "encoding (utf-8 or cp1252)") from exc
+
+
+def sniff_delimiter(header: str) -> str:
+    counts = {d: header.count(d) for d in (";", ",", "\t", "|")}
+    return max(counts, key=lambda d: counts[d]) if any(counts.values()) else ","
+
+
+def _first_line(path: Path) -> str:
+    with open(path, encoding="utf-8", errors="replace", newline="") as fh:
+        return fh.readline().lstrip("\ufeff").rstrip("\r\n")
+
+
+def _locate_ragged(path: Path, delimiter: str, quote: str, skip_rows: int) -> tuple[int, int, int]:
+    """(physical line, fields, expected) of the first row with too many fields (error path only)."""
+    with open(path, encoding="utf-8", errors="replace", newline="") as fh:
+        for _ in range(skip_rows):
+            fh.readline()
+        reader = csv.reader(fh, delimiter=delimiter, quotechar=quote or None)
+        expected, line = -1, skip_rows
+        for row in reader:
+            line_start = line + 1
+            line = skip_rows + reader.line_num
+            if expected < 0:
+                expected = len(row)
+            elif len(row) > expected:
+                return line_start, len(row), expected
+    return 0, 0, expected
+
+
+def scan_delimited(path: Path, *, encoding: str = "auto", delimiter: str | None = None,
+                   quote: str = '"', skip_rows: int = 0, workdir: Path | None = None,
+                   has_header: bool = True, column_names: list[str] | None = None,
+                   eol: str = "\n") -> pl.LazyFrame:
+    """A delimited text file as all-String columns plus ``__line`` (physical line number).
+
+    Header = line ``skip_rows + 1``; the first data row is the next line. Quoted fields with
+    embedded line breaks shift the following rows' line numbers accordingly; blank lines are
+    counted and dropped.
+    """
+    if path.stat().st_size == 0:
+        raise IngestError("file is empty", file=str(path))
+    enc = resolve_encoding(path, encoding)
+    utf8 = to_utf8(path, enc, workdir)
+    header = _first_line(utf8) if has_header and skip_rows == 0 else ""
+    if has_header and skip_rows:
+        with open(utf8, encoding="utf-8", errors="replace", newline="") as fh:
+            for _ in range(skip_rows + 1):
+                header = fh.readline().rstrip("\r\n")
+    sep = delimiter or sniff_delimiter(header or _first_line(utf8))
+    sep = "\t" if sep in ("\\t", "tab", "TAB") else sep
+    scan = pl.scan_csv(utf8, separator=sep, quote_char=quote or None, infer_schema=False,
+                       has_header=has_header, skip_rows=skip_rows, row_index_name="__record",
+                       new_columns=column_names, eol_char=eol)
+    try:
+        names = [n for n in scan.collect_schema().names() if n != "__record"]
+        n_records = scan.select(pl.len()).collect().item()
+    except pl.exceptions.ComputeError as exc:
+        line, got, expected = _locate_ragged(utf8, sep, quote, skip_rows)
+        if line:
+            raise IngestError(f"row has {got} fields, the header has {expected}",
+                              file=str(path), line=line,
+                              hint="check the delimiter and quoting of that line") from exc
+        raise IngestError(f"cannot read as delimited text: {exc}".splitlines()[0],
+                          file=str(path)) from exc
+    if has_header and not names:
+        raise IngestError("file has no header line", file=str(path))
+    first_data_line = skip_rows + (2 if has_header else 1)
+    # Physical lines = records + header + skipped (+ 1 for a missing final newline); any
+    # surplus comes from line breaks inside quoted fields, which we then count per record.
+    physical = count_lines(utf8) + (0 if _ends_nl(utf8) else 1)
+    frame = scan
+    if physical > n_records + first_data_line - 1:
+        embedded = pl.sum_horizontal([pl.col(n).str.count_matches("\n").fill_null(0)
+                                      for n in names])
+        frame = frame.sort("__record").with_columns(
+            (embedded.cum_sum() - embedded).alias("__shift"))
+        line_expr = pl.col("__record").cast(pl.Int64) + first_data_line + pl.col("__shift")
+    else:
+        line_expr = pl.col("__record").cast(pl.Int64) + first_data_line
+    frame = frame.with_columns(line_expr.alias(LINE))
+    all_null = pl.all_horizontal([pl.col(n).is_null() for n in names])
+    return frame.filter(~all_null).select([*names, LINE])
+
+
+def _ends_nl(path: Path) -> bool:
+    from detect.ingest.textio import ends_with_newline
+    return ends_with_newline(path)
+
+
+def read_table(path: Path, source: SourceOptions, workdir: Path | None) -> pl.LazyFrame:
+    """Any supported table file as a LazyFrame with its source columns and ``__line``."""
+    suffix = path.suffix.lower()
+    if path.stat().st_size == 0:
+        raise IngestError("file is empty", file=str(path))
+    if suffix == ".parquet":
+        frame = pl.scan_parquet(path).with_row_index("__record")
+        return frame.with_columns((pl.col("__record").cast(pl.Int64) + 1).alias(LINE)) \
+            .drop("__record")
+    if suffix in (".xlsx", ".xlsm", ".xls"):
+        try:
+            df = pl.read_excel(path, sheet_name=source.sheet, engine="calamine",
+                               read_options={"header_row": source.skip_rows})
+        except Exception as exc:  # noqa: BLE001 - fastexcel raises many types for bad input
+            raise IngestError(f"cannot read spreadsheet: {exc}".splitlines()[0],
+                              file=str(path), hint="check [source] sheet") from exc
+        if df.height == 0:
+            raise IngestError("spreadsheet has no data rows", file=str(path))
+        # Spreadsheet row of each record: header row (1-based) + 1 + index.
+        return df.lazy().with_row_index("__record").with_columns(
+            (pl.col("__record").cast(pl.Int64) + source.skip_rows + 2).alias(LINE)
+        ).drop("__record")
+    return scan_delimited(path, encoding=source.encoding, delimiter=source.delimiter,
+                          quote=source.quote, skip_rows=source.skip_rows, workdir=workdir)
+
+
+# --- mapping to canonical bookings -------------------------------------------------------------
+
+def normalise_name(name: str) -> str:
+    """Column names compared tolerantly: case, spaces, underscores, dashes, dots, slashes."""
+    return re.sub(r"[\s_\-./]+", "", name).casefold()
+
+
+def find_column(names: list[str], wanted: str) -> str | None:
+    if wanted in names:
+        return wanted
+    key = normalise_name(wanted)
+    return next((n for n in names if normalise_name(n) == key), None)
+
+
+def _text(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    """Any source dtype as text (Parquet/XLSX columns may already be typed)."""
+    if dtype == pl.String:
+        return expr
+    if isinstance(dtype, pl.Datetime):
+        return expr.dt.strftime("%Y-%m-%d %H:%M:%S")
+    if dtype == pl.Date:
+        return expr.dt.strftime("%Y-%m-%d")
+    if dtype.is_float():
+        return expr.round(6).cast(pl.String)
+    return expr.cast(pl.String)
+
+
+def derive_fiscal_year(date: pl.Expr, start_month: int) -> pl.Expr:
+    """Fiscal year named after the calendar year it starts in (start month 1 = calendar year)."""
+    year = date.dt.year().cast(pl.Int32)
+    if start_month <= 1:
+        return year
+    return pl.when(date.dt.month() >= start_month).then(year).otherwise(year - 1)
+
+
+def derive_period(date: pl.Expr, start_month: int) -> pl.Expr:
+    return (((date.dt.month().cast(pl.Int32) - start_month) % 12) + 1).cast(pl.Int32)
+
+
+class Mapper:
+    """Turns one raw table into canonical booking expressions, collecting parse issues."""
+
+    def __init__(self, schema: pl.Schema, profile: Profile, source_file: str) -> None:
+        self.schema = schema
+        self.names = [n for n in schema.names() if n not in (LINE, ISSUE)]
+        self.profile = profile
+        self.source_file = source_file
+        self.issues: list[pl.Expr] = []
+
+    def column(self, wanted: str, role: str) -> str:
+        found = find_column(self.names, wanted)
+        if found is None:
+            raise IngestError(f"mapped column {wanted!r} (for {role}) is not in the file",
+                              file=self.source_file, column=wanted,
+                              hint=f"fix [columns]/[amount] in {self.profile.name}; the file "
+                                   f"has: {', '.join(self.names[:25])}")
+        return found
+
+    def raw(self, key: str) -> tuple[pl.Expr, pl.DataType, str] | None:
+        """Text of the mapped source column(s) for canonical ``key``; None when unmapped."""
+        wanted = self.profile.columns.get(key)
+        if not wanted:
+            return None
+        found = [self.column(w, key) for w in wanted]
+        if len(found) == 1:
+            return pl.col(found[0]), self.schema[found[0]], found[0]
+        parts = [strip_or_null(_text(pl.col(f), self.schema[f])) for f in found]
+        return (pl.concat_str(parts, separator=" ", ignore_nulls=True), pl.String(),
+                "+".join(found))
+
+    def typed(self, key: str, target: pl.DataType) -> pl.Expr | None:
+        got = self.raw(key)
+        if got is None:
+            const = self.profile.constants.get(key)
+            return None if const is None else pl.lit(const).cast(target)
+        expr, dtype, label = got
+        src = self.profile.source
+        if target == pl.String:
+            return strip_or_null(_text(expr, dtype))
+        if target == pl.Date:
+            if dtype in (pl.Date,) or isinstance(dtype, pl.Datetime):
+                return expr.cast(pl.Date)
+            value, issue = parse_date(_text(expr, dtype), label, src.date_formats,
+                                      **self._placeholders())
+        elif isinstance(target, pl.Datetime):
+            if dtype == pl.Date or isinstance(dtype, pl.Datetime):
+                return expr.cast(pl.Datetime("us"))
+            value, issue = parse_datetime(_text(expr, dtype), label,
+                                          src.datetime_formats + src.date_formats,
+                                          **self._placeholders())
+        elif target.is_integer():
+            if dtype.is_integer():
+                return expr.cast(target)
+            value, issue = parse_int(_text(expr, dtype), label)
+            value = value.cast(target, strict=False)
+        else:
+            raise AssertionError(f"no parser for {target}")
+        self.issues.append(issue)
+        return value
+
+    def _placeholders(self) -> dict[str, Any]:
+        from detect.ingest.parsing import DEFAULT_DATE_PLACEHOLDERS
+        extra = tuple(self.profile.source.date_placeholders)
+        return {"placeholders": DEFAULT_DATE_PLACEHOLDERS + extra}
+
+    def decimal(self, column: str, label: str) -> pl.Expr:
+        dtype = self.schema[column]
+        if dtype.is_numeric():
+            return pl.col(column).round(2).cast(AMOUNT) if dtype.is_float() \
+                else pl.col(column).cast(AMOUNT)
+        src = self.profile.source
+        value, issue = parse_decimal(pl.col(column).cast(pl.String), label, decimal=src.decimal,
+                                     thousands=src.thousands)
+        self.issues.append(issue)
+        return value
+
+    def amount(self) -> pl.Expr:
+        spec = self.profile.amount
+        if spec.kind == "split":
+            parts = []
+            for col, sign in ((spec.debit_column, 1), (spec.credit_column, -1)):
+                if col:
+                    found = self.column(col, "amount")
+                    parts.append(self.decimal(found, found).abs().fill_null(0) * sign)
+            return pl.sum_horizontal(parts).cast(AMOUNT)
+        found = self.column(spec.column or "", "amount")
+        value = self.decimal(found, found)
+        if spec.kind == "signed":
+            return value
+        dc = self.column(spec.dc_column or "", "debit/credit indicator")
+        code = strip_or_null(_text(pl.col(dc), self.schema[dc])).str.to_uppercase()
+        debit = [c.upper() for c in spec.debit_codes]
+        credit = [c.upper() for c in spec.credit_codes]
+        unknown = code.is_not_null() & ~code.is_in(debit + credit)
+        self.issues.append(pl.when(unknown).then(pl.format(
+            "{}: '{}' is not a debit/credit code ({} / {})", pl.lit(dc), code,
+            pl.lit(", ".join(spec.debit_codes)), pl.lit(", ".join(spec.credit_codes)))))
+        # Amount is unsigned with the indicator: take its magnitude. No indicator: keep the sign.
+        return (pl.when(code.is_in(debit)).then(value.abs())
+                .when(code.is_in(credit)).then(-value.abs())
+                .otherwise(value)).cast(AMOUNT)
+
+
+def to_bookings(raw: pl.LazyFrame, profile: Profile, settings: Settings,
+                source_file: str) -> pl.LazyFrame:
+    """Map a raw table (source columns + ``__line``) to ``INGEST_SCHEMA`` with the profile."""
+    schema = raw.collect_schema()
+    m = Mapper(schema, profile, source_file)
+    out: dict[str, pl.Expr] = {}
+    for name in MAPPABLE:
+        if name in ("entity", "currency"):
+            continue
+        expr = m.typed(name, BOOKING_SCHEMA[name])
+        if expr is not None:
+            out[name] = expr
+    if "entered_at" not in out and "entered_date" in profile.columns:
+        date = m.typed("entered_date", pl.Date())
+        got = m.raw("entered_time")
+        out["entered_at"] = combine_time(date, _text(got[0], got[1])) if got else \
+            date.cast(pl.Datetime("us"))
+    out["amount"] = m.amount()
+    # entity: an explicit --entity / entity setting wins, then the profile, then the file.
+    if settings.entity != "default":
+        out["entity"] = pl.lit(settings.entity)
+    elif "entity" in profile.constants:
+        out["entity"] = pl.lit(profile.constants["entity"])
+    elif profile.columns.get("entity"):
+        out["entity"] = m.typed("entity", pl.String())
+    else:
+        out["entity"] = pl.lit(settings.entity)
+    cur = m.typed("currency", pl.String())
+    out["currency"] = cur if cur is not None else pl.lit(settings.currency)
+    issues = list(m.issues)
+    if ISSUE in schema.names():
+        issues.insert(0, pl.col(ISSUE))
+    frame = raw.with_columns(
+        [e.alias(k) for k, e in out.items()]
+        + [pl.lit(source_file).alias("source_file"), pl.col(LINE).alias("source_line"),
+           gather_issues(issues)]
+    ).select([*out, "source_file", "source_line", "ingest_issue"])
+    frame = fill_derived(frame, settings)
+    return conform(frame, INGEST_SCHEMA)
+
+
+def fill_derived(frame: pl.LazyFrame, settings: Settings) -> pl.LazyFrame:
+    """fiscal_year, period from the posting date and line_no by order, when not delivered."""
+    names = frame.collect_schema().names()
+    start = settings.fiscal_year_start_month
+    fy = derive_fiscal_year(pl.col("posting_date"), start)
+    adds = []
+    adds.append((pl.coalesce(pl.col("fiscal_year"), fy) if "fiscal_year" in names else fy)
+                .cast(pl.Int32).alias("fiscal_year"))
+    per = derive_period(pl.col("posting_date"), start)
+    adds.append((pl.coalesce(pl.col("period"), per) if "period" in names else per)
+                .cast(pl.Int32).alias("period"))
+    frame = frame.with_columns(adds)
+    if "line_no" not in names:
+        frame = frame.with_columns(
+            pl.col("source_line").rank("ordinal").over("source_file", "journal_id")
+            .cast(pl.Int32).alias("line_no"))
+    return frame
+
+
+# --- the format module protocol ----------------------------------------------------------------
+
+def sniff(path: Path, text: str) -> float:
+    """A table file *might* be mapped, but only a configured profile makes it ours (see ingest)."""
+    return 0.3 if path.suffix.lower() in TABLE_SUFFIXES else 0.0
+
+
+def profile_for(settings: Settings) -> Profile:
+    if not settings.mapping:
+        raise IngestError("--format csv needs a mapping profile",
+                          hint='set mapping = "mappings/<your-erp>.toml" in belegwacht.toml '
+                               "(see mappings/example_infoma.toml)")
+    return load_profile(Path(settings.mapping))
+
+
+def read(files: list[Path], settings: Settings, workdir: Path) -> IngestResult:
+    profile = profile_for(settings)
+    frames, inputs, ignored = [], [], []
+    for path in files:
+        if path.suffix.lower() not in TABLE_SUFFIXES:
+            ignored.append(str(path))
+            continue
+        raw = read_table(path, profile.source, workdir)
+        frames.append(to_bookings(raw, profile, settings, str(path)))
+        inputs.append(InputFile(str(path), sha256_of(path), path.stat().st_size))
+    if not frames:
+        raise IngestError("no CSV, Parquet or XLSX file in the delivery",
+                          file=", ".join(str(f) for f in files[:3]))
+    return IngestResult(NAME, pl.concat(frames, how="vertical"), inputs=inputs, ignored=ignored,
+                        warnings=[f"mapped with profile {profile.name}"])
+
+
+__all__ = ["NAME", "Profile", "SourceOptions", "AmountSpec", "load_profile", "profile_from_dict",
+           "read", "read_table", "scan_delimited", "sniff", "to_bookings", "find_column",
+           "normalise_name", "strftime_format", "read_head"]
