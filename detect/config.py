@@ -123,6 +123,9 @@ class Settings:
     """Per-rule overrides: ``{rule_id: {"enabled": bool, <param>: value}}``."""
     mapping: str = ""
     """Path of a CSV mapping profile (TOML) for ``--format csv``."""
+    posting_date_column: str = ""
+    """ADS: take posting_date from this column (e.g. "Entered_Date") instead of Effective_Date,
+    for exports whose Effective_Date is a placeholder such as 1900-01-01."""
 
     def rule_enabled(self, rule_id: str) -> bool:
         return bool(self.rules.get(rule_id, {}).get("enabled", True))

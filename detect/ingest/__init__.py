@@ -127,7 +127,12 @@ def ingest(sources: list[Path], fmt: str, settings: Settings, workdir: Path) -> 
     empty = [f for f in files if f.stat().st_size == 0]
     if empty and len(empty) == len(files):
         raise IngestError("file is empty", file=str(empty[0]))
-    name = detect_format(files) if fmt == "auto" else fmt
+    try:
+        name = detect_format(files) if fmt == "auto" else fmt
+    except IngestError:
+        if not settings.mapping:  # a configured mapping profile makes unknown tables "csv"
+            raise
+        name = "csv"
     result = format_module(name).read(files, settings, workdir)
     result.format = name
     hashed = {i.path for i in result.inputs}
