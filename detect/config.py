@@ -63,6 +63,26 @@ class ValidationSettings:
     balance_tolerance: float = 0.0
     """Allowed journal imbalance in currency units."""
     control_total_tolerance: float = 0.0
+    control_totals: str = "warn"
+    """Per-journal control-total mismatch: "warn" (finding + warning) or "stop" (reject).
+    Missing journals and overall line/journal counts that differ always stop the run."""
+    journal_order: str = "stop"
+    """Journal numbers below the entity's previously processed maximum: stop | warn | off."""
+    journal_gap_max: int = 1000
+    """A jump in numeric journal ids larger than this starts a new number range (no gap)."""
+    fiscal_year_tolerance_days: int = 0
+    """Posting dates this many days outside the fiscal year are still accepted."""
+    closing_period_days: int = 92
+    """Lines in period 13+ (closing periods) may be posted this many days after year end."""
+    min_document_date: str = "1990-01-01"
+    document_date_max_years_after_posting: int = 1
+    batch_rows: int = 500_000
+    """Rows per Great Expectations batch (whole journals stay in one batch)."""
+    data_docs: bool = True
+    reprocess: bool = False
+    """Process a delivery again even if an identical one (same sha256s) was processed."""
+    expectations_dir: str = ""
+    """Folder with the expectation suites; empty = the bundled ``expectations/``."""
 
 
 @dataclass
@@ -110,6 +130,10 @@ class Settings:
     language: str = "de"
     service_users: list[str] = field(default_factory=list)
     generic_users: list[str] = field(default_factory=lambda: ["ADMIN", "SYSTEM", "BATCH", "TEST"])
+    manual_sources: list[str] = field(default_factory=lambda: [
+        "manual", "manuell", "man", "dialog", "hand", "fb01", "fb50", "fb60", "fb70", "f-02",
+        "f-43", "f-53"])
+    """Values of ``source`` (case-insensitive) that mean a person keyed the entry in."""
     description_keywords: list[str] = field(default_factory=lambda: [
         "privat", "bar", "sonstig", "korrektur", "storno", "diverse", "test", "misc", "cash",
         "personal", "adjust", "gift", "geschenk", "bonus", "ohne beleg", "nachtrag"])

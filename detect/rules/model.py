@@ -1,0 +1,81 @@
+"""What a rule is, in memory: the parsed and validated content of one ``rules/<family>/<ID>.yaml``.
+
+Rules are data, not code: the dataclasses here only carry what the file says, so that the
+loader can validate it once and the runner, the case runner and the docs all read one shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SEVERITIES: tuple[str, ...] = ("low", "medium", "high", "critical")
+LEVELS: tuple[str, ...] = ("line", "journal")
+MASTER_NAMES: tuple[str, ...] = ("accounts", "vendors", "vendor_changes", "users", "cost_centers")
+
+SCENARIOS: tuple[str, ...] = (
+    "duplicate_payment", "near_duplicate_payment", "split_invoice", "weekend_posting",
+    "night_posting", "holiday_posting", "self_approval", "above_approval_limit",
+    "just_below_approval_limit", "just_below_procurement_threshold", "rare_account_pair",
+    "round_amount_new_vendor", "new_vendor_payment", "one_off_bank_account", "vendor_bank_change",
+    "backdated", "forward_posting", "closed_period_posting", "amount_outlier",
+    "outside_usual_accounts", "service_user_manual", "suspicious_description", "manual_cash",
+    "repeated_same_amount", "reversal_after_period_end", "unbalanced_journal", "rare_user",
+    "ends_in_nines",
+)
+"""Scenario names of the labelled sample ledger (docs/CONTRACTS.md)."""
+
+KEY_COLUMNS: tuple[str, ...] = ("entity", "fiscal_year", "journal_id", "line_no")
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    default: Any
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Case:
+    """One of the rule's own test cases: a few booking rows and the hits expected from them."""
+
+    name: str
+    rows: list[dict[str, Any]]
+    expect: list[tuple[str, int | None]] | None
+    """Expected (journal_id, line_no) keys; None when only ``count`` is given."""
+    count: int | None = None
+    master: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    """Overrides of ``Settings`` (e.g. ``{"state": "BY"}``) for this case."""
+
+    @property
+    def flags(self) -> bool:
+        return bool(self.expect) if self.expect is not None else bool(self.count)
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    name: str
+    title: dict[str, str]
+    family: str
+    severity: str
+    level: str
+    tags: list[str]
+    requires: list[str]
+    requires_master: list[str]
+    params: list[Param]
+    config_params: list[str]
+    scenarios: list[str]
+    why: str
+    explain: dict[str, str]
+    falsepositives: list[str]
+    query: str
+    cases: list[Case]
+    path: Path
+    example: str = ""
+
+    def defaults(self) -> dict[str, Any]:
+        return {p.name: p.default for p in self.params}

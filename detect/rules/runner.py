@@ -1,0 +1,322 @@
+"""Run the catalog: one DuckDB query per rule over the entity's booking history.
+
+Rules see the whole history (a duplicate payment may span two deliveries) but, unless the run
+re-scores history, only hits on journals of this delivery are kept. A rule whose required
+columns are empty or whose master data is absent is skipped with the reason; a rule whose query
+fails at run time is reported as failed and the others still run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import holidays as holidays_lib
+import polars as pl
+
+from detect.config import Settings
+from detect.errors import ConfigError
+from detect.rules.loader import load_catalog
+from detect.rules.model import KEY_COLUMNS, MASTER_NAMES, Rule
+from detect.rules.params import effective_params, query_params
+from detect.rules.render import quote_ident, sql_literal, template_sql
+from detect.schema import BOOKING_SCHEMA, MASTER_SCHEMAS
+
+HIT_SCHEMA = pl.Schema({
+    "rule_id": pl.String(), "family": pl.String(), "severity": pl.String(),
+    "entity": pl.String(), "fiscal_year": pl.Int32(), "journal_id": pl.String(),
+    "line_no": pl.Int32(), "explanation_de": pl.String(), "explanation_en": pl.String(),
+    "evidence": pl.String(),
+})
+"""``rule_hits.parquet`` (docs/CONTRACTS.md)."""
+
+_DUCK_TYPES = {
+    pl.String(): "VARCHAR", pl.Int32(): "INTEGER", pl.Int64(): "BIGINT", pl.Date(): "DATE",
+    pl.Datetime("us"): "TIMESTAMP", pl.Boolean(): "BOOLEAN", pl.Decimal(18, 2): "DECIMAL(18,2)",
+}
+
+JOURNALS_VIEW = """
+CREATE OR REPLACE VIEW journals AS
+SELECT entity, fiscal_year, journal_id,
+       min(posting_date) AS posting_date, max(posting_date) AS last_posting_date,
+       min(document_date) AS document_date, min(entered_at) AS entered_at,
+       max(period) AS period,
+       arg_min(entered_by, line_no) AS entered_by, max(approved_by) AS approved_by,
+       arg_min(source, line_no) AS source, arg_min(document_type, line_no) AS document_type,
+       max(reversal_of) AS reversal_of,
+       arg_min(description, line_no) AS description,
+       count(*) AS n_lines,
+       coalesce(sum(amount) FILTER (WHERE amount > 0), 0) AS debit_total,
+       coalesce(sum(amount), 0) AS balance
+FROM bookings GROUP BY ALL
+"""
+"""One row per journal; many journal-level rules read this instead of aggregating again."""
+
+
+def _duck_type(dtype: pl.DataType) -> str:
+    return _DUCK_TYPES.get(dtype, "VARCHAR")
+
+
+def _conform_select(source_sql: str, schema: pl.Schema, present: set[str]) -> str:
+    cols = [f"CAST({quote_ident(n)} AS {_duck_type(t)}) AS {quote_ident(n)}" if n in present
+            else f"CAST(NULL AS {_duck_type(t)}) AS {quote_ident(n)}" for n, t in schema.items()]
+    return f"SELECT {', '.join(cols)} FROM {source_sql}"
+
+
+def _columns_of(con: duckdb.DuckDBPyConnection, source_sql: str) -> set[str]:
+    return set(con.sql(f"SELECT * FROM {source_sql} LIMIT 0").columns)
+
+
+def holiday_frame(settings: Settings, years: list[int]) -> pl.DataFrame:
+    """Public holidays of settings.country / settings.state for ``years``."""
+    if not years:
+        return pl.DataFrame(schema={"date": pl.Date(), "name": pl.String()})
+    kwargs: dict[str, Any] = {"subdiv": settings.state or None, "years": sorted(years)}
+    try:
+        try:
+            cal = holidays_lib.country_holidays(settings.country, language=settings.language,
+                                                **kwargs)
+        except (NotImplementedError, ValueError) as exc:
+            if "language" not in str(exc).lower() and "subdivision" in str(exc).lower():
+                raise
+            cal = holidays_lib.country_holidays(settings.country, **kwargs)
+    except NotImplementedError as exc:
+        raise ConfigError(f"public holidays: {exc}",
+                          hint="set country and state (e.g. state = \"NW\") in belegwacht.toml"
+                          ) from exc
+    return pl.DataFrame({"date": list(cal.keys()), "name": list(cal.values())},
+                        schema={"date": pl.Date(), "name": pl.String()}).sort("date")
+
+
+def setup_views(con: duckdb.DuckDBPyConnection, bookings_source: str, delivery_source: str,
+                master_sources: dict[str, str], settings: Settings) -> None:
+    """Create the views every rule may use: bookings, delivery, journals, holidays, master data.
+
+    Sources are SQL table expressions (``read_parquet(...)`` or a registered frame). Absent
+    master data becomes an empty view of the right shape, so optional joins still work.
+    """
+    present = _columns_of(con, bookings_source)
+    con.execute(f"CREATE OR REPLACE VIEW bookings AS "
+                f"{_conform_select(bookings_source, BOOKING_SCHEMA, present)}")
+    con.execute("CREATE OR REPLACE VIEW delivery AS SELECT DISTINCT "
+                "CAST(entity AS VARCHAR) AS entity, CAST(fiscal_year AS INTEGER) AS fiscal_year, "
+                "CAST(journal_id AS VARCHAR) AS journal_id, CAST(line_no AS INTEGER) AS line_no "
+                f"FROM {delivery_source}")
+    con.execute("CREATE OR REPLACE VIEW delivery_journals AS "
+                "SELECT DISTINCT entity, fiscal_year, journal_id FROM delivery")
+    con.execute(JOURNALS_VIEW)
+    for name in MASTER_NAMES:
+        schema = MASTER_SCHEMAS[name]
+        if name in master_sources:
+            cols = _columns_of(con, master_sources[name])
+            select = _conform_select(master_sources[name], schema, cols)
+        else:
+            select = _conform_select("(SELECT 1) AS empty WHERE false", schema, set())
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS {select}")
+    years = [r[0] for r in con.execute(
+        "SELECT DISTINCT y FROM (SELECT year(posting_date) AS y FROM bookings UNION "
+        "SELECT year(entered_at) FROM bookings UNION SELECT year(document_date) FROM bookings) "
+        "WHERE y BETWEEN 1900 AND 2200").fetchall()]
+    years = sorted({y for year in years for y in (year - 1, year, year + 1)})
+    frame = holiday_frame(settings, years)
+    con.register("_holidays_frame", frame)
+    con.execute("CREATE OR REPLACE TABLE holidays AS SELECT * FROM _holidays_frame")
+    con.unregister("_holidays_frame")
+
+
+def _parquet_source(paths: str | Path | list[str | Path]) -> str:
+    items = paths if isinstance(paths, list) else [paths]
+    listed = ", ".join(sql_literal(str(p)) for p in items)
+    return f"read_parquet([{listed}], union_by_name = true, hive_partitioning = false)"
+
+
+def connect(ctx: Any, history_glob: str | Path | list[str | Path]) -> duckdb.DuckDBPyConnection:
+    """An in-process DuckDB with the views the rules read (see ``setup_views``).
+
+    ``history_glob`` is the entity's booking history (path, glob or list); the delivery keys
+    come from ``ctx.run_dir / "bookings.parquet"``, master data from ``ctx.run_dir / "master"``.
+    """
+    con = duckdb.connect()
+    source = _parquet_source(history_glob)
+    cols = _columns_of(con, source)
+    if "fiscal_year" not in cols:  # history partitioned by fiscal_year=<y> folders only
+        source = source.replace("hive_partitioning = false", "hive_partitioning = true")
+    delivery = _parquet_source(Path(ctx.run_dir) / "bookings.parquet")
+    master_dir = Path(ctx.run_dir) / "master"
+    masters = {name: _parquet_source(master_dir / f"{name}.parquet") for name in MASTER_NAMES
+               if (master_dir / f"{name}.parquet").exists()}
+    setup_views(con, source, delivery, masters, ctx.settings)
+    return con
+
+
+@dataclass
+class Availability:
+    """Which booking columns hold any value and which master data has rows."""
+
+    columns: set[str]
+    master: set[str]
+
+    @classmethod
+    def probe(cls, con: duckdb.DuckDBPyConnection) -> Availability:
+        names = list(BOOKING_SCHEMA.names())
+        counts = con.execute(
+            "SELECT " + ", ".join(f"count({quote_ident(n)})" for n in names) + " FROM bookings"
+        ).fetchone()
+        master = {name for name in MASTER_NAMES
+                  if con.execute(f"SELECT count(*) FROM {name}").fetchone()[0] > 0}
+        return cls({n for n, c in zip(names, counts, strict=True) if c}, master)
+
+    def skip_reason(self, rule: Rule) -> str | None:
+        missing_master = [m for m in rule.requires_master if m not in self.master]
+        if missing_master:
+            return f"needs {', '.join(missing_master)}"
+        missing = [c for c in rule.requires if c not in self.columns]
+        if missing:
+            return f"needs column {', '.join(missing)} (empty in the data)"
+        return None
+
+
+def hit_sql(rule: Rule, columns: dict[str, str], params: dict[str, Any],
+            delivery_only: bool) -> str:
+    """Wrap the rule query: key columns, rendered explanations, evidence JSON, delivery filter."""
+    evidence_cols = [c for c in columns if c not in KEY_COLUMNS]
+    evidence = ("to_json(struct_pack(" + ", ".join(
+        f"{quote_ident(c)} := h.{quote_ident(c)}" for c in evidence_cols) + "))::VARCHAR"
+        if evidence_cols else "'{}'")
+    line_no = "h.line_no" if "line_no" in columns else "NULL"
+    if rule.level == "journal":
+        line_no = "NULL"
+    where = ("SEMI JOIN delivery_journals d ON h.entity = d.entity "
+             "AND h.fiscal_year = d.fiscal_year AND h.journal_id = d.journal_id"
+             if delivery_only else "")
+    return f"""
+        WITH h AS (SELECT * FROM _rule_out)
+        SELECT DISTINCT {sql_literal(rule.id)} AS rule_id, {sql_literal(rule.family)} AS family,
+               {sql_literal(rule.severity)} AS severity,
+               CAST(h.entity AS VARCHAR) AS entity, CAST(h.fiscal_year AS INTEGER) AS fiscal_year,
+               CAST(h.journal_id AS VARCHAR) AS journal_id, CAST({line_no} AS INTEGER) AS line_no,
+               {template_sql(rule.explain['de'], columns, params, 'de')} AS explanation_de,
+               {template_sql(rule.explain['en'], columns, params, 'en')} AS explanation_en,
+               {evidence} AS evidence
+        FROM h {where}
+        """
+
+
+def run_rule(con: duckdb.DuckDBPyConnection, rule: Rule, params: dict[str, Any],
+             delivery_only: bool = True) -> pl.DataFrame:
+    """Hits of one rule as a ``HIT_SCHEMA`` frame (all vectorised inside DuckDB)."""
+    used = {name: params[name] for name in query_params(rule.query)}
+    rel = con.execute(f"CREATE OR REPLACE TEMP TABLE _rule_out AS {rule.query}", used)
+    del rel
+    info = con.execute("DESCRIBE _rule_out").fetchall()
+    columns = {row[0]: str(row[1]) for row in info}
+    missing = [c for c in ("entity", "fiscal_year", "journal_id") if c not in columns]
+    if rule.level == "line" and "line_no" not in columns:
+        missing.append("line_no")
+    if missing:
+        raise ValueError(f"{rule.id}: query must select {', '.join(missing)}")
+    frame = con.sql(hit_sql(rule, columns, params, delivery_only)).pl()
+    con.execute("DROP TABLE IF EXISTS _rule_out")
+    return frame.cast(dict(HIT_SCHEMA)).select(HIT_SCHEMA.names())
+
+
+@dataclass
+class RuleRunResult:
+    hits: pl.DataFrame
+    ran: list[str] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)
+    durations: dict[str, float] = field(default_factory=dict)
+    path: Path | None = None
+
+    def hits_per_rule(self) -> dict[str, int]:
+        if self.hits.is_empty():
+            return {}
+        counts = self.hits.group_by("rule_id").len().sort("rule_id")
+        return dict(zip(counts["rule_id"].to_list(), counts["len"].to_list(), strict=True))
+
+    def summary(self) -> dict[str, Any]:
+        reasons: dict[str, int] = {}
+        for s in self.skipped:
+            reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
+        skipped_text = ""
+        if self.skipped:
+            skipped_text = f", {len(self.skipped)} skipped (" + "; ".join(
+                f"{n} {reason}" if n > 1 else reason for reason, n in sorted(reasons.items())) + ")"
+        failed_text = f", {len(self.failed)} FAILED" if self.failed else ""
+        journals = self.hits.select(["entity", "fiscal_year", "journal_id"]).unique().height \
+            if self.hits.height else 0
+        headline = [f"rules: {len(self.ran)} run{skipped_text}{failed_text}, "
+                    f"{self.hits.height} hits on {journals} journals"]
+        headline += [f"rule {f['rule_id']} failed: {f['reason']}" for f in self.failed]
+        return {
+            "headline": headline,
+            "ran": self.ran,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "hits": self.hits.height,
+            "journals_hit": journals,
+            "hits_per_rule": self.hits_per_rule(),
+            "durations": {k: round(v, 3) for k, v in self.durations.items()},
+        }
+
+
+def run_catalog(con: duckdb.DuckDBPyConnection, settings: Settings, catalog: list[Rule],
+                delivery_only: bool = True, log: Any = None) -> RuleRunResult:
+    """Run every enabled, runnable rule; never a Python loop over rows, one query per rule."""
+    available = Availability.probe(con)
+    result = RuleRunResult(hits=pl.DataFrame(schema=HIT_SCHEMA))
+    frames: list[pl.DataFrame] = []
+    for rule in catalog:
+        if not settings.rule_enabled(rule.id):
+            result.skipped.append({"rule_id": rule.id, "reason": "disabled in belegwacht.toml"})
+            continue
+        reason = available.skip_reason(rule)
+        if reason:
+            result.skipped.append({"rule_id": rule.id, "reason": reason})
+            continue
+        params = effective_params(rule.id, rule.defaults(), rule.config_params, settings)
+        started = time.perf_counter()
+        try:
+            frames.append(run_rule(con, rule, params, delivery_only))
+            result.ran.append(rule.id)
+        except (duckdb.Error, ValueError, KeyError) as exc:
+            message = str(exc).splitlines()[0][:300]
+            result.failed.append({"rule_id": rule.id, "reason": message})
+            if log is not None:
+                log.warn(f"rule {rule.id} failed: {message}", rule_id=rule.id)
+        result.durations[rule.id] = time.perf_counter() - started
+    if frames:
+        result.hits = pl.concat(frames, how="vertical").sort(
+            ["entity", "fiscal_year", "journal_id", "line_no", "rule_id"], nulls_last=False)
+    return result
+
+
+def run_rules(con: duckdb.DuckDBPyConnection, ctx: Any, master: Any = None) -> RuleRunResult:
+    """Run the catalog for one run and write ``ctx.run_dir / "rule_hits.parquet"``.
+
+    ``master`` is accepted for the signature in docs/CONTRACTS.md; master data comes from the
+    views ``connect`` created.
+    """
+    started = time.perf_counter()
+    result = run_catalog(con, ctx.settings, load_catalog(),
+                         delivery_only=not getattr(ctx, "rescore_history", False),
+                         log=getattr(ctx, "log", None))
+    path = Path(ctx.run_dir) / "rule_hits.parquet"
+    result.hits.write_parquet(path)
+    result.path = path
+    result.durations["total"] = time.perf_counter() - started
+    log = getattr(ctx, "log", None)
+    if log is not None:
+        log.event("rules_done", **{k: v for k, v in result.summary().items()
+                                   if k in ("hits", "skipped", "failed")})
+    return result
+
+
+def evidence_of(hits: pl.DataFrame) -> list[dict[str, Any]]:
+    """Decode the evidence JSON (for tests and debugging; not used on the hot path)."""
+    return [json.loads(e) for e in hits["evidence"].to_list()]
