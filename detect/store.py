@@ -213,8 +213,10 @@ def _m1_initial(conn: Connection) -> None:
 
 
 def _m2_indexes(conn: Connection) -> None:
-    sa.Index("ix_items_flagged", items.c.entity, items.c.flagged).create(conn, checkfirst=True)
-    sa.Index("ix_access_log_ts", access_log.c.ts).create(conn, checkfirst=True)
+    # plain DDL: an sa.Index object would attach itself to the table metadata, and migration 1
+    # would then create it on fresh databases too
+    conn.execute(sa.text("CREATE INDEX IF NOT EXISTS ix_items_flagged ON items (entity, flagged)"))
+    conn.execute(sa.text("CREATE INDEX IF NOT EXISTS ix_access_log_ts ON access_log (ts)"))
 
 
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [

@@ -1,0 +1,243 @@
+"""Review store: migrations, publish semantics, decisions, suppressions, users."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+from types import SimpleNamespace
+
+import polars as pl
+import pytest
+import sqlalchemy as sa
+
+from detect.errors import UserError
+from detect.store import MIGRATIONS, ReviewStore, StoreError, item_id
+
+
+def findings(journals: list[str], entity: str = "Musterstadt", year: int = 2024,
+             rules: str = "PAY001", vendor: str = "V1", amount: str = "100.00") -> pl.DataFrame:
+    n = len(journals)
+    return pl.DataFrame({
+        "item_id": [item_id(entity, year, j) for j in journals],
+        "entity": [entity] * n, "fiscal_year": [year] * n, "journal_id": journals,
+        "line_no": list(range(1, n + 1)), "posting_date": [date(year, 3, 1)] * n,
+        "gl_account": ["4711"] * n, "amount": [Decimal(amount)] * n,
+        "risk_score": [90.0 - i for i in range(n)], "rank": list(range(1, n + 1)),
+        "rule_ids": [rules] * n, "vendor_id": [vendor] * n, "reasons": ["Grund\nzwei"] * n,
+    }, schema_overrides={"amount": pl.Decimal(18, 2), "fiscal_year": pl.Int32,
+                         "line_no": pl.Int32})
+
+
+def ctx(tmp_path: Path, run_id: str, entity: str = "Musterstadt",
+        rescore: bool = False) -> SimpleNamespace:
+    return SimpleNamespace(entity=entity, run_id=run_id, run_dir=tmp_path / run_id,
+                           rescore_history=rescore)
+
+
+def scope(journals: list[str], entity: str = "Musterstadt", year: int = 2024) -> pl.DataFrame:
+    return pl.DataFrame({"entity": [entity] * len(journals), "fiscal_year": [year] * len(journals),
+                         "journal_id": journals})
+
+
+def snapshot(store: ReviewStore, table: str) -> list[tuple]:
+    with store.engine.connect() as conn:
+        return [tuple(r) for r in conn.exec_driver_sql(f"SELECT * FROM {table} ORDER BY 1")]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ReviewStore:
+    return ReviewStore.for_data_dir(tmp_path)
+
+
+def test_sqlite_file_wal_and_migrations(tmp_path: Path, store: ReviewStore) -> None:
+    assert (tmp_path / "review.sqlite").exists()
+    assert store.schema_version() == MIGRATIONS[-1][0] == 2
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 60000
+        versions = conn.exec_driver_sql("SELECT version FROM schema_version ORDER BY 1").all()
+    assert [v[0] for v in versions] == [1, 2]
+    assert ReviewStore.for_data_dir(tmp_path).migrate() == 2  # reopening applies nothing
+
+
+def test_newer_schema_is_refused(tmp_path: Path, store: ReviewStore) -> None:
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO schema_version VALUES (99, 'future', 'x')")
+    with pytest.raises(UserError, match="schema version 99, newer"):
+        store.migrate()
+
+
+def test_publish_new_still_and_no_longer_flagged(tmp_path: Path, store: ReviewStore) -> None:
+    first = store.publish_run(ctx(tmp_path, "r1"), findings(["J1", "J2", "J3"]))
+    assert first["headline"][0] == ("published 3 items: 3 new, 0 still flagged, "
+                                    "0 no longer flagged, 0 suppressed")
+    j1 = item_id("Musterstadt", 2024, "J1")
+    store.record_decision(j1, "confirmed", "Doppelzahlung bestätigt", "anna")
+    # the next delivery re-exports J1..J3: J3 no longer flagged, J4 new
+    second = store.publish_run(ctx(tmp_path, "r2"), findings(["J1", "J2", "J4"]),
+                               scope=scope(["J1", "J2", "J3", "J4"]))
+    assert (second["new"], second["still_flagged"], second["no_longer_flagged"]) == (1, 2, 1)
+    listed = store.items()
+    assert sorted(listed["journal_id"]) == ["J1", "J2", "J4"]
+    j1_row = listed.filter(pl.col("item_id") == j1).row(0, named=True)
+    assert j1_row["status"] == "confirmed" and j1_row["last_comment"] == "Doppelzahlung bestätigt"
+    assert j1_row["first_run"] == "r1" and j1_row["amount"] == Decimal("100.00")
+    assert j1_row["posting_date"] == date(2024, 3, 1)
+    everything = store.items(include_unflagged=True)
+    j3 = everything.filter(pl.col("journal_id") == "J3").row(0, named=True)
+    assert j3["flagged"] is False and j3["last_run"] == "r2"
+    assert len(store.history(j1)) == 1  # history kept
+
+
+def test_delta_does_not_unflag_items_outside_its_scope(tmp_path: Path,
+                                                       store: ReviewStore) -> None:
+    store.publish_run(ctx(tmp_path, "r1"), findings(["J1", "J2"]))
+    # a delta with only J5 in it: J1 and J2 were not looked at, so they stay flagged
+    counts = store.publish_run(ctx(tmp_path, "r2"), findings(["J5"]), scope=scope(["J5"]))
+    assert (counts["new"], counts["no_longer_flagged"]) == (1, 0)
+    assert sorted(store.items()["journal_id"]) == ["J1", "J2", "J5"]
+    # default scope: the delivery's bookings.parquet in the run folder
+    run_dir = tmp_path / "r3"
+    run_dir.mkdir()
+    scope(["J2"]).with_columns(pl.col("fiscal_year").cast(pl.Int32)).write_parquet(
+        run_dir / "bookings.parquet")
+    counts = store.publish_run(ctx(tmp_path, "r3"), findings([]))
+    assert counts["no_longer_flagged"] == 1
+    assert sorted(store.items()["journal_id"]) == ["J1", "J5"]
+    # rescore_history: everything of the entity is in scope
+    counts = store.publish_run(ctx(tmp_path, "r4", rescore=True), findings(["J5"]))
+    assert counts["no_longer_flagged"] == 1 and sorted(store.items()["journal_id"]) == ["J5"]
+
+
+def test_rerunning_the_same_delivery_changes_nothing(tmp_path: Path,
+                                                     store: ReviewStore) -> None:
+    store.publish_run(ctx(tmp_path, "r1"), findings(["J1", "J2"]))
+    store.record_decision(item_id("Musterstadt", 2024, "J2"), "clarify", "", "bernd",
+                          assignee="anna")
+    before = snapshot(store, "items"), snapshot(store, "decisions")
+    for run in ("r1", "r2"):
+        counts = store.publish_run(ctx(tmp_path, run), findings(["J1", "J2"]))
+        assert (counts["new"], counts["changed"], counts["no_longer_flagged"]) == (0, 0, 0)
+        assert (snapshot(store, "items"), snapshot(store, "decisions")) == before
+
+
+def test_changed_content_after_a_decision_is_flagged(tmp_path: Path, store: ReviewStore) -> None:
+    store.publish_run(ctx(tmp_path, "r1"), findings(["J1"]))
+    j1 = item_id("Musterstadt", 2024, "J1")
+    store.record_decision(j1, "no_finding", "Abschlag laut Vertrag", "anna")
+    counts = store.publish_run(ctx(tmp_path, "r2"), findings(["J1"], amount="250.00"))
+    assert counts["changed"] == 1
+    row = store.items().row(0, named=True)
+    assert row["amount"] == Decimal("250.00") and row["changed_since_decision"] is True
+    assert row["status"] == "no_finding" and row["last_run"] == "r2"
+
+
+def test_publish_is_one_transaction(tmp_path: Path, store: ReviewStore) -> None:
+    store.publish_run(ctx(tmp_path, "r1"), findings(["J1"]))
+    bad = findings(["J2"]).with_columns(pl.lit("Nebenstadt").alias("entity"))
+    with pytest.raises(StoreError, match="Nebenstadt"):
+        store.publish_run(ctx(tmp_path, "r2"), pl.concat([findings(["J3"]), bad]))
+    assert sorted(store.items()["journal_id"]) == ["J1"]
+    assert [r["id"] for r in store.list_runs()] == ["r1"]
+
+
+def test_decisions_validate_and_corrections_append(tmp_path: Path, store: ReviewStore) -> None:
+    store.publish_run(ctx(tmp_path, "r1"), findings(["J1", "J2", "J3"]))
+    j1 = item_id("Musterstadt", 2024, "J1")
+    with pytest.raises(UserError, match="unknown status 'done'"):
+        store.record_decision(j1, "done", "x", "anna")
+    for status in ("confirmed", "no_finding"):
+        with pytest.raises(UserError, match=f"comment is required for the status {status}"):
+            store.record_decision(j1, status, "  ", "anna")
+    with pytest.raises(UserError, match="unknown review item 'nope'"):
+        store.record_decision("nope", "clarify", "", "anna")
+    with pytest.raises(UserError, match="needs a user"):
+        store.record_decision(j1, "clarify", "", "")
+    first = store.record_decision(j1, "confirmed", "bestätigt", "anna")
+    second = store.record_decision(j1, "no_finding", "Korrektur: Abschlag", "bernd")
+    assert (first, second) == (1, 2)
+    events = store.history(j1)
+    assert [e["status"] for e in events] == ["confirmed", "no_finding"]
+    assert events[1]["prev_hash"] == events[0]["hash"] and events[0]["run_id"] == "r1"
+    assert store.get_item(j1)["status"] == "no_finding"
+    others = [item_id("Musterstadt", 2024, j) for j in ("J2", "J3")]
+    assert store.record_decisions(others, "clarify", "Rückfrage Kämmerei", "carla") == 2
+    log = store.decision_log()
+    assert log["id"].to_list() == [1, 2, 3, 4]
+    assert log["journal_id"].to_list() == ["J1", "J1", "J2", "J3"]
+    assert store.verify_log().ok and store.verify_log().events == 4
+
+
+def test_suppression_lifecycle(tmp_path: Path, store: ReviewStore) -> None:
+    store.publish_run(ctx(tmp_path, "r1"), pl.concat([
+        findings(["J1", "J2"], vendor="V1"), findings(["J3"], vendor="V2"),
+        findings(["J4"], vendor="V1", rules="PAY001,TIM002")]))
+    j1 = item_id("Musterstadt", 2024, "J1")
+    with pytest.raises(UserError, match="must be narrow"):
+        store.record_decision(j1, "no_finding", "Abschläge", "anna",
+                              suppression={"rule_id": "PAY001"})
+    with pytest.raises(UserError, match="only be added with the status no_finding"):
+        store.record_decision(j1, "confirmed", "x", "anna",
+                              suppression={"rule_id": "PAY001", "vendor_id": "V1"})
+    store.record_decision(j1, "no_finding", "Abschlagszahlungen laut Vertrag", "anna",
+                          suppression={"rule_id": "PAY001", "vendor_id": "V1"})
+    [supp] = store.list_suppressions()
+    assert supp["scope"] == {"rule_id": "PAY001", "vendor_id": "V1"}
+    assert supp["created_by"] == "anna" and supp["item_id"] == j1
+    assert store.history(j1)[0]["suppression_id"] == supp["id"]
+    counts = store.publish_run(ctx(tmp_path, "r2"), pl.concat([
+        findings(["J1", "J2"], vendor="V1"), findings(["J3"], vendor="V2"),
+        findings(["J4"], vendor="V1", rules="PAY001,TIM002")]))
+    # J1 and J2 suppressed; J3 other vendor; J4 has a second, unsuppressed rule
+    assert counts["suppressed"] == 2
+    assert counts["headline"][1].startswith(f"suppression {supp['id']} (PAY001; vendor_id=V1) "
+                                            "by anna: 2 item(s)")
+    listed = store.items()
+    assert sorted(listed.filter("suppressed")["journal_id"]) == ["J1", "J2"]
+    store.revoke_suppression(supp["id"], "bernd", "Vertrag ausgelaufen")
+    assert store.list_suppressions() == []
+    [revoked] = store.list_suppressions(include_revoked=True)
+    assert revoked["revoked_by"] == "bernd" and revoked["active"] is False
+    assert store.items().filter("suppressed").height == 0
+    with pytest.raises(UserError, match="already revoked"):
+        store.revoke_suppression(supp["id"], "bernd", "again")
+    counts = store.publish_run(ctx(tmp_path, "r3"), findings(["J1", "J2"], vendor="V1"),
+                               scope=scope(["J1", "J2"]))
+    assert counts["suppressed"] == 0
+
+
+def test_users_and_access_log(store: ReviewStore) -> None:
+    store.add_user("anna", "$argon2id$x", "auditor", display_name="Anna Ärger")
+    with pytest.raises(UserError, match="exists already"):
+        store.add_user("anna", "h", "auditor")
+    with pytest.raises(UserError, match="unknown role 'boss'"):
+        store.add_user("bob", "h", "boss")
+    store.set_role("anna", "manager")
+    store.disable_user("anna")
+    user = store.get_user("anna")
+    assert (user["role"], user["active"], user["display_name"]) == ("manager", False, "Anna Ärger")
+    assert store.get_user("nobody") is None
+    with pytest.raises(UserError, match="no user 'nobody'"):
+        store.set_role("nobody", "admin")
+    store.log_access("anna", "login", "ok")
+    store.log_access("anna", "reveal", "IBAN of V1")
+    assert [a["action"] for a in store.access_log()] == ["reveal", "login"]
+
+
+def test_runs_and_deliveries(tmp_path: Path, store: ReviewStore) -> None:
+    store.start_run("r1", "Musterstadt", delivery_hash="abc")
+    store.fail_run("r1", "validate: file is empty")
+    store.publish_run(ctx(tmp_path, "r2"), findings(["J1"]), delivery_hash="def",
+                      manifest={"outcome": "published"})
+    runs = {r["id"]: r for r in store.list_runs()}
+    assert runs["r1"]["outcome"] == "failed" and runs["r1"]["error"] == "validate: file is empty"
+    assert runs["r2"]["outcome"] == "published" and runs["r2"]["counts"]["new"] == 1
+    assert store.delivery_run("Musterstadt", "def") == "r2"
+    assert store.delivery_run("Musterstadt", "abc") is None
+    assert store.delivery_run("Nebenstadt", "def") is None
+    assert store.latest_published_run("Musterstadt") == "r2"
+
+
+def test_sqlalchemy_version() -> None:
+    assert int(sa.__version__.split(".")[0]) >= 2
