@@ -100,7 +100,10 @@ def as_utf8(path: Path, encoding: str | None = None, workdir: Path | None = None
         return path
     target_dir = workdir or Path(tempfile.mkdtemp(prefix="belegwacht-"))
     target_dir.mkdir(parents=True, exist_ok=True)
-    target = target_dir / (path.name + ".utf8")
+    # several deliveries hold files of the same name (EXTF_Buchungsstapel.csv in each folder):
+    # a short hash of the full path keeps their UTF-8 copies apart
+    tag = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
+    target = target_dir / f"{tag}-{path.name}.utf8"
     decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
     with open(path, "rb") as src, open(target, "w", encoding="utf-8", newline="") as dst:
         while chunk := src.read(CHUNK):

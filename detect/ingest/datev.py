@@ -1,0 +1,422 @@
+"""DATEV EXTF ingest: Buchungsstapel (category 21) -> canonical bookings, plus master files.
+
+A Buchungsstapel row books ``Umsatz`` (always positive) on ``Konto`` against ``Gegenkonto``;
+``Soll/Haben-Kennzeichen`` S debits Konto, H credits it. Each row therefore becomes two canonical
+lines that balance. Master files in the same delivery are read too: Kontenbeschriftungen
+(category 20) -> ``accounts``, Debitoren/Kreditoren (category 16) -> ``vendors`` (creditors only).
+
+Journal and line mapping (stable, documented in docs/ingest_datev_sap.md):
+
+- ``journal_id`` = ``Belegfeld 1`` when filled, else ``<erzeugt am>-<row>`` (the header's creation
+  stamp and the 1-based data row), so rows without a voucher number stay separate journals;
+- ``line_no``: the k-th row of a journal in the delivery (file order, then row) gives lines
+  ``2k-1`` (Konto side) and ``2k`` (Gegenkonto side).
+
+Large files stream: the file is transcoded in chunks when it is not UTF-8 and scanned by Polars
+as strings; no Python string ever holds the whole file.
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from pathlib import Path
+
+import polars as pl
+
+from detect.config import Settings
+from detect.errors import IngestError
+from detect.ingest import INGEST_SCHEMA, InputFile, IngestResult
+from detect.ingest.datev_header import (
+    CATEGORIES,
+    KNOWN_FORMAT_VERSIONS,
+    ExtfHeader,
+    Field,
+    match_columns,
+    read_extf_header,
+    sniff_category,
+)
+from detect.ingest.delimited import (
+    LINE,
+    check_last_line,
+    overflow_issue,
+    scan_strings,
+    utf8_source,
+)
+from detect.ingest.parsing import gather_issues, parse_datetime, parse_decimal, strip_or_null
+from detect.ingest.textio import count_lines, decode_head, ends_with_newline, read_head, sha256_of
+from detect.schema import AMOUNT, MASTER_SCHEMAS, conform
+
+NAME = "datev"
+SEP = ";"
+BELEGINFO_PAIRS = 8
+
+BOOKING_FIELDS: dict[str, Field] = {
+    "umsatz": Field("Umsatz (ohne Soll/Haben-Kz)", ("umsatzohnesollhabenkz", "umsatz"), 0),
+    "sh": Field("Soll/Haben-Kennzeichen", ("sollhabenkennzeichen", "sollhabenkz", "shkz"), 1),
+    "wkz": Field("WKZ Umsatz", ("wkzumsatz",), 2),
+    "basis": Field("Basis-Umsatz", ("basisumsatz",), 4),
+    "wkz_basis": Field("WKZ Basis-Umsatz", ("wkzbasisumsatz",), 5),
+    "konto": Field("Konto", ("konto", "kontonummer"), 6),
+    "gegenkonto": Field("Gegenkonto (ohne BU-Schlüssel)", ("gegenkontoohnebuschlussel",
+                                                            "gegenkonto"), 7),
+    "belegdatum": Field("Belegdatum", ("belegdatum",), 9),
+    "belegfeld1": Field("Belegfeld 1", ("belegfeld1",), 10),
+    "belegfeld2": Field("Belegfeld 2", ("belegfeld2",), 11),
+    "text": Field("Buchungstext", ("buchungstext",), 13),
+    "gp_bank": Field("Geschäftspartnerbank", ("geschaftspartnerbank",), 16),
+    "kost1": Field("KOST1 - Kostenstelle", ("kost1kostenstelle", "kost1"), 36),
+    "herkunft": Field("Herkunft-Kz", ("herkunftkz",), None),
+    "gu": Field("Generalumkehr (GU)", ("generalumkehrgu", "generalumkehr"), None),
+}
+for _i in range(1, BELEGINFO_PAIRS + 1):
+    BOOKING_FIELDS[f"art{_i}"] = Field(f"Beleginfo - Art {_i}", (f"beleginfoart{_i}",),
+                                       18 + 2 * _i)
+    BOOKING_FIELDS[f"inhalt{_i}"] = Field(f"Beleginfo - Inhalt {_i}", (f"beleginfoinhalt{_i}",),
+                                          19 + 2 * _i)
+REQUIRED = ("umsatz", "sh", "konto", "gegenkonto", "belegdatum")
+
+# Beleginfo-Art values (normalised: lower case, letters and digits only) we map
+BELEGINFO_MAP: dict[str, tuple[str, ...]] = {
+    "entered_by": ("benutzer", "benutzername", "erfasser", "erfasstvon", "user", "username",
+                   "bearbeiter", "sachbearbeiter", "buchungsbenutzer"),
+    "approved_by": ("freigabe", "freigegebenvon", "freigeber", "genehmiger", "genehmigtvon",
+                    "approver", "approvedby", "anordnungsbefugter", "angeordnetvon"),
+    "entered_at": ("erfassungsdatum", "erfassungszeitpunkt", "erfasstam", "zeitstempel",
+                   "timestamp", "enteredat", "erfassungszeit"),
+}
+TIMESTAMP_FORMATS = ("%d.%m.%Y %H:%M:%S", "%d.%m.%Y %H:%M", "%Y-%m-%d %H:%M:%S",
+                     "%Y-%m-%dT%H:%M:%S", "%Y%m%d%H%M%S", "%d.%m.%Y", "%Y-%m-%d")
+
+ACCOUNT_FIELDS = {
+    "konto": Field("Konto", ("konto",), 0),
+    "short": Field("Kontenbeschriftung", ("kontenbeschriftung", "kontobeschriftung"), 1),
+    "long": Field("Kontenbeschriftung lang", ("kontenbeschriftunglang",
+                                              "kontobeschriftunglang"), None),
+}
+VENDOR_FIELDS = {
+    "konto": Field("Konto", ("konto",), 0),
+    "company": Field("Name (Adressatentyp Unternehmen)", ("nameadressatentypunternehmen",
+                                                          "nameadressattypunternehmen"), 1),
+    "surname": Field("Name (Adressatentyp natürl. Person)", ("nameadressatentypnaturlperson",
+                                                              "nameadressattypnaturlperson"), 3),
+    "forename": Field("Vorname (Adressatentyp natürl. Person)",
+                      ("vornameadressatentypnaturlperson", "vornameadressattypnaturlperson"), 4),
+    "noname": Field("Name (Adressatentyp keine Angabe)", ("nameadressatentypkeineangabe",
+                                                          "nameadressattypkeineangabe"), 5),
+    "kind": Field("Adressatentyp", ("adressatentyp", "adressattyp"), 6),
+    "short": Field("Kurzbezeichnung", ("kurzbezeichnung",), 7),
+}
+for _i in range(1, 6):
+    VENDOR_FIELDS[f"iban{_i}"] = Field(f"IBAN {_i}", (f"iban{_i}", f"ibannr{_i}"), None)
+    VENDOR_FIELDS[f"main{_i}"] = Field(f"Kennz. Hauptbankverb. {_i}",
+                                       (f"kennzhauptbankverb{_i}",), None)
+
+
+def sniff(path: Path, text: str) -> float:
+    category = sniff_category(text)
+    if category is None:
+        return 0.0
+    return 1.0 if category == 21 else 0.6
+
+
+# --- the Buchungsstapel --------------------------------------------------------------------------
+
+def _period(header: ExtfHeader) -> tuple[date, date]:
+    """The batch period; falls back to the fiscal year that starts at WJ-Beginn."""
+    start = header.period_from or header.fy_start
+    end = header.period_to
+    if end is None and header.fy_start is not None:
+        fy = header.fy_start
+        end = date(fy.year + 1, fy.month, fy.day) - timedelta(days=1)
+    assert start is not None and end is not None  # fy_start is required for category 21
+    return start, end
+
+
+def voucher_date(raw: pl.Expr, start: date, end: date) -> tuple[pl.Expr, pl.Expr]:
+    """``Belegdatum`` TTMM (or TMM, or TTMMJJJJ) -> date; the year is the one that puts the
+    date nearest the batch period (a 2812 voucher in a January batch is last December's)."""
+    text = raw.str.strip_chars()
+    ttmm = pl.when(text.str.len_chars() == 3).then(text.str.pad_start(4, "0")).otherwise(text)
+    is_ttmm = ttmm.str.contains(r"^\d{4}$")
+    lo, hi = pl.lit(start), pl.lit(end)
+    big = 10**6
+    cands, dists = [], []
+    for year in (end.year - 1, end.year, end.year + 1):
+        cand = pl.when(is_ttmm).then(
+            pl.concat_str(ttmm, pl.lit(str(year))).str.strptime(pl.Date, "%d%m%Y", strict=False))
+        dist = (pl.when(cand < lo).then((lo - cand).dt.total_days())
+                .when(cand > hi).then((cand - hi).dt.total_days())
+                .otherwise(pl.lit(0, pl.Int64))).fill_null(big)
+        cands.append(cand)
+        dists.append(dist)
+    nearest = (pl.when((dists[0] < dists[1]) & (dists[0] <= dists[2])).then(cands[0])
+               .when(dists[2] < dists[1]).then(cands[2]).otherwise(cands[1]))
+    full = pl.when(text.str.contains(r"^\d{8}$")).then(
+        text.str.strptime(pl.Date, "%d%m%Y", strict=False))
+    value = pl.coalesce(nearest, full)
+    issue = pl.when(value.is_null()).then(pl.format(
+        "Belegdatum: '{}' is not a date (TTMM)", text.fill_null("").str.slice(0, 20)))
+    return value, issue
+
+
+def _amount(raw: pl.Expr, label: str) -> tuple[pl.Expr, pl.Expr]:
+    """A DATEV amount: decimal comma, no thousands separator, no sign."""
+    text = raw.str.strip_chars()
+    value, generic = parse_decimal(raw, label, decimal=",", thousands=None,
+                                   allow_trailing_minus=False)
+    shown = text.str.slice(0, 40)
+    issue = pl.coalesce(
+        pl.when(text.str.contains(r"\.")).then(pl.format(
+            "{}: '{}' has a thousands separator; DATEV writes amounts without one "
+            "(like 1234,56)", pl.lit(label), shown)),
+        generic,
+        pl.when(value < 0).then(pl.format(
+            "{}: '{}' is negative; DATEV amounts are positive, the sign is in "
+            "Soll/Haben-Kennzeichen", pl.lit(label), shown)),
+    )
+    return value, issue
+
+
+def _norm_expr(raw: pl.Expr) -> pl.Expr:
+    """Vectorised ``delimited.norm_name`` for Beleginfo-Art values."""
+    low = raw.str.to_lowercase()
+    for a, b in (("ä", "a"), ("ö", "o"), ("ü", "u"), ("ß", "ss")):
+        low = low.str.replace_all(a, b, literal=True)
+    return low.str.replace_all(r"[^a-z0-9]", "")
+
+
+def _beleginfo(col: dict[str, pl.Expr], target: str) -> pl.Expr:
+    names = list(BELEGINFO_MAP[target])
+    picks = [pl.when(_norm_expr(col[f"art{i}"]).is_in(names)).then(strip_or_null(col[f"inhalt{i}"]))
+             for i in range(1, BELEGINFO_PAIRS + 1) if f"art{i}" in col and f"inhalt{i}" in col]
+    return pl.coalesce(picks) if picks else pl.lit(None, pl.String)
+
+
+def is_creditor(account: pl.Expr, account_length: int | None) -> pl.Expr:
+    """Creditor (Kreditor) accounts: personal accounts one digit longer than the G/L accounts,
+    starting with 7, 8 or 9 (70000-99999 with the usual 4-digit Sachkonten)."""
+    length = (account_length or 4) + 1
+    return (account.str.len_chars() == length) & account.str.contains(r"^[7-9]\d*$")
+
+
+def _batch_frame(header: ExtfHeader, file_idx: int, settings: Settings, workdir: Path,
+                 warnings: list[str]) -> pl.LazyFrame:
+    """One Buchungsstapel -> canonical lines (two per row), plus helper columns ``_ord``,
+    ``_side``, ``_gp_bank``."""
+    idx = match_columns(header, BOOKING_FIELDS, REQUIRED, warnings)
+    n_fields = max(len(header.columns), max(idx.values()) + 1)
+    check_last_line(header.path, header.encoding, SEP, n_fields)
+    source = utf8_source(header.path, header.encoding, workdir)
+    lf = scan_strings(source, SEP, n_fields, skip_lines=header.data_line - 1,
+                      first_line_no=header.data_line)
+    col = {key: pl.col(f"c{i}") for key, i in idx.items()}
+    start, end = _period(header)
+    label = {k: f.label for k, f in BOOKING_FIELDS.items()}
+    issues: list[pl.Expr] = [overflow_issue("DATEV")]
+
+    umsatz, issue = _amount(col["umsatz"], label["umsatz"])
+    issues.append(pl.coalesce(pl.when(strip_or_null(col["umsatz"]).is_null()).then(
+        pl.lit(f"{label['umsatz']}: is empty")), issue))
+    if "basis" in col:
+        basis, issue = _amount(col["basis"], label["basis"])
+        issues.append(issue)
+    else:
+        basis = pl.lit(None, AMOUNT)
+    # Basis-Umsatz is the amount in the house currency when Umsatz is in a foreign one
+    amount = pl.coalesce(basis, umsatz)
+    header_ccy = header.currency or settings.currency
+    wkz = strip_or_null(col["wkz"]) if "wkz" in col else pl.lit(None, pl.String)
+    wkz_basis = strip_or_null(col["wkz_basis"]) if "wkz_basis" in col else pl.lit(None, pl.String)
+    currency = pl.when(basis.is_not_null()).then(pl.coalesce(wkz_basis, pl.lit(header_ccy))) \
+        .otherwise(pl.coalesce(wkz, pl.lit(header_ccy)))
+
+    sh = col["sh"].str.strip_chars().str.to_uppercase()
+    issues.append(pl.when(~sh.is_in(["S", "H"]) | sh.is_null()).then(pl.format(
+        "{}: '{}' is not S or H", pl.lit(label["sh"]), sh.fill_null(""))))
+    konto, gegen = strip_or_null(col["konto"]), strip_or_null(col["gegenkonto"])
+    for key, acc in (("konto", konto), ("gegenkonto", gegen)):
+        issues.append(pl.when(acc.is_null()).then(pl.lit(f"{label[key]}: is empty")))
+    posted, issue = voucher_date(col["belegdatum"], start, end)
+    issues.append(issue)
+
+    belegfeld1 = strip_or_null(col["belegfeld1"]) if "belegfeld1" in col else pl.lit(None, pl.String)
+    belegfeld2 = strip_or_null(col["belegfeld2"]) if "belegfeld2" in col else pl.lit(None, pl.String)
+    batch_tag = header.created or sha256_of(header.path)[:12]
+    row_no = pl.col(LINE) - header.data_line + 1
+    entered_at, issue = parse_datetime(_beleginfo(col, "entered_at"), "Beleginfo Erfassungsdatum",
+                                       TIMESTAMP_FORMATS)
+    issues.append(issue)
+    entity = settings.entity if settings.entity and settings.entity != "default" \
+        else f"{header.berater}-{header.mandant}"
+    fy_start = header.fy_start or start
+    text_or_null = (lambda key: strip_or_null(col[key]) if key in col
+                    else pl.lit(None, pl.String))
+    signed = pl.when(sh == "H").then(-amount).otherwise(amount)
+    rows = lf.select(
+        pl.lit(entity).alias("entity"),
+        pl.lit(fy_start.year, pl.Int32).alias("fiscal_year"),
+        ((posted.dt.month().cast(pl.Int32) - fy_start.month) % 12 + 1).alias("period"),
+        pl.coalesce(belegfeld1, pl.format("{}-{}", pl.lit(batch_tag), row_no)).alias("journal_id"),
+        posted.alias("posting_date"),
+        posted.alias("document_date"),
+        entered_at.alias("entered_at"),
+        pl.coalesce(_beleginfo(col, "entered_by"),
+                    pl.lit(header.dictation or None, pl.String)).alias("entered_by"),
+        _beleginfo(col, "approved_by").alias("approved_by"),
+        pl.concat_list(konto, gegen).alias("gl_account"),
+        pl.concat_list(signed, -signed).alias("amount"),
+        pl.concat_list(
+            pl.when(is_creditor(konto, header.account_length)).then(konto),
+            pl.when(is_creditor(gegen, header.account_length)).then(gegen)).alias("vendor_id"),
+        pl.lit([0, 1], pl.List(pl.Int32)).alias("_side"),
+        currency.alias("currency"),
+        text_or_null("text").alias("description"),
+        pl.coalesce(text_or_null("herkunft"),
+                    pl.lit(header.origin or None, pl.String)).alias("source"),
+        text_or_null("kost1").alias("cost_center"),
+        pl.coalesce(belegfeld1, belegfeld2).alias("reference"),
+        pl.when(text_or_null("gu").is_in(["1", "X", "x"])).then(belegfeld1).alias("reversal_of"),
+        text_or_null("gp_bank").alias("_gp_bank"),
+        pl.lit(str(header.path)).alias("source_file"),
+        pl.col(LINE).alias("source_line"),
+        (pl.lit(file_idx, pl.Int64) * 10**12 + pl.col(LINE)).alias("_ord"),
+        gather_issues(issues),
+    )
+    return rows.explode(["gl_account", "amount", "vendor_id", "_side"])
+
+
+# --- master files --------------------------------------------------------------------------------
+
+def _master_rows(header: ExtfHeader, fields: dict[str, Field], required: tuple[str, ...],
+                 workdir: Path, warnings: list[str]) -> pl.DataFrame:
+    idx = match_columns(header, fields, required, warnings)
+    n_fields = max(len(header.columns), max(idx.values()) + 1)
+    check_last_line(header.path, header.encoding, SEP, n_fields)
+    source = utf8_source(header.path, header.encoding, workdir)
+    lf = scan_strings(source, SEP, n_fields, skip_lines=header.data_line - 1,
+                      first_line_no=header.data_line)
+    return lf.select([strip_or_null(pl.col(f"c{i}")).alias(k) for k, i in idx.items()]
+                     + [pl.col(LINE)]).collect().sort(LINE)
+
+
+def _accounts(header: ExtfHeader, workdir: Path, warnings: list[str]) -> pl.DataFrame:
+    df = _master_rows(header, ACCOUNT_FIELDS, ("konto", "short"), workdir, warnings)
+    name = pl.coalesce(pl.col("long"), pl.col("short")) if "long" in df.columns else pl.col("short")
+    out = df.filter(pl.col("konto").is_not_null()).select(
+        pl.col("konto").alias("gl_account"), name.alias("account_name"))
+    return conform(out.lazy(), MASTER_SCHEMAS["accounts"]).collect()
+
+
+def _vendors(header: ExtfHeader, workdir: Path,
+             warnings: list[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Creditors of a Debitoren/Kreditoren file -> (vendors, banks by Geschäftspartnerbank no.)."""
+    df = _master_rows(header, VENDOR_FIELDS, ("konto",), workdir, warnings)
+    c = lambda k: pl.col(k) if k in df.columns else pl.lit(None, pl.String)  # noqa: E731
+    person = pl.concat_str(c("forename"), c("surname"), separator=" ", ignore_nulls=True)
+    person = pl.when(person == "").then(None).otherwise(person)
+    main_iban = pl.coalesce([pl.when(c(f"main{i}") == "1").then(c(f"iban{i}")) for i in range(1, 6)]
+                            + [c(f"iban{i}") for i in range(1, 6)])
+    creditors = df.filter(is_creditor(pl.col("konto"), header.account_length))
+    vendors = creditors.select(
+        pl.col("konto").alias("vendor_id"),
+        pl.coalesce(c("company"), person, c("noname"), c("short")).alias("vendor_name"),
+        main_iban.str.replace_all(" ", "").alias("bank_account"),
+        pl.when(c("kind").is_not_null()).then(c("kind") == "1").alias("is_person"),
+    )
+    banks = pl.concat([creditors.select(pl.col("konto").alias("vendor_id"),
+                                        pl.lit(str(i)).alias("_gp_bank"),
+                                        c(f"iban{i}").str.replace_all(" ", "").alias("_iban"))
+                       for i in range(1, 6)]).filter(pl.col("_iban").is_not_null())
+    return conform(vendors.lazy(), MASTER_SCHEMAS["vendors"]).collect(), banks
+
+
+# --- read ----------------------------------------------------------------------------------------
+
+def _data_rows(header: ExtfHeader) -> int:
+    """Data rows (physical lines after the header lines; a final line without newline counts)."""
+    n = count_lines(header.path) + (0 if ends_with_newline(header.path) else 1)
+    return max(0, n - (header.data_line - 1))
+
+
+def read(files: list[Path], settings: Settings, workdir: Path) -> IngestResult:
+    """Read every EXTF file of the delivery; at least one Buchungsstapel is required."""
+    warnings: list[str] = []
+    ignored: list[str] = []
+    inputs: list[InputFile] = []
+    frames: list[pl.LazyFrame] = []
+    accounts: list[pl.DataFrame] = []
+    vendors: list[pl.DataFrame] = []
+    banks: list[pl.DataFrame] = []
+    empty: list[Path] = []
+    other_extf: list[str] = []
+    for path in files:
+        path = Path(path)
+        if path.stat().st_size == 0:
+            empty.append(path)
+            continue
+        if sniff_category(decode_head(read_head(path))) is None:
+            ignored.append(str(path))
+            continue
+        header = read_extf_header(path)
+        fv = KNOWN_FORMAT_VERSIONS.get(header.category)
+        if fv is not None and header.format_version not in fv:
+            warnings.append(f"{path}: EXTF format version {header.format_version} of category "
+                            f"{header.category} is unknown; columns are matched by name")
+        role = None
+        if header.category == 21:
+            frames.append(_batch_frame(header, len(frames), settings, workdir, warnings))
+            role = "bookings"
+        elif header.category == 20:
+            accounts.append(_accounts(header, workdir, warnings))
+            role = "master:accounts"
+        elif header.category == 16:
+            v, b = _vendors(header, workdir, warnings)
+            vendors.append(v)
+            banks.append(b)
+            role = "master:vendors"
+        else:
+            other_extf.append(f"{path.name} (category {header.category} "
+                              f"{CATEGORIES.get(header.category, header.format_name)})")
+            ignored.append(str(path))
+            continue
+        rows = _data_rows(header)
+        if role == "bookings" and rows == 0:
+            warnings.append(f"{path}: the Buchungsstapel holds no bookings")
+        inputs.append(InputFile(str(path), sha256_of(path), path.stat().st_size, role=role,
+                                rows=rows))
+    if other_extf:
+        warnings.append("DATEV files not read (only categories 21, 20 and 16 are): "
+                        + ", ".join(other_extf))
+    if not frames:
+        if empty and not other_extf and not accounts and not vendors:
+            raise IngestError("file is empty", file=str(empty[0]))
+        found = "; found " + ", ".join(other_extf) if other_extf else ""
+        if accounts or vendors:
+            found += "; found only master data (categories 20/16)"
+        raise IngestError("no DATEV Buchungsstapel (EXTF format category 21) in the delivery"
+                          + found, file=str(files[0]) if len(files) == 1 else None,
+                          hint="export the bookings as DATEV-Format 'Buchungsstapel'")
+    for path in empty:
+        warnings.append(f"{path}: file is empty; skipped")
+        ignored.append(str(path))
+
+    lines = pl.concat(frames, how="vertical")
+    if banks:
+        bank_df = pl.concat(banks).unique(["vendor_id", "_gp_bank"], keep="first")
+        lines = lines.join(bank_df.lazy(), on=["vendor_id", "_gp_bank"], how="left")
+        lines = lines.with_columns(pl.col("_iban").alias("bank_account"))
+    journal = ["entity", "fiscal_year", "journal_id"]
+    lines = lines.with_columns(
+        ((pl.col("_ord").rank("dense").over(journal).cast(pl.Int32) - 1) * 2 + 1
+         + pl.col("_side")).alias("line_no"))
+    lines = lines.sort(["_ord", "_side"])
+    bookings = conform(lines, INGEST_SCHEMA)
+    master: dict[str, pl.DataFrame] = {}
+    if accounts:
+        master["accounts"] = pl.concat(accounts).unique("gl_account", keep="first",
+                                                        maintain_order=True)
+    if vendors:
+        master["vendors"] = pl.concat(vendors).unique("vendor_id", keep="first",
+                                                      maintain_order=True)
+    return IngestResult(format=NAME, bookings=bookings, inputs=inputs, master=master,
+                        control_totals=[], warnings=warnings, ignored=ignored)
