@@ -106,6 +106,18 @@ class ScoringSettings:
     review_capacity_share: float = 0.0
     """Alternatively a share of journals (0 = use review_capacity)."""
     min_risk: float = 0.0
+    repeat_decay: float = 0.5
+    """Each further hit of the same rule in a journal adds this share of the previous one."""
+    family_bonus: float = 15.0
+    """Points per additional rule family hitting the same journal (independent signals)."""
+    model_bonus: float = 15.0
+    """Points when a journal has rule hits and its model score is in the model tail."""
+    model_floor: float = 0.9
+    """Model scores below this contribute no points (ordinary lines stay silent)."""
+    model_tail_share: float = 0.01
+    """A journal with only a model score becomes an item if it is in this top share."""
+    score_scale: float = 50.0
+    """risk = 100 * (1 - exp(-points / score_scale)): diminishing returns, bounded at 100."""
 
 
 @dataclass

@@ -1,0 +1,232 @@
+"""Detection quality: recall at a review budget and average precision for a ranking of journals.
+
+Why journals: an auditor reviews a voucher, so a hit anywhere in a labelled journal counts.
+Why recall at 0.5/1/2 % of journals: that is the review budget a team has; AP summarises the
+whole ranking.
+
+Usage (the numbers in docs/models_scoring.md come from this)::
+
+    .venv/bin/python -m bench.detection                  # demo ledger if present, else synthetic
+    .venv/bin/python -m bench.detection --synthetic 20000 # synthetic ledger with N journals
+    .venv/bin/python -m bench.detection --scale 1000000   # time + peak memory of models on 1M lines
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import sys
+import time
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+JOURNAL = ["entity", "fiscal_year", "journal_id"]
+BUDGETS = (0.005, 0.01, 0.02)
+
+
+# --------------------------------------------------------------------------- metrics
+
+def _ap(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Average precision; journals without a score (-inf) are never retrieved."""
+    n_pos = int(positive.sum())
+    if n_pos == 0:
+        return float("nan")
+    order = np.argsort(-scores, kind="stable")
+    pos = positive[order]
+    retrieved = np.isfinite(scores[order])
+    hits = np.cumsum(pos)
+    precision = hits / np.arange(1, len(pos) + 1)
+    return float((precision * (pos & retrieved)).sum() / n_pos)
+
+
+def evaluate(ranking: pl.DataFrame, labels: pl.DataFrame, journals: pl.DataFrame,
+             score: str = "score", budgets: tuple[float, ...] = BUDGETS) -> pl.DataFrame:
+    """Recall at each budget (share of all journals) and AP, overall and per scenario.
+
+    ``ranking``: JOURNAL + ``score`` (higher = review first; journals absent = not flagged).
+    ``labels``: JOURNAL + ``scenario``. ``journals``: JOURNAL of every journal in the ledger
+    (the denominator of the budget). Ties are broken by journal key so results are stable.
+    Per scenario, the other scenarios' journals are left out of the AP (neither hit nor miss).
+    Returns one row per scenario plus ``overall``: n, recall@<b>, ap.
+    """
+    base = (journals.select(JOURNAL).unique()
+            .join(ranking.select(JOURNAL + [score]).group_by(JOURNAL).agg(pl.col(score).max()),
+                  on=JOURNAL, how="left")
+            .join(labels.select(JOURNAL + ["scenario"]).unique(JOURNAL), on=JOURNAL, how="left")
+            .with_columns(pl.col(score).cast(pl.Float64).fill_null(-math.inf))
+            .sort([score] + JOURNAL, descending=[True, False, False, False]))
+    n = base.height
+    scenario = base.get_column("scenario")
+    s = base.get_column(score).to_numpy()
+    ranked = np.isfinite(s)
+    rows = []
+    groups = [("overall", scenario.is_not_null().to_numpy(), np.ones(n, bool))]
+    for name in sorted(scenario.drop_nulls().unique().to_list()):
+        is_it = (scenario == name).fill_null(False).to_numpy()
+        groups.append((name, is_it, is_it | scenario.is_null().to_numpy()))
+    for name, pos, keep in groups:
+        row: dict[str, object] = {"scenario": name, "n": int(pos.sum())}
+        for b in budgets:
+            k = max(1, math.ceil(b * n))
+            top = np.zeros(n, bool)
+            top[:k] = True
+            top &= ranked
+            row[f"recall@{b * 100:g}%"] = float((pos & top).sum() / max(pos.sum(), 1))
+        row["ap"] = _ap(s[keep], pos[keep])
+        rows.append(row)
+    return pl.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- synthetic ledger
+
+SCENARIOS = ["amount_outlier", "night_posting", "weekend_posting", "outside_usual_accounts",
+             "rare_account_pair", "new_vendor_payment", "one_off_bank_account", "ends_in_nines",
+             "round_amount_new_vendor", "backdated", "rare_user"]
+
+
+def synthetic_ledger(n_journals: int = 20_000, seed: int = 0, anomaly_share: float = 0.01,
+                     entity: str = "Synthstadt", year: int = 2025) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """A two-line-per-journal municipal ledger with labelled injected anomalies (numpy only).
+
+    Invoices debit an expense account and credit payables (160000); payments debit payables and
+    credit the bank (180000) with the vendor's IBAN. Each user books on a few usual accounts,
+    each vendor on one or two. Returns (bookings in BOOKING_SCHEMA, labels).
+    """
+    from detect.schema import BOOKING_SCHEMA
+
+    rng = np.random.default_rng(seed)
+    n_acct, n_user, n_vendor = 60, 25, 400
+    accounts = np.array([f"5{i:05d}" for i in range(n_acct)])
+    acct_mu = rng.uniform(4.0, 8.5, n_acct)       # ln of the typical amount
+    acct_w = rng.dirichlet(np.ones(n_acct) * 0.7)
+    user_acc = [rng.choice(n_acct, 6, replace=False, p=acct_w) for _ in range(n_user)]
+    vend_acc = rng.choice(n_acct, (n_vendor, 2), p=acct_w)
+    vend_bank = np.array([f"DE{v:020d}" for v in range(n_vendor)])
+    users = np.array([f"USER{u:02d}" for u in range(n_user)])
+    user_w = rng.dirichlet(np.ones(n_user))
+
+    n = n_journals
+    is_pay = rng.random(n) < 0.4
+    user = rng.choice(n_user, n, p=user_w)
+    vendor = rng.integers(0, n_vendor, n)
+    slot = rng.integers(0, 6, n)
+    acct = np.stack(user_acc)[user, slot]
+    # vendors mostly book on their own accounts
+    own = rng.random(n) < 0.7
+    acct = np.where(own, vend_acc[vendor, rng.integers(0, 2, n)], acct)
+    amount = np.round(np.exp(acct_mu[acct] + rng.normal(0, 0.6, n)), 2)
+    workdays = np.array([d for d in range(365) if (date(year, 1, 1) + timedelta(d)).weekday() < 5
+                         and not (date(year, 1, 1) + timedelta(d)).strftime("%m-%d") in
+                         {"01-01", "05-01", "10-03", "12-25", "12-26"}])
+    day = rng.choice(workdays, n)
+    hour = rng.normal(11, 2.2, n).clip(6.5, 19.5)
+    doc_lag = rng.integers(0, 15, n)
+    post_lag = np.zeros(n, dtype=np.int64)
+    bank = vend_bank[vendor].astype(object)
+    new_vendor = np.full(n, -1)
+
+    labels = np.full(n, None, dtype=object)
+    n_anom = max(len(SCENARIOS), int(n * anomaly_share))
+    idx = rng.choice(np.arange(n // 5, n), n_anom, replace=False)   # not at history start
+    for i, j in enumerate(idx):
+        sc = SCENARIOS[i % len(SCENARIOS)]
+        labels[j] = sc
+        if sc == "amount_outlier":
+            amount[j] = round(amount[j] * 20, 2)
+        elif sc == "night_posting":
+            hour[j] = rng.uniform(1, 4)
+        elif sc == "weekend_posting":
+            d = day[j] - (date(year, 1, 1) + timedelta(int(day[j]))).weekday() + 5
+            day[j] = min(max(d, 5), 363)
+        elif sc == "outside_usual_accounts":
+            acct[j] = rng.choice(np.setdiff1d(np.arange(n_acct), user_acc[user[j]]))
+        elif sc == "rare_account_pair":
+            is_pay[j] = False
+            acct[j] = -1                                   # expense against the bank, see below
+        elif sc in ("new_vendor_payment", "round_amount_new_vendor"):
+            new_vendor[j] = n_vendor + i
+            is_pay[j] = True
+            if sc == "round_amount_new_vendor":
+                amount[j] = float(rng.choice([5000, 10000, 20000, 25000]))
+        elif sc == "one_off_bank_account":
+            is_pay[j] = True
+            bank[j] = f"DE9{j:019d}"
+        elif sc == "ends_in_nines":
+            amount[j] = float(rng.choice([999.0, 4999.0, 9999.99, 2999.0, 24999.0]))
+        elif sc == "backdated":
+            post_lag[j] = -int(rng.integers(45, 120))
+        elif sc == "rare_user":
+            user[j] = n_user                               # a user who books once
+    users = np.append(users, "AUSHILFE_X")
+
+    base = datetime(year, 1, 1)
+    entered = np.array([base + timedelta(days=int(d), hours=float(h)) for d, h in zip(day, hour)],
+                       dtype="datetime64[us]")
+    posting = (entered.astype("datetime64[D]") + post_lag.astype("timedelta64[D]"))
+    document = posting - doc_lag.astype("timedelta64[D]")
+    vend_ids = np.where(new_vendor >= 0, np.char.add("V", new_vendor.astype(str)),
+                        np.char.add("V", vendor.astype(str)))
+    bank = np.where(new_vendor >= 0, np.char.add("DE8", new_vendor.astype(str)), bank.astype(str))
+    exp_acct = np.where(acct >= 0, accounts[np.maximum(acct, 0)], "180000")
+    debit_acct = np.where(is_pay, "160000", exp_acct)
+    credit_acct = np.where(is_pay, "180000", np.where(acct >= 0, "160000", "520077"))
+    jid = np.char.add("J", np.arange(n).astype(str))
+    lines = pl.DataFrame({
+        "journal_id": np.repeat(jid, 2),
+        "line_no": np.tile([1, 2], n).astype(np.int32),
+        "gl_account": np.stack([debit_acct, credit_acct], 1).ravel(),
+        "amount": np.stack([amount, -amount], 1).ravel(),
+        "posting_date": np.repeat(posting, 2),
+        "document_date": np.repeat(document, 2),
+        "entered_at": np.repeat(entered, 2),
+        "entered_by": np.repeat(users[user], 2),
+        "vendor_id": np.repeat(vend_ids, 2),
+        "bank_account": np.repeat(np.where(is_pay, bank, None), 2),
+    })
+    bookings = lines.with_columns(
+        pl.lit(entity).alias("entity"), pl.lit(year, pl.Int32).alias("fiscal_year"),
+        pl.col("posting_date").dt.month().cast(pl.Int32).alias("period"),
+        pl.col("amount").cast(pl.Decimal(18, 2)),
+        pl.lit("synthetic").alias("source_file"),
+        (pl.int_range(pl.len()) + 2).cast(pl.Int64).alias("source_line"),
+    )
+    bookings = bookings.select([
+        (pl.col(c) if c in bookings.columns else pl.lit(None)).cast(t).alias(c)
+        for c, t in BOOKING_SCHEMA.items()])
+    lab = pl.DataFrame({"journal_id": jid, "scenario": labels.tolist()},
+                       schema={"journal_id": pl.String, "scenario": pl.String}).drop_nulls("scenario").with_columns(
+        pl.lit(entity).alias("entity"), pl.lit(year, pl.Int32).alias("fiscal_year"))
+    return bookings, lab.select(JOURNAL + ["scenario"])
+
+
+# --------------------------------------------------------------------------- runners
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _fmt(table: pl.DataFrame) -> str:
+    return str(table.with_columns(pl.selectors.float().round(3)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--synthetic", type=int, default=0, help="journals in a synthetic ledger")
+    parser.add_argument("--scale", type=int, default=0, help="time the models on N lines")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="also write the metrics as JSON")
+    args = parser.parse_args(argv)
+    if args.scale:
+        from bench import detection_runs
+        return detection_runs.scale(args.scale, args.seed)
+    from bench import detection_runs
+    return detection_runs.quality(args.synthetic, args.seed, args.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

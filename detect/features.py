@@ -1,0 +1,255 @@
+"""Per-line features for the outlier models, computed vectorised over an entity's history.
+
+Why these features: an auditor asks "is this amount usual *for this account*?", "has this user
+ever booked here?", "was this keyed in at 3 a.m.?". Each feature answers one such question as a
+number where **higher = more unusual** (a few date gaps are two-sided), so every detector and
+every explanation reads it the same way. Categorical attributes (account, user, vendor, bank
+account) enter only as frequencies/rarities, never as raw codes: a code has no order and a
+model must not learn that account 4711 is "bigger" than 0815.
+
+Counts and medians are taken over the whole history handed in (the entity's ledger), so a
+line is judged against everything the entity has booked. Missing source columns give a
+constant feature, which ``active_features`` drops and notes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+
+import holidays
+import numpy as np
+import polars as pl
+
+from detect.config import Settings
+
+JOURNAL = ["entity", "fiscal_year", "journal_id"]
+KEY = ["entity", "fiscal_year", "journal_id", "line_no"]
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    direction: int
+    """+1: only high values are unusual; 0: both tails are unusual."""
+    needs: tuple[str, ...]
+    doc: str
+
+
+FEATURES: list[Feature] = [
+    Feature("amount_log", 1, ("amount",), "log10(1 + |amount|): large amounts"),
+    Feature("amount_z_account", 1, ("amount", "gl_account"),
+            "robust z-score of log |amount| within the account (median/MAD)"),
+    Feature("account_rarity", 1, ("gl_account",), "-log10 share of lines on the account"),
+    Feature("pair_rarity", 1, ("gl_account",),
+            "-log10 P(contra account | account): how rare the debit/credit pair is"),
+    Feature("user_account_rarity", 1, ("entered_by", "gl_account"),
+            "-log10 P(user | account), counted in journals"),
+    Feature("user_rarity", 1, ("entered_by",), "-log10 share of lines entered by the user"),
+    Feature("vendor_account_rarity", 1, ("vendor_id", "gl_account"),
+            "-log10 P(account | vendor of the journal), counted in journals"),
+    Feature("vendor_new", 1, ("vendor_id",),
+            "1 on the day a vendor first appears, falling to 0 after 90 days"),
+    Feature("bank_rarity", 1, ("vendor_id", "bank_account"),
+            "-log10 share of the vendor's journals paid to this bank account"),
+    Feature("off_hours", 1, ("entered_at",), "hours outside office hours at entry"),
+    Feature("non_workday", 1, ("posting_date",),
+            "1 if entered or posted on a weekend or public holiday"),
+    Feature("doc_post_days", 0, ("document_date",), "posting date - document date, days"),
+    Feature("entry_post_days", 0, ("entered_at",),
+            "posting date - entry date, days (negative = backdated)"),
+    Feature("round_zeros", 1, ("amount",), "trailing zeros of the amount in cents"),
+    Feature("trailing_nines", 1, ("amount",), "trailing 9s of the amount (4,999.00 -> 3)"),
+    Feature("user_day_z", 1, ("entered_by", "entered_at"),
+            "robust z of the user's lines that day against the user's usual days"),
+]
+FEATURE_NAMES: list[str] = [f.name for f in FEATURES]
+DIRECTIONS: dict[str, int] = {f.name: f.direction for f in FEATURES}
+
+CONTEXT = ["gl_account", "amount_f", "amount_pct_account", "amount_pct_all", "account_lines",
+           "contra_account", "pair_journals", "entered_by", "ua_other", "user_lines", "vendor_j",
+           "va_other", "vendor_age_days", "bank_journals", "vendor_bank_journals", "entry_time",
+           "day", "doc_post", "entry_post", "user_day_lines", "user_day_median"]
+"""Columns kept next to the features so explanations can quote values in words."""
+
+MAD_FLOOR = 0.05
+"""Floor for the MAD in log10 units (~12 %): accounts with constant amounts (rent) would
+otherwise turn a 1 % change into an enormous z-score."""
+NEW_VENDOR_DAYS = 90
+
+
+@dataclass
+class FeatureFrame:
+    frame: pl.DataFrame
+    """KEY + FEATURE_NAMES + CONTEXT, sorted by KEY."""
+    notes: list[str] = field(default_factory=list)
+
+
+def _rarity(count: pl.Expr, total: pl.Expr) -> pl.Expr:
+    return -(count.cast(pl.Float64) / total.cast(pl.Float64)).log10()
+
+
+def _robust_z(x: pl.Expr, by: list[str], floor: float) -> pl.Expr:
+    med = x.median().over(by)
+    mad = (x - med).abs().median().over(by)
+    return (x - med) / (1.4826 * mad + floor)
+
+
+def _holidays(settings: Settings, years: list[int]) -> list[date]:
+    if not years:
+        return []
+    try:
+        cal = holidays.country_holidays(settings.country, subdiv=settings.state or None,
+                                        years=years)
+    except (NotImplementedError, KeyError):
+        cal = holidays.country_holidays(settings.country, years=years)
+    return sorted(cal.keys())
+
+
+def _journal_counts(cols: list[str], name: str) -> pl.Expr:
+    """Distinct journals per group (journal key hashed to one integer)."""
+    return pl.col("_jk").n_unique().over(cols).alias(name)
+
+
+def build_features(bookings: pl.LazyFrame, settings: Settings,
+                   vendors: pl.DataFrame | None = None) -> FeatureFrame:
+    """Features for every line of ``bookings`` (canonical schema), sorted by the line key."""
+    schema = bookings.collect_schema()
+    cols = ["entity", "fiscal_year", "journal_id", "line_no", "posting_date", "document_date",
+            "entered_at", "entered_by", "gl_account", "amount", "vendor_id", "bank_account"]
+    lf = bookings.select([pl.col(c) if c in schema else pl.lit(None).alias(c) for c in cols])
+    df = lf.with_columns(
+        pl.col("amount").cast(pl.Float64).fill_null(0.0).alias("amount_f"),
+        pl.concat_str([pl.col("entity"), pl.col("fiscal_year").cast(pl.String),
+                       pl.col("journal_id")], separator="|").hash(seed=7).alias("_jk"),
+    ).collect().sort(KEY)
+    notes: list[str] = []
+    empty = [c for c in cols[4:] if df.get_column(c).null_count() == df.height]
+    if empty and df.height:
+        notes.append("column(s) entirely empty, dependent features are constant: "
+                     + ", ".join(empty))
+    office = settings.office_hours
+    hol = _holidays(settings, sorted(set(df.get_column("fiscal_year").drop_nulls().to_list())
+                                     | {y + 1 for y in df.get_column("fiscal_year")
+                                        .drop_nulls().unique().to_list()}))
+    n_total = pl.len()
+    abs_amt = pl.col("amount_f").abs()
+    log_abs = (abs_amt + 1.0).log10()
+
+    # journal context: main debit and credit account, journal vendor and bank account
+    ranked = df.with_columns((-abs_amt).alias("_neg")).sort(JOURNAL + ["_neg", "line_no"])
+    jctx = ranked.group_by(JOURNAL, maintain_order=True).agg(
+        pl.col("gl_account").filter(pl.col("amount_f") > 0).first().alias("_top_debit"),
+        pl.col("gl_account").filter(pl.col("amount_f") < 0).first().alias("_top_credit"),
+        pl.col("vendor_id").drop_nulls().first().alias("vendor_j"),
+        pl.col("bank_account").drop_nulls().first().alias("_bank_j"),
+    )
+    df = df.join(jctx, on=JOURNAL, how="left").with_columns(
+        pl.when(pl.col("amount_f") > 0).then(pl.col("_top_credit"))
+        .otherwise(pl.col("_top_debit")).alias("contra_account"),
+        pl.coalesce(pl.col("entered_at").dt.date(), pl.col("posting_date")).alias("day"),
+    )
+
+    # vendor age: master created_at when known, else first appearance in the history
+    first_seen = pl.col("posting_date").min().over("vendor_j")
+    hist_start = pl.col("posting_date").min()
+    if vendors is not None and vendors.height and "created_at" in vendors.columns:
+        created = vendors.select(pl.col("vendor_id").alias("vendor_j"),
+                                 pl.col("created_at").cast(pl.Date).alias("_created"))
+        created = created.unique("vendor_j", keep="first")
+        df = df.join(created, on="vendor_j", how="left")
+    else:
+        df = df.with_columns(pl.lit(None, dtype=pl.Date).alias("_created"))
+    # a vendor first seen in the first 90 days of the history may simply predate it: unknown
+    vendor_since = (pl.when(pl.col("_created").is_not_null()).then(pl.col("_created"))
+                    .when(first_seen - hist_start >= pl.duration(days=NEW_VENDOR_DAYS))
+                    .then(first_seen).otherwise(None))
+    df = df.with_columns(
+        (pl.col("posting_date") - vendor_since).dt.total_days().alias("vendor_age_days"))
+
+    hours = (pl.col("entered_at").dt.hour().cast(pl.Float64)
+             + pl.col("entered_at").dt.minute().cast(pl.Float64) / 60.0)
+    off = pl.max_horizontal(pl.lit(float(office.start_hour)) - hours,
+                            hours - float(office.end_hour), pl.lit(0.0))
+    def non_work(d: pl.Expr) -> pl.Expr:
+        return (~d.dt.weekday().is_in(office.workdays)) | d.is_in(hol)
+
+    cents = (abs_amt * 100).round(0).cast(pl.Int64)
+    euros = cents // 100
+    digits = pl.concat_str([euros.cast(pl.String),
+                            pl.when(cents % 100 != 0).then((cents % 100).cast(pl.String)
+                                                           .str.zfill(2)).otherwise(pl.lit(""))])
+    user_day = pl.len().over(["entered_by", "day"]).cast(pl.Float64)
+
+    df = df.with_columns(
+        pl.len().over("gl_account").alias("account_lines"),
+        _journal_counts(["gl_account", "contra_account"], "pair_journals"),
+        _journal_counts(["gl_account"], "_acct_journals"),
+        _journal_counts(["entered_by", "gl_account"], "_ua_journals"),
+        pl.len().over("entered_by").alias("user_lines"),
+        _journal_counts(["vendor_j", "gl_account"], "_va_journals"),
+        _journal_counts(["vendor_j"], "_v_journals"),
+        _journal_counts(["vendor_j", "_bank_j"], "bank_journals"),
+        user_day.alias("user_day_lines"),
+        ((abs_amt.rank("min").over("gl_account") - 1) / pl.len().over("gl_account"))
+        .alias("amount_pct_account"),
+        ((abs_amt.rank("min") - 1) / n_total).alias("amount_pct_all"),
+        hours.alias("_hours"),
+        pl.col("entered_at").dt.strftime("%H:%M").alias("entry_time"),
+        (pl.col("posting_date") - pl.col("document_date")).dt.total_days().alias("doc_post"),
+        (pl.col("posting_date") - pl.col("entered_at").dt.date()).dt.total_days()
+        .alias("entry_post"),
+        amount_log=log_abs,
+        amount_z_account=_robust_z(log_abs, ["gl_account"], MAD_FLOOR),
+        off_hours=off,
+        non_workday=(non_work(pl.col("day")) | non_work(pl.col("posting_date"))),
+        round_zeros=pl.sum_horizontal([(cents % (10 ** k) == 0) & (cents > 0)
+                                       for k in range(1, 9)]),
+        trailing_nines=digits.str.extract(r"(9+)$").str.len_chars(),
+    )
+    vb_journals = pl.col("_jk").filter(pl.col("_bank_j").is_not_null()).n_unique().over("vendor_j")
+    has_user = pl.col("entered_by").is_not_null()
+    has_vendor = pl.col("vendor_j").is_not_null()
+    df = df.with_columns(
+        vb_journals.alias("vendor_bank_journals"),
+        (pl.col("_ua_journals") - 1).alias("ua_other"),
+        (pl.col("_va_journals") - 1).alias("va_other"),
+        pl.col("user_day_lines").log1p().median().over("entered_by").exp().sub(1)
+        .alias("user_day_median"),
+    ).with_columns(
+        account_rarity=_rarity(pl.col("account_lines"), n_total),
+        pair_rarity=pl.when(pl.col("contra_account").is_not_null())
+        .then(_rarity(pl.col("pair_journals"), pl.col("_acct_journals"))),
+        user_account_rarity=pl.when(has_user)
+        .then(_rarity(pl.col("_ua_journals"), pl.col("_acct_journals"))),
+        user_rarity=pl.when(has_user).then(_rarity(pl.col("user_lines"), n_total)),
+        vendor_account_rarity=pl.when(has_vendor)
+        .then(_rarity(pl.col("_va_journals"), pl.col("_v_journals"))),
+        vendor_new=pl.when(has_vendor).then(
+            (1.0 - pl.col("vendor_age_days").cast(pl.Float64) / NEW_VENDOR_DAYS).clip(0.0, 1.0)),
+        bank_rarity=pl.when(has_vendor & pl.col("_bank_j").is_not_null())
+        .then(_rarity(pl.col("bank_journals"), pl.col("vendor_bank_journals"))),
+        doc_post_days=pl.col("doc_post").cast(pl.Float64),
+        entry_post_days=pl.col("entry_post").cast(pl.Float64),
+        user_day_z=pl.when(has_user & pl.col("entered_at").is_not_null())
+        .then(_robust_z(pl.col("user_day_lines").log1p(), ["entered_by"], 0.1)),
+    )
+    feats = [pl.col(n).cast(pl.Float64).fill_nan(None).fill_null(0.0).alias(n)
+             for n in FEATURE_NAMES]
+    out = df.select(KEY + feats + CONTEXT)
+    return FeatureFrame(out, notes)
+
+
+def active_features(frame: pl.DataFrame, names: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """Split features into (used, dropped): a constant column carries no information."""
+    names = names or FEATURE_NAMES
+    if frame.height == 0:
+        return [], list(names)
+    spread = frame.select([(pl.col(n).max() - pl.col(n).min()).alias(n) for n in names]).row(0)
+    used = [n for n, s in zip(names, spread) if s is not None and s > 0]
+    return used, [n for n in names if n not in used]
+
+
+def to_matrix(frame: pl.DataFrame, names: list[str]) -> np.ndarray:
+    """Features as a C-contiguous float64 matrix for the detectors."""
+    return np.ascontiguousarray(frame.select(names).to_numpy().astype(np.float64, copy=False))

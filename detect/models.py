@@ -1,0 +1,295 @@
+"""PyOD outlier ensemble per entity: fit on the history, score this delivery, explain each score.
+
+Why an ensemble: IForest sees combinations of features (a large amount *and* a rare user),
+HBOS and ECOD see each feature's tail; they fail differently, and averaging their ranks is
+robust to any one of them being badly calibrated. Why ranks: raw scores of different
+detectors live on different scales; each detector's score is turned into its percentile among
+the training lines' scores (a rank against the fit sample, so a line's score does not depend on
+which other lines are scored in the same batch), and the percentiles are averaged -> 0..1.
+
+ECOD here is ``TailECOD``, an inductive variant of PyOD's ECOD: PyOD recomputes the empirical
+CDFs on training + scored rows at every ``decision_function`` call, which makes a score depend
+on the batch and costs memory proportional to both. ``TailECOD`` keeps the sorted training
+columns and looks values up (``searchsorted``); its per-feature tail scores
+``-log P(tail)`` are also the explanations.
+
+Persistence: ``models/ensemble.joblib`` (PyOD's versioned envelope) with ``ensemble.json``
+(parameters, features, versions, sha256 of the joblib). ``load_ensemble`` refuses a file whose
+hash does not match the sidecar and only then calls ``pyod.utils.persistence.load(trusted=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from pyod.models.ecod import ECOD
+from pyod.models.hbos import HBOS
+from pyod.models.iforest import IForest
+from sklearn.base import BaseEstimator
+
+from detect import explain
+from detect.errors import UserError
+from detect.features import DIRECTIONS, KEY, active_features, build_features, to_matrix
+
+MODEL_SCORE_SCHEMA = pl.Schema({
+    "entity": pl.String(), "fiscal_year": pl.Int32(), "journal_id": pl.String(),
+    "line_no": pl.Int32(), "model_score": pl.Float64(), "model_reasons_de": pl.String(),
+    "model_reasons_en": pl.String(), "top_features": pl.String(),
+})
+MIN_LINES = 50
+"""Below this many history lines no model is fitted (nothing to learn 'usual' from)."""
+KNOWN_DETECTORS = ("iforest", "hbos", "ecod")
+
+
+class ModelLoadError(UserError):
+    """A saved model is missing, altered or not from this tool: it is not unpickled."""
+
+
+class TailECOD(ECOD):
+    """Inductive ECOD: per-feature empirical tail probabilities against the training sample.
+
+    ``directions[j]`` = +1 scores only the upper tail of feature j (e.g. rarity), 0 both tails.
+    """
+
+    def __init__(self, contamination: float = 0.1, directions: tuple[int, ...] | None = None):
+        super().__init__(contamination=contamination)
+        self.directions = directions
+
+    def fit(self, X: np.ndarray, y: Any = None) -> "TailECOD":
+        X = np.asarray(X, dtype=np.float64)
+        self._set_n_classes(y)
+        self.sorted_ = np.sort(X, axis=0)
+        self.n_features_in_ = X.shape[1]
+        dirs = self.directions if self.directions is not None else (0,) * X.shape[1]
+        self.directions_ = np.asarray(dirs, dtype=np.int8)
+        self.decision_scores_ = self.decision_function(X)
+        self._process_decision_scores()
+        return self
+
+    def tail_scores(self, X: np.ndarray) -> np.ndarray:
+        """-log P(a training value is at least as extreme), per feature; 0 = typical."""
+        X = np.asarray(X, dtype=np.float64)
+        n = self.sorted_.shape[0]
+        out = np.empty_like(X)
+        for j in range(X.shape[1]):  # loop over features (~16), vectorised over rows
+            col = self.sorted_[:, j]
+            upper = (n - np.searchsorted(col, X[:, j], "left") + 1) / (n + 1)
+            if self.directions_[j] > 0:
+                p = upper
+            else:
+                lower = (np.searchsorted(col, X[:, j], "right") + 1) / (n + 1)
+                p = np.minimum(np.minimum(upper, lower) * 2, 1.0)
+            out[:, j] = -np.log(np.minimum(p, 1.0))
+        return out
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        return self.tail_scores(X).sum(axis=1)
+
+
+class BookingOutlierEnsemble(BaseEstimator):
+    """Rank-averaged ensemble of PyOD detectors (scikit-learn estimator conventions).
+
+    ``decision_function`` returns 0..1: the mean over detectors of the score's percentile
+    among the training scores (higher = more unusual). ``tail_scores`` gives the per-feature
+    ECOD tail scores used for explanations.
+    """
+
+    def __init__(self, detectors: tuple[str, ...] = KNOWN_DETECTORS, n_estimators: int = 100,
+                 max_samples: int = 512, n_bins: int = 20,
+                 directions: tuple[int, ...] | None = None, batch_size: int = 500_000,
+                 random_state: int = 42):
+        self.detectors = detectors
+        self.n_estimators = n_estimators
+        self.max_samples = max_samples
+        self.n_bins = n_bins
+        self.directions = directions
+        self.batch_size = batch_size
+        self.random_state = random_state
+
+    def _make(self, name: str) -> Any:
+        if name == "iforest":
+            return IForest(n_estimators=self.n_estimators, max_samples=self.max_samples,
+                           random_state=self.random_state, n_jobs=1)
+        if name == "hbos":
+            return HBOS(n_bins=self.n_bins)
+        if name == "ecod":
+            return TailECOD(directions=self.directions)
+        raise UserError(f"unknown detector {name!r} in [models] detectors",
+                        hint=f"known detectors: {', '.join(KNOWN_DETECTORS)}")
+
+    def fit(self, X: np.ndarray, y: Any = None) -> "BookingOutlierEnsemble":
+        X = np.asarray(X, dtype=np.float64)
+        names = list(dict.fromkeys(self.detectors))
+        if not names:
+            raise UserError("[models] detectors is empty", hint="e.g. [\"iforest\", \"hbos\"]")
+        self.detectors_ = {name: self._make(name).fit(X) for name in names}
+        self.train_scores_ = {name: np.sort(det.decision_scores_)
+                              for name, det in self.detectors_.items()}
+        self.explainer_ = (self.detectors_["ecod"] if "ecod" in self.detectors_
+                           else TailECOD(directions=self.directions).fit(X))
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def _percentile(self, name: str, raw: np.ndarray) -> np.ndarray:
+        ref = self.train_scores_[name]
+        lo = np.searchsorted(ref, raw, "left")
+        hi = np.searchsorted(ref, raw, "right")
+        return (lo + hi) / (2.0 * len(ref))
+
+    def detector_scores(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        """Each detector's percentile score (0..1), scored in batches of ``batch_size``."""
+        X = np.asarray(X, dtype=np.float64)
+        out = {name: np.empty(len(X)) for name in self.detectors_}
+        for start in range(0, len(X), self.batch_size):
+            part = X[start:start + self.batch_size]
+            for name, det in self.detectors_.items():
+                out[name][start:start + len(part)] = self._percentile(
+                    name, det.decision_function(part))
+        return out
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        scores = self.detector_scores(X)
+        return np.mean(np.stack(list(scores.values())), axis=0)
+
+    def tail_scores(self, X: np.ndarray) -> np.ndarray:
+        return self.explainer_.tail_scores(X)
+
+
+# --------------------------------------------------------------------------- persistence
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("pyod", "scikit-learn", "numpy", "polars", "belegwacht"):
+        try:
+            out[name] = version(name)
+        except Exception:  # noqa: BLE001 - a missing distribution is recorded, not fatal
+            out[name] = "?"
+    return out
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_ensemble(model: BookingOutlierEnsemble, folder: Path, meta: dict[str, Any]) -> Path:
+    """Write ``ensemble.joblib`` + ``ensemble.json`` (params, versions, sha256)."""
+    from pyod.utils.persistence import save
+
+    folder.mkdir(parents=True, exist_ok=True)
+    blob = folder / "ensemble.joblib"
+    save(model, blob, metadata={"run": meta.get("run_id")})
+    sidecar = {
+        "sha256": _sha256(blob),
+        "params": {k: (list(v) if isinstance(v, tuple) else v)
+                   for k, v in model.get_params().items()},
+        "versions": _versions(),
+        **meta,
+    }
+    (folder / "ensemble.json").write_text(json.dumps(sidecar, indent=2, default=str), "utf-8")
+    return blob
+
+
+def load_ensemble(folder: Path) -> tuple[BookingOutlierEnsemble, dict[str, Any]]:
+    """Load a saved ensemble only if its sha256 matches the sidecar written with it."""
+    from pyod.utils.persistence import load
+
+    blob, sidecar = folder / "ensemble.joblib", folder / "ensemble.json"
+    if not blob.exists() or not sidecar.exists():
+        raise ModelLoadError("saved model or its ensemble.json is missing", file=str(folder))
+    try:
+        meta = json.loads(sidecar.read_text("utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"unreadable sidecar: {exc}", file=str(sidecar)) from exc
+    if not isinstance(meta, dict) or meta.get("sha256") != _sha256(blob):
+        raise ModelLoadError("model file does not match the sha256 in ensemble.json; "
+                             "refusing to unpickle it", file=str(blob),
+                             hint="re-run the scoring to fit a fresh model")
+    model = load(blob, trusted=True)
+    if not isinstance(model, BookingOutlierEnsemble):
+        raise ModelLoadError("file does not hold a BookingOutlierEnsemble", file=str(blob))
+    return model, meta
+
+
+# --------------------------------------------------------------------------- pipeline stage
+
+def _delivery_keys(ctx: Any) -> pl.DataFrame | None:
+    path = Path(ctx.run_dir) / "bookings.parquet"
+    if getattr(ctx, "rescore_history", False) or not path.exists():
+        return None
+    return pl.read_parquet(path, columns=KEY).unique()
+
+
+def _vendors(ctx: Any) -> pl.DataFrame | None:
+    path = Path(ctx.run_dir) / "master" / "vendors.parquet"
+    return pl.read_parquet(path) if path.exists() else None
+
+
+def empty_scores() -> pl.DataFrame:
+    return pl.DataFrame(schema=MODEL_SCORE_SCHEMA)
+
+
+def fit_and_score(bookings: pl.LazyFrame, settings: Any, *, targets: pl.DataFrame | None = None,
+                  vendors: pl.DataFrame | None = None, log: Any = None
+                  ) -> tuple[pl.DataFrame, BookingOutlierEnsemble | None, dict[str, Any]]:
+    """Features -> fit on a sample of the history -> score ``targets`` (keys) or all lines."""
+    cfg = settings.models
+    ff = build_features(bookings, settings, vendors)
+    frame = ff.frame
+    used, dropped = active_features(frame)
+    meta: dict[str, Any] = {"features": used, "dropped_features": dropped, "notes": ff.notes,
+                            "history_lines": frame.height, "seed": cfg.seed}
+    if frame.height < MIN_LINES or not used:
+        meta["skipped"] = f"history has {frame.height} lines and {len(used)} usable features"
+        if log is not None:
+            log.warn(f"outlier models skipped: {meta['skipped']}")
+        return empty_scores(), None, meta
+    sample = frame.sample(n=min(cfg.fit_sample, frame.height), seed=cfg.seed) \
+        if frame.height > cfg.fit_sample else frame
+    meta["fit_lines"] = sample.height
+    model = BookingOutlierEnsemble(
+        detectors=tuple(cfg.detectors), directions=tuple(DIRECTIONS[n] for n in used),
+        batch_size=cfg.batch_size, random_state=cfg.seed).fit(to_matrix(sample, used))
+    del sample
+    scored = frame if targets is None else frame.join(targets, on=KEY, how="semi")
+    parts = []
+    for start in range(0, scored.height, cfg.batch_size):
+        part = scored.slice(start, cfg.batch_size)
+        X = to_matrix(part, used)
+        score = model.decision_function(X)
+        text = explain.explain(part, model.tail_scores(X), used, cfg.top_features, settings)
+        parts.append(part.select(KEY).with_columns(pl.Series("model_score", score))
+                     .hstack(text))
+    out = pl.concat(parts) if parts else empty_scores()
+    return out.select(list(MODEL_SCORE_SCHEMA)).cast(dict(MODEL_SCORE_SCHEMA)), model, meta
+
+
+def score_lines(bookings: pl.LazyFrame, ctx: Any) -> pl.DataFrame:
+    """Pipeline stage: writes ``model_scores.parquet`` and ``models/`` into the run folder."""
+    run_dir = Path(ctx.run_dir)
+    scores, model, meta = fit_and_score(bookings, ctx.settings, targets=_delivery_keys(ctx),
+                                        vendors=_vendors(ctx), log=ctx.log)
+    meta["run_id"] = ctx.run_id
+    meta["entity"] = ctx.entity
+    meta["scored_lines"] = scores.height
+    if model is not None:
+        save_ensemble(model, run_dir / "models", meta)
+    else:
+        (run_dir / "models").mkdir(parents=True, exist_ok=True)
+        (run_dir / "models" / "ensemble.json").write_text(
+            json.dumps(meta, indent=2, default=str), "utf-8")
+    if meta.get("dropped_features"):
+        ctx.log.info("features without information (constant, dropped): "
+                     + ", ".join(meta["dropped_features"]))
+    scores.write_parquet(run_dir / "model_scores.parquet")
+    return scores

@@ -1,0 +1,216 @@
+"""Rule hits + model scores -> one ranked list of review items (one per journal).
+
+Why journals: an auditor reviews a voucher, not a line. Why this formula: a journal that
+several *independent* signals point at (two rule families, or a rule and the model) is far more
+likely to be worth a look than one that trips the same rule five times, so
+
+    rule points  = sum over rules of severity_points[severity] * (1 + d + d^2 + ... ) (n hits)
+    model points = 100 * clip((model_score - model_floor) / (1 - model_floor), 0, 1)
+    points       = rule_weight * rule points + model_weight * model points
+                   + family_bonus * (rule families - 1)
+                   + model_bonus  * [has rule hits and the model score is in the model tail]
+    risk_score   = 100 * (1 - exp(-points / score_scale))        (0..100, diminishing returns)
+
+All constants live in ``[scoring]`` (``detect.config.ScoringSettings``). A journal with only a
+model score becomes an item only if it is in the top ``model_tail_share`` of this delivery's
+journals by model score and above ``model_floor``; otherwise the queue floods.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from detect.explain import fmt_pct
+
+JOURNAL = ["entity", "fiscal_year", "journal_id"]
+KEY = JOURNAL + ["line_no"]
+SEVERITY_ORDER = {"low": 1, "medium": 2, "high": 3, "critical": 4}
+LINE_COLS = ["posting_date", "period", "gl_account", "amount", "cost_center", "entered_by",
+             "vendor_id", "document_type", "description"]
+FINDINGS_COLUMNS = [
+    "item_id", "entity", "fiscal_year", "journal_id", "line_no", "posting_date", "period",
+    "gl_account", "amount", "journal_amount", "risk_score", "rank", "rule_ids", "severity",
+    "model_score", "reasons", "reasons_en", "cost_center", "entered_by", "vendor_id",
+    "document_type", "description", "above_capacity", "n_rules", "n_lines",
+]
+SEVERITY_DE = {"low": "niedrig", "medium": "mittel", "high": "hoch", "critical": "kritisch"}
+
+
+def item_ids(frame: pl.DataFrame) -> pl.Series:
+    """sha1(entity|fiscal_year|journal_id)[:16], computed in DuckDB (vectorised)."""
+    keys = frame.select(pl.concat_str([pl.col("entity"), pl.col("fiscal_year").cast(pl.String),
+                                       pl.col("journal_id")], separator="|").alias("k"))
+    con = duckdb.connect()
+    con.register("keys", keys.unique().to_arrow())
+    hashed = pl.from_arrow(con.sql(
+        "SELECT k, substr(sha1(k), 1, 16) AS item_id FROM keys").to_arrow_table())
+    assert isinstance(hashed, pl.DataFrame)
+    return keys.join(hashed, on="k", how="left", maintain_order="left").get_column("item_id")
+
+
+def _delivery_journals(ctx: Any, lines: pl.DataFrame) -> pl.DataFrame:
+    path = Path(ctx.run_dir) / "bookings.parquet"
+    if getattr(ctx, "rescore_history", False) or not path.exists():
+        return lines.select(JOURNAL).unique()
+    return pl.read_parquet(path, columns=JOURNAL).unique()
+
+
+def _rule_table(hits: pl.DataFrame | None, journals: pl.DataFrame, cfg: Any) -> pl.DataFrame:
+    """One row per (journal, rule): points with diminishing returns, first explanation."""
+    cols = ["rule_id", "family", "severity", "line_no", "explanation_de", "explanation_en"]
+    if hits is None or hits.is_empty():
+        return pl.DataFrame(schema={**{c: pl.String for c in JOURNAL}, "fiscal_year": pl.Int32,
+                                    "rule_id": pl.String, "family": pl.String,
+                                    "severity": pl.String, "line_no": pl.Int32,
+                                    "explanation_de": pl.String, "explanation_en": pl.String,
+                                    "hits": pl.UInt32, "points": pl.Float64,
+                                    "sev_rank": pl.Int32})
+    pts = pl.col("severity").replace_strict(cfg.severity_points, default=0.0,
+                                            return_dtype=pl.Float64)
+    d = min(max(cfg.repeat_decay, 0.0), 0.99)
+    per_rule = (hits.select(JOURNAL + cols)
+                .with_columns(pl.col("fiscal_year").cast(pl.Int32),
+                              pl.col("line_no").cast(pl.Int32))
+                .join(journals, on=JOURNAL, how="semi")
+                .sort(JOURNAL + ["rule_id", "line_no"], nulls_last=False)
+                .group_by(JOURNAL + ["rule_id"], maintain_order=True)
+                .agg(pl.col("family").first(), pl.col("severity").first(),
+                     pl.col("line_no").first(), pl.col("explanation_de").first(),
+                     pl.col("explanation_en").first(), pl.len().alias("hits")))
+    return per_rule.with_columns(
+        (pts * (1 - d ** pl.col("hits").cast(pl.Float64)) / (1 - d)).alias("points"),
+        pl.col("severity").replace_strict(SEVERITY_ORDER, default=0, return_dtype=pl.Int32)
+        .alias("sev_rank"))
+
+
+def build_items(bookings: pl.LazyFrame, rule_hits: pl.DataFrame | None,
+                model_scores: pl.DataFrame | None, ctx: Any) -> pl.DataFrame:
+    """Pipeline stage: review items of this delivery, ranked; writes ``findings.parquet``."""
+    items = rank_items(bookings, rule_hits, model_scores, ctx)
+    items.write_parquet(Path(ctx.run_dir) / "findings.parquet")
+    cap = int(items.get_column("above_capacity").sum()) if items.height else 0
+    ctx.log.info(f"{items.height} review items; {cap} within the review capacity, "
+                 f"{items.height - cap} beyond it")
+    return items
+
+
+def rank_items(bookings: pl.LazyFrame, rule_hits: pl.DataFrame | None,
+               model_scores: pl.DataFrame | None, ctx: Any) -> pl.DataFrame:
+    """Compute the findings frame (see module docstring) without writing it."""
+    cfg = ctx.settings.scoring
+    schema = bookings.collect_schema()
+    want = KEY + [c for c in LINE_COLS if c in schema]
+    head = bookings.select(JOURNAL).unique().collect()
+    journals = _delivery_journals(ctx, head).with_columns(pl.col("fiscal_year").cast(pl.Int32))
+    lines = (bookings.select(want).with_columns(pl.col("fiscal_year").cast(pl.Int32))
+             .join(journals.lazy(), on=JOURNAL, how="semi").collect().sort(KEY))
+    for c in LINE_COLS:
+        if c not in lines.columns:
+            lines = lines.with_columns(pl.lit(None).alias(c))
+    n_journals = lines.select(JOURNAL).unique().height
+    per_journal = lines.group_by(JOURNAL).agg(
+        pl.len().alias("n_lines"),
+        pl.col("amount").filter(pl.col("amount") > 0).sum().alias("journal_amount"))
+
+    rules = _rule_table(rule_hits, journals, cfg)
+    rule_j = rules.group_by(JOURNAL).agg(
+        pl.col("points").sum().alias("rule_points"),
+        pl.col("rule_id").n_unique().alias("n_rules"),
+        pl.col("family").n_unique().alias("n_families"),
+        pl.col("rule_id").unique().sort().str.join(",").alias("rule_ids"),
+        pl.col("severity").sort_by("sev_rank").last().alias("severity"),
+        pl.col("line_no").sort_by("points").last().alias("rule_line"),
+    )
+
+    if model_scores is not None and model_scores.height:
+        ms = (model_scores.with_columns(pl.col("fiscal_year").cast(pl.Int32),
+                                        pl.col("line_no").cast(pl.Int32))
+              .join(journals, on=JOURNAL, how="semi")
+              .sort(JOURNAL + ["model_score", "line_no"], descending=[False] * 3 + [True, False]))
+        model_j = ms.group_by(JOURNAL, maintain_order=True).agg(
+            pl.col("model_score").first(), pl.col("line_no").first().alias("model_line"),
+            pl.col("model_reasons_de").first(), pl.col("model_reasons_en").first())
+    else:
+        model_j = pl.DataFrame(schema={"entity": pl.String, "fiscal_year": pl.Int32,
+                                       "journal_id": pl.String, "model_score": pl.Float64,
+                                       "model_line": pl.Int32, "model_reasons_de": pl.String,
+                                       "model_reasons_en": pl.String})
+    tail_k = math.ceil(cfg.model_tail_share * n_journals) if cfg.model_tail_share > 0 else 0
+    floor = min(max(cfg.model_floor, 0.0), 0.999)
+    model_j = model_j.with_columns(
+        (pl.col("model_score").rank("ordinal", descending=True) <= tail_k).alias("model_tail"),
+        (100 * ((pl.col("model_score") - floor) / (1 - floor)).clip(0, 1)).alias("model_points"))
+    model_j = model_j.with_columns(
+        (pl.col("model_tail") & (pl.col("model_score") >= floor)).alias("model_tail"))
+
+    j = (per_journal.join(rule_j, on=JOURNAL, how="left").join(model_j, on=JOURNAL, how="left")
+         .with_columns(pl.col("rule_points", "model_points").fill_null(0.0),
+                       pl.col("n_rules", "n_families").fill_null(0).cast(pl.Int64),
+                       pl.col("model_tail").fill_null(False)))
+    j = j.filter((pl.col("n_rules") > 0) | pl.col("model_tail"))
+    points = (cfg.rule_weight * pl.col("rule_points") + cfg.model_weight * pl.col("model_points")
+              + cfg.family_bonus * (pl.col("n_families") - 1).clip(0, None)
+              + cfg.model_bonus * ((pl.col("n_rules") > 0) & pl.col("model_tail")).cast(pl.Float64))
+    j = j.with_columns((100 * (1 - (-points / cfg.score_scale).exp())).round(2).alias("risk_score"))
+    j = j.filter(pl.col("risk_score") >= cfg.min_risk)
+    j = j.sort(["risk_score", "n_rules", "model_score"] + JOURNAL,
+               descending=[True, True, True, False, False, False], nulls_last=True)
+    j = j.with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias("rank"))
+    capacity = (math.ceil(cfg.review_capacity_share * n_journals)
+                if cfg.review_capacity_share > 0 else cfg.review_capacity)
+    j = j.with_columns((pl.col("rank") <= capacity).alias("above_capacity"))
+
+    # the strongest line: the top rule's line, else the model's line; journal-level -> null
+    j = j.with_columns(
+        pl.when(pl.col("n_rules") > 0).then(pl.col("rule_line")).otherwise(pl.col("model_line"))
+        .cast(pl.Int32).alias("line_no"),
+        pl.coalesce(pl.when(pl.col("n_rules") > 0).then(pl.col("rule_line")),
+                    pl.col("model_line")).cast(pl.Int32).alias("_detail_line"))
+    biggest = (lines.sort(JOURNAL + ["amount", "line_no"], descending=[False] * 3 + [True, False])
+               .group_by(JOURNAL, maintain_order=True).agg(pl.col("line_no").first()
+                                                           .alias("_big_line")))
+    j = j.join(biggest, on=JOURNAL, how="left").with_columns(
+        pl.coalesce("_detail_line", "_big_line").alias("_detail_line"))
+    detail = lines.select(KEY + LINE_COLS).rename({"line_no": "_detail_line"})
+    j = j.join(detail, on=JOURNAL + ["_detail_line"], how="left")
+
+    j = j.join(_reasons(rules, j, cfg), on=JOURNAL, how="left")
+    j = j.with_columns(item_ids(j).alias("item_id"))
+    return j.select(FINDINGS_COLUMNS).with_columns(
+        pl.col("risk_score").cast(pl.Float64), pl.col("n_rules").cast(pl.Int32),
+        pl.col("n_lines").cast(pl.Int32), pl.col("rank").cast(pl.Int32))
+
+
+def _reasons(rules: pl.DataFrame, items: pl.DataFrame, cfg: Any) -> pl.DataFrame:
+    """German and English reasons, one per line, heaviest first."""
+    keys = items.select(JOURNAL)
+    sev_de = pl.col("severity").replace_strict(SEVERITY_DE, default=pl.col("severity"))
+    times = pl.when(pl.col("hits") > 1).then(
+        pl.concat_str([pl.lit(" ("), pl.col("hits").cast(pl.String), pl.lit("×)")])
+    ).otherwise(pl.lit(""))
+    rule_rows = rules.join(keys, on=JOURNAL, how="semi").select(
+        *JOURNAL,
+        (cfg.rule_weight * pl.col("points")).alias("weight"),
+        pl.concat_str([pl.col("rule_id"), pl.lit(" ("), sev_de, pl.lit("): "),
+                       pl.col("explanation_de").fill_null(""), times]).alias("de"),
+        pl.concat_str([pl.col("rule_id"), pl.lit(" ("), pl.col("severity"), pl.lit("): "),
+                       pl.col("explanation_en").fill_null(""), times]).alias("en"))
+    has_model = pl.col("model_score").is_not_null() & (
+        (pl.col("model_points") > 0) | (pl.col("n_rules") == 0))
+    model_rows = items.filter(has_model).select(
+        *JOURNAL,
+        (cfg.model_weight * pl.col("model_points")).alias("weight"),
+        pl.concat_str([pl.lit("Modell (ungewöhnlicher als "), fmt_pct(pl.col("model_score"), "de"),
+                       pl.lit(" der Zeilen): "), pl.col("model_reasons_de").fill_null("")]).alias("de"),
+        pl.concat_str([pl.lit("model (more unusual than "), fmt_pct(pl.col("model_score"), "en"),
+                       pl.lit(" of lines): "), pl.col("model_reasons_en").fill_null("")]).alias("en"))
+    rows = pl.concat([rule_rows, model_rows.cast(rule_rows.schema)])
+    return (rows.sort(JOURNAL + ["weight"], descending=[False] * 3 + [True])
+            .group_by(JOURNAL, maintain_order=True)
+            .agg(pl.col("de").str.join("\n").alias("reasons"),
+                 pl.col("en").str.join("\n").alias("reasons_en")))
