@@ -420,8 +420,11 @@ class ReviewStore:
         with self._write() as conn:
             active = self._active_suppressions(conn)
             new = _apply_suppressions(new, active)
-            old = self._entity_items(conn, entity)
-            counts = self._upsert(conn, run_id, entity, new, old, scope_keys)
+            entities = {entity, *new["entity"].to_list()}
+            if scope_keys is not None:
+                entities |= set(scope_keys["entity"].to_list())
+            old = self._entity_items(conn, sorted(entities))
+            counts = self._upsert(conn, run_id, new, old, scope_keys)
             counts["log_head"] = conn.execute(
                 sa.select(log_head.c.last_hash).where(log_head.c.id == 1)).scalar()
             counts["headline"] = _headline(counts, active, new)
@@ -456,18 +459,18 @@ class ReviewStore:
         return pl.concat([scope.select([pl.col(k).cast(t) for k, t in KEY_FIELDS.items()]),
                           new.select(list(KEY_FIELDS))]).unique()
 
-    def _entity_items(self, conn: Connection, entity: str) -> pl.DataFrame:
+    def _entity_items(self, conn: Connection, entities: list[str]) -> pl.DataFrame:
         cols = ["item_id", *KEY_FIELDS, *ITEM_FIELDS, "flagged", "suppressed_by",
                 "last_decision_id", "changed_since_decision"]
         rows = conn.execute(sa.select(*[items.c[c] for c in cols])
-                            .where(items.c.entity == entity)).all()
+                            .where(items.c.entity.in_(entities))).all()
         schema = {"item_id": pl.String(), **KEY_FIELDS,
                   **{k: t for k, (_, t) in ITEM_FIELDS.items()}, "flagged": pl.Boolean(),
                   "suppressed_by": pl.String(), "last_decision_id": pl.Int64(),
                   "changed_since_decision": pl.Boolean()}
         return pl.DataFrame([tuple(r) for r in rows], schema=schema, orient="row")
 
-    def _upsert(self, conn: Connection, run_id: str, entity: str, new: pl.DataFrame,
+    def _upsert(self, conn: Connection, run_id: str, new: pl.DataFrame,
                 old: pl.DataFrame, scope: pl.DataFrame | None) -> dict[str, Any]:
         compare = [*ITEM_FIELDS, "suppressed_by"]
         joined = new.join(old.select("item_id", "flagged", "last_decision_id",
@@ -823,12 +826,10 @@ def _normalise_findings(findings: pl.DataFrame, entity: str) -> pl.DataFrame:
             exprs.append(pl.col(name).dt.strftime("%Y-%m-%d").alias(name))
         else:
             exprs.append(pl.col(name).cast(dtype).alias(name))
-    frame = findings.select(exprs)
-    if frame.height and frame["entity"].null_count() == frame.height:
-        frame = frame.with_columns(pl.lit(entity).alias("entity"))
-    other = frame.filter(pl.col("entity") != entity)
-    if other.height:
-        raise StoreError(f"findings hold entity {other['entity'][0]!r}, the run is for {entity!r}")
+    frame = findings.select(exprs).with_columns(pl.col("entity").fill_null(entity))
+    incomplete = frame.filter(pl.col("fiscal_year").is_null() | pl.col("journal_id").is_null())
+    if incomplete.height:
+        raise StoreError(f"{incomplete.height} finding(s) without fiscal_year or journal_id")
     if "item_id" in present:
         ids = findings["item_id"].cast(pl.String())
     else:  # scoring provides item_id; compute it only for hand-made findings

@@ -135,8 +135,8 @@ def test_changed_content_after_a_decision_is_flagged(tmp_path: Path, store: Revi
 
 def test_publish_is_one_transaction(tmp_path: Path, store: ReviewStore) -> None:
     store.publish_run(ctx(tmp_path, "r1"), findings(["J1"]))
-    bad = findings(["J2"]).with_columns(pl.lit("Nebenstadt").alias("entity"))
-    with pytest.raises(StoreError, match="Nebenstadt"):
+    bad = findings(["J2"]).with_columns(pl.lit(None, dtype=pl.String).alias("journal_id"))
+    with pytest.raises(StoreError, match="1 finding.s. without fiscal_year or journal_id"):
         store.publish_run(ctx(tmp_path, "r2"), pl.concat([findings(["J3"]), bad]))
     assert sorted(store.items()["journal_id"]) == ["J1"]
     assert [r["id"] for r in store.list_runs()] == ["r1"]
@@ -205,6 +205,18 @@ def test_suppression_lifecycle(tmp_path: Path, store: ReviewStore) -> None:
     counts = store.publish_run(ctx(tmp_path, "r3"), findings(["J1", "J2"], vendor="V1"),
                                scope=scope(["J1", "J2"]))
     assert counts["suppressed"] == 0
+
+
+def test_findings_of_several_entities(tmp_path: Path, store: ReviewStore) -> None:
+    # settings entity "default", the data names its business units
+    both = pl.concat([findings(["J1"], entity="A"), findings(["J1", "J2"], entity="B")])
+    counts = store.publish_run(ctx(tmp_path, "r1", entity="default"), both)
+    assert counts["new"] == 3
+    counts = store.publish_run(ctx(tmp_path, "r2", entity="default"), findings(["J1"], entity="B"),
+                               scope=scope(["J1", "J2"], entity="B"))
+    assert counts["no_longer_flagged"] == 1
+    assert sorted(store.items().select("entity", "journal_id").rows()) == [("A", "J1"), ("B", "J1")]
+    assert store.items(entity="A").height == 1
 
 
 def test_users_and_access_log(store: ReviewStore) -> None:
