@@ -1,0 +1,148 @@
+"""Every write the app makes, each behind the server-side permission check.
+
+Why a module of its own: pages only collect input; these functions check the role
+(``detect.auth.require``), validate, and call the append-only store. A manipulated browser that
+shows a hidden button still ends here and is refused. Nothing here imports Streamlit.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import polars as pl
+
+from detect import auth
+from detect.app.rule_switch import set_rule_enabled
+from detect.auth import AppUser, PermissionDenied
+from detect.errors import UserError
+from detect.store import COMMENT_REQUIRED, SCOPE_KEYS, STATUSES, ReviewStore
+
+NARROW_KEYS: tuple[str, ...] = tuple(k for k in SCOPE_KEYS if k != "rule_id")
+
+
+class DecisionError(UserError):
+    """A decision the reviewer must correct (missing comment, too wide a suppression...)."""
+
+
+def _check_decision(status: str, comment: str) -> str:
+    if status not in STATUSES:
+        raise DecisionError(f"unknown status {status!r}")
+    comment = (comment or "").strip()
+    if status in COMMENT_REQUIRED and not comment:
+        raise DecisionError("comment_required")
+    return comment
+
+
+def suppression_scope(item: dict[str, Any], rule_id: str, keys: list[str]) -> dict[str, str]:
+    """A narrow scope built from the item's own values: the rule plus at least one more key.
+
+    Scope values are never typed in, so a suppression cannot be wider than the item it came
+    from.
+    """
+    rules = [r.strip() for r in str(item.get("rule_ids") or "").split(",") if r.strip()]
+    if rule_id not in rules:
+        raise DecisionError("suppress_too_wide")
+    scope = {"rule_id": rule_id}
+    for key in keys:
+        if key in NARROW_KEYS and item.get(key) not in (None, ""):
+            scope[key] = str(item[key])
+    if len(scope) < 2:
+        raise DecisionError("suppress_too_wide")
+    return scope
+
+
+def decide(store: ReviewStore, user: AppUser | None, item: dict[str, Any], status: str,
+           comment: str, *, assignee: str | None = None,
+           suppression: dict[str, str] | None = None, run_id: str | None = None) -> int:
+    """Record one decision; returns the event id."""
+    auth.require(user, "decide")
+    comment = _check_decision(status, comment)
+    if assignee != item.get("assignee"):
+        auth.require(user, "assign")
+    if suppression is not None:
+        auth.require(user, "suppress")
+        if status != "no_finding":
+            raise DecisionError("a suppression can only accompany “no finding”")
+    return store.record_decision(item["item_id"], status, comment, user.username,  # type: ignore[union-attr]
+                                 run_id=run_id, assignee=assignee or None,
+                                 suppression=suppression)
+
+
+def decide_bulk(store: ReviewStore, user: AppUser | None, item_ids: list[str], status: str,
+                comment: str) -> int:
+    """The same decision for many items in one transaction; returns how many were recorded."""
+    auth.require(user, "decide")
+    comment = _check_decision(status, comment)
+    if not item_ids:
+        return 0
+    return store.record_decisions(list(item_ids), status, comment, user.username)  # type: ignore[union-attr]
+
+
+def reveal(store: ReviewStore, user: AppUser | None, item_id: str) -> None:
+    """Allow clear names for one item in this session; the access is logged first."""
+    auth.require(user, "reveal_personal")
+    store.log_access(user.username, "reveal_personal_data", f"item {item_id}")  # type: ignore[union-attr]
+
+
+def add_user(store: ReviewStore, user: AppUser | None, username: str, password: str, role: str,
+             display_name: str | None) -> None:
+    auth.require(user, "manage_users")
+    auth.add_user(store, username.strip(), password, role, display_name or None)
+    store.log_access(user.username, "user_add", f"{username} ({role})")  # type: ignore[union-attr]
+
+
+def set_role(store: ReviewStore, user: AppUser | None, username: str, role: str) -> None:
+    auth.require(user, "manage_users")
+    auth.check_role(role)
+    store.set_role(username, role)
+    store.log_access(user.username, "user_set_role", f"{username} -> {role}")  # type: ignore[union-attr]
+
+
+def disable_user(store: ReviewStore, user: AppUser | None, username: str) -> None:
+    auth.require(user, "manage_users")
+    if username == user.username:  # type: ignore[union-attr]
+        raise PermissionDenied("you cannot disable your own account")
+    store.disable_user(username)
+    store.log_access(user.username, "user_disable", username)  # type: ignore[union-attr]
+
+
+def revoke_suppression(store: ReviewStore, user: AppUser | None, suppression_id: str,
+                       reason: str) -> None:
+    auth.require(user, "manage_suppressions")
+    store.revoke_suppression(suppression_id, user.username, reason)  # type: ignore[union-attr]
+
+
+def switch_rule(store: ReviewStore, user: AppUser | None, config_path: Any, rule_id: str,
+                enabled: bool) -> None:
+    """Switch a rule on/off in belegwacht.toml (takes effect with the next run); logged."""
+    auth.require(user, "manage_rules")
+    set_rule_enabled(config_path, rule_id, enabled)
+    store.log_access(user.username, "rule_switch",  # type: ignore[union-attr]
+                     f"{rule_id} enabled={str(enabled).lower()} in {config_path}")
+
+
+EXPORT_COLUMNS: tuple[str, ...] = (
+    "rank", "risk_score", "status", "assignee", "last_comment", "decided_by", "entity",
+    "fiscal_year", "journal_id", "line_no", "posting_date", "period", "gl_account", "amount",
+    "journal_amount", "rule_ids", "severity", "model_score", "reasons", "cost_center",
+    "entered_by", "vendor_id", "document_type", "description", "item_id")
+
+
+def export_bytes(store: ReviewStore, user: AppUser | None, queue: pl.DataFrame, fmt: str,
+                 detail: str = "") -> bytes:
+    """The filtered queue with decisions as CSV or XLSX, formula-injection safe; logged."""
+    auth.require(user, "export")
+    from detect.export import neutralise_frame
+
+    cols = [c for c in EXPORT_COLUMNS if c in queue.columns]
+    frame = neutralise_frame(queue.select(cols).with_columns(
+        pl.col(pl.Decimal).cast(pl.Float64)))
+    buffer = io.BytesIO()
+    if fmt == "xlsx":
+        frame.write_excel(buffer, worksheet="Belegwacht")
+    else:
+        frame.write_csv(buffer, separator=";")
+    store.log_access(user.username, "export",  # type: ignore[union-attr]
+                     f"{fmt} {frame.height} rows {detail}".strip())
+    return buffer.getvalue()

@@ -1,0 +1,157 @@
+"""Streamlit glue shared by every page: context, language, session, guard, cached loaders.
+
+Why a guard in every page: ``st.navigation`` only lists pages the role may see, but a page is
+still a URL; each page calls ``guard(permission)`` first, which stops rendering (server side)
+unless a live session's role allows it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import polars as pl
+import streamlit as st
+
+from detect import auth
+from detect.app import data
+from detect.app.context import AppContext, build_context, mask_columns
+from detect.app.i18n import t
+from detect.auth import AppUser
+
+USER_KEY = "bw_user"
+LANG_KEY = "bw_lang"
+ITEM_KEY = "bw_item"
+FILTER_KEY = "bw_filter"
+REVEALED_KEY = "bw_revealed"
+GEN_KEY = "bw_generation"
+PAGES_DIR = Path(__file__).resolve().parent / "pages"
+
+
+@st.cache_resource(show_spinner=False)
+def _context(data_dir: str, config: str) -> AppContext:
+    return build_context(Path(data_dir) if data_dir else None, Path(config) if config else None)
+
+
+def context() -> AppContext:
+    import os
+
+    from detect.app.context import CONFIG_ENV, DATA_DIR_ENV
+    return _context(os.environ.get(DATA_DIR_ENV, ""), os.environ.get(CONFIG_ENV, ""))
+
+
+def lang() -> str:
+    return st.session_state.get(LANG_KEY) or "de"
+
+
+def tr(key: str, **kwargs: object) -> str:
+    return t(key, lang(), **kwargs)
+
+
+def language_switch(default: str) -> None:
+    if LANG_KEY not in st.session_state:
+        st.session_state[LANG_KEY] = default if default in ("de", "en") else "de"
+    st.sidebar.segmented_control("Sprache / Language", ["de", "en"], key=LANG_KEY,
+                                 format_func=lambda v: "Deutsch" if v == "de" else "English")
+    if not st.session_state.get(LANG_KEY):   # a click on the selected option clears it
+        st.session_state[LANG_KEY] = default
+
+
+def current_user(ctx: AppContext) -> AppUser | None:
+    """The session's user, or None; expires idle sessions and refreshes the activity time."""
+    user: AppUser | None = st.session_state.get(USER_KEY)
+    if user is None:
+        return None
+    if auth.is_expired(user, ctx.settings.app.session_timeout_minutes):
+        sign_out(ctx, expired=True)
+        return None
+    fresh = ctx.store.get_user(user.username)   # disabled or demoted since sign-in?
+    if not fresh or not fresh.get("active", True):
+        sign_out(ctx)
+        return None
+    user.role = fresh["role"]
+    user.last_seen = time.time()
+    return user
+
+
+def sign_out(ctx: AppContext, expired: bool = False) -> None:
+    user: AppUser | None = st.session_state.pop(USER_KEY, None)
+    for key in (ITEM_KEY, FILTER_KEY, REVEALED_KEY):
+        st.session_state.pop(key, None)
+    if expired:
+        st.session_state["bw_expired"] = True
+    if user is not None:
+        ctx.store.log_access(user.username, "session_expired" if expired else "logout")
+        if user.via == "oidc":
+            st.logout()
+
+
+def guard(permission: str = "view") -> tuple[AppContext, AppUser]:
+    """Stop the page unless a signed-in user's role allows ``permission``."""
+    ctx = context()
+    user = current_user(ctx)
+    if user is None:
+        st.warning(tr("login_intro"))
+        st.stop()
+    if not auth.can(user.role, permission):
+        st.error(tr("denied", detail=permission))
+        st.stop()
+    return ctx, user  # type: ignore[return-value]
+
+
+def show_error(exc: Exception) -> None:
+    """A user-facing error: translated when it is a known key, else the message itself."""
+    message = getattr(exc, "message", str(exc))
+    st.error(tr(message) if message in ("comment_required", "suppress_too_wide") else message)
+
+
+def bump_generation() -> None:
+    """Our own write happened: reload review state on the next render."""
+    st.session_state[GEN_KEY] = st.session_state.get(GEN_KEY, 0) + 1
+
+
+# --- cached data ------------------------------------------------------------------------------
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _findings(run_dir: str, mtime: float) -> pl.DataFrame:
+    return data.load_findings(Path(run_dir))
+
+
+@st.cache_data(show_spinner=False, ttl=30, max_entries=16)
+def _status(store_url: str, generation: int, _ctx: AppContext) -> pl.DataFrame:
+    return data.status_frame(_ctx.store.items().rename(
+        {"last_decision_by": "decided_by"}, strict=False))
+
+
+@st.cache_data(show_spinner=False, ttl=30, max_entries=16)
+def _queue(run_dir: str, mtime: float, store_url: str, generation: int, masked: bool,
+           _ctx: AppContext) -> pl.DataFrame:
+    queue = data.queue_frame(_findings(run_dir, mtime), _status(store_url, generation, _ctx))
+    if masked:
+        queue = mask_columns(queue, ["entered_by"], _ctx.pseudonym_key)
+    return queue
+
+
+def masks_personal(user: AppUser) -> bool:
+    """Queue-wide personal data is always pseudonymised; auditors reveal per item (logged)."""
+    return True
+
+
+def queue(ctx: AppContext, user: AppUser) -> tuple[data.Run | None, pl.DataFrame]:
+    run = data.current_run(ctx.data_dir)
+    if run is None:
+        return None, pl.DataFrame()
+    path = run.run_dir / "findings.parquet"
+    mtime = path.stat().st_mtime if path.exists() else 0.0
+    frame = _queue(str(run.run_dir), mtime, ctx.store.url, st.session_state.get(GEN_KEY, 0),
+                   masks_personal(user), ctx)
+    return run, frame
+
+
+def current_filter() -> data.QueueFilter:
+    return st.session_state.get(FILTER_KEY) or data.QueueFilter()
+
+
+def open_item(item_id: str) -> None:
+    st.session_state[ITEM_KEY] = item_id
+    st.switch_page(str(PAGES_DIR / "item.py"))
