@@ -271,7 +271,9 @@ def scan_delimited(path: Path, *, encoding: str = "auto", delimiter: str | None 
                        new_columns=column_names, eol_char=eol)
     try:
         names = [n for n in scan.collect_schema().names() if n != "__record"]
-        n_records = scan.select(pl.len()).collect().item()
+        # Touch every field once (streaming, bounded memory): ragged rows fail here, not later.
+        n_records = scan.select(pl.len().alias("__n"), pl.all().exclude("__record").null_count()) \
+            .collect(engine="streaming")["__n"][0]
     except pl.exceptions.ComputeError as exc:
         line, got, expected = _locate_ragged(utf8, sep, quote, skip_rows)
         if line:
