@@ -205,6 +205,12 @@ def resolve_encoding(path: Path, wanted: str) -> str:
                           hint="use auto, utf-8 or cp1252")
     if enc is None:
         return detect_encoding(path)
+    if enc.startswith("utf-8"):
+        # polars would fail later with no line number: check now, naming the first bad line
+        from detect.ingest.textio import _check_decodes
+        bom = read_head(path, 3) == b"\xef\xbb\xbf"
+        _check_decodes(path, "utf-8", skip=3 if bom else 0)
+        return "utf-8-sig" if bom else "utf-8"
     return enc
 
 

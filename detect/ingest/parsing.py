@@ -35,7 +35,9 @@ def parse_decimal(raw: pl.Expr, column: str, *, decimal: str = ".", thousands: s
         text = pl.when(text.str.contains(grouped)).then(
             text.str.replace_all(rf"\{thousands}", "", literal=False)).otherwise(text)
     if decimal != ".":
-        text = text.str.replace_all(rf"\{decimal}", ".", literal=False)
+        # a '.' left over (not a valid thousands group) must not turn into a decimal point
+        text = pl.when(text.str.contains(".", literal=True)).then(pl.lit(None, pl.String)) \
+            .otherwise(text.str.replace_all(rf"\{decimal}", ".", literal=False))
     if allow_trailing_minus:
         text = pl.when(text.str.ends_with("-")).then(
             pl.concat_str(pl.lit("-"), text.str.strip_chars_end("-"))).otherwise(text)
