@@ -59,10 +59,14 @@ def _frame(rows: list[dict[str, Any]], schema: pl.Schema) -> pl.DataFrame:
 def case_bookings(rows: list[dict[str, Any]]) -> pl.DataFrame:
     """Canonical bookings from case rows, defaults filled in (see module docstring)."""
     given = _frame(rows, BOOKING_SCHEMA).with_row_index("_row")
-    has = set(given.columns)
+    has = set(given.columns) - {"_row"}
+    # a column given as null stays null; a column a row leaves out gets the default
+    given = given.with_columns(pl.Series(f"_has_{n}", [n in r for r in rows]) for n in has)
 
     def col(name: str, default: pl.Expr) -> pl.Expr:
-        return pl.coalesce(pl.col(name), default) if name in has else default
+        if name not in has:
+            return default
+        return pl.when(pl.col(f"_has_{name}")).then(pl.col(name)).otherwise(default)
 
     posting = col("posting_date", pl.lit(DEFAULT_POSTING))
     journal = col("journal_id", pl.lit("J1"))

@@ -34,6 +34,8 @@ CONFIG_PARAMS: dict[str, tuple[str, Callable[[Settings], Any]]] = {
     "manual_sources": ("manual_sources: values of `source` that mean keyed in by a person",
                        lambda s: [str(u).lower() for u in s.manual_sources]),
     "currency": ("currency: reporting currency", lambda s: s.currency),
+    "fiscal_year_start_month": ("fiscal_year_start_month",
+                                lambda s: int(s.fiscal_year_start_month)),
 }
 """Name -> (where it comes from, how to read it from the settings)."""
 
