@@ -251,7 +251,7 @@ def _batch_frame(header: ExtfHeader, file_idx: int, settings: Settings, workdir:
     fy_start = header.fy_start or start
     text_or_null = (lambda key: strip_or_null(col[key]) if key in col
                     else pl.lit(None, pl.String))
-    signed = pl.when(sh == "H").then(-amount).otherwise(amount)
+    signed = pl.when(sh == "H").then(-amount).when(sh == "S").then(amount)
     rows = lf.select(
         pl.lit(entity).alias("entity"),
         pl.lit(fy_start.year, pl.Int32).alias("fiscal_year"),
