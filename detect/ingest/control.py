@@ -35,6 +35,7 @@ def _col(names: list[str], *aliases: str) -> str | None:
 
 def _amounts(frame: pl.LazyFrame, column: str, path: Path) -> pl.Expr:
     """Parse ``column`` exactly; '.' decimals, or ',' when the file is written that way."""
+    first_bad = None
     for decimal in (".", ","):
         value, issue = parse_decimal(pl.col(column), column, decimal=decimal,
                                      thousands="," if decimal == "." else ".")
@@ -42,8 +43,10 @@ def _amounts(frame: pl.LazyFrame, column: str, path: Path) -> pl.Expr:
             pl.col("issue").is_not_null()).sort(LINE).head(1).collect()
         if bad.height == 0:
             return value
-    raise IngestError(f"not an amount: {bad['issue'][0]}", file=str(path),
-                      line=int(bad[LINE][0]), column=column)
+        first_bad = first_bad if first_bad is not None else bad
+    assert first_bad is not None
+    raise IngestError(str(first_bad["issue"][0]), file=str(path),
+                      line=int(first_bad[LINE][0]), column=column)
 
 
 def read_control_totals(path: Path) -> ControlTotals:
