@@ -309,9 +309,14 @@ def read_table(index: Path, table: GTable, workdir: Path) -> pl.LazyFrame:
     utf8, skipped = _prepared(path, table, workdir)
     names = [c.name for c in table.columns]
     if table.variable:
-        raw = scan_delimited(utf8, encoding="utf-8", delimiter=table.column_delimiter,
-                             quote=table.text_encapsulator, has_header=False,
-                             column_names=names, eol=_eol(table, path))
+        try:
+            raw = scan_delimited(utf8, encoding="utf-8", delimiter=table.column_delimiter,
+                                 quote=table.text_encapsulator, has_header=False,
+                                 column_names=names, eol=_eol(table, path))
+        except IngestError as err:   # name the delivered file, not our UTF-8 copy
+            raise IngestError(f"table {table.name!r}: {err.message}", file=str(path),
+                              line=err.line + skipped if err.line else None,
+                              column=err.column, hint=err.hint) from None
         got = [n for n in raw.collect_schema().names() if n != LINE]
         if got != names:
             raise IngestError(f"table {table.name!r}: the file has {len(got)} columns, "

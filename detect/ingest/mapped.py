@@ -277,13 +277,21 @@ def scan_delimited(path: Path, *, encoding: str = "auto", delimiter: str | None 
                        new_columns=column_names, eol_char=eol)
     try:
         names = [n for n in scan.collect_schema().names() if n != "__record"]
+    except pl.exceptions.SchemaError as exc:   # column_names given but the file differs
+        with open(utf8, encoding="utf-8", errors="replace", newline="") as fh:
+            first = next(csv.reader(fh, delimiter=sep, quotechar=quote or None), [])
+        raise IngestError(f"row has {len(first)} fields, {len(column_names or [])} columns "
+                          "are described", file=str(path), line=1,
+                          hint="the table description and the file disagree") from exc
+    try:
         # Touch every field once (streaming, bounded memory): ragged rows fail here, not later.
         n_records = scan.select(pl.len().alias("__n"), pl.all().exclude("__record").null_count()) \
             .collect(engine="streaming")["__n"][0]
     except pl.exceptions.ComputeError as exc:
         line, got, expected = _locate_ragged(utf8, sep, quote, skip_rows)
         if line:
-            raise IngestError(f"row has {got} fields, the header has {expected}",
+            first = "the header" if has_header else "the first row"
+            raise IngestError(f"row has {got} fields, {first} has {expected}",
                               file=str(path), line=line,
                               hint="check the delimiter and quoting of that line") from exc
         raise IngestError(f"cannot read as delimited text: {exc}".splitlines()[0],
