@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ import duckdb
 import polars as pl
 
 from detect.config import Settings
+from detect.errors import AlreadyProcessed, UserError
 from detect.ingest import IngestResult, ingest
 from detect.runlog import StepLog
 
@@ -127,63 +129,173 @@ def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
 
 def run_delivery(sources: list[Path], *, fmt: str, settings: Settings, data_dir: Path,
                  control_totals: Path | None = None, log: StepLog | None = None,
-                 rescore_history: bool = False) -> RunSummary:
-    """Ingest, validate, score and publish one delivery; return what was done."""
-    from detect import history, models, rules, scoring, store, validate
+                 rescore_history: bool = False, wait_seconds: float | None = None) -> RunSummary:
+    """Ingest, validate, score and publish one delivery; return what was done.
+
+    Under the entity's lock: recover after killed runs, skip a delivery already processed (same
+    content), then run the stages into ``runs/<id>.partial/``. The review store's publish
+    transaction is the commit point; after it the folder is renamed and ``CURRENT`` switched
+    (``lifecycle.finish_publish``, which recovery repeats if the process dies in between). A
+    failing run records its error in the store's runs table and keeps its folder as
+    ``runs/<id>.failed``; the previous run stays current.
+    """
+    from detect import lifecycle
+    from detect.store import ReviewStore
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    run_id = new_run_id(settings.entity)
-    partial = data_dir / RUNS / f"{run_id}.partial"
-    partial.mkdir(parents=True)
     log = log or StepLog()
-    log.json_path = partial / "run.log.jsonl"
-    ctx = RunContext(run_id, partial, data_dir, settings.entity, settings, log, rescore_history)
-    started = time.perf_counter()
-    log.event("run_start", run_id=run_id, sources=[str(s) for s in sources])
+    delivery = lifecycle.fingerprint(list(sources) + ([control_totals] if control_totals else []))
+    run_id = new_run_id(settings.entity)
+    if wait_seconds is None:
+        wait_seconds = float(os.environ.get("BELEGWACHT_LOCK_WAIT", "0") or 0)
+    with lifecycle.RunLock(data_dir, settings.entity, run_id=run_id,
+                           wait_seconds=wait_seconds) as lock:
+        lifecycle.crash_point("locked")
+        for note in lock.notes:
+            log.warn(note)
+        review = ReviewStore.for_data_dir(data_dir, settings.store_url)
+        recovered = lifecycle.recover(data_dir, settings.entity, review)
+        for note in recovered:
+            log.warn(note)
+        previous = review.delivery_run(settings.entity, delivery.hash)
+        reprocess = rescore_history or getattr(settings.validation, "reprocess", False)
+        if previous and not reprocess:
+            raise AlreadyProcessed(
+                f"this delivery was already processed as run {previous} (same content, "
+                f"sha256 {delivery.hash[:12]}); nothing to do",
+                file=str(sources[0]) if sources else None,
+                hint="set [validation] reprocess = true or pass --rescore-history to process "
+                     "it again")
+        partial = data_dir / RUNS / f"{run_id}.partial"
+        partial.mkdir(parents=True)
+        lifecycle.write_run_info(partial, run_id, settings.entity, delivery)
+        review.start_run(run_id, settings.entity, delivery_hash=delivery.hash)
+        log.json_path = partial / "run.log.jsonl"
+        ctx = RunContext(run_id, partial, data_dir, settings.entity, settings, log,
+                         rescore_history)
+        try:
+            manifest = _run_stages(ctx, sources, fmt, control_totals, delivery, review,
+                                   lock.notes + recovered)
+        except BaseException as exc:
+            _record_failure(ctx, review, exc)
+            raise
+    final = data_dir / RUNS / run_id
+    log.event("run_done", run_id=run_id)
+    return RunSummary(run_id, final, manifest)
 
+
+def _record_failure(ctx: RunContext, review: Any, exc: BaseException) -> None:
+    """The error goes into the store's runs table; the folder is kept as ``<id>.failed``."""
+    from detect import lifecycle
+
+    if isinstance(exc, AlreadyProcessed):
+        outcome, text = "skipped", str(exc)
+    elif isinstance(exc, UserError):
+        outcome, text = "failed", str(exc)
+    elif isinstance(exc, KeyboardInterrupt):
+        outcome, text = "aborted", "interrupted"
+    else:
+        outcome, text = "failed", f"internal error: {type(exc).__name__}: {exc}"
+    try:
+        ctx.log.event("run_failed", run_id=ctx.run_id, outcome=outcome, error=text)
+        record = review.get_run(ctx.run_id)
+        if record and record["outcome"] == "published":
+            # failed after the commit point: complete the publish instead of undoing it
+            lifecycle.finish_publish(ctx.data_dir, ctx.entity, ctx.run_id, record["counts"])
+            return
+        review.fail_run(ctx.run_id, text, outcome=outcome)
+        failed = lifecycle.fail_folder(ctx.data_dir, ctx.run_id)
+        ctx.log.json_path = failed / "run.log.jsonl" if failed else None
+        if outcome == "skipped" and failed is not None:
+            shutil.rmtree(failed, ignore_errors=True)  # nothing worth keeping
+    except Exception as inner:  # noqa: BLE001 - never hide the original error
+        ctx.log.warn(f"could not record the failure of run {ctx.run_id}: {inner}")
+
+
+def _run_stages(ctx: RunContext, sources: list[Path], fmt: str, control_totals: Path | None,
+                delivery: Any, review: Any, notes: list[str]) -> dict[str, Any]:
+    from detect import history, lifecycle, models, rules, scoring, validate
+
+    settings, partial, log, data_dir = ctx.settings, ctx.run_dir, ctx.log, ctx.data_dir
+    started = time.perf_counter()
+    log.event("run_start", run_id=ctx.run_id, sources=[str(s) for s in sources])
     with log.step("ingest", "Reading the delivery"):
         ingested = ingest(sources, fmt, settings, partial / "tmp")
         if control_totals is not None:
             from detect.ingest.control import read_control_totals
             ingested.control_totals.append(read_control_totals(control_totals))
         master_counts = write_master(ingested, partial)
+    lifecycle.crash_point("ingested")
     with log.step("validate", "Validating (Great Expectations)"):
         checked = validate.validate(ingested, ctx)
+    lifecycle.crash_point("validated")
     with log.step("history", "Merging into the booking history"):
-        history_glob = history.merge(ctx, checked.clean_path)
+        history_glob = history.merge(ctx, checked.clean_path, checkpoint=lifecycle.crash_point)
+    lifecycle.crash_point("history_merged")
     with log.step("rules", "Running the rule catalog"):
         con = rules.connect(ctx, history_glob)
         rule_result = rules.run_rules(con, ctx)
+        con.close()
+    lifecycle.crash_point("rules_done")
     with log.step("models", "Scoring with outlier models"):
         model_scores = models.score_lines(pl.scan_parquet(history_glob), ctx)
+    lifecycle.crash_point("models_done")
     with log.step("scoring", "Ranking review items"):
         findings = scoring.build_items(pl.scan_parquet(history_glob), rule_result.hits,
                                        model_scores, ctx)
+    lifecycle.crash_point("scored")
+    shutil.rmtree(partial / "tmp", ignore_errors=True)
     with log.step("publish", "Publishing"):
-        review = store.ReviewStore.for_data_dir(data_dir, settings.store_url)
-        publish = review.publish_run(ctx, findings)
         manifest = {
-            "run_id": run_id,
+            "run_id": ctx.run_id,
             "entity": settings.entity,
             "format": ingested.format,
             "created_at": datetime.now(UTC).isoformat(),
+            "delivery": {"sha256": delivery.hash, "files": delivery.files},
             "inputs": [vars(i) for i in ingested.inputs],
             "per_input": input_stats(checked.clean_path),
             "master": master_counts,
             "validation": checked.summary(),
+            "history": {"glob": history_glob,
+                        "fiscal_years": history.stats(data_dir, settings.entity)},
             "rules": rule_result.summary(),
-            "findings": {"items": findings.height, **publish},
+            "findings": {"items": findings.height},
             "config_hash": settings.fingerprint(),
             "versions": _versions(),
+            "rescore_history": ctx.rescore_history,
+            "recovered": notes,
             "durations": {k: round(v, 3) for k, v in log.durations.items()},
-            "outcome": "published",
+            "outcome": "publishing",
         }
         manifest["durations"]["total"] = round(time.perf_counter() - started, 3)
         write_manifest(partial, manifest)
-        final = data_dir / RUNS / run_id
-        os.replace(partial, final)
-        _fsync_dir(final.parent)
-        switch_current(data_dir, run_id)
-    log.json_path = final / "run.log.jsonl"
-    log.event("run_done", run_id=run_id)
-    return RunSummary(run_id, final, manifest)
+        lifecycle.crash_point("manifest_written")
+        counts = review.publish_run(ctx, findings, delivery_hash=delivery.hash,
+                                    delivery_files=delivery.files, manifest=manifest,
+                                    before_commit=lambda: lifecycle.crash_point(
+                                        "store_uncommitted"))
+        manifest["findings"] = {"items": findings.height, **counts}
+        manifest["outcome"] = "published"
+    final = lifecycle.finish_publish(data_dir, ctx.entity, ctx.run_id, counts)
+    log.json_path = final / "run.log.jsonl"  # the partial folder is gone now
+    return manifest
+
+
+def run_inbox(inbox: Path, *, fmt: str, settings: Settings, data_dir: Path,
+              log: StepLog | None = None, rescore_history: bool = False) -> Any:
+    """Process every delivery in ``inbox`` not yet processed, oldest first, each as its own run.
+
+    A delivery is a file or a folder directly in the inbox; hidden and half-written names
+    (``.tmp``, ``.part`` ...) are skipped, so uploaders should write under such a name and
+    rename when done. Returns ``lifecycle.InboxResult`` (``.lines()``, ``.exit_code()``).
+    """
+    from detect import lifecycle
+
+    log = log or StepLog()
+
+    def run_one(path: Path) -> RunSummary:
+        log.info(f"delivery {path.name}")
+        return run_delivery([path], fmt=fmt, settings=settings, data_dir=data_dir, log=log,
+                            rescore_history=rescore_history)
+
+    return lifecycle.process_inbox(Path(inbox), run_one)

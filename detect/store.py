@@ -404,14 +404,17 @@ class ReviewStore:
     def publish_run(self, ctx: Any, findings: pl.DataFrame, *,
                     scope: pl.DataFrame | None = None, delivery_hash: str | None = None,
                     delivery_files: list[dict[str, Any]] | None = None,
-                    manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+                    manifest: dict[str, Any] | None = None,
+                    before_commit: Callable[[], None] | None = None) -> dict[str, Any]:
         """Upsert the run's review items in ONE transaction and mark the run published.
 
         ``scope``: the journals (entity, fiscal_year, journal_id) this run looked at; items in
         scope that are not in ``findings`` are marked no longer flagged. Default: the journals
         of ``ctx.run_dir/bookings.parquet`` (the delivery), or every item of the entity when
         ``ctx.rescore_history``. Items outside the scope are left alone (a delta does not
-        un-flag last month). Rerunning identical findings changes no item.
+        un-flag last month). Rerunning identical findings changes no item. ``delivery_hash`` is
+        registered as processed in the same transaction, so a delivery counts as processed
+        exactly when its run is published.
         """
         entity = ctx.entity
         run_id = ctx.run_id
@@ -445,6 +448,8 @@ class ReviewStore:
                     conn.execute(deliveries.insert().values(
                         entity=entity, delivery_hash=delivery_hash, run_id=run_id,
                         processed_at=now_iso(), files=json.dumps(delivery_files or [])))
+            if before_commit is not None:
+                before_commit()  # crash tests: dying here must roll the whole publish back
         return counts
 
     def _scope(self, ctx: Any, new: pl.DataFrame, scope: pl.DataFrame | None) -> pl.DataFrame | None:
