@@ -178,7 +178,7 @@ def _lines(table: SapTable, workdir: Path, warnings: list[str]) -> pl.LazyFrame:
         gl.alias("gl_account"),
         amount.alias("amount"),
         f.text("SGTXT").alias("description"),
-        f.text("KOSTL", "RCNTR").alias("cost_center"),
+        f.key("KOSTL", "RCNTR").alias("cost_center"),
         f.key("LIFNR").alias("vendor_id"),
         f.text("ZUONR").alias("_zuonr"),
         f.text("XBLNR").alias("_xblnr_l"),
@@ -248,7 +248,7 @@ def _payments(tables: list[SapTable], workdir: Path) -> pl.DataFrame | None:
             lf = lf.filter(f.text("XVORL").is_null())
         iban = f.text("ZIBAN", "IBAN")
         local = pl.concat_str([f.text("ZBNKS"), f.text("ZBNKL", "ZBNKY"), f.text("ZBNKN")],
-                              separator=" ", ignore_nulls=True)
+                              separator="/", ignore_nulls=True)
         frames.append(lf.select(
             f.text("ZBUKR", "BUKRS").alias("_bukrs"), f.key("VBLNR").alias("_belnr"),
             f.key("LIFNR").alias("_payee"),
@@ -270,7 +270,7 @@ def _vendors(lfa1: list[SapTable], lfbk: list[SapTable], workdir: Path) -> pl.Da
         for t in lfbk:
             f = Fields(t)
             local = pl.concat_str([f.text("BANKS"), f.text("BANKL"), f.text("BANKN")],
-                                  separator=" ", ignore_nulls=True)
+                                  separator="/", ignore_nulls=True)
             parts.append(scan(t, workdir).select(
                 f.key("LIFNR").alias("vendor_id"),
                 pl.coalesce(f.text("IBAN"), pl.when(local != "").then(local))
@@ -351,7 +351,7 @@ def _vendor_changes(cdhdr: list[SapTable], cdpos: list[SapTable],
     df = df.filter(pl.col("_cls").is_null() | pl.col("_cls").str.starts_with("KRED"))
     bank = pl.col("_tab").is_in(["LFBK", "TIBAN"]) | pl.col("_fname").is_in(list(BANK_FIELDS))
     # inserting/deleting a bank line is logged as FNAME KEY with the bank in TABKEY
-    key_value = pl.col("_tabkey").str.slice(13).str.replace_all(r"\s+", " ").str.strip_chars()
+    key_value = pl.col("_tabkey").str.slice(13).str.strip_chars().str.replace_all(r"\s+", "/")
     df = df.select(
         pl.col("_obj").str.strip_chars_start("0").alias("vendor_id"),
         pl.col("changed_at"),
