@@ -225,6 +225,8 @@ def _run_stages(ctx: RunContext, sources: list[Path], fmt: str, control_totals: 
             from detect.ingest.control import read_control_totals
             ingested.control_totals.append(read_control_totals(control_totals))
         master_counts = write_master(ingested, partial)
+        for text in ingested.warnings:      # e.g. ADS placeholder dates and how to fix them
+            log.warn(text)
     lifecycle.crash_point("ingested")
     with log.step("validate", "Validating (Great Expectations)"):
         checked = validate.validate(ingested, ctx)
@@ -253,6 +255,7 @@ def _run_stages(ctx: RunContext, sources: list[Path], fmt: str, control_totals: 
             "created_at": datetime.now(UTC).isoformat(),
             "delivery": {"sha256": delivery.hash, "files": delivery.files},
             "inputs": [vars(i) for i in ingested.inputs],
+            "ingest_warnings": ingested.warnings,
             "per_input": input_stats(checked.clean_path),
             "master": master_counts,
             "validation": checked.summary(),
