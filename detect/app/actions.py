@@ -7,7 +7,8 @@ shows a hidden button still ends here and is refused. Nothing here imports Strea
 
 from __future__ import annotations
 
-import io
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -130,19 +131,25 @@ EXPORT_COLUMNS: tuple[str, ...] = (
 
 
 def export_bytes(store: ReviewStore, user: AppUser | None, queue: pl.DataFrame, fmt: str,
-                 detail: str = "") -> bytes:
-    """The filtered queue with decisions as CSV or XLSX, formula-injection safe; logged."""
-    auth.require(user, "export")
-    from detect.export import neutralise_frame
+                 detail: str = "", lang: str = "de") -> bytes:
+    """The filtered queue with decisions as CSV or XLSX; logged.
 
-    cols = [c for c in EXPORT_COLUMNS if c in queue.columns]
-    frame = neutralise_frame(queue.select(cols).with_columns(
-        pl.col(pl.Decimal).cast(pl.Float64)))
-    buffer = io.BytesIO()
-    if fmt == "xlsx":
-        frame.write_excel(buffer, worksheet="Belegwacht")
-    else:
-        frame.write_csv(buffer, separator=";")
+    Reuses ``detect.export``'s writers, which neutralise formula-like text cells (CSV/formula
+    injection) and keep numbers and dates typed.
+    """
+    auth.require(user, "export")
+    from detect.export import write_csv, write_xlsx
+
+    if fmt not in ("csv", "xlsx"):
+        raise DecisionError(f"unknown export format {fmt!r}")
+    frame = queue.select([c for c in EXPORT_COLUMNS if c in queue.columns])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"export.{fmt}"
+        if fmt == "xlsx":
+            write_xlsx(frame, path, run_label=detail, lang=lang)
+        else:
+            write_csv(frame, path)
+        payload = path.read_bytes()
     store.log_access(user.username, "export",  # type: ignore[union-attr]
                      f"{fmt} {frame.height} rows {detail}".strip())
-    return buffer.getvalue()
+    return payload

@@ -265,7 +265,7 @@ def money_expr(column: str, lang: str = "de", symbol: str = "€") -> pl.Expr:
     frac = (cents % 100).cast(pl.String).str.zfill(2)
     sign = pl.when(value < 0).then(pl.lit("-")).otherwise(pl.lit(""))
     out = sign + text + pl.lit(decimal) + frac + pl.lit(f" {symbol}" if symbol else "")
-    return pl.when(value.is_null()).then(pl.lit(None, pl.String)).otherwise(out)
+    return pl.when(value.is_null()).then(pl.lit(None, pl.String)).otherwise(out).alias(column)
 
 
 def date_expr(column: str, lang: str = "de") -> pl.Expr:

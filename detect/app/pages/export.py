@@ -22,7 +22,7 @@ def page() -> None:
     if st.button(tr("export_prepare"), key="e_build", icon=":material/build:"):
         try:
             st.session_state["bw_export"] = (fmt, actions.export_bytes(
-                ctx.store, user, selection, fmt, detail=f"run {run.run_id}"))
+                ctx.store, user, selection, fmt, detail=f"run {run.run_id}", lang=ui.lang()))
         except UserError as exc:
             ui.show_error(exc)
     built = st.session_state.get("bw_export")
