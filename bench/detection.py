@@ -214,18 +214,159 @@ def _fmt(table: pl.DataFrame) -> str:
     return str(table.with_columns(pl.selectors.float().round(3)))
 
 
+def _load_ledger(synthetic: int, seed: int) -> tuple[pl.DataFrame, pl.DataFrame, Path | None, str]:
+    """The demo ledger (sample_data/demo + demo_labels.csv) if present, else a synthetic one."""
+    root = Path(__file__).resolve().parents[1] / "sample_data"
+    labels_csv = root / "demo_labels.csv"
+    demo = root / "demo"
+    canon = sorted(demo.glob("*.parquet")) + sorted(demo.glob("canonical/*.parquet"))
+    canon = [p for p in canon if "label" not in p.name and p.stem in ("bookings", "ledger",
+                                                                      "canonical")] or canon
+    if not synthetic and labels_csv.exists() and canon:
+        from detect.schema import BOOKING_SCHEMA
+        bookings = pl.read_parquet(canon[0])
+        bookings = bookings.select([(pl.col(c) if c in bookings.columns else pl.lit(None))
+                                    .cast(t).alias(c) for c, t in BOOKING_SCHEMA.items()])
+        labels = pl.read_csv(labels_csv, schema_overrides={"fiscal_year": pl.Int32,
+                                                           "journal_id": pl.String})
+        master = demo / "master" if (demo / "master").is_dir() else None
+        return bookings, labels, master, f"demo ledger {canon[0].relative_to(root.parent)}"
+    bookings, labels = synthetic_ledger(synthetic or 20_000, seed)
+    return bookings, labels, None, f"synthetic ledger ({synthetic or 20_000} journals, seed {seed})"
+
+
+def _ctx(run_dir: Path, settings: object) -> object:
+    from types import SimpleNamespace
+
+    from detect.runlog import StepLog
+    return SimpleNamespace(run_dir=run_dir, run_id="bench", entity=getattr(settings, "entity"),
+                           settings=settings, log=StepLog(quiet=True), rescore_history=False,
+                           data_dir=run_dir)
+
+
+def _journal_max(scores: pl.DataFrame, col: str = "model_score") -> pl.DataFrame:
+    return scores.group_by(JOURNAL).agg(pl.col(col).max().alias("score"))
+
+
+def quality(synthetic: int, seed: int, json_out: Path | None) -> int:
+    """Rules only / models only / combined, and each detector alone vs the ensemble."""
+    import copy
+    import shutil
+    import tempfile
+
+    from detect import rules, scoring
+    from detect.config import Settings
+    from detect.features import DIRECTIONS, active_features, build_features, to_matrix
+    from detect.models import BookingOutlierEnsemble, fit_and_score
+
+    bookings, labels, master, what = _load_ledger(synthetic, seed)
+    entity = bookings.get_column("entity")[0]
+    settings = Settings(entity=entity)
+    journals = bookings.select(JOURNAL).unique()
+    print(f"# {what}: {bookings.height} lines, {journals.height} journals, "
+          f"{labels.height} labelled", flush=True)
+    tmp = Path(tempfile.mkdtemp(prefix="bw-bench-"))
+    try:
+        bookings.write_parquet(tmp / "bookings.parquet")
+        if master is not None:
+            shutil.copytree(master, tmp / "master")
+        ctx = _ctx(tmp, settings)
+        t = time.perf_counter()
+        con = rules.connect(ctx, tmp / "bookings.parquet")
+        hits = rules.run_rules(con, ctx).hits
+        t_rules = time.perf_counter() - t
+        t = time.perf_counter()
+        vendors = pl.read_parquet(tmp / "master" / "vendors.parquet") \
+            if (tmp / "master" / "vendors.parquet").exists() else None
+        scores, _, meta = fit_and_score(bookings.lazy(), settings, vendors=vendors)
+        t_models = time.perf_counter() - t
+        combined = scoring.rank_items(bookings.lazy(), hits, scores, ctx)
+        rules_only = copy.deepcopy(settings)
+        rules_only.scoring.model_weight = 0.0
+        rules_only.scoring.model_bonus = 0.0
+        rules_only.scoring.model_tail_share = 0.0
+        r_items = scoring.rank_items(bookings.lazy(), hits, scores, _ctx(tmp, rules_only))
+        results: dict[str, pl.DataFrame] = {
+            "rules only": evaluate(r_items.rename({"risk_score": "score"}), labels, journals),
+            "models only": evaluate(_journal_max(scores), labels, journals),
+            "combined": evaluate(combined.rename({"risk_score": "score"}), labels, journals),
+        }
+        print(f"rules {t_rules:.1f} s ({hits.height} hits), models {t_models:.1f} s, "
+              f"items {combined.height}, features used {len(meta['features'])}, "
+              f"dropped {meta['dropped_features']}")
+        # detectors alone vs the ensemble, on the same features and fit sample
+        ff = build_features(bookings.lazy(), settings, vendors).frame
+        used, _ = active_features(ff)
+        X = to_matrix(ff, used)
+        fit = ff.sample(n=min(settings.models.fit_sample, ff.height), seed=settings.models.seed) \
+            if ff.height > settings.models.fit_sample else ff
+        Xf = to_matrix(fit, used)
+        variants = {"iforest": ("iforest",), "hbos": ("hbos",), "ecod": ("ecod",),
+                    "iforest+hbos+ecod": ("iforest", "hbos", "ecod"),
+                    "hbos+ecod": ("hbos", "ecod"), "iforest+ecod": ("iforest", "ecod")}
+        timing = []
+        for name, dets in variants.items():
+            t = time.perf_counter()
+            est = BookingOutlierEnsemble(detectors=dets, random_state=settings.models.seed,
+                                         directions=tuple(DIRECTIONS[n] for n in used)).fit(Xf)
+            t_fit = time.perf_counter() - t
+            t = time.perf_counter()
+            s = est.decision_function(X)
+            t_score = time.perf_counter() - t
+            m = evaluate(_journal_max(ff.select(JOURNAL).with_columns(pl.Series("model_score", s))),
+                         labels, journals).filter(pl.col("scenario") == "overall")
+            timing.append({"detectors": name, "fit_s": round(t_fit, 2),
+                           "score_s": round(t_score, 2), **m.drop("scenario", "n").row(0, named=True)})
+        detectors = pl.DataFrame(timing)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    overall = pl.concat([r.filter(pl.col("scenario") == "overall").with_columns(
+        pl.lit(k).alias("ranking")) for k, r in results.items()]).drop("scenario")
+    print("\n## overall\n" + _fmt(overall.select("ranking", pl.exclude("ranking"))))
+    per = None
+    for k, r in results.items():
+        r = r.filter(pl.col("scenario") != "overall").select(
+            "scenario", "n", pl.col("recall@1%").alias(f"{k} r@1%"), pl.col("ap").alias(f"{k} ap"))
+        per = r if per is None else per.join(r.drop("n"), on="scenario")
+    assert per is not None
+    with pl.Config(tbl_rows=60):
+        print("\n## per scenario (recall at 1 % of journals, AP)\n" + _fmt(per))
+    print("\n## detectors (models only, same features)\n" + _fmt(detectors))
+    if json_out:
+        json_out.write_text(json.dumps({"ledger": what, **{k: v.to_dicts() for k, v in
+                                        results.items()}, "detectors": detectors.to_dicts()},
+                                       indent=1), "utf-8")
+    return 0
+
+
+def scale(n_lines: int, seed: int) -> int:
+    """Time and peak memory of features + fit + scoring + explanations on ``n_lines`` lines."""
+    from detect.config import Settings
+    from detect.models import fit_and_score
+
+    t = time.perf_counter()
+    bookings, _ = synthetic_ledger(n_lines // 2, seed, anomaly_share=0.001)
+    t_gen = time.perf_counter() - t
+    base = _peak_mb()
+    t = time.perf_counter()
+    scores, _, meta = fit_and_score(bookings.lazy(), Settings(entity="Synthstadt"))
+    took = time.perf_counter() - t
+    print(f"{bookings.height} lines (generated in {t_gen:.1f} s, peak {base:.0f} MB before "
+          f"models): features + fit on {meta['fit_lines']} + score + explain all lines "
+          f"in {took:.1f} s; peak RSS {_peak_mb():.0f} MB; {scores.height} scores")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--synthetic", type=int, default=0, help="journals in a synthetic ledger")
     parser.add_argument("--scale", type=int, default=0, help="time the models on N lines")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the metrics as JSON")
     args = parser.parse_args(argv)
     if args.scale:
-        from bench import detection_runs
-        return detection_runs.scale(args.scale, args.seed)
-    from bench import detection_runs
-    return detection_runs.quality(args.synthetic, args.seed, args.json)
+        return scale(args.scale, args.seed)
+    return quality(args.synthetic, args.seed, args.json)
 
 
 if __name__ == "__main__":

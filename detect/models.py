@@ -101,8 +101,8 @@ class BookingOutlierEnsemble(BaseEstimator):
     ECOD tail scores used for explanations.
     """
 
-    def __init__(self, detectors: tuple[str, ...] = KNOWN_DETECTORS, n_estimators: int = 100,
-                 max_samples: int = 512, n_bins: int = 20,
+    def __init__(self, detectors: tuple[str, ...] = ("iforest", "ecod"), n_estimators: int = 100,
+                 max_samples: int = 2048, n_bins: int = 20,
                  directions: tuple[int, ...] | None = None, batch_size: int = 500_000,
                  random_state: int = 42):
         self.detectors = detectors
@@ -113,9 +113,10 @@ class BookingOutlierEnsemble(BaseEstimator):
         self.batch_size = batch_size
         self.random_state = random_state
 
-    def _make(self, name: str) -> Any:
+    def _make(self, name: str, n_rows: int) -> Any:
         if name == "iforest":
-            return IForest(n_estimators=self.n_estimators, max_samples=self.max_samples,
+            return IForest(n_estimators=self.n_estimators,
+                           max_samples=max(2, min(self.max_samples, n_rows)),
                            random_state=self.random_state, n_jobs=1)
         if name == "hbos":
             return HBOS(n_bins=self.n_bins)
@@ -129,7 +130,7 @@ class BookingOutlierEnsemble(BaseEstimator):
         names = list(dict.fromkeys(self.detectors))
         if not names:
             raise UserError("[models] detectors is empty", hint="e.g. [\"iforest\", \"hbos\"]")
-        self.detectors_ = {name: self._make(name).fit(X) for name in names}
+        self.detectors_ = {name: self._make(name, len(X)).fit(X) for name in names}
         self.train_scores_ = {name: np.sort(det.decision_scores_)
                               for name, det in self.detectors_.items()}
         self.explainer_ = (self.detectors_["ecod"] if "ecod" in self.detectors_

@@ -1,0 +1,117 @@
+"""Per-line features: values on small generated ledgers (also provides ``tiny_ledger``)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+
+from detect.config import Settings
+from detect.features import FEATURE_NAMES, active_features, build_features
+from detect.schema import BOOKING_SCHEMA
+
+
+def tiny_ledger(n: int = 1500, seed: int = 1) -> pl.DataFrame:
+    """n two-line journals: 8 users each on 3 expense accounts, weekdays 8-17h, vs payables."""
+    rng = np.random.default_rng(seed)
+    accounts = np.array([f"5{i:05d}" for i in range(12)])
+    mu = np.linspace(4.0, 8.0, 12)
+    user = rng.integers(0, 8, n)
+    acct = (user * 3 + rng.integers(0, 3, n)) % 12
+    amount = np.round(np.exp(mu[acct] + rng.normal(0, 0.3, n)), 2)
+    workdays = [d for d in range(364) if (date(2025, 1, 1) + timedelta(d)).weekday() < 5
+                and (date(2025, 1, 1) + timedelta(d)) not in
+                {date(2025, 1, 1), date(2025, 4, 18), date(2025, 4, 21), date(2025, 5, 1),
+                 date(2025, 5, 29), date(2025, 6, 9), date(2025, 6, 19), date(2025, 10, 3),
+                 date(2025, 11, 1), date(2025, 12, 25), date(2025, 12, 26)}]
+    day = rng.choice(workdays, n)
+    entered = [datetime(2025, 1, 1) + timedelta(days=int(d), hours=float(h))
+               for d, h in zip(day, rng.uniform(8, 17, n))]
+    jid = [f"J{i:05d}" for i in range(n)]
+    vendor = rng.integers(0, 30, n)
+    frame = pl.DataFrame({
+        "journal_id": np.repeat(jid, 2),
+        "line_no": np.tile([1, 2], n),
+        "gl_account": np.stack([accounts[acct], np.full(n, "160000")], 1).ravel(),
+        "amount": np.stack([amount, -amount], 1).ravel(),
+        "entered_at": np.repeat(np.array(entered, dtype="datetime64[us]"), 2),
+        "entered_by": np.repeat(np.char.add("USER", user.astype(str)), 2),
+        "vendor_id": np.repeat(np.char.add("V", vendor.astype(str)), 2),
+    }).with_columns(
+        pl.lit("Testdorf").alias("entity"), pl.lit(2025).alias("fiscal_year"),
+        pl.col("entered_at").dt.date().alias("posting_date"),
+        (pl.col("entered_at").dt.date() - pl.duration(days=3)).alias("document_date"),
+        pl.lit("t.csv").alias("source_file"), pl.int_range(pl.len()).alias("source_line"))
+    return frame.select([(pl.col(c) if c in frame.columns else pl.lit(None)).cast(t).alias(c)
+                         for c, t in BOOKING_SCHEMA.items()])
+
+
+def set_line(frame: pl.DataFrame, journal_id: str, line_no: int | None, **values: object) -> pl.DataFrame:
+    """Overwrite columns of one line (or all lines of a journal when line_no is None)."""
+    hit = pl.col("journal_id") == journal_id
+    if line_no is not None:
+        hit = hit & (pl.col("line_no") == line_no)
+    return frame.with_columns([pl.when(hit).then(pl.lit(v)).otherwise(pl.col(k)).cast(frame.schema[k])
+                               .alias(k) for k, v in values.items()])
+
+
+def _row(ff: pl.DataFrame, jid: str, line: int) -> dict:
+    return ff.filter((pl.col("journal_id") == jid) & (pl.col("line_no") == line)).row(0, named=True)
+
+
+@pytest.fixture(scope="module")
+def ledger() -> pl.DataFrame:
+    return tiny_ledger(600)
+
+
+def test_feature_values_on_manipulated_lines(ledger: pl.DataFrame) -> None:
+    base_amount = float(ledger.filter((pl.col("journal_id") == "J00010") & (pl.col("line_no") == 1))
+                        .get_column("amount")[0])
+    f = set_line(ledger, "J00010", 1, amount=round(base_amount * 20, 2))
+    f = set_line(f, "J00011", None, entered_at=datetime(2025, 3, 4, 3, 0))
+    f = set_line(f, "J00012", 1, amount=5000.00)
+    f = set_line(f, "J00013", 1, amount=4999.00)
+    f = set_line(f, "J00014", None, entered_at=datetime(2025, 3, 8, 10, 0),   # a Saturday
+                 posting_date=date(2025, 3, 8))
+    f = set_line(f, "J00015", None, entered_by="NEWBIE")
+    ff = build_features(f.lazy(), Settings()).frame
+    assert ff.height == f.height
+    assert ff.columns[:4] == ["entity", "fiscal_year", "journal_id", "line_no"]
+    r = _row(ff, "J00010", 1)
+    assert r["amount_z_account"] > 5                    # 20x = +1.3 in log10 units
+    # the largest amount on the account: above all other lines of it
+    assert r["amount_pct_account"] == pytest.approx((r["account_lines"] - 1) / r["account_lines"])
+    assert _row(ff, "J00011", 1)["off_hours"] == pytest.approx(3.0)
+    assert _row(ff, "J00011", 1)["entry_time"] == "03:00"
+    assert _row(ff, "J00012", 1)["round_zeros"] == 5   # 500000 cents
+    assert _row(ff, "J00013", 1)["trailing_nines"] == 3
+    assert _row(ff, "J00014", 1)["non_workday"] == 1.0
+    assert _row(ff, "J00020", 1)["non_workday"] == 0.0
+    newbie = _row(ff, "J00015", 1)
+    assert newbie["ua_other"] == 0 and newbie["user_lines"] == 2
+    assert newbie["user_rarity"] == pytest.approx(-np.log10(2 / f.height))
+    # the contra account of an expense line is payables, and vice versa
+    assert _row(ff, "J00010", 1)["contra_account"] == "160000"
+    assert _row(ff, "J00010", 2)["contra_account"] == _row(ff, "J00010", 1)["gl_account"]
+    assert _row(ff, "J00010", 1)["doc_post"] == 3
+
+
+def test_missing_columns_give_constant_features_that_are_dropped(ledger: pl.DataFrame) -> None:
+    f = ledger.with_columns(pl.lit(None, pl.Datetime("us")).alias("entered_at"),
+                            pl.lit(None, pl.String).alias("vendor_id"),
+                            pl.lit(None, pl.Date).alias("document_date"))
+    ff = build_features(f.lazy(), Settings())
+    assert any("entered_at" in n and "vendor_id" in n for n in ff.notes)
+    used, dropped = active_features(ff.frame)
+    assert {"off_hours", "entry_post_days", "doc_post_days", "vendor_new", "bank_rarity",
+            "vendor_account_rarity", "user_day_z"} <= set(dropped)
+    assert "amount_z_account" in used and set(used) | set(dropped) == set(FEATURE_NAMES)
+    assert ff.frame.select(FEATURE_NAMES).null_count().sum_horizontal().item() == 0
+
+
+def test_features_are_deterministic_whatever_the_input_order(ledger: pl.DataFrame) -> None:
+    a = build_features(ledger.lazy(), Settings()).frame
+    b = build_features(ledger.reverse().lazy(), Settings()).frame
+    assert a.equals(b)

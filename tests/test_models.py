@@ -1,0 +1,163 @@
+"""Outlier ensemble: explanations name the manipulated feature, runs are reproducible, loading
+refuses altered model files, the pipeline stage writes its files."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import polars as pl
+import pytest
+from sklearn.base import clone
+
+from detect.config import Settings
+from detect.explain import fmt_money, fmt_pct, parse_top_features
+from detect.models import (BookingOutlierEnsemble, ModelLoadError, fit_and_score, load_ensemble,
+                           save_ensemble, score_lines)
+from detect.runlog import StepLog
+from test_features import set_line, tiny_ledger
+
+
+@pytest.fixture(scope="module")
+def scored() -> tuple[pl.DataFrame, pl.DataFrame]:
+    f = tiny_ledger(1500)
+    amt = float(f.filter((pl.col("journal_id") == "J00100") & (pl.col("line_no") == 1))
+                ["amount"][0])
+    f = set_line(f, "J00100", 1, amount=round(amt * 20, 2))
+    f = set_line(f, "J00100", 2, amount=-round(amt * 20, 2))
+    # USER0 books on accounts 0-2; 500009 belongs to USER3
+    f = set_line(f, "J00101", None, entered_by="USER0")
+    f = set_line(f, "J00101", 1, gl_account="500009")
+    f = set_line(f, "J00102", None, entered_at=datetime(2025, 5, 6, 3, 12),
+                 posting_date=date(2025, 5, 6))
+    settings = Settings()
+    scores, model, meta = fit_and_score(f.lazy(), settings)
+    return f, scores
+
+
+def _line(scores: pl.DataFrame, jid: str, line: int = 1) -> dict:
+    return scores.filter((pl.col("journal_id") == jid) & (pl.col("line_no") == line)).row(0, named=True)
+
+
+def test_amount_20x_is_explained_by_its_amount(scored) -> None:
+    _, scores = scored
+    r = _line(scores, "J00100")
+    top = parse_top_features(r["top_features"])
+    assert top[0]["feature"] in ("amount_z_account", "amount_log")
+    assert top[0]["contribution"] > 5
+    assert "liegt über" in r["model_reasons_de"] or "ist höher als" in r["model_reasons_de"]
+    assert r["model_reasons_en"].startswith("amount ")
+    assert r["model_score"] > 0.99
+    assert len(top) == Settings().models.top_features
+
+
+def test_user_never_on_account_is_explained_by_user_account_rarity(scored) -> None:
+    _, scores = scored
+    r = _line(scores, "J00101")
+    names = [t["feature"] for t in parse_top_features(r["top_features"])]
+    assert "user_account_rarity" in names[:2]
+    assert "Benutzer USER0 hat sonst nie auf Konto 500009 gebucht" in r["model_reasons_de"]
+    assert "user USER0 has never otherwise posted to account 500009" in r["model_reasons_en"]
+
+
+def test_3am_entry_is_explained_by_hour(scored) -> None:
+    _, scores = scored
+    r = _line(scores, "J00102")
+    assert parse_top_features(r["top_features"])[0]["feature"] == "off_hours"
+    assert r["model_reasons_de"].startswith("erfasst um 03:12 Uhr, außerhalb der Bürozeiten (6–20 Uhr)")
+    assert "entered at 03:12" in r["model_reasons_en"]
+    assert r["model_score"] > 0.95
+
+
+def test_ordinary_lines_score_lower_than_manipulated(scored) -> None:
+    _, scores = scored
+    median = scores["model_score"].median()
+    assert 0.3 < median < 0.7      # a percentile scale: typical lines sit in the middle
+    assert scores["model_score"].is_between(0, 1).all()
+    assert scores.columns == ["entity", "fiscal_year", "journal_id", "line_no", "model_score",
+                              "model_reasons_de", "model_reasons_en", "top_features"]
+
+
+def test_same_input_and_seed_give_same_scores(scored) -> None:
+    f, scores = scored
+    again, _, _ = fit_and_score(f.sample(fraction=1.0, shuffle=True, seed=3).lazy(), Settings())
+    assert again.equals(scores)
+    seven = Settings()
+    seven.models.seed = 7
+    other, _, _ = fit_and_score(f.lazy(), seven)
+    assert not np.allclose(other["model_score"].to_numpy(), scores["model_score"].to_numpy())
+
+
+def test_estimator_conventions_and_batches() -> None:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 3))
+    est = BookingOutlierEnsemble(random_state=1, batch_size=64, max_samples=256, directions=(0, 0, 0))
+    assert clone(est).get_params() == est.get_params()
+    est.fit(X)
+    whole = BookingOutlierEnsemble(random_state=1, max_samples=256, directions=(0, 0, 0)).fit(X)
+    Y = np.vstack([X[:5], [[9.0, 9.0, 0]]])
+    np.testing.assert_allclose(est.decision_function(Y), whole.decision_function(Y))
+    assert est.decision_function(Y)[-1] > 0.97
+    assert est.decision_function(Y)[-1] > est.decision_function(X).max() - 0.02
+    assert set(est.detector_scores(Y)) == {"iforest", "ecod"}
+
+
+@pytest.mark.slow  # HBOS is compiled by numba on first use (~6 s)
+def test_hbos_can_be_switched_on() -> None:
+    X = np.random.default_rng(0).normal(size=(400, 3))
+    hb = BookingOutlierEnsemble(detectors=("hbos", "ecod"), directions=(0, 0, 0)).fit(X)
+    assert hb.decision_function(np.array([[9.0, 9.0, 0.0]]))[0] > 0.9
+    assert set(hb.detector_scores(X[:3])) == {"hbos", "ecod"}
+
+
+def test_save_load_roundtrip_and_tamper_refusal(tmp_path: Path) -> None:
+    X = np.random.default_rng(0).normal(size=(300, 2))
+    est = BookingOutlierEnsemble(random_state=3, max_samples=256, directions=(1, 0)).fit(X)
+    save_ensemble(est, tmp_path, {"run_id": "r1", "features": ["a", "b"]})
+    meta = json.loads((tmp_path / "ensemble.json").read_text())
+    assert meta["params"]["random_state"] == 3 and meta["versions"]["pyod"]
+    loaded, meta2 = load_ensemble(tmp_path)
+    np.testing.assert_array_equal(loaded.decision_function(X), est.decision_function(X))
+    blob = tmp_path / "ensemble.joblib"
+    blob.write_bytes(blob.read_bytes() + b"\0")
+    with pytest.raises(ModelLoadError, match="sha256"):
+        load_ensemble(tmp_path)
+    (tmp_path / "ensemble.json").unlink()
+    with pytest.raises(ModelLoadError, match="missing"):
+        load_ensemble(tmp_path)
+
+
+def test_score_lines_scores_only_the_delivery(tmp_path: Path) -> None:
+    f = tiny_ledger(300)
+    f.filter(pl.col("journal_id") >= "J00290").write_parquet(tmp_path / "bookings.parquet")
+    ctx = SimpleNamespace(run_dir=tmp_path, run_id="r1", entity="Testdorf", settings=Settings(),
+                          log=StepLog(quiet=True), rescore_history=False)
+    out = score_lines(f.lazy(), ctx)
+    assert out.height == 20 and out["journal_id"].min() == "J00290"
+    assert pl.read_parquet(tmp_path / "model_scores.parquet").equals(out)
+    meta = json.loads((tmp_path / "models" / "ensemble.json").read_text())
+    assert meta["history_lines"] == 600 and meta["scored_lines"] == 20
+    assert load_ensemble(tmp_path / "models")[1]["sha256"] == meta["sha256"]
+    ctx.rescore_history = True
+    assert score_lines(f.lazy(), ctx).height == 600
+
+
+def test_tiny_history_skips_models(tmp_path: Path) -> None:
+    ctx = SimpleNamespace(run_dir=tmp_path, run_id="r1", entity="Testdorf", settings=Settings(),
+                          log=StepLog(quiet=True), rescore_history=False)
+    out = score_lines(tiny_ledger(10).lazy(), ctx)
+    assert out.height == 0
+    assert "skipped" in json.loads((tmp_path / "models" / "ensemble.json").read_text())
+
+
+def test_number_formats() -> None:
+    df = pl.DataFrame({"a": [9950.0, -1234567.891, 0.5, 1000.0], "p": [0.9973, 1.0, 0.0, 0.5]})
+    out = df.select(de=fmt_money(pl.col("a"), "de"), en=fmt_money(pl.col("a"), "en"),
+                    pde=fmt_pct(pl.col("p"), "de"), pen=fmt_pct(pl.col("p"), "en"))
+    assert out["de"].to_list() == ["9.950,00 €", "1.234.567,89 €", "0,50 €", "1.000,00 €"]
+    assert out["en"].to_list() == ["9,950.00 €", "1,234,567.89 €", "0.50 €", "1,000.00 €"]
+    assert out["pde"].to_list() == ["99,7 %", "100,0 %", "0,0 %", "50,0 %"]
+    assert out["pen"][0] == "99.7%"

@@ -1,0 +1,140 @@
+"""Review items: risk formula, independent signals first, model-only tail, capacity, contract."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import polars as pl
+import pytest
+
+from detect.config import Settings
+from detect.runlog import StepLog
+from detect.scoring import FINDINGS_COLUMNS, build_items, rank_items
+from test_features import tiny_ledger
+
+ENT, FY = "Testdorf", 2025
+
+
+def hit(jid: str, rule: str, family: str, severity: str, line: int | None = 1) -> dict:
+    return {"rule_id": rule, "family": family, "severity": severity, "entity": ENT,
+            "fiscal_year": FY, "journal_id": jid, "line_no": line,
+            "explanation_de": f"{rule} trifft {jid}", "explanation_en": f"{rule} hits {jid}",
+            "evidence": "{}"}
+
+
+def hits_frame(rows: list[dict]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema={"rule_id": pl.String, "family": pl.String,
+                                      "severity": pl.String, "entity": pl.String,
+                                      "fiscal_year": pl.Int32, "journal_id": pl.String,
+                                      "line_no": pl.Int32, "explanation_de": pl.String,
+                                      "explanation_en": pl.String, "evidence": pl.String})
+
+
+def model_frame(ledger: pl.DataFrame, high: dict[str, float]) -> pl.DataFrame:
+    """Every line scores 0.5 except the given journals (line 1)."""
+    base = ledger.select("entity", "fiscal_year", "journal_id", "line_no")
+    score = pl.lit(0.5)
+    for jid, s in high.items():
+        score = pl.when((pl.col("journal_id") == jid) & (pl.col("line_no") == 1)).then(s) \
+            .otherwise(score)
+    return base.with_columns(score.alias("model_score"),
+                             pl.lit("Betrag auffällig").alias("model_reasons_de"),
+                             pl.lit("amount unusual").alias("model_reasons_en"),
+                             pl.lit("[]").alias("top_features"))
+
+
+@pytest.fixture()
+def ctx(tmp_path: Path) -> SimpleNamespace:
+    return SimpleNamespace(run_dir=tmp_path, run_id="r1", entity=ENT, settings=Settings(),
+                           log=StepLog(quiet=True), rescore_history=False)
+
+
+@pytest.fixture(scope="module")
+def ledger() -> pl.DataFrame:
+    return tiny_ledger(400)
+
+
+def test_risk_formula_and_independent_signals_rank_first(ledger, ctx) -> None:
+    hits = hits_frame([
+        hit("J00001", "PAY001", "payments", "high"),
+        hit("J00001", "PAY001", "payments", "high", 2),          # same rule twice
+        hit("J00002", "PAY001", "payments", "high"),
+        hit("J00002", "TIM001", "timing", "medium", None),      # a second family
+        hit("J00003", "PAY001", "payments", "high"),            # + model tail
+        hit("J00004", "AMT001", "amounts", "low"),
+    ])
+    scores = model_frame(ledger, {"J00003": 0.999, "J00005": 0.9999})
+    items = rank_items(ledger.lazy(), hits, scores, ctx)
+    assert items.columns == FINDINGS_COLUMNS
+    by = {r["journal_id"]: r for r in items.iter_rows(named=True)}
+    cfg = ctx.settings.scoring
+    risk = lambda pts: round(100 * (1 - math.exp(-pts / cfg.score_scale)), 2)  # noqa: E731
+    assert by["J00001"]["risk_score"] == risk(0.7 * 45 * 1.5)
+    assert by["J00002"]["risk_score"] == risk(0.7 * (45 + 25) + 15)
+    model_pts = 100 * (0.999 - 0.9) / 0.1
+    assert by["J00003"]["risk_score"] == pytest.approx(risk(0.7 * 45 + 0.3 * model_pts + 15))
+    assert by["J00004"]["risk_score"] == risk(0.7 * 10)
+    # independent signals first: rule+model, two families, then one rule twice, then low
+    order = items.sort("rank")["journal_id"].to_list()
+    assert order.index("J00003") < order.index("J00001")
+    assert order.index("J00002") < order.index("J00001") < order.index("J00004")
+    assert by["J00001"]["rule_ids"] == "PAY001" and by["J00002"]["rule_ids"] == "PAY001,TIM001"
+    assert by["J00002"]["severity"] == "high" and by["J00002"]["n_rules"] == 2
+    assert by["J00001"]["reasons"] == "PAY001 (hoch): PAY001 trifft J00001 (2×)"
+    # reasons heaviest first, one per line, both languages
+    assert by["J00002"]["reasons"].split("\n") == ["PAY001 (hoch): PAY001 trifft J00002",
+                                                   "TIM001 (mittel): TIM001 trifft J00002"]
+    assert by["J00003"]["reasons_en"].split("\n")[1].startswith("model (more unusual than 99.9%")
+    assert by["J00003"]["model_score"] == pytest.approx(0.999)
+    assert items["rank"].to_list() == list(range(1, items.height + 1))
+
+
+def test_model_only_items_need_the_top_tail(ledger, ctx) -> None:
+    # 400 journals, tail 1 % -> 4 journals may enter on the model alone, if above the floor
+    scores = model_frame(ledger, {f"J{i:05d}": 0.95 + i / 1000 for i in range(6)})
+    items = rank_items(ledger.lazy(), hits_frame([]), scores, ctx)
+    assert sorted(items["journal_id"]) == ["J00002", "J00003", "J00004", "J00005"]
+    assert items.filter(pl.col("journal_id") == "J00005")["rank"].item() == 1
+    assert (items["n_rules"] == 0).all() and items["rule_ids"].is_null().all()
+    top = items.row(0, named=True)
+    assert top["line_no"] == 1 and top["reasons"].startswith("Modell (ungewöhnlicher als 95,5 %")
+    low = model_frame(ledger, {"J00001": 0.85})                  # top journal, but below floor
+    assert rank_items(ledger.lazy(), None, low, ctx).height == 0
+
+
+def test_capacity_item_id_line_details_and_file(ledger, ctx) -> None:
+    hits = hits_frame([hit(f"J{i:05d}", "PAY001", "payments", "high", None) for i in range(10)]
+                      + [hit("J00000", "TIM001", "timing", "medium", 2)])
+    ctx.settings.scoring.review_capacity = 3
+    items = build_items(ledger.lazy(), hits, None, ctx)
+    assert items.height == 10 and items["above_capacity"].sum() == 3
+    assert items.filter(pl.col("above_capacity"))["rank"].to_list() == [1, 2, 3]
+    assert pl.read_parquet(Path(ctx.run_dir) / "findings.parquet").equals(items)
+    top = items.row(0, named=True)
+    assert top["journal_id"] == "J00000"
+    assert top["item_id"] == hashlib.sha1(f"{ENT}|{FY}|J00000".encode()).hexdigest()[:16]
+    assert top["line_no"] is None            # strongest signal is the journal-level PAY001
+    src = ledger.filter(pl.col("journal_id") == "J00000")
+    assert top["journal_amount"] == src.filter(pl.col("amount") > 0)["amount"].sum()
+    assert top["amount"] == src["amount"].max() and top["n_lines"] == 2
+    assert top["model_score"] is None
+    ctx.settings.scoring.review_capacity_share = 0.01       # 1 % of 400 journals = 4
+    assert build_items(ledger.lazy(), hits, None, ctx)["above_capacity"].sum() == 4
+
+
+def test_only_delivery_journals_become_items(ledger, ctx) -> None:
+    ledger.filter(pl.col("journal_id") >= "J00390").write_parquet(Path(ctx.run_dir) / "bookings.parquet")
+    hits = hits_frame([hit("J00001", "PAY001", "payments", "high"),
+                       hit("J00395", "PAY001", "payments", "high")])
+    items = rank_items(ledger.lazy(), hits, None, ctx)
+    assert items["journal_id"].to_list() == ["J00395"]
+    ctx.rescore_history = True
+    assert rank_items(ledger.lazy(), hits, None, ctx).height == 2
+
+
+def test_no_signals_no_items(ledger, ctx) -> None:
+    items = rank_items(ledger.lazy(), None, None, ctx)
+    assert items.height == 0 and items.columns == FINDINGS_COLUMNS
