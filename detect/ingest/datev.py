@@ -37,12 +37,19 @@ from detect.ingest.datev_header import (
 )
 from detect.ingest.delimited import (
     LINE,
+    OVERFLOW,
     check_last_line,
     overflow_issue,
     scan_strings,
     utf8_source,
 )
-from detect.ingest.parsing import gather_issues, parse_datetime, parse_decimal, strip_or_null
+from detect.ingest.parsing import (
+    gather_issues,
+    parse_date,
+    parse_datetime,
+    parse_decimal,
+    strip_or_null,
+)
 from detect.ingest.textio import count_lines, decode_head, ends_with_newline, read_head, sha256_of
 from detect.schema import AMOUNT, MASTER_SCHEMAS, conform
 
@@ -83,7 +90,13 @@ BELEGINFO_MAP: dict[str, tuple[str, ...]] = {
                     "approver", "approvedby", "anordnungsbefugter", "angeordnetvon"),
     "entered_at": ("erfassungsdatum", "erfassungszeitpunkt", "erfasstam", "zeitstempel",
                    "timestamp", "enteredat", "erfassungszeit"),
+    "document_date": ("belegdatum", "rechnungsdatum", "dokumentdatum", "documentdate"),
+    "document_type": ("belegart", "documenttype"),
+    "source": ("quelle", "herkunft", "source"),
+    "reference": ("referenz", "reference", "externereferenz"),
+    "reversal_of": ("stornozu", "storniertbeleg", "reversalof", "storno"),
 }
+DATE_FORMATS = ("%d.%m.%Y", "%Y-%m-%d", "%d%m%Y", "%Y%m%d")
 TIMESTAMP_FORMATS = ("%d.%m.%Y %H:%M:%S", "%d.%m.%Y %H:%M", "%Y-%m-%d %H:%M:%S",
                      "%Y-%m-%dT%H:%M:%S", "%Y%m%d%H%M%S", "%d.%m.%Y", "%Y-%m-%d")
 
@@ -178,18 +191,21 @@ def _amount(raw: pl.Expr, label: str) -> tuple[pl.Expr, pl.Expr]:
 
 
 def _norm_expr(raw: pl.Expr) -> pl.Expr:
-    """Vectorised ``delimited.norm_name`` for Beleginfo-Art values."""
-    low = raw.str.to_lowercase()
-    for a, b in (("ä", "a"), ("ö", "o"), ("ü", "u"), ("ß", "ss")):
-        low = low.str.replace_all(a, b, literal=True)
-    return low.str.replace_all(r"[^a-z0-9]", "")
+    """Vectorised ``delimited.norm_name`` for Beleginfo-Art values (the mapped names have no
+    umlauts, so one lower-casing and one regex suffice)."""
+    return raw.str.to_lowercase().str.replace_all(r"[^a-z0-9]", "")
 
 
-def _beleginfo(col: dict[str, pl.Expr], target: str) -> pl.Expr:
-    names = list(BELEGINFO_MAP[target])
-    picks = [pl.when(_norm_expr(col[f"art{i}"]).is_in(names)).then(strip_or_null(col[f"inhalt{i}"]))
-             for i in range(1, BELEGINFO_PAIRS + 1) if f"art{i}" in col and f"inhalt{i}" in col]
-    return pl.coalesce(picks) if picks else pl.lit(None, pl.String)
+def _beleginfo_columns(col: dict[str, pl.Expr]) -> list[pl.Expr]:
+    """One column ``_bi_<target>`` per mapped Beleginfo type: the Inhalt of the first pair whose
+    Art names it. Expects ``_art<i>`` (normalised) and ``_inh<i>`` columns."""
+    pairs = [i for i in range(1, BELEGINFO_PAIRS + 1) if f"art{i}" in col and f"inhalt{i}" in col]
+    out = []
+    for target, names in BELEGINFO_MAP.items():
+        picks = [pl.when(pl.col(f"_art{i}").is_in(list(names))).then(pl.col(f"_inh{i}"))
+                 for i in pairs]
+        out.append((pl.coalesce(picks) if picks else pl.lit(None, pl.String)).alias(f"_bi_{target}"))
+    return out
 
 
 def is_creditor(account: pl.Expr, account_length: int | None) -> pl.Expr:
@@ -209,60 +225,80 @@ def _batch_frame(header: ExtfHeader, file_idx: int, settings: Settings, workdir:
     source = utf8_source(header.path, header.encoding, workdir)
     lf = scan_strings(source, SEP, n_fields, skip_lines=header.data_line - 1,
                       first_line_no=header.data_line)
-    col = {key: pl.col(f"c{i}") for key, i in idx.items()}
     start, end = _period(header)
     label = {k: f.label for k, f in BOOKING_FIELDS.items()}
-    issues: list[pl.Expr] = [overflow_issue("DATEV")]
+    # stage 1: trimmed text per field, normalised Beleginfo types (small plans, each once)
+    col = {key: pl.col(f"c{i}") for key, i in idx.items()}
+    stage1 = [strip_or_null(c).alias(f"t_{key}") for key, c in col.items()
+              if not key.startswith(("art", "inhalt"))]
+    stage1 += [_norm_expr(c).alias(f"_art{key[3:]}") for key, c in col.items()
+               if key.startswith("art")]
+    stage1 += [strip_or_null(c).alias(f"_inh{key[6:]}") for key, c in col.items()
+               if key.startswith("inhalt")]
+    raw = [c.alias(f"r_{key}") for key, c in col.items() if key in ("umsatz", "basis")]
+    lf = lf.select(*stage1, *raw, pl.col(LINE), pl.col(OVERFLOW))
+    lf = lf.with_columns(_beleginfo_columns(col))
 
-    umsatz, issue = _amount(col["umsatz"], label["umsatz"])
-    issues.append(pl.coalesce(pl.when(strip_or_null(col["umsatz"]).is_null()).then(
+    def t(key: str) -> pl.Expr:
+        return pl.col(f"t_{key}") if key in col else pl.lit(None, pl.String)
+
+    # stage 2: typed values and one issue column each
+    issues: list[pl.Expr] = [overflow_issue("DATEV")]
+    umsatz, issue = _amount(pl.col("r_umsatz"), label["umsatz"])
+    issues.append(pl.coalesce(pl.when(t("umsatz").is_null()).then(
         pl.lit(f"{label['umsatz']}: is empty")), issue))
     if "basis" in col:
-        basis, issue = _amount(col["basis"], label["basis"])
+        basis, issue = _amount(pl.col("r_basis"), label["basis"])
         issues.append(issue)
     else:
         basis = pl.lit(None, AMOUNT)
-    # Basis-Umsatz is the amount in the house currency when Umsatz is in a foreign one
-    amount = pl.coalesce(basis, umsatz)
-    header_ccy = header.currency or settings.currency
-    wkz = strip_or_null(col["wkz"]) if "wkz" in col else pl.lit(None, pl.String)
-    wkz_basis = strip_or_null(col["wkz_basis"]) if "wkz_basis" in col else pl.lit(None, pl.String)
-    currency = pl.when(basis.is_not_null()).then(pl.coalesce(wkz_basis, pl.lit(header_ccy))) \
-        .otherwise(pl.coalesce(wkz, pl.lit(header_ccy)))
-
-    sh = col["sh"].str.strip_chars().str.to_uppercase()
+    sh = t("sh").str.to_uppercase()
     issues.append(pl.when(~sh.is_in(["S", "H"]) | sh.is_null()).then(pl.format(
         "{}: '{}' is not S or H", pl.lit(label["sh"]), sh.fill_null(""))))
-    konto, gegen = strip_or_null(col["konto"]), strip_or_null(col["gegenkonto"])
-    for key, acc in (("konto", konto), ("gegenkonto", gegen)):
-        issues.append(pl.when(acc.is_null()).then(pl.lit(f"{label[key]}: is empty")))
-    posted, issue = voucher_date(col["belegdatum"], start, end)
+    for key in ("konto", "gegenkonto"):
+        issues.append(pl.when(t(key).is_null()).then(pl.lit(f"{label[key]}: is empty")))
+    posted, issue = voucher_date(pl.col("t_belegdatum"), start, end)
     issues.append(issue)
-
-    belegfeld1 = strip_or_null(col["belegfeld1"]) if "belegfeld1" in col else pl.lit(None, pl.String)
-    belegfeld2 = strip_or_null(col["belegfeld2"]) if "belegfeld2" in col else pl.lit(None, pl.String)
-    batch_tag = header.created or sha256_of(header.path)[:12]
-    row_no = pl.col(LINE) - header.data_line + 1
-    entered_at, issue = parse_datetime(_beleginfo(col, "entered_at"), "Beleginfo Erfassungsdatum",
+    entered_at, issue = parse_datetime(pl.col("_bi_entered_at"), "Beleginfo Erfassungsdatum",
                                        TIMESTAMP_FORMATS)
     issues.append(issue)
+    voucher, issue = parse_date(pl.col("_bi_document_date"), "Beleginfo Belegdatum",
+                                DATE_FORMATS)
+    issues.append(issue)
+    lf = lf.with_columns(
+        pl.coalesce(basis, umsatz).alias("_amount"),  # Basis-Umsatz = house currency amount
+        basis.is_not_null().alias("_has_basis"),
+        sh.alias("_sh"),
+        posted.alias("_posted"),
+        voucher.alias("_voucher"),
+        entered_at.alias("_entered_at"),
+        *[e.alias(f"_iss{i}") for i, e in enumerate(issues)],
+    )
+
+    # stage 3: the canonical columns, two list entries per row
+    header_ccy = header.currency or settings.currency
+    currency = pl.when(pl.col("_has_basis")).then(pl.coalesce(t("wkz_basis"), pl.lit(header_ccy))) \
+        .otherwise(pl.coalesce(t("wkz"), pl.lit(header_ccy)))
+    batch_tag = header.created or sha256_of(header.path)[:12]
+    row_no = pl.col(LINE) - header.data_line + 1
     entity = settings.entity if settings.entity and settings.entity != "default" \
         else f"{header.berater}-{header.mandant}"
     fy_start = header.fy_start or start
-    text_or_null = (lambda key: strip_or_null(col[key]) if key in col
-                    else pl.lit(None, pl.String))
-    signed = pl.when(sh == "H").then(-amount).when(sh == "S").then(amount)
+    amount = pl.col("_amount")
+    signed = pl.when(pl.col("_sh") == "H").then(-amount).when(pl.col("_sh") == "S").then(amount)
+    konto, gegen = t("konto"), t("gegenkonto")
+    belegfeld1 = t("belegfeld1")
     rows = lf.select(
         pl.lit(entity).alias("entity"),
         pl.lit(fy_start.year, pl.Int32).alias("fiscal_year"),
-        ((posted.dt.month().cast(pl.Int32) - fy_start.month) % 12 + 1).alias("period"),
+        ((pl.col("_posted").dt.month().cast(pl.Int32) - fy_start.month) % 12 + 1).alias("period"),
         pl.coalesce(belegfeld1, pl.format("{}-{}", pl.lit(batch_tag), row_no)).alias("journal_id"),
-        posted.alias("posting_date"),
-        posted.alias("document_date"),
-        entered_at.alias("entered_at"),
-        pl.coalesce(_beleginfo(col, "entered_by"),
+        pl.col("_posted").alias("posting_date"),
+        pl.coalesce("_voucher", "_posted").alias("document_date"),
+        pl.col("_entered_at").alias("entered_at"),
+        pl.coalesce(pl.col("_bi_entered_by"),
                     pl.lit(header.dictation or None, pl.String)).alias("entered_by"),
-        _beleginfo(col, "approved_by").alias("approved_by"),
+        pl.col("_bi_approved_by").alias("approved_by"),
         pl.concat_list(konto, gegen).alias("gl_account"),
         pl.concat_list(signed, -signed).alias("amount"),
         pl.concat_list(
@@ -270,17 +306,19 @@ def _batch_frame(header: ExtfHeader, file_idx: int, settings: Settings, workdir:
             pl.when(is_creditor(gegen, header.account_length)).then(gegen)).alias("vendor_id"),
         pl.lit([0, 1], pl.List(pl.Int32)).alias("_side"),
         currency.alias("currency"),
-        text_or_null("text").alias("description"),
-        pl.coalesce(text_or_null("herkunft"),
+        t("text").alias("description"),
+        pl.coalesce(pl.col("_bi_source"), t("herkunft"),
                     pl.lit(header.origin or None, pl.String)).alias("source"),
-        text_or_null("kost1").alias("cost_center"),
-        pl.coalesce(belegfeld1, belegfeld2).alias("reference"),
-        pl.when(text_or_null("gu").is_in(["1", "X", "x"])).then(belegfeld1).alias("reversal_of"),
-        text_or_null("gp_bank").alias("_gp_bank"),
+        pl.col("_bi_document_type").alias("document_type"),
+        t("kost1").alias("cost_center"),
+        pl.coalesce(pl.col("_bi_reference"), belegfeld1, t("belegfeld2")).alias("reference"),
+        pl.coalesce(pl.col("_bi_reversal_of"), pl.when(
+            t("gu").is_in(["1", "X", "x"])).then(belegfeld1)).alias("reversal_of"),
+        t("gp_bank").alias("_gp_bank"),
         pl.lit(str(header.path)).alias("source_file"),
         pl.col(LINE).alias("source_line"),
         (pl.lit(file_idx, pl.Int64) * 10**12 + pl.col(LINE)).alias("_ord"),
-        gather_issues(issues),
+        gather_issues([pl.col(f"_iss{i}") for i in range(len(issues))]),
     )
     return rows.explode(["gl_account", "amount", "vendor_id", "_side"])
 

@@ -205,13 +205,8 @@ def _headers(table: SapTable, workdir: Path) -> pl.LazyFrame:
     lf = scan(table, workdir)
     belnr = f.key("BELNR")
     stblg = f.key("STBLG")
-    if "XREVERSAL" in table.columns:  # 2 = this document is the reversal
-        reversal_of = pl.when(f.text("XREVERSAL") == "2").then(stblg)
-    else:  # both documents name each other: the reversal is the later (higher) number
-        year, st_year = f.text("GJAHR"), pl.coalesce(f.text("STJAH"), f.text("GJAHR"))
-        later = (st_year < year) | ((st_year == year) & (
-            stblg.str.zfill(12) < belnr.str.zfill(12)))
-        reversal_of = pl.when(stblg.is_not_null() & later.fill_null(False)).then(stblg)
+    stjah = f.text("STJAH")
+    stjah = pl.when(stjah.is_null() | (stjah == "0000")).then(f.text("GJAHR")).otherwise(stjah)
     ppnam = f.text("PPNAM")
     usnam = f.text("USNAM")
     out = lf.select(
@@ -223,19 +218,47 @@ def _headers(table: SapTable, workdir: Path) -> pl.LazyFrame:
         f.integer("MONAT").cast(pl.Int32).alias("_monat_h"),
         f.timestamp("CPUDT", "CPUTM").alias("_cpu_h"),
         pl.coalesce(ppnam, usnam).alias("_usnam_h"),
-        pl.when(ppnam.is_not_null() & (ppnam != usnam)).then(usnam).alias("_approved_h"),
+        pl.when(ppnam.is_not_null()).then(usnam).alias("_approved_h"),
         f.text("HWAER", "WAERS").alias("_waers_h"),
         f.text("BKTXT").alias("header_description"),
         f.text("BLART").alias("_blart_h"),
         f.text("TCODE", "AWTYP").alias("_tcode_h"),
         f.text("XBLNR").alias("_xblnr_h"),
-        reversal_of.alias("reversal_of"),
+        pl.when(stblg.is_not_null()).then(stblg).alias("_stblg"),
+        stjah.alias("_stjah"),
+        f.text("XREVERSAL").alias("_xrev"),
         pl.lit(True).alias("_has_header"),
         pl.col(LINE),
         gather_issues(f.issues).alias("_issue_raw"),  # last: after every parser added its issue
     )
     return out.with_columns(_prefix_issue(table, pl.col("_issue_raw")).alias("_issue_h")) \
         .drop("_issue_raw", LINE)
+
+
+def _reversals(head: pl.LazyFrame) -> pl.LazyFrame:
+    """``reversal_of`` per header: SAP writes STBLG on the reversed *and* on the reversing
+    document. XREVERSAL (2 = reversal) decides when present; else, when the partner is in the
+    delivery, the one entered later is the reversal (or the only one that names the other);
+    when it is not, the one whose partner has the lower (year, number) is taken as the reversal."""
+    partner = head.select(
+        "_bukrs", pl.col("_belnr").alias("_stblg"), pl.col("_gjahr").alias("_stjah"),
+        pl.col("_stblg").alias("_p_stblg"), pl.col("_cpu_h").alias("_p_cpu"),
+        pl.lit(True).alias("_p_present")).unique(["_bukrs", "_stblg", "_stjah"])
+    joined = head.join(partner, on=["_bukrs", "_stblg", "_stjah"], how="left", nulls_equal=False)
+    num = lambda c: pl.col(c).str.zfill(12)  # noqa: E731
+    later_entered = (pl.col("_cpu_h") > pl.col("_p_cpu")) | (
+        (pl.col("_cpu_h") == pl.col("_p_cpu")) & (num("_belnr") > num("_stblg")))
+    higher = (pl.col("_stjah") < pl.col("_gjahr")) | (
+        (pl.col("_stjah") == pl.col("_gjahr")) & (num("_stblg") < num("_belnr")))
+    is_reversal = (
+        pl.when(pl.col("_stblg").is_null()).then(False)
+        .when(pl.col("_xrev").is_not_null()).then(pl.col("_xrev") == "2")
+        .when(pl.col("_p_present") & (pl.col("_p_stblg") == pl.col("_belnr")))
+        .then(later_entered.fill_null(False))
+        .when(pl.col("_p_present")).then(True)
+        .otherwise(higher.fill_null(False)))
+    return joined.with_columns(pl.when(is_reversal).then(pl.col("_stblg")).alias("reversal_of")) \
+        .drop("_p_stblg", "_p_cpu", "_p_present", "_stblg", "_stjah", "_xrev")
 
 
 def _payments(tables: list[SapTable], workdir: Path) -> pl.DataFrame | None:
@@ -408,7 +431,7 @@ def read(files: list[Path], settings: Settings, workdir: Path) -> IngestResult:
     lines = pl.concat([_lines(t, workdir, warnings) for t in line_tables], how="vertical")
     if headers:
         head = pl.concat([_headers(t, workdir) for t in headers], how="vertical")
-        head = head.unique(list(KEYS), keep="first", maintain_order=True)
+        head = _reversals(head.unique(list(KEYS), keep="first", maintain_order=True))
         lines = lines.join(head, on=list(KEYS), how="left", nulls_equal=True)
         missing_head = pl.when(pl.col("_has_header").is_null()).then(pl.format(
             "no BKPF header for document {}/{}/{}", pl.col("_bukrs").fill_null(""),
