@@ -191,10 +191,13 @@ def read_gl(path: Path, settings: Settings, workdir: Path) -> tuple[pl.LazyFrame
     frame = to_bookings(raw, profile, settings, str(path))
     if "entity" in profile.columns:
         # One entity per journal: the first business unit named on any of its lines.
-        first_bu = pl.col("entity").sort_by("source_line").drop_nulls().first() \
-            .over("source_file", "journal_id")
-        frame = frame.with_columns(pl.coalesce(first_bu, pl.lit(settings.entity))
-                                   .alias("entity"))
+        key = ["source_file", "journal_id"]
+        first_bu = (frame.filter(pl.col("entity").is_not_null()).group_by(key)
+                    .agg(pl.col("entity").sort_by("source_line").first().alias("__bu")))
+        frame = (frame.join(first_bu, on=key, how="left", maintain_order="left",
+                            nulls_equal=True)
+                 .with_columns(pl.coalesce("__bu", pl.lit(settings.entity)).alias("entity"))
+                 .drop("__bu"))
     return frame, placeholder_warnings(raw, profile, settings, path)
 
 

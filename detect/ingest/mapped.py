@@ -374,6 +374,10 @@ def _text(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
     return expr.cast(pl.String)
 
 
+def _blank(text: pl.Expr) -> pl.Expr:
+    return text.is_null() | (text.str.strip_chars() == "")
+
+
 def derive_fiscal_year(date: pl.Expr, start_month: int) -> pl.Expr:
     """Fiscal year named after the calendar year it starts in (start month 1 = calendar year)."""
     year = date.dt.year().cast(pl.Int32)
@@ -395,6 +399,17 @@ class Mapper:
         self.profile = profile
         self.source_file = source_file
         self.issues: list[pl.Expr] = []
+        self.staged: dict[str, pl.Expr] = {}
+        """Parsed values computed once as temporary columns; issues then test those columns
+        (building the issue from the parse expression would parse every cell twice)."""
+
+    def stage(self, value: pl.Expr, raw: pl.Expr, empty: pl.Expr, label: str,
+              what: str) -> pl.Expr:
+        name = f"__v{len(self.staged)}"
+        self.staged[name] = value
+        self.issues.append(pl.when(~empty & pl.col(name).is_null()).then(pl.format(
+            "{}: '{}' is not {}", pl.lit(label), raw.str.slice(0, 40), pl.lit(what))))
+        return pl.col(name)
 
     def column(self, wanted: str, role: str) -> str:
         found = find_column(self.names, wanted)
@@ -426,26 +441,28 @@ class Mapper:
         src = self.profile.source
         if target == pl.String:
             return strip_or_null(_text(expr, dtype))
+        text = _text(expr, dtype)
+        placeholders = self._placeholders()["placeholders"]
+        empty = text.str.strip_chars().is_null() | text.str.strip_chars().is_in(placeholders)
         if target == pl.Date:
             if dtype in (pl.Date,) or isinstance(dtype, pl.Datetime):
                 return expr.cast(pl.Date)
-            value, issue = parse_date(_text(expr, dtype), label, src.date_formats,
-                                      **self._placeholders())
+            value, _ = parse_date(text, label, src.date_formats, placeholders=placeholders)
+            what = f"a date ({' or '.join(src.date_formats)})"
         elif isinstance(target, pl.Datetime):
             if dtype == pl.Date or isinstance(dtype, pl.Datetime):
                 return expr.cast(pl.Datetime("us"))
-            value, issue = parse_datetime(_text(expr, dtype), label,
-                                          src.datetime_formats + src.date_formats,
-                                          **self._placeholders())
+            formats = src.datetime_formats + src.date_formats
+            value, _ = parse_datetime(text, label, formats, placeholders=placeholders)
+            what = f"a timestamp ({' or '.join(formats)})"
         elif target.is_integer():
             if dtype.is_integer():
                 return expr.cast(target)
-            value, issue = parse_int(_text(expr, dtype), label)
-            value = value.cast(target, strict=False)
+            value = parse_int(text, label)[0].cast(target, strict=False)
+            empty, what = _blank(text), "a whole number"
         else:
             raise AssertionError(f"no parser for {target}")
-        self.issues.append(issue)
-        return value
+        return self.stage(value, text, empty, label, what)
 
     def _placeholders(self) -> dict[str, Any]:
         from detect.ingest.parsing import DEFAULT_DATE_PLACEHOLDERS
@@ -458,10 +475,9 @@ class Mapper:
             return pl.col(column).round(2).cast(AMOUNT) if dtype.is_float() \
                 else pl.col(column).cast(AMOUNT)
         src = self.profile.source
-        value, issue = parse_decimal(pl.col(column).cast(pl.String), label, decimal=src.decimal,
-                                     thousands=src.thousands)
-        self.issues.append(issue)
-        return value
+        text = pl.col(column).cast(pl.String)
+        value, _ = parse_decimal(text, label, decimal=src.decimal, thousands=src.thousands)
+        return self.stage(value, text, _blank(text), label, "a valid amount")
 
     def amount(self) -> pl.Expr:
         spec = self.profile.amount
@@ -522,7 +538,7 @@ def to_bookings(raw: pl.LazyFrame, profile: Profile, settings: Settings,
     issues = list(m.issues)
     if ISSUE in schema.names():
         issues.insert(0, pl.col(ISSUE))
-    frame = raw.with_columns(
+    frame = raw.with_columns(**m.staged).with_columns(
         [e.alias(k) for k, e in out.items()]
         + [pl.lit(source_file).alias("source_file"), pl.col(LINE).alias("source_line"),
            gather_issues(issues)]
