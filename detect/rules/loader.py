@@ -132,19 +132,23 @@ def _params(value: Any, problems: list[str]) -> list[Param]:
 
 
 def _rows(value: Any, where: str, problems: list[str]) -> list[dict[str, Any]]:
-    """Rows as a list of mappings, or ``{columns: [...], rows: [[...], ...]}``."""
+    """Rows as mappings, or ``{columns: [...], rows: [[...], ...]}`` (the two may be mixed)."""
+    columns: list[str] = []
     if isinstance(value, dict) and "columns" in value:
-        columns = value.get("columns") or []
-        rows = value.get("rows") or []
-        bad = [r for r in rows if not isinstance(r, list) or len(r) != len(columns)]
-        if bad:
-            problems.append(f"{where}: every row needs {len(columns)} values ({columns})")
-            return []
-        return [dict(zip(columns, r, strict=True)) for r in rows]
-    if isinstance(value, list) and all(isinstance(r, dict) for r in value):
-        return value
-    problems.append(f"{where}: rows must be a list of mappings or {{columns, rows}}")
-    return []
+        columns = list(value.get("columns") or [])
+        value = value.get("rows") or []
+    if not isinstance(value, list):
+        problems.append(f"{where}: rows must be a list of mappings or of lists under columns")
+        return []
+    out = []
+    for i, row in enumerate(value, start=1):
+        if isinstance(row, dict):
+            out.append(row)
+        elif isinstance(row, list) and columns and len(row) == len(columns):
+            out.append(dict(zip(columns, row, strict=True)))
+        else:
+            problems.append(f"{where}: row {i} needs {len(columns)} values ({columns}) or a mapping")
+    return out
 
 
 def _check_columns(rows: list[dict[str, Any]], known: set[str], where: str,
