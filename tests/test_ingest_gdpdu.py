@@ -80,7 +80,19 @@ def test_booking_table_mapped_with_profile(tmp_path: Path) -> None:
     assert df["ingest_issue"][5] == "Betrag: 'abc' is not a number"
     roles = {Path(i.path).name: i.role for i in result.inputs}
     assert roles == {"index.xml": "description", "buchungen.csv": "bookings",
-                     "konten.csv": "table:Konten"}
+                     "konten.csv": "master:accounts"}
+    accounts = result.master["accounts"]
+    assert accounts["gl_account"].to_list() == ["5011000", "1810000", "5250000"]
+    assert accounts["account_name"][0] == "Geschäftsausgaben"
+    assert not any("not mapped" in w for w in result.warnings)
+
+
+def test_master_table_column_typo(tmp_path: Path) -> None:
+    prof = tmp_path / "p.toml"
+    prof.write_text(PROFILE.read_text(encoding="utf-8").replace(
+        'account_name = "Bezeichnung"', 'account_name = "Name"'), encoding="utf-8")
+    with pytest.raises(IngestError, match="table 'Konten' has no column 'Name'"):
+        ingest([FIX / "delimited"], "gdpdu", Settings(mapping=str(prof)), tmp_path / "w")
 
 
 def test_without_profile_the_error_lists_the_tables(tmp_path: Path) -> None:

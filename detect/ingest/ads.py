@@ -24,13 +24,13 @@ import polars as pl
 
 from detect.config import Settings
 from detect.errors import IngestError
-from detect.ingest import ControlTotals, IngestResult, InputFile
+from detect.ingest import IngestResult, InputFile
 from detect.ingest.mapped import (
     LINE, AmountSpec, Profile, SourceOptions, find_column, normalise_name, scan_delimited,
     to_bookings,
 )
 from detect.ingest.parsing import parse_date, parse_datetime, parse_decimal, strip_or_null
-from detect.ingest.textio import sha256_of
+from detect.ingest.textio import decode_head, read_head, sha256_of
 from detect.schema import MASTER_SCHEMAS, conform
 
 NAME = "ads"
@@ -173,7 +173,7 @@ def gl_profile(names: list[str], settings: Settings) -> Profile:
     if settings.entity != "default":
         columns.pop("entity", None)
     return Profile("built-in ADS profile", SourceOptions(
-        encoding="auto", delimiter=None, decimal=".", date_formats=DATE_FORMATS,
+        encoding="auto", delimiter=None, decimal=".", thousands=",", date_formats=DATE_FORMATS,
         datetime_formats=DATETIME_FORMATS), columns, spec)
 
 
@@ -269,8 +269,7 @@ def read_master(path: Path, name: str, workdir: Path) -> tuple[pl.DataFrame, lis
 
 
 def read(files: list[Path], settings: Settings, workdir: Path) -> IngestResult:
-    from detect.ingest.control import read_control_totals
-    from detect.ingest.textio import decode_head, read_head
+    from detect.ingest.control import read_control_totals  # control imports mapped, as we do
 
     gl_frames: list[pl.LazyFrame] = []
     result = IngestResult(NAME, pl.LazyFrame())

@@ -30,6 +30,7 @@ from detect.ingest.mapped import (
 )
 from detect.ingest.parsing import gather_issues, parse_date, parse_datetime
 from detect.ingest.textio import as_utf8, sha256_of
+from detect.schema import MASTER_SCHEMAS, conform
 
 NAME = "gdpdu"
 
@@ -334,6 +335,31 @@ def read_gdpdu_tables(index: Path, workdir: Path | None = None) -> dict[str, pl.
             for t in parse_index(index)}
 
 
+def _master_table(index: Path, tables: dict[str, GTable], name: str, spec: dict[str, str],
+                  workdir: Path, profile: str) -> pl.DataFrame:
+    """A described table -> master data ``name`` by the profile's ``[gdpdu.<name>]`` map."""
+    table = tables.get(spec["table"])
+    if table is None:
+        raise IngestError(f"index.xml describes no table {spec['table']!r} (for {name})",
+                          file=str(index), hint=f"fix [gdpdu.{name}] in {profile}")
+    frame = read_table(index, table, workdir / "gdpdu")
+    have = frame.collect_schema().names()
+    exprs = []
+    for target, source in spec.items():
+        if target == "table":
+            continue
+        if source not in have:
+            raise IngestError(f"table {table.name!r} has no column {source!r} (for {name})",
+                              file=str(index), column=source,
+                              hint=f"fix [gdpdu.{name}] in {profile}")
+        dtype = MASTER_SCHEMAS[name][target]
+        col = pl.col(source)
+        if dtype == pl.String:
+            col = col.cast(pl.String).str.strip_chars()
+        exprs.append(col.cast(dtype, strict=False).alias(target))
+    return conform(frame.select(exprs), MASTER_SCHEMAS[name]).collect()
+
+
 def read(files: list[Path], settings: Settings, workdir: Path) -> IngestResult:
     from detect.ingest.textio import decode_head, read_head
 
@@ -369,12 +395,19 @@ def read(files: list[Path], settings: Settings, workdir: Path) -> IngestResult:
                                        role="description"))
         result.inputs.append(InputFile(str(path), sha256_of(path), path.stat().st_size))
         used |= {_norm(index), _norm(path)}
+        master_of = {spec["table"]: name for name, spec in profile.gdpdu_master.items()}
         for other in tables:
             if other is not table and (op := table_path(index, other)).exists():
+                role = f"master:{master_of[other.name]}" if other.name in master_of \
+                    else f"table:{other.name}"
                 result.inputs.append(InputFile(str(op), sha256_of(op), op.stat().st_size,
-                                               role=f"table:{other.name}"))
+                                               role=role))
                 used.add(_norm(op))
-        others = [t.name for t in tables if t is not table]
+        for name, spec in profile.gdpdu_master.items():
+            result.master[name] = _master_table(index, by_name, name, spec, workdir,
+                                                profile.name)
+        mapped = {profile.gdpdu_table} | {s["table"] for s in profile.gdpdu_master.values()}
+        others = [t.name for t in tables if t.name not in mapped]
         if others:
             result.warnings.append(f"{index.name}: tables read but not mapped to bookings: "
                                    f"{', '.join(others)}")

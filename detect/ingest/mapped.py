@@ -53,7 +53,7 @@ from detect.ingest.parsing import (
     strip_or_null,
 )
 from detect.ingest.textio import as_utf8, count_lines, detect_encoding, read_head, sha256_of
-from detect.schema import AMOUNT, BOOKING_SCHEMA, conform
+from detect.schema import AMOUNT, BOOKING_SCHEMA, MASTER_SCHEMAS, conform
 
 NAME = "csv"
 
@@ -121,6 +121,8 @@ class Profile:
     amount: AmountSpec = field(default_factory=AmountSpec)
     constants: dict[str, str] = field(default_factory=dict)
     gdpdu_table: str | None = None
+    gdpdu_master: dict[str, dict[str, str]] = field(default_factory=dict)
+    """GoBD only: master name -> {"table": described table, <master column>: source column}."""
 
 
 def _to_list(value: Any) -> list[str]:
@@ -176,12 +178,21 @@ def profile_from_dict(data: dict[str, Any], where: str) -> Profile:
                           "'debit_column' and 'credit_column'", file=where)
     constants = {k: str(v) for k, v in data.get("constants", {}).items()}
     _check_keys(constants, set(MAPPABLE), "constants", where)
-    gdpdu = data.get("gdpdu", {})
-    _check_keys(gdpdu, {"table"}, "gdpdu", where)
+    gdpdu = dict(data.get("gdpdu", {}))
+    _check_keys(gdpdu, {"table"} | set(MASTER_SCHEMAS), "gdpdu", where)
+    gdpdu_master: dict[str, dict[str, str]] = {}
+    for name in MASTER_SCHEMAS:
+        if name in gdpdu:
+            spec = {k: str(v) for k, v in gdpdu.pop(name).items()}
+            _check_keys(spec, {"table"} | set(MASTER_SCHEMAS[name]), f"gdpdu.{name}", where)
+            key = MASTER_SCHEMAS[name].names()[0]
+            if "table" not in spec or key not in spec:
+                raise ConfigError(f"[gdpdu.{name}] needs table and {key}", file=where)
+            gdpdu_master[name] = spec
     missing = [c for c in REQUIRED_MAPPED if c not in columns and c not in constants]
     if missing:
         raise ConfigError(f"[columns] must map {', '.join(missing)}", file=where)
-    return Profile(where, source, columns, amount, constants, gdpdu.get("table"))
+    return Profile(where, source, columns, amount, constants, gdpdu.get("table"), gdpdu_master)
 
 
 def load_profile(path: Path) -> Profile:
@@ -600,4 +611,4 @@ def read(files: list[Path], settings: Settings, workdir: Path) -> IngestResult:
 
 __all__ = ["NAME", "Profile", "SourceOptions", "AmountSpec", "load_profile", "profile_from_dict",
            "read", "read_table", "scan_delimited", "sniff", "to_bookings", "find_column",
-           "normalise_name", "strftime_format", "read_head"]
+           "normalise_name", "strftime_format"]

@@ -28,7 +28,7 @@ from detect.ingest import INGEST_SCHEMA, ControlTotals, IngestResult, InputFile
 from detect.ingest.mapped import derive_fiscal_year, derive_period
 from detect.ingest.parsing import gather_issues, parse_date, parse_datetime, parse_int, \
     strip_or_null
-from detect.ingest.textio import sha256_of
+from detect.ingest.textio import decode_head, read_head, sha256_of
 from detect.schema import AMOUNT, MASTER_SCHEMAS, conform
 
 NAME = "saft"
@@ -280,7 +280,6 @@ def read(files: list[Path], settings: Settings, workdir: Path) -> IngestResult:
     for path in files:
         if path.stat().st_size == 0:
             raise IngestError("file is empty", file=str(path))
-        from detect.ingest.textio import decode_head, read_head
         if sniff(path, decode_head(read_head(path))) < 0.5:
             result.ignored.append(str(path))
             continue
