@@ -14,10 +14,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
+from detect.schema import MASTER_SCHEMAS
+
 from sample_data import frames as fr
 from sample_data import master as md
 from sample_data.ledger import MONTH_WEIGHT, MonthGen
 from sample_data.world import World
+
+CHANGE_SCHEMA = MASTER_SCHEMAS["vendor_changes"]
 
 SCENARIOS: tuple[str, ...] = (
     "duplicate_payment", "near_duplicate_payment", "split_invoice", "weekend_posting",
@@ -228,7 +232,8 @@ def _round_amount_new_vendor(m: Month, k: int) -> None:
     ids = _new_vendors(m, k, ["beratung", "bau", "it"], created)
     cents = rng.choice(np.array([2000, 2500, 3000, 4500, 5000, 7500, 8000, 9500, 12000, 15000,
                                  20000]), k).astype(np.int64) * 100
-    h, l = gen.invoices(k, vendor=ids, cents=cents, post=post, split_share=0.0)
+    h, l = gen.invoices(k, vendor=ids, cents=cents, post=post, split_share=0.0,
+                        check_age=False)
     m.add(h, l, "round_amount_new_vendor")
 
 
@@ -237,7 +242,7 @@ def _new_vendor_payment(m: Month, k: int) -> None:
     post = rng.choice(gen.workdays[2:-4], k)
     created = w.cal.prev_workday(post - rng.integers(0, 4, k))
     ids = _new_vendors(m, k, ["beratung", "bau", "it"], created)
-    h, l = gen.invoices(k, vendor=ids, post=post, split_share=0.0)
+    h, l = gen.invoices(k, vendor=ids, post=post, split_share=0.0, check_age=False)
     m.add(h, l, None)
     m.skip_payment.extend(h["jk"].to_list())
     pay = w.cal.next_workday(post, rng.integers(1, 4, k))
@@ -601,7 +606,7 @@ def _vendor_bank_change(m: Month, k: int) -> None:
                                       fr.at_seconds(after, fr.office_seconds(rng, n))]),
         "field": "bank_account",
         "old_value": np.concatenate([old, new]), "new_value": np.concatenate([new, old]),
-        "changed_by": np.concatenate([clerk, clerk])})
+        "changed_by": np.concatenate([clerk, clerk])}).cast(CHANGE_SCHEMA)
     w.vendor_changes.append(log)
     _set_bank(m, j["jk"].to_numpy(), new)
     m.update(j.select("jk"), "vendor_bank_change")

@@ -29,6 +29,8 @@ from typing import Any
 
 import polars as pl
 
+from detect.schema import MASTER_SCHEMAS
+
 from sample_data import anomalies as an
 from sample_data import ledger as lg
 from sample_data import master as md
@@ -139,8 +141,9 @@ def master_data(w: World) -> MasterData:
         "vendor_id", "vendor_name",
         pl.coalesce("iban_changed", "iban_initial").alias("bank_account"),
         "created_at", "is_person", "category", "iban_initial", "iban_changed")
-    changes = pl.concat([w.legit_changes(), *w.vendor_changes]).with_columns(
-        pl.col("changed_at").cast(pl.Datetime("us"))).sort("changed_at", "vendor_id")
+    schema = MASTER_SCHEMAS["vendor_changes"]
+    changes = pl.concat([f.cast(schema) for f in [w.legit_changes(), *w.vendor_changes]]) \
+        .sort("changed_at", "vendor_id")
     users = w.users.with_columns(pl.col("approval_limit").cast(pl.Decimal(18, 2)))
     return MasterData(accounts=md.accounts_frame(), vendors=vendors, vendor_changes=changes,
                       users=users, cost_centers=w.cost_centers)
@@ -164,9 +167,13 @@ def generate(lines: int, seed: int, out: str | Path,
     n_lines = n_journals = 0
     debit = credit = 0
     w = None
+    spent = {f: 0.0 for f in formats}
+    names = [f for f in FORMATS if f in formats]
     for w, _month, frame in build(lines, seed):
-        for wr in writers:
+        for name, wr in zip(names, writers, strict=True):
+            t = time.perf_counter()
             wr.write(frame)
+            spent[name] += time.perf_counter() - t
         labels.append(frame.filter(pl.col("scenario").is_not_null())
                       .select("entity", "fiscal_year", "journal_id", "scenario").unique()
                       .sort("journal_id"))
@@ -176,8 +183,10 @@ def generate(lines: int, seed: int, out: str | Path,
         credit += int(frame.filter(pl.col("cents") < 0)["cents"].sum())
     assert w is not None
     master = master_data(w)
-    for wr in writers:
+    for name, wr in zip(names, writers, strict=True):
+        t = time.perf_counter()
         wr.close(master)
+        spent[name] += time.perf_counter() - t
     (out / "master").mkdir(exist_ok=True)
     for name, frame in master.canonical().items():
         frame.write_parquet(out / "master" / f"{name}.parquet")
@@ -186,6 +195,7 @@ def generate(lines: int, seed: int, out: str | Path,
     return {"lines": n_lines, "journals": n_journals, "debit": debit / 100,
             "credit": -credit / 100, "anomalous_journals": lab.height,
             "scenarios": lab["scenario"].n_unique(), "seconds": time.perf_counter() - t0,
+            "writer_seconds": {k: round(v, 2) for k, v in spent.items()},
             "out": str(out)}
 
 

@@ -85,7 +85,7 @@ def plan(total_lines: int) -> list[MonthPlan]:
 
     An invoice brings its payment; per base journal we expect ~3.4 lines (see module doc).
     """
-    base = max(total_lines - 1500, 600) / 3.42
+    base = max(total_lines - 1500, 600) / 3.25
     share = MONTH_WEIGHT / MONTH_WEIGHT.sum()
     out = []
     for s in share:
@@ -135,7 +135,8 @@ class MonthGen:
                  cents: np.ndarray | None = None, post: np.ndarray | None = None,
                  text: np.ndarray | None = None, reference: np.ndarray | None = None,
                  split_share: float = 0.15, scenario: str | None = None,
-                 dept: np.ndarray | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+                 dept: np.ndarray | None = None, check_age: bool = True
+                 ) -> tuple[pl.DataFrame, pl.DataFrame]:
         """Invoices: debit expense/asset (one or two cost centers), credit 351000/352000."""
         w, rng = self.w, self.rng
         if vendor is None:
@@ -143,7 +144,7 @@ class MonthGen:
         post, entered = self.people_dates(n, post)
         doc = post - rng.integers(2, 26, n).astype("timedelta64[D]")
         vi = np.searchsorted(w.v_ids, vendor)
-        too_new = w.v_created[vi] > doc
+        too_new = (w.v_created[vi] > doc) & check_age
         if too_new.any():  # a vendor cannot invoice before it exists: pick an older one
             old = w.v_ids[(w.v_created <= doc.min()) & (w.v_cat != "vermieter")]
             vendor = np.where(too_new, rng.choice(old, n), vendor)
@@ -429,12 +430,20 @@ def payments(gen: MonthGen, due: pl.DataFrame, scenario: str | None = None
     cents = due["cents"].to_numpy()
     ref = due["reference"].to_numpy().astype(str)
     jk = gen.keys(n)
-    entered = fr.at_seconds(post, rng.integers(6 * 3600 + 600, 6 * 3600 + 3000, n))
-    appr = w.approver(np.full(n, "20"), cents, np.full(n, 1))
+    # ~3 % are paid by hand in the Stadtkasse (urgent payments), the rest by the payment run
+    manual = rng.random(n) < 0.03
+    clerk, rank = w.enterer(rng, np.full(n, "20"), cents)
+    secs = np.where(manual, fr.office_seconds(rng, n),
+                    rng.integers(6 * 3600 + 600, 6 * 3600 + 3000, n))
+    entered = fr.at_seconds(post, secs)
+    appr = w.approver(np.full(n, "20"), cents, np.where(manual, rank, 1))
     h = fr.headers(n, jk=jk, kind="payment", posting_date=post, document_date=post,
-                   entered_at=entered, entered_by="SVC_ZAHLLAUF", approved_by=appr,
-                   source="payment_run", document_type="ZP", reference=ref,
-                   header_description=np.char.add("Zahllauf ", np.datetime_as_string(post)),
+                   entered_at=entered, entered_by=np.where(manual, clerk, "SVC_ZAHLLAUF"),
+                   approved_by=appr, source=np.where(manual, "manual", "payment_run"),
+                   document_type=np.where(manual, "KZ", "ZP"), reference=ref,
+                   header_description=np.where(
+                       manual, np.char.add("Eilzahlung ", ref),
+                       np.char.add("Zahllauf ", np.datetime_as_string(post))),
                    scenario=scenario)
     bank = w.iban_at(vendor, post)
     lines = fr.two_line(jk, due["gl_account"].to_numpy(), md.BANK, cents, dr_vendor=vendor,

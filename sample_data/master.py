@@ -49,8 +49,6 @@ ACCOUNTS: list[tuple[str, str, str]] = [
     ("542100", "Geschäftsaufwendungen", "expense"),
     ("544100", "Versicherungen und Beiträge", "expense"),
     ("581100", "Aufwendungen aus internen Leistungsbeziehungen", "expense"),
-    ("801000", "Eröffnungsbilanzkonto", "closing"),
-    ("802000", "Schlussbilanzkonto", "closing"),
 ]
 BANK, CASH, AP, AP_INV, ACCRUAL = "181000", "181100", "351000", "352000", "369000"
 

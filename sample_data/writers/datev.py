@@ -44,6 +44,22 @@ def _q(expr: pl.Expr) -> pl.Expr:
     return pl.format('"{}"', expr.fill_null("").cast(pl.String).str.replace_all('"', '""'))
 
 
+def _record(values: dict[str, pl.Expr], columns: tuple[str, ...]) -> pl.Expr:
+    """One text column holding the whole ``;``-separated record (most DATEV fields are empty,
+    so runs of empty fields become literal semicolons instead of 100 empty columns)."""
+    pieces: list[pl.Expr] = []
+    for i, name in enumerate(columns):
+        sep = ";" if i else ""
+        if name in values:
+            pieces.append(pl.concat_str(pl.lit(sep), values[name].fill_null("")))
+        elif pieces and isinstance(pieces[-1], str):
+            pieces[-1] += sep
+        else:
+            pieces.append(sep)  # type: ignore[arg-type]
+    exprs = [pl.lit(p) if isinstance(p, str) else p for p in pieces]
+    return pl.concat_str(exprs).alias("record")
+
+
 def header_line(category: int, name: str, version: int, created: str, fy_start: str,
                 date_from: str = "", date_to: str = "", label: str = "") -> str:
     fields = ['"EXTF"', "700", str(category), f'"{name}"', str(version), created, "", '"BW"',
@@ -120,9 +136,7 @@ class DatevWriter:
             values[f"Beleginfo - Art {i}"] = _q(pl.when(pl.col(col).is_not_null())
                                                 .then(pl.lit(art)))
             values[f"Beleginfo - Inhalt {i}"] = _q(pl.col(col).str.slice(0, 210))
-        exprs = [values.get(name, pl.lit("")).fill_null("").alias(f"c{i}")
-                 for i, name in enumerate(BUCHUNGSSTAPEL)]
-        out = rows.sort("journal_id", "line_no").select(exprs)
+        out = rows.sort("journal_id", "line_no").select(_record(values, BUCHUNGSSTAPEL))
         first = date(self.year, month, 1)
         last = date(self.year, month, monthrange(self.year, month)[1])
         created = (last + timedelta(days=1)).strftime("%Y%m%d") + "020000000"
@@ -178,10 +192,9 @@ class DatevWriter:
         cols["Name (Adressattyp Unternehmen)"] = _q(pl.col("vendor_name").str.slice(0, 50))
         cols["Adressattyp"] = _q(pl.lit("2"))
         cols["Kurzbezeichnung"] = _q(pl.col("vendor_name").str.slice(0, 15))
-        exprs = [cols.get(name, pl.lit("")).fill_null("").alias(f"c{i}")
-                 for i, name in enumerate(DEBKRED)]
         self._master_file("EXTF_DebKred_Stamm.csv", 16, "Debitoren/Kreditoren", 5, created, fy,
-                          ";".join(DEBKRED), wide.sort("vendor_id").select(exprs))
+                          ";".join(DEBKRED),
+                          wide.sort("vendor_id").select(_record(cols, DEBKRED)))
 
     def _master_file(self, name: str, category: int, title: str, version: int, created: str,
                      fy: str, columns: str, frame: pl.DataFrame) -> None:

@@ -103,7 +103,7 @@ class SapWriter:
             pl.when(pl.col("source") == "payment_run")
             .then(pl.format("Z{}", pl.col("posting_date").dt.strftime("%m%d")))
             .otherwise(pl.lit("MANU")).alias("LAUFI"),
-            pl.lit("").alias("XVORL"), pl.lit(BUKRS).alias("ZBUKR"),
+            pl.lit(None, pl.String).alias("XVORL"), pl.lit(BUKRS).alias("ZBUKR"),
             pl.col("vendor_id").alias("LIFNR"), belnr.alias("VBLNR"),
             pl.col("bank_account").str.slice(0, 2).alias("ZBNKS"),
             pl.col("bank_account").str.slice(4, 8).alias("ZBNKL"),
