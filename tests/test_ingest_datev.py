@@ -97,7 +97,11 @@ def test_ruby_gem_120_columns_with_masters(tmp_path: Path) -> None:
     assert fach["gl_account"].to_list() == ["1200", "4940"]
     assert fach["amount"].cast(pl.Float64).to_list() == [-24.95, 24.95]
     assert fach["posting_date"].to_list() == [date(2018, 2, 21)] * 2
-    assert result.master["accounts"].height == 3
+    accounts = result.master["accounts"]
+    # 3 labels + 4 personal accounts (Stammdaten) + 2 booked accounts without a label
+    assert accounts.height == 9
+    assert dict(accounts.select("gl_account", "account_type").iter_rows())["70001"] == "liability"
+    assert set(accounts.filter(pl.col("account_name").is_null())["gl_account"]) == {"4940", "8400"}
     vendors = result.master["vendors"]
     assert vendors["vendor_id"].to_list() == ["70001", "70002", "70003"]
     assert vendors["vendor_name"][0] == "Meyer GmbH"
@@ -118,7 +122,10 @@ def test_several_batches_in_one_folder_keep_same_named_copies_apart(tmp_path: Pa
 
 def test_delivery_mapping(tmp_path: Path) -> None:
     df, result = _read(sorted((FIX / "delivery").iterdir()), tmp_path)
-    assert df.height == 10 and not result.warnings
+    assert df.height == 10
+    assert result.warnings == ["DATEV: 3 booked accounts have no Kontenbeschriftung (DATEV "
+                               "exports only individually labelled accounts); they are added to "
+                               "the chart without a name"]
     assert df["entity"].unique().to_list() == ["1234-56"]
     inv = df.filter(pl.col("journal_id") == "RE-1001").sort("line_no")
     assert inv["line_no"].to_list() == [1, 2, 3, 4]
@@ -145,7 +152,11 @@ def test_delivery_mapping(tmp_path: Path) -> None:
     assert roles == {"EXTF_Buchungsstapel_2025_01.csv": "bookings",
                      "EXTF_Kontenbeschriftungen.csv": "master:accounts",
                      "EXTF_Kreditoren.csv": "master:vendors"}
-    assert result.master["accounts"].row(0) == ("1000", "Kasse Rathaus", None)
+    chart = {r[0]: r[1:] for r in result.master["accounts"].iter_rows()}
+    assert chart == {"1000": ("Kasse Rathaus", None), "4900": ("Bürobedarf", None),
+                     "70001": ("Papier GmbH", "liability"), "70002": ("Erika Muster", "liability"),
+                     "10000": ("Kunde AG", "asset"), "1200": (None, None), "4930": (None, None),
+                     "8400": (None, None)}
     vendors = result.master["vendors"].sort("vendor_id")
     assert vendors["vendor_id"].to_list() == ["70001", "70002"]  # debtor 10000 left out
     assert vendors["bank_account"].to_list() == ["DE02500105170137075030",

@@ -346,8 +346,9 @@ def _accounts(header: ExtfHeader, workdir: Path, warnings: list[str]) -> pl.Data
 
 
 def _vendors(header: ExtfHeader, workdir: Path,
-             warnings: list[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Creditors of a Debitoren/Kreditoren file -> (vendors, banks by Geschäftspartnerbank no.)."""
+             warnings: list[str]) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """A Debitoren/Kreditoren file -> (vendors = creditors, their banks by Geschäftspartnerbank
+    number, personal accounts for the chart: creditors as liability, debtors as asset)."""
     df = _master_rows(header, VENDOR_FIELDS, ("konto",), workdir, warnings)
     c = lambda k: pl.col(k) if k in df.columns else pl.lit(None, pl.String)  # noqa: E731
     person = pl.concat_str(c("forename"), c("surname"), separator=" ", ignore_nulls=True)
@@ -365,7 +366,29 @@ def _vendors(header: ExtfHeader, workdir: Path,
                                         pl.lit(str(i)).alias("_gp_bank"),
                                         c(f"iban{i}").str.replace_all(" ", "").alias("_iban"))
                        for i in range(1, 6)]).filter(pl.col("_iban").is_not_null())
-    return conform(vendors.lazy(), MASTER_SCHEMAS["vendors"]).collect(), banks
+    personal = df.select(
+        pl.col("konto").alias("gl_account"),
+        pl.coalesce(c("company"), person, c("noname"), c("short")).alias("account_name"),
+        pl.when(is_creditor(pl.col("konto"), header.account_length)).then(pl.lit("liability"))
+        .otherwise(pl.lit("asset")).alias("account_type"))
+    return (conform(vendors.lazy(), MASTER_SCHEMAS["vendors"]).collect(), banks,
+            conform(personal.lazy(), MASTER_SCHEMAS["accounts"]).collect())
+
+
+def _chart(parts: list[pl.DataFrame], lines: pl.LazyFrame, warnings: list[str]) -> pl.DataFrame:
+    """The accounts master: labels (category 20) and personal accounts (category 16), completed
+    with every booked account. DATEV exports Kontenbeschriftungen only for individually labelled
+    accounts; the rest come from the standard chart (SKR) that DATEV does not export, and DATEV
+    accepts no booking on an account that does not exist. Costs one extra pass over the rows."""
+    chart = pl.concat(parts).unique("gl_account", keep="first", maintain_order=True)
+    booked = lines.select(pl.col("gl_account").drop_nulls().unique()).collect()
+    missing = booked.join(chart, on="gl_account", how="anti").sort("gl_account")
+    if missing.height:
+        warnings.append(f"DATEV: {missing.height} booked accounts have no Kontenbeschriftung "
+                        "(DATEV exports only individually labelled accounts); they are added to "
+                        "the chart without a name")
+        chart = pl.concat([chart, conform(missing.lazy(), MASTER_SCHEMAS["accounts"]).collect()])
+    return chart
 
 
 # --- read ----------------------------------------------------------------------------------------
@@ -385,6 +408,7 @@ def read(files: list[Path], settings: Settings, workdir: Path) -> IngestResult:
     accounts: list[pl.DataFrame] = []
     vendors: list[pl.DataFrame] = []
     banks: list[pl.DataFrame] = []
+    personal: list[pl.DataFrame] = []
     empty: list[Path] = []
     other_extf: list[str] = []
     for path in files:
@@ -408,9 +432,10 @@ def read(files: list[Path], settings: Settings, workdir: Path) -> IngestResult:
             accounts.append(_accounts(header, workdir, warnings))
             role = "master:accounts"
         elif header.category == 16:
-            v, b = _vendors(header, workdir, warnings)
+            v, b, p = _vendors(header, workdir, warnings)
             vendors.append(v)
             banks.append(b)
+            personal.append(p)
             role = "master:vendors"
         else:
             other_extf.append(f"{path.name} (category {header.category} "
@@ -451,8 +476,7 @@ def read(files: list[Path], settings: Settings, workdir: Path) -> IngestResult:
     bookings = conform(lines, INGEST_SCHEMA)
     master: dict[str, pl.DataFrame] = {}
     if accounts:
-        master["accounts"] = pl.concat(accounts).unique("gl_account", keep="first",
-                                                        maintain_order=True)
+        master["accounts"] = _chart(accounts + personal, lines, warnings)
     if vendors:
         master["vendors"] = pl.concat(vendors).unique("vendor_id", keep="first",
                                                       maintain_order=True)
