@@ -821,6 +821,9 @@ def _polars_type(col: sa.Column) -> pl.DataType:
 
 def _normalise_findings(findings: pl.DataFrame, entity: str) -> pl.DataFrame:
     """Findings -> the item columns as stored (decimals and dates as text), one row per journal."""
+    if findings.is_empty():  # literals would broadcast to one row on a frame without columns
+        return pl.DataFrame(schema={**KEY_FIELDS, **{k: t for k, (_, t) in ITEM_FIELDS.items()},
+                                    "item_id": pl.String(), "suppressed_by": pl.String()})
     present = set(findings.columns)
     exprs = [pl.col(k).cast(t) if k in present else pl.lit(None, dtype=t).alias(k)
              for k, t in KEY_FIELDS.items()]
