@@ -101,6 +101,8 @@ def value_text(value: Any, spec: str, lang: str) -> str:
         return fmt.percent(float(value), lang)
     if isinstance(value, (date, datetime)):
         return fmt.day(value, lang)
+    if isinstance(value, int) and not isinstance(value, bool) and not spec:
+        return fmt.number(value, lang, 0)
     if spec in ("num", "int") or (isinstance(value, float) and not spec):
         return fmt.number(value, lang, 2 if spec == "num" or isinstance(value, float) and not
                           float(value).is_integer() else 0)

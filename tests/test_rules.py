@@ -1,0 +1,302 @@
+"""The rule engine: loading and refusing rule files, rendering, running over history parquet."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+
+from detect.config import Settings
+from detect.errors import UserError
+from detect.rules import HIT_SCHEMA, RuleError, connect, find_rule, load_catalog, run_rules
+from detect.rules.cases import case_bookings
+from detect.rules.loader import load_rule
+from detect.rules.render import template_sql
+from detect.rules.runner import run_catalog, setup_views
+from detect.schema import BOOKING_SCHEMA, MASTER_SCHEMAS, conform
+
+GOOD_RULE = """
+id: TST001
+name: big-amount
+title: {de: Großer Betrag, en: Big amount}
+severity: low
+level: line
+requires: [amount]
+params:
+  limit: {default: 1000, doc: "flag above this"}
+why: Big amounts matter.
+explain: {de: "Betrag {amount} über {limit}", en: "Amount {amount} above {limit}"}
+falsepositives: [none]
+query: |
+  SELECT entity, fiscal_year, journal_id, line_no, amount FROM bookings WHERE amount > $limit
+cases:
+  - name: flags
+    columns: [journal_id, amount]
+    rows: [[J1, 5000.00]]
+    expect: [[J1, 1]]
+  - name: passes
+    columns: [journal_id, amount]
+    rows: [[J1, 50.00]]
+    expect: []
+"""
+
+
+def write_rule(root: Path, family: str, rule_id: str, text: str) -> Path:
+    path = root / family / f"{rule_id}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# --- loading and validation ---------------------------------------------------------------------
+
+def test_good_rule_loads_with_family_from_folder(tmp_path: Path) -> None:
+    rule = load_rule(write_rule(tmp_path, "amounts", "TST001", GOOD_RULE))
+    assert (rule.id, rule.family, rule.severity, rule.level) == ("TST001", "amounts", "low", "line")
+    assert rule.defaults() == {"limit": 1000}
+    assert [c.name for c in rule.cases] == ["flags", "passes"]
+    assert rule.cases[0].expect == [("J1", 1)]
+
+
+def test_broken_rule_is_refused_naming_file_and_every_problem(tmp_path: Path) -> None:
+    broken = (GOOD_RULE.replace("severity: low", "severity: urgent")
+              .replace("WHERE amount > $limit", "WHERE amount > $limit AND amount < $cap")
+              .replace('en: "Amount {amount} above {limit}"', 'en: ""'))
+    broken = broken[:broken.index("  - name: passes")]
+    path = write_rule(tmp_path, "amounts", "TST001", broken)
+    with pytest.raises(RuleError) as err:
+        load_rule(path)
+    text = str(err.value)
+    assert str(path) in text
+    assert "severity must be one of low, medium, high, critical" in text
+    assert "undeclared parameter(s): $cap" in text
+    assert "explain needs non-empty texts for both 'de' and 'en'" in text
+    assert "at least one passing case" in text
+
+
+def test_missing_keys_and_wrong_file_name(tmp_path: Path) -> None:
+    path = write_rule(tmp_path, "x", "TST002", GOOD_RULE.replace("why: Big amounts matter.\n", ""))
+    with pytest.raises(RuleError, match=r"missing key\(s\): why"):
+        load_rule(path)
+    path = write_rule(tmp_path, "x", "WRONG1", GOOD_RULE)
+    with pytest.raises(RuleError, match="file name must be TST001.yaml"):
+        load_rule(path)
+
+
+def test_invalid_yaml_reports_line(tmp_path: Path) -> None:
+    path = write_rule(tmp_path, "x", "TST001", "id: TST001\nname: [unclosed\n")
+    with pytest.raises(RuleError) as err:
+        load_rule(path)
+    assert err.value.file == str(path) and err.value.line is not None
+
+
+def test_unknown_columns_in_cases_are_refused(tmp_path: Path) -> None:
+    text = GOOD_RULE.replace("columns: [journal_id, amount]\n    rows: [[J1, 5000.00]]",
+                             "columns: [journal_id, amout]\n    rows: [[J1, 5000.00]]")
+    with pytest.raises(RuleError, match="unknown column\\(s\\) amout"):
+        load_rule(write_rule(tmp_path, "x", "TST001", text))
+
+
+def test_duplicate_ids_across_files(tmp_path: Path) -> None:
+    write_rule(tmp_path, "a", "TST001", GOOD_RULE)
+    write_rule(tmp_path, "b", "TST001", GOOD_RULE.replace("big-amount", "other-name"))
+    with pytest.raises(RuleError, match="duplicate rule id TST001"):
+        load_catalog(tmp_path)
+
+
+def test_find_rule_by_id_or_name_and_unknown() -> None:
+    catalog = load_catalog()
+    assert find_rule(catalog, "pay001").id == "PAY001"
+    assert find_rule(catalog, "duplicate-payment").id == "PAY001"
+    with pytest.raises(UserError, match="unknown rule 'XYZ999'"):
+        find_rule(catalog, "XYZ999")
+
+
+# --- rendering -----------------------------------------------------------------------------------
+
+def test_templates_render_german_and_english_in_sql() -> None:
+    con = duckdb.connect()
+    con.execute("CREATE TABLE rel AS SELECT CAST(-1234567.5 AS DECIMAL(18,2)) AS amount, "
+                "DATE '2025-03-31' AS d, 0.256::DOUBLE AS share, NULL::VARCHAR AS who, "
+                "TIMESTAMP '2025-03-31 22:05:00' AS at")
+    cols = {r[0]: str(r[1]) for r in con.execute("DESCRIBE rel").fetchall()}
+    tpl = "{amount} am {d} ({share:pct}) von {who} um {at}, Grenze {limit}"
+    de = con.execute(f"SELECT {template_sql(tpl, cols, {'limit': 25000.0}, 'de')} FROM rel"
+                     ).fetchone()[0]
+    en = con.execute(f"SELECT {template_sql(tpl, cols, {'limit': 25000.0}, 'en')} FROM rel"
+                     ).fetchone()[0]
+    assert de == "-1.234.567,50 € am 31.03.2025 (25,6 %) von – um 31.03.2025 22:05, Grenze 25.000"
+    assert en == "-€1,234,567.50 am 2025-03-31 (25.6%) von – um 2025-03-31 22:05, Grenze 25,000"
+    with pytest.raises(KeyError):
+        template_sql("{nope}", cols, {}, "de")
+
+
+def test_case_rows_get_defaults_and_keep_explicit_nulls() -> None:
+    frame = case_bookings([{"journal_id": "J1", "amount": 10}, {"journal_id": "J1"},
+                           {"journal_id": "J2", "description": None}])
+    assert frame.schema == BOOKING_SCHEMA
+    assert frame["line_no"].to_list() == [1, 2, 1]
+    assert frame["amount"].to_list() == [Decimal("10.00"), Decimal("100.00"), Decimal("100.00")]
+    assert frame["description"].to_list() == ["Rechnung Büromaterial"] * 2 + [None]
+    assert frame["fiscal_year"].to_list() == [2024] * 3
+    assert frame["entered_at"][0] == datetime(2024, 3, 14, 10, 0)
+
+
+# --- running over parquet history -------------------------------------------------------------
+
+@dataclass
+class Ctx:
+    run_dir: Path
+    settings: Settings = field(default_factory=Settings)
+    rescore_history: bool = False
+    entity: str = "Musterstadt"
+    log: object = None
+
+
+def bookings(rows: list[dict]) -> pl.DataFrame:
+    base = {"entity": "Musterstadt", "fiscal_year": 2025, "source_file": "t.csv", "source_line": 1,
+            "gl_account": "351000", "entered_by": "MEIER", "approved_by": "SCHULZ",
+            "source": "manual"}
+    frame = pl.DataFrame([{**base, **r} for r in rows])
+    frame = frame.with_columns(pl.col("amount").cast(pl.Decimal(18, 2)),
+                               pl.col("posting_date").str.to_date())
+    return conform(frame.lazy()).collect()
+
+
+def write_history(tmp_path: Path) -> tuple[Path, Path]:
+    """Two deliveries: an invoice paid in January, the same payment again in February."""
+    first = bookings([
+        dict(journal_id="100", line_no=1, vendor_id="V1", reference="RE-1", amount=1500,
+             posting_date="2025-01-10"),
+        dict(journal_id="100", line_no=2, gl_account="181000", vendor_id="V1", reference="RE-1",
+             amount=-1500, posting_date="2025-01-10"),
+        dict(journal_id="101", line_no=1, vendor_id="V2", reference="RE-9", amount=700,
+             posting_date="2025-01-11"),
+        dict(journal_id="101", line_no=2, gl_account="181000", amount=-600,
+             posting_date="2025-01-11"),
+    ])
+    second = bookings([
+        dict(journal_id="200", line_no=1, vendor_id="V1", reference="RE-1", amount=1500,
+             posting_date="2025-02-03"),
+        dict(journal_id="200", line_no=2, gl_account="181000", vendor_id="V1", reference="RE-1",
+             amount=-1500, posting_date="2025-02-03"),
+    ])
+    hist = tmp_path / "history" / "Musterstadt"
+    hist.mkdir(parents=True)
+    first.write_parquet(hist / "d1.parquet")
+    second.write_parquet(hist / "d2.parquet")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    second.write_parquet(run_dir / "bookings.parquet")
+    return hist, run_dir
+
+
+def test_run_rules_keeps_only_delivery_hits_but_sees_history(tmp_path: Path) -> None:
+    hist, run_dir = write_history(tmp_path)
+    ctx = Ctx(run_dir)
+    result = run_rules(connect(ctx, str(hist / "*.parquet")), ctx)
+    pay = result.hits.filter(pl.col("rule_id") == "PAY001")
+    # journal 200 repeats journal 100 of the previous delivery: both lines flagged
+    assert pay.select("journal_id", "line_no").rows() == [("200", 1), ("200", 2)]
+    evidence = json.loads(pay["evidence"][0])
+    assert evidence["first_journal"] == "100" and evidence["first_date"] == "2025-01-10"
+    assert pay["explanation_de"][0] == ("1.500,00 € an Kreditor V1 (Ref. RE-1) wurde schon am "
+                                        "10.01.2025 mit Beleg 100 gebucht.")
+    # the unbalanced journal 101 belongs to the earlier delivery: not reported again
+    assert result.hits.filter(pl.col("journal_id") == "101").is_empty()
+    written = pl.read_parquet(run_dir / "rule_hits.parquet")
+    assert written.schema == HIT_SCHEMA
+    assert written.height == result.hits.height
+    summary = result.summary()
+    assert summary["hits_per_rule"]["PAY001"] == 2
+    assert {"rule_id": "PAY003", "reason": "needs vendors"} in summary["skipped"]
+    assert {"rule_id": "USR004", "reason": "needs users"} in summary["skipped"]
+    assert any(s["reason"] == "needs column reversal_of (empty in the data)"
+               for s in summary["skipped"])
+    assert summary["headline"][0].startswith(f"rules: {len(summary['ran'])} run, "
+                                             f"{len(summary['skipped'])} skipped (")
+    assert json.dumps(summary)  # JSON-able for the manifest
+
+
+def test_rescore_history_reports_old_journals_too(tmp_path: Path) -> None:
+    hist, run_dir = write_history(tmp_path)
+    ctx = Ctx(run_dir, rescore_history=True)
+    result = run_rules(connect(ctx, [hist / "d1.parquet", hist / "d2.parquet"]), ctx)
+    unbalanced = result.hits.filter(pl.col("rule_id") == "JRN001")
+    assert unbalanced.select("journal_id", "line_no").rows() == [("101", None)]
+    assert "Saldo 100,00 €" in unbalanced["explanation_de"][0]
+
+
+def test_settings_switch_rules_off_and_override_params(tmp_path: Path) -> None:
+    hist, run_dir = write_history(tmp_path)
+    settings = Settings(rules={"PAY001": {"window_days": 10}, "JRN001": {"enabled": False}})
+    ctx = Ctx(run_dir, settings=settings, rescore_history=True)
+    result = run_rules(connect(ctx, str(hist / "*.parquet")), ctx)
+    assert result.hits.filter(pl.col("rule_id").is_in(["PAY001", "JRN001"])).is_empty()
+    assert {"rule_id": "JRN001", "reason": "disabled in belegwacht.toml"} in result.skipped
+
+
+def test_master_data_from_run_dir_enables_rules(tmp_path: Path) -> None:
+    hist, run_dir = write_history(tmp_path)
+    (run_dir / "master").mkdir()
+    pl.DataFrame({"vendor_id": ["V1"], "created_at": [date(2025, 1, 20)]}).write_parquet(
+        run_dir / "master" / "vendors.parquet")
+    ctx = Ctx(run_dir)
+    result = run_rules(connect(ctx, str(hist / "*.parquet")), ctx)
+    assert "PAY003" in result.ran
+    new_vendor = result.hits.filter(pl.col("rule_id") == "PAY003")
+    assert new_vendor.select("journal_id", "line_no").rows() == [("200", 1), ("200", 2)]
+    assert "14 Tage nach dessen Anlage am 20.01.2025" in new_vendor["explanation_de"][0]
+
+
+def test_failing_rule_is_reported_and_others_still_run(tmp_path: Path) -> None:
+    write_rule(tmp_path, "amounts", "TST001", GOOD_RULE)
+    write_rule(tmp_path, "amounts", "TST002", GOOD_RULE.replace("TST001", "TST002")
+               .replace("big-amount", "broken").replace("WHERE amount > $limit",
+                                                        "WHERE amount > $limit AND no_such_col"))
+    con = duckdb.connect()
+    con.register("b", bookings([dict(journal_id="1", line_no=1, amount=5000,
+                                     posting_date="2025-01-10")]))
+    setup_views(con, "b", "b", {}, Settings())
+    result = run_catalog(con, Settings(), load_catalog(tmp_path))
+    assert result.ran == ["TST001"]
+    assert result.failed[0]["rule_id"] == "TST002" and "no_such_col" in result.failed[0]["reason"]
+    assert result.summary()["headline"][0] == "rules: 1 run, 1 FAILED, 1 hits on 1 journals"
+    assert result.hits["explanation_en"].to_list() == ["Amount €5,000.00 above 1,000"]
+
+
+def test_holidays_follow_the_state() -> None:
+    con = duckdb.connect()
+    con.register("b", bookings([dict(journal_id="1", line_no=1, amount=1,
+                                     posting_date="2025-06-19")]))
+    setup_views(con, "b", "b", {}, Settings(state="NW"))
+    nw = con.execute("SELECT name FROM holidays WHERE date = DATE '2025-06-19'").fetchall()
+    setup_views(con, "b", "b", {}, Settings(state="BE"))
+    be = con.execute("SELECT name FROM holidays WHERE date = DATE '2025-06-19'").fetchall()
+    assert nw == [("Fronleichnam",)] and be == []
+    years = con.execute("SELECT DISTINCT year(date) FROM holidays ORDER BY 1").fetchall()
+    assert years == [(2024,), (2025,), (2026,)]
+
+
+def test_bad_state_is_a_config_error() -> None:
+    con = duckdb.connect()
+    con.register("b", bookings([dict(journal_id="1", line_no=1, amount=1,
+                                     posting_date="2025-06-19")]))
+    with pytest.raises(UserError, match="public holidays"):
+        setup_views(con, "b", "b", {}, Settings(state="XX"))
+
+
+def test_empty_master_views_have_the_master_schema() -> None:
+    con = duckdb.connect()
+    con.register("b", bookings([dict(journal_id="1", line_no=1, amount=1,
+                                     posting_date="2025-06-19")]))
+    setup_views(con, "b", "b", {}, Settings())
+    for name, schema in MASTER_SCHEMAS.items():
+        assert [r[0] for r in con.execute(f"DESCRIBE {name}").fetchall()] == schema.names()
+        assert con.execute(f"SELECT count(*) FROM {name}").fetchone() == (0,)
