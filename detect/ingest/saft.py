@@ -46,6 +46,8 @@ LINE_TAGS = {"RecordID": "record", "AccountID": "account", "Description": "descr
              "SupplierID": "supplier", "CustomerID": "customer", "ReferenceNumber": "reference",
              "SourceDocumentID": "source_document", "SystemEntryDate": "entry"}
 LINE_ELEMENTS = {"Line", "DebitLine", "CreditLine"}
+RAW_SCHEMA = pl.Schema({f: pl.String() for f in LINE_FIELDS})
+BATCH = 50_000
 DATE_FORMATS = ["%Y-%m-%d"]
 DATETIME_FORMATS = ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S"]
 
@@ -63,13 +65,21 @@ class _State:
     """What the stream handler has seen so far."""
 
     stack: list[str] = field(default_factory=list)
-    text: list[str] = field(default_factory=list)
+    text: str = ""
     header: dict[str, str] = field(default_factory=dict)
     totals: dict[str, str] = field(default_factory=dict)
     journal: dict[str, str] = field(default_factory=dict)
     tx: dict[str, str] = field(default_factory=dict)
     line: dict[str, str] | None = None
     lines: list[tuple] = field(default_factory=list)
+    """Lines not yet moved into ``batches`` (Python strings cost ~10x a Polars column)."""
+    batches: list[pl.DataFrame] = field(default_factory=list)
+    n_lines: int = 0
+
+    def flush(self) -> None:
+        if self.lines:
+            self.batches.append(pl.DataFrame(self.lines, schema=RAW_SCHEMA, orient="row"))
+            self.lines = []
     record: dict[str, str] = field(default_factory=dict)
     accounts: list[dict[str, str]] = field(default_factory=list)
     suppliers: list[dict[str, str]] = field(default_factory=list)
@@ -81,35 +91,44 @@ def _parse(path: Path) -> _State:
     parser = expat.ParserCreate(namespace_separator="}")
     parser.buffer_text = True
 
+    sections = {"GeneralLedgerEntries": "gl", "MasterFiles": "master", "Header": "header"}
+    section = [""]          # which top-level part we are in (cheaper than searching the stack)
+
     def start(name: str, _attrs: dict) -> None:
-        local = name.rsplit("}", 1)[-1]
-        st.stack.append(local)
-        st.text = []
-        if "GeneralLedgerEntries" in st.stack:
-            if local == "Journal":
-                st.journal = {}
+        local = name[name.rfind("}") + 1:]
+        stack = st.stack
+        stack.append(local)
+        st.text = ""
+        if local in sections and len(stack) == 2:
+            section[0] = sections[local]
+        elif section[0] == "gl":
+            if local in LINE_ELEMENTS and stack[-2] in ("Transaction", "Lines"):
+                st.line = {"xml_line": str(parser.CurrentLineNumber)}
             elif local == "Transaction":
                 st.tx = {}
-            elif local in LINE_ELEMENTS and st.stack[-2] in ("Transaction", "Lines"):
-                st.line = {"xml_line": str(parser.CurrentLineNumber)}
-        elif local in ("Account", "Supplier", "Customer") and "MasterFiles" in st.stack:
+            elif local == "Journal":
+                st.journal = {}
+        elif section[0] == "master" and local in ("Account", "Supplier", "Customer"):
             st.record = {}
 
     def end(name: str) -> None:
-        local = st.stack.pop()
-        value = "".join(st.text).strip()
-        st.text = []
-        parent = st.stack[-1] if st.stack else ""
-        grand = st.stack[-2] if len(st.stack) > 1 else ""
-        if "GeneralLedgerEntries" in st.stack or local == "GeneralLedgerEntries":
-            _gl_end(st, local, parent, grand, value)
-        elif "MasterFiles" in st.stack:
-            _master_end(st, local, parent, grand, value)
-        elif "Header" in st.stack and value:
+        stack = st.stack
+        local = stack.pop()
+        value = st.text.strip()
+        st.text = ""
+        parent = stack[-1] if stack else ""
+        where = section[0]
+        if where == "gl":
+            _gl_end(st, local, parent, stack[-2] if len(stack) > 1 else "", value)
+        elif where == "master":
+            _master_end(st, local, parent, stack[-2] if len(stack) > 1 else "", value)
+        elif where == "header" and value:
             st.header.setdefault(local, value)
+        if len(stack) == 1:
+            section[0] = ""
 
     def chars(data: str) -> None:
-        st.text.append(data)
+        st.text += data
 
     parser.StartElementHandler = start
     parser.EndElementHandler = end
@@ -133,6 +152,9 @@ def _gl_end(st: _State, local: str, parent: str, grand: str, value: str) -> None
             row = {"journal": j.get("JournalID"), "journal_desc": j.get("Description"),
                    **{v: tx.get(v) for v in TX_TAGS.values()}, **st.line}
             st.lines.append(tuple(row.get(f) for f in LINE_FIELDS))
+            st.n_lines += 1
+            if len(st.lines) >= BATCH:
+                st.flush()
             st.line = None
         elif local in ("DebitAmount", "CreditAmount") and value:
             st.line[local[:-6].lower()] = value          # PT: amount text directly
@@ -174,7 +196,8 @@ def _amount(raw: pl.Expr, column: str) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
 
 
 def _bookings(st: _State, path: Path, settings: Settings) -> tuple[pl.LazyFrame, int]:
-    raw = pl.LazyFrame(st.lines, schema={f: pl.String for f in LINE_FIELDS}, orient="row")
+    st.flush()
+    raw = pl.concat(st.batches).lazy() if st.batches else pl.LazyFrame(schema=RAW_SCHEMA)
     gl_date, i1 = parse_date(pl.coalesce(pl.col("gl_date"), pl.col("tx_date")), "GLPostingDate",
                              DATE_FORMATS)
     doc_date, i2 = parse_date(pl.col("tx_date"), "TransactionDate", DATE_FORMATS)
@@ -284,7 +307,7 @@ def read(files: list[Path], settings: Settings, workdir: Path) -> IngestResult:
             result.ignored.append(str(path))
             continue
         st = _parse(path)
-        if not st.lines:
+        if not st.n_lines:
             raise IngestError("SAF-T file has no GeneralLedgerEntries lines", file=str(path))
         frame, rounded = _bookings(st, path, settings)
         frames.append(frame)
@@ -299,11 +322,11 @@ def read(files: list[Path], settings: Settings, workdir: Path) -> IngestResult:
         if overall:
             result.control_totals.append(ControlTotals(str(path), None, overall))  # type: ignore[arg-type]
         result.inputs.append(InputFile(str(path), sha256_of(path), path.stat().st_size,
-                                       rows=len(st.lines)))
+                                       rows=st.n_lines))
         result.warnings.append(
             f"{path.name}: SAF-T {st.header.get('AuditFileVersion', '?')} "
             f"({st.header.get('AuditFileCountry') or st.header.get('Country', '?')}): "
-            f"{len(st.lines)} lines, {len(st.accounts)} accounts, {len(st.suppliers)} "
+            f"{st.n_lines} lines, {len(st.accounts)} accounts, {len(st.suppliers)} "
             f"suppliers, {len(st.customers)} customers")
         if rounded:
             result.warnings.append(f"{path.name}: {rounded} amounts had more than two decimal "
