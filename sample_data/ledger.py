@@ -194,6 +194,11 @@ class MonthGen:
         accounts = np.array([r[0] for r in REVENUE])[acc]
         med = np.array([r[2] for r in REVENUE])[acc]
         cents = fr.round_cents(rng, med, np.full(n, 0.9))
+        if self.month in (2, 5, 8, 11):  # Grundsteuer/Gewerbesteuer fall due on the 15th
+            day = self.workdays.astype("datetime64[D]").astype(object)
+            near = self.workdays[[12 <= d.day <= 19 for d in day]]
+            due = np.isin(accounts, ["401200", "401300"]) & (rng.random(n) < 0.7)
+            post = np.where(due, rng.choice(near, n), post)
         cc = np.array([r[3] for r in REVENUE])[acc]
         text = np.array([r[4] for r in REVENUE])[acc]
         entered = fr.at_seconds(post + 1, fr.night_seconds(rng, n))

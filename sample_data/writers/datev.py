@@ -29,7 +29,7 @@ from pathlib import Path
 import polars as pl
 
 from sample_data.master import AP, AP_INV
-from sample_data.writers import MasterData, money
+from sample_data.writers import MasterData, money, write_csv_chunk
 from sample_data.writers.datev_columns import BUCHUNGSSTAPEL, DEBKRED
 
 BERATER, MANDANT = "70001", "1"
@@ -143,12 +143,10 @@ class DatevWriter:
         first, last = first.strftime("%Y%m%d"), last.strftime("%Y%m%d")
         head = header_line(21, "Buchungsstapel", 13, created, f"{self.year}0101", first, last,
                            f"Musterstadt {month:02d}/{self.year}")
-        body = out.write_csv(separator=";", include_header=False, quote_style="never",
-                             line_terminator="\r\n")
         path = self.dir / f"EXTF_Buchungsstapel_{self.year}{month:02d}.csv"
-        with path.open("wb") as fh:
-            fh.write((head + "\r\n" + ";".join(BUCHUNGSSTAPEL) + "\r\n").encode("cp1252"))
-            fh.write(body.encode("cp1252", errors="replace"))
+        path.write_bytes((head + "\r\n" + ";".join(BUCHUNGSSTAPEL) + "\r\n").encode("cp1252"))
+        write_csv_chunk(out, path, header=False, sep=";", quote_style="never", crlf=True,
+                        encoding="cp1252")
 
     def close(self, master: MasterData) -> None:
         created = f"{self.year + 1}0115020000000"
@@ -199,8 +197,6 @@ class DatevWriter:
     def _master_file(self, name: str, category: int, title: str, version: int, created: str,
                      fy: str, columns: str, frame: pl.DataFrame) -> None:
         head = header_line(category, title, version, created, fy)
-        body = frame.write_csv(separator=";", include_header=False, quote_style="never",
-                               line_terminator="\r\n")
-        with (self.dir / name).open("wb") as fh:
-            fh.write((head + "\r\n" + columns + "\r\n").encode("cp1252"))
-            fh.write(body.encode("cp1252", errors="replace"))
+        (self.dir / name).write_bytes((head + "\r\n" + columns + "\r\n").encode("cp1252"))
+        write_csv_chunk(frame, self.dir / name, header=False, sep=";", quote_style="never",
+                        crlf=True, encoding="cp1252")
