@@ -102,11 +102,124 @@ def _md(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+INTRO = """\
+Belegwacht's audit rules are data, not code: one YAML file per rule in `rules/<family>/<ID>.yaml`.
+Each file holds the rule's metadata, a plain-language explanation, parameters with defaults,
+known false positives, one DuckDB SQL query that selects the offending lines or journals, and
+its own test cases. Adding a rule means adding a file; the engine (`detect/rules/`) needs no
+change.
+
+## Using the rules
+
+- `belegwacht rules list [--lang en]` – the catalog as a table.
+- `belegwacht rules show ID` – a rule's documentation: what, why, parameters and their
+  current defaults, known false positives, an example and the query.
+- `belegwacht rules test [ID] [-v]` – runs the rules' own cases (exit 1 if one fails).
+- Every nightly run (`belegwacht run`) runs the whole catalog over the entity's booking
+  *history* (so a duplicate payment spanning two deliveries is found) and keeps the hits on
+  journals of the current delivery (`--rescore-history` keeps all). Hits go to
+  `runs/<run_id>/rule_hits.parquet`: `rule_id, family, severity, entity, fiscal_year,
+  journal_id, line_no` (null for journal-level rules), `explanation_de`, `explanation_en`
+  (rendered inside DuckDB, German amounts as `1.234,56 €`) and `evidence` (JSON of the
+  query's other columns). The run summary says how many rules ran, which were skipped and why.
+
+## Configuring per entity (belegwacht.toml)
+
+```toml
+[rules.PAY001]          # any parameter of the rule
+window_days = 180
+[rules.BEN002]
+enabled = false         # switch a rule off
+[thresholds]
+procurement = [1000, 3000, 25000, 100000]   # Vergabe-Wertgrenzen (PRC001, PRC002)
+materiality = 50000
+approval_margin = 0.05
+[office_hours]
+start_hour = 6
+end_hour = 20
+[entities.Nebenstadt.rules.TIM006]
+period_close_days = 20
+```
+
+Shared values come from the settings and are listed per rule under "from belegwacht.toml":
+procurement thresholds, materiality, approval margin, office hours and workdays, description
+keywords, service and generic users, `manual_sources` (values of `source` that mean "keyed in
+by a person"; an empty source counts as manual), currency. Public holidays come from the
+`holidays` package for `country` / `state` (Bundesland). Approval limits and service accounts
+come from the users master, cash/bank accounts from the accounts master (`account_type` bank
+or cash; otherwise the `cash_account_prefixes` parameter).
+
+## When a rule is skipped
+
+A rule is skipped (and the run summary names it with the reason) when a column it `requires`
+is empty in the whole history (e.g. `needs column reversal_of (empty in the data)`), when
+master data it `requires_master` is absent (`needs vendor_changes`), or when it is disabled.
+A rule whose query fails at run time is reported as failed; the other rules still run.
+
+## Writing a rule
+
+```yaml
+id: PAY001                      # 2-5 capitals + 3 digits; the file is rules/<family>/PAY001.yaml
+name: duplicate-payment         # kebab-case
+title: {de: ..., en: ...}
+severity: high                  # low | medium | high | critical
+level: line                     # line | journal (journal hits have line_no null)
+tags: [payments, isa-240]
+requires: [vendor_id, reference, amount]     # canonical columns
+requires_master: []             # accounts | vendors | vendor_changes | users | cost_centers
+params:
+  window_days: {default: 365, doc: "look back this many days"}
+config_params: [materiality]    # shared values from belegwacht.toml
+scenarios: [duplicate_payment]  # sample-ledger scenarios the rule is meant to catch
+why: plain language for auditors
+explain:                        # {column} or {column:money|num|int|pct|date|datetime|list|text}
+  de: "{amount} an {vendor_id} wurde schon am {first_date} gebucht."
+  en: "{amount} to {vendor_id} was already booked on {first_date}."
+falsepositives: [Instalments that reuse the invoice reference]
+query: |                        # DuckDB SQL; $name for parameters
+  SELECT entity, fiscal_year, journal_id, line_no, ... FROM bookings WHERE ...
+cases:                          # at least one flagging and one passing case
+  - name: flags_second_payment
+    columns: [journal_id, vendor_id, reference, amount, posting_date]
+    rows:
+      - [J1, V1, RE-100, 1200.00, 2024-03-01]
+      - [J2, V1, RE-100, 1200.00, 2024-03-20]
+    master: {vendors: [{vendor_id: V1, created_at: 2019-01-10}]}   # optional
+    params: {window_days: 30}                                       # optional
+    settings: {state: BY}                                           # optional
+    expect: [[J2, 1]]           # or [J2] for journal-level rules, or {count: n}
+```
+
+Queries may read these views: `bookings` (the canonical history, `detect.schema`), `journals`
+(one row per journal: first posting/document/entry date, entered_by, approved_by, source,
+document_type, reversal_of, n_lines, `debit_total`, `balance`), `delivery` (keys of this run's
+lines), `holidays` (date, name) and the master views `accounts`, `vendors`, `vendor_changes`,
+`users`, `cost_centers` (empty when not delivered). The query must return `entity,
+fiscal_year, journal_id` (and `line_no` for line rules); every other column becomes evidence
+and may be used in the explanation. Case rows fill unspecified columns with harmless defaults
+(entity Musterstadt, posting date Thursday 14.03.2024, entered 10:00 by MEIER, approved by
+SCHULZ, source manual, account 4000, amount 100,00 €); a value given as `null` stays null.
+The engine validates every file when loading and refuses a broken one with a message naming
+the file and each problem. This page is generated: `python -m detect.rules.doc`.
+
+## Known limits
+
+- Sign conventions: invoices are the credit line of a creditor (`vendor_id` set, no payee
+  `bank_account`), payments the debit line or a line with a payee bank account
+  (`invoice_sign` / `payment_sign` parameters).
+- Benford tests (BEN001, BEN002) are population tests: they flag every over-represented line
+  of a nonconforming user or account group, and only for groups of at least `min_n` amounts.
+- History-wide rules (rare user, rare account, usual accounts, Benford) need some history to
+  be meaningful; their population guards keep them quiet on small ledgers.
+"""
+
+
 def catalog_markdown(catalog: list[Rule]) -> str:
-    """docs/rules.md: the catalog table and one section per rule, generated from the files."""
-    out = ["# Rule catalog", "",
+    """docs/rules.md: usage, the catalog table and one section per rule, generated from the files."""
+    out = ["# Rules", "",
            "<!-- generated by `python -m detect.rules.doc` from rules/*/*.yaml - do not edit -->",
-           "",
+           "", INTRO,
+           "## Catalog", "",
            f"{len(catalog)} rules. `belegwacht rules show ID` prints a rule's full documentation,"
            " `belegwacht rules test [ID]` runs its own cases.", "",
            "| ID | title | severity | level | needs | scenarios |",
@@ -116,7 +229,7 @@ def catalog_markdown(catalog: list[Rule]) -> str:
                    f"{r.level} | {_md(needs(r))} | {_md(', '.join(r.scenarios))} |")
     settings = Settings()
     for r in catalog:
-        out += ["", f"## {r.id} {r.name}", "", f"**{r.title['en']}** / {r.title['de']} - "
+        out += ["", f"### {r.id} {r.name}", "", f"**{r.title['en']}** / {r.title['de']} - "
                 f"severity {r.severity}, level {r.level}, family `{r.family}`", "", r.why, ""]
         out.append(f"Explanation: \"{r.explain['en']}\"")
         params = [f"`{p.name}` = `{_value(p.default)}`" + (f" - {p.doc}" if p.doc else "")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -73,17 +74,21 @@ def _columns_of(con: duckdb.DuckDBPyConnection, source_sql: str) -> set[str]:
 
 def holiday_frame(settings: Settings, years: list[int]) -> pl.DataFrame:
     """Public holidays of settings.country / settings.state for ``years``."""
+    return _holidays(settings.country, settings.state, settings.language, tuple(sorted(years)))
+
+
+@lru_cache(maxsize=64)
+def _holidays(country: str, state: str, language: str, years: tuple[int, ...]) -> pl.DataFrame:
     if not years:
         return pl.DataFrame(schema={"date": pl.Date(), "name": pl.String()})
-    kwargs: dict[str, Any] = {"subdiv": settings.state or None, "years": sorted(years)}
+    kwargs: dict[str, Any] = {"subdiv": state or None, "years": list(years)}
     try:
         try:
-            cal = holidays_lib.country_holidays(settings.country, language=settings.language,
-                                                **kwargs)
+            cal = holidays_lib.country_holidays(country, language=language, **kwargs)
         except (NotImplementedError, ValueError) as exc:
             if "language" not in str(exc).lower() and "subdivision" in str(exc).lower():
                 raise
-            cal = holidays_lib.country_holidays(settings.country, **kwargs)
+            cal = holidays_lib.country_holidays(country, **kwargs)
     except NotImplementedError as exc:
         raise ConfigError(f"public holidays: {exc}",
                           hint="set country and state (e.g. state = \"NW\") in belegwacht.toml"
