@@ -183,3 +183,23 @@ def test_posting_date_column_that_does_not_exist(tmp_path: Path) -> None:
     f.write_text(HEADER + "1,1,20240201,2024,4000,1,D\n", encoding="utf-8")
     with pytest.raises(IngestError, match="posting_date_column 'Buchungstag'"):
         _read(f, tmp_path, Settings(posting_date_column="Buchungstag"))
+
+
+def test_truncated_last_line_is_marked(tmp_path: Path) -> None:
+    f = tmp_path / "gl.csv"
+    f.write_text(HEADER + "1,1,20240201,2024,4000,1,D\n1,2,20240201,2024,1800,1,C\n2,1,2024",
+                 encoding="utf-8")
+    _, df = _read(f, tmp_path)
+    assert df.height == 3 and df["source_line"].to_list() == [2, 3, 4]
+    assert df["ingest_issue"][:2].to_list() == [None, None]
+    assert df["ingest_issue"][2].startswith(
+        "truncated: the file ends inside this row (3 of 7 fields, no line end)")
+
+
+def test_german_amount_where_ads_allows_none(tmp_path: Path) -> None:
+    f = tmp_path / "gl.csv"
+    f.write_text(HEADER + '1,1,20240201,2024,4000,"1.234,56",D\n1,2,20240201,2024,1800,'
+                 '"1,234.56",C\n', encoding="utf-8")
+    _, df = _read(f, tmp_path)
+    assert "Amount: '1.234,56' is not a valid amount" in df["ingest_issue"][0]
+    assert df["amount"][1] == Decimal("-1234.56") and df["ingest_issue"][1] is None

@@ -324,7 +324,30 @@ def scan_delimited(path: Path, *, encoding: str = "auto", delimiter: str | None 
         line_expr = pl.col("__record").cast(pl.Int64) + first_data_line
     frame = frame.with_columns(line_expr.alias(LINE))
     all_null = pl.all_horizontal([pl.col(n).is_null() for n in names])
-    return frame.filter(~all_null).select([*names, LINE])
+    frame = frame.filter(~all_null)
+    cut = _truncated_tail(utf8, sep, quote, len(names))
+    if cut:
+        got = cut
+        frame = frame.with_columns(pl.when(pl.col(LINE) == pl.col(LINE).max()).then(pl.lit(
+            f"truncated: the file ends inside this row ({got} of {len(names)} fields, "
+            "no line end)")).alias(ISSUE))
+        return frame.select([*names, LINE, ISSUE])
+    return frame.select([*names, LINE])
+
+
+def _truncated_tail(path: Path, sep: str, quote: str, expected: int) -> int:
+    """Fields in the last line when the file ends without a line break and that line is short
+    (a transfer cut off mid-row); 0 when the file ends normally."""
+    if _ends_nl(path):
+        return 0
+    with open(path, "rb") as fh:
+        fh.seek(0, 2)
+        fh.seek(max(0, fh.tell() - 64 * 1024))
+        tail = fh.read().decode("utf-8", errors="replace").splitlines()[-1:]
+    if not tail:
+        return 0
+    row = next(csv.reader(tail, delimiter=sep, quotechar=quote or None), [])
+    return len(row) if 0 < len(row) < expected else 0
 
 
 def _ends_nl(path: Path) -> bool:
