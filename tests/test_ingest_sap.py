@@ -53,8 +53,8 @@ def test_us_locale_sample_as_is(tmp_path: Path) -> None:
     # no HKONT in this extract: the account type stands in, and the run says so
     assert first["gl_account"].to_list() == ["KOART:S", "KOART:K"]
     assert any("no G/L account column" in w for w in result.warnings)
-    assert {Path(i.path).name: i.role for i in result.inputs} == {"BKPF.csv": "bookings",
-                                                                  "BSEG.csv": "bookings"}
+    assert {Path(i.path).name: (i.role, i.rows) for i in result.inputs} == {
+        "BKPF.csv": ("bookings", 209), "BSEG.csv": ("bookings", 418)}
 
 
 def test_german_delivery_with_related_tables(tmp_path: Path) -> None:
@@ -170,6 +170,11 @@ def test_sniff_and_auto_detect_folder(tmp_path: Path) -> None:
                      decode_head(read_head(FIX / "de_export" / "LFA1.csv"))) == 0.0
     assert sap.sniff(bseg, '"EXTF";700;21;"Buchungsstapel"\n') == 0.0
     assert detect_format(sorted((FIX / "de_export").iterdir())) == "sap"
+    gobd = tmp_path / "gobd"
+    gobd.mkdir()
+    (gobd / "index.xml").write_text("<DataSet/>", encoding="utf-8")
+    (gobd / "BSEG.txt").write_bytes(bseg.read_bytes())
+    assert sap.sniff(gobd / "BSEG.txt", decode_head(read_head(bseg))) == 0.5  # GoBD's table
     result = ingest([FIX / "de_export"], "auto", Settings(), tmp_path)
     assert result.format == "sap"
     assert result.bookings.collect().height == 14

@@ -31,7 +31,7 @@ from detect.ingest.parsing import (
 )
 from detect.ingest.sap_tables import SapTable, classify, detect_locale, header_tokens, open_table, \
     require, scan
-from detect.ingest.textio import sha256_of
+from detect.ingest.textio import count_lines, ends_with_newline, sha256_of
 from detect.schema import MASTER_SCHEMAS, conform
 
 NAME = "sap"
@@ -49,6 +49,8 @@ def sniff(path: Path, text: str) -> float:
         return 0.0
     cols = set(found[1])
     if "BELNR" in cols and cols & {"BUKRS", "GJAHR", "RBUKRS"}:
+        if (path.parent / "index.xml").exists():
+            return 0.5  # a table of a GoBD export: its index.xml describes it (format gdpdu)
         return 0.95 if classify(cols) in ("BSEG", "BKPF", "ACDOCA") else 0.6
     return 0.0
 
@@ -407,8 +409,9 @@ def read(files: list[Path], settings: Settings, workdir: Path) -> IngestResult:
             ignored.append(str(path))
             continue
         by_kind.setdefault(table.kind, []).append(table)
+        rows = count_lines(path) + (0 if ends_with_newline(path) else 1) - table.header_line
         inputs.append(InputFile(str(path), sha256_of(path), path.stat().st_size,
-                                role=ROLES[table.kind]))
+                                role=ROLES[table.kind], rows=max(rows, 0)))
     line_tables = by_kind.get("BSEG", []) + by_kind.get("ACDOCA", [])
     headers = by_kind.get("BKPF", [])
     if not line_tables:
