@@ -152,6 +152,14 @@ def test_empty_file_is_an_error_naming_it(tmp_path: Path) -> None:
     assert str(f) in str(err.value)
 
 
+def test_blank_lines_only_is_empty(tmp_path: Path) -> None:
+    f = tmp_path / "GL_Detail.csv"
+    f.write_bytes(b"\r\n  \r\n")
+    with pytest.raises(IngestError, match="file is empty \\(only blank lines\\)") as err:
+        ingest([f], "ads", Settings(), tmp_path / "work")
+    assert str(f) in str(err.value)
+
+
 def test_unknown_encoding_bytes_name_file_and_line(tmp_path: Path) -> None:
     f = tmp_path / "gl.csv"
     f.write_bytes(HEADER.encode() + b"1,1,20240201,2024,4000,1,D\n1,2,20240201,2024,\x81\x8d,1,C\n")

@@ -26,8 +26,8 @@ from detect.config import Settings
 from detect.errors import IngestError
 from detect.ingest import IngestResult, InputFile
 from detect.ingest.mapped import (
-    LINE, AmountSpec, Profile, SourceOptions, find_column, normalise_name, scan_delimited,
-    to_bookings,
+    LINE, AmountSpec, Profile, SourceOptions, check_not_blank, find_column, normalise_name,
+    scan_delimited, to_bookings,
 )
 from detect.ingest.parsing import parse_date, parse_datetime, parse_decimal, strip_or_null
 from detect.ingest.textio import decode_head, read_head, sha256_of
@@ -275,8 +275,7 @@ def read(files: list[Path], settings: Settings, workdir: Path) -> IngestResult:
     result = IngestResult(NAME, pl.LazyFrame())
     masters: dict[str, list[pl.DataFrame]] = {}
     for path in files:
-        if path.stat().st_size == 0:
-            raise IngestError("file is empty", file=str(path))
+        check_not_blank(path)
         role = classify(decode_head(read_head(path)))
         if role is None:
             result.ignored.append(str(path))

@@ -52,7 +52,9 @@ from detect.ingest.parsing import (
     combine_time, gather_issues, parse_date, parse_datetime, parse_decimal, parse_int,
     strip_or_null,
 )
-from detect.ingest.textio import as_utf8, count_lines, detect_encoding, read_head, sha256_of
+from detect.ingest.textio import (
+    as_utf8, count_lines, detect_encoding, ends_with_newline, read_head, sha256_of,
+)
 from detect.schema import AMOUNT, BOOKING_SCHEMA, MASTER_SCHEMAS, conform
 
 NAME = "csv"
@@ -235,6 +237,15 @@ def to_utf8(path: Path, encoding: str, workdir: Path | None) -> Path:
                           "encoding (utf-8 or cp1252)") from exc
 
 
+def check_not_blank(path: Path) -> None:
+    """An empty file, or one holding only blank lines, is an error naming the file."""
+    size = path.stat().st_size
+    if size == 0:
+        raise IngestError("file is empty", file=str(path))
+    if size <= 64 * 1024 and not read_head(path).lstrip(b"\xef\xbb\xbf").strip():
+        raise IngestError("file is empty (only blank lines)", file=str(path))
+
+
 def sniff_delimiter(header: str) -> str:
     counts = {d: header.count(d) for d in (";", ",", "\t", "|")}
     return max(counts, key=lambda d: counts[d]) if any(counts.values()) else ","
@@ -272,8 +283,7 @@ def scan_delimited(path: Path, *, encoding: str = "auto", delimiter: str | None 
     embedded line breaks shift the following rows' line numbers accordingly; blank lines are
     counted and dropped.
     """
-    if path.stat().st_size == 0:
-        raise IngestError("file is empty", file=str(path))
+    check_not_blank(path)
     enc = resolve_encoding(path, encoding)
     utf8 = to_utf8(path, enc, workdir)
     header = _first_line(utf8) if has_header and skip_rows == 0 else ""
@@ -312,7 +322,7 @@ def scan_delimited(path: Path, *, encoding: str = "auto", delimiter: str | None 
     first_data_line = skip_rows + (2 if has_header else 1)
     # Physical lines = records + header + skipped (+ 1 for a missing final newline); any
     # surplus comes from line breaks inside quoted fields, which we then count per record.
-    physical = count_lines(utf8) + (0 if _ends_nl(utf8) else 1)
+    physical = count_lines(utf8) + (0 if ends_with_newline(utf8) else 1)
     frame = scan
     if physical > n_records + first_data_line - 1:
         embedded = pl.sum_horizontal([pl.col(n).str.count_matches("\n").fill_null(0)
@@ -327,9 +337,8 @@ def scan_delimited(path: Path, *, encoding: str = "auto", delimiter: str | None 
     frame = frame.filter(~all_null)
     cut = _truncated_tail(utf8, sep, quote, len(names))
     if cut:
-        got = cut
         frame = frame.with_columns(pl.when(pl.col(LINE) == pl.col(LINE).max()).then(pl.lit(
-            f"truncated: the file ends inside this row ({got} of {len(names)} fields, "
+            f"truncated: the file ends inside this row ({cut} of {len(names)} fields, "
             "no line end)")).alias(ISSUE))
         return frame.select([*names, LINE, ISSUE])
     return frame.select([*names, LINE])
@@ -338,7 +347,7 @@ def scan_delimited(path: Path, *, encoding: str = "auto", delimiter: str | None 
 def _truncated_tail(path: Path, sep: str, quote: str, expected: int) -> int:
     """Fields in the last line when the file ends without a line break and that line is short
     (a transfer cut off mid-row); 0 when the file ends normally."""
-    if _ends_nl(path):
+    if ends_with_newline(path):
         return 0
     with open(path, "rb") as fh:
         fh.seek(0, 2)
@@ -348,11 +357,6 @@ def _truncated_tail(path: Path, sep: str, quote: str, expected: int) -> int:
         return 0
     row = next(csv.reader(tail, delimiter=sep, quotechar=quote or None), [])
     return len(row) if 0 < len(row) < expected else 0
-
-
-def _ends_nl(path: Path) -> bool:
-    from detect.ingest.textio import ends_with_newline
-    return ends_with_newline(path)
 
 
 def read_table(path: Path, source: SourceOptions, workdir: Path | None) -> pl.LazyFrame:
