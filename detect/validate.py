@@ -1,0 +1,393 @@
+"""The validation gate: nothing downstream sees data the auditors cannot trust, nothing vanishes.
+
+``validate(ingested, ctx)`` does, in this order:
+
+1. **file-level checks** that reject the delivery (``DeliveryRejected``; the partial run is never
+   published): an identical delivery already processed (``AlreadyProcessed``, exit 0), no rows,
+   a required column empty in every row, a truncated file, journal numbers below what the entity
+   already processed, control totals that do not reconcile (see ``validation/reconcile.py``);
+2. **row-level checks** from ``expectations/bookings.json`` run through Great Expectations;
+   failing rows go to ``quarantine.parquet`` with the check and the reason, the rest to
+   ``bookings.parquet`` (``BOOKING_SCHEMA``, bank accounts pseudonymised);
+3. **journal-level findings** (unbalanced journals, numbering gaps, control-total differences)
+   in rule-hit shape -> ``validation_findings.parquet`` and ``ValidationResult.journal_findings``;
+4. **warnings** for suspicious-but-valid data (placeholder dates, master-data problems);
+5. ``validation.json`` and GX Data Docs (``data_docs/index.html``) in the run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from detect.errors import AlreadyProcessed, DeliveryRejected
+from detect.ingest import IngestResult
+from detect.privacy import load_key, pseudonymise_iban
+from detect.schema import BOOKING_SCHEMA
+from detect.validation import filecheck, journals, masks, prepare, quarantine, reconcile, state
+from detect.validation.gxrun import ROW, CheckResult, GxRunner
+from detect.validation.gxrun import sample as gx_sample
+from detect.validation.suites import Suite
+from detect.validation.suites import load_suite, master_suite_names, suites_dir
+
+# re-exported so the pipeline can ask before ingesting
+already_processed = state.already_processed
+remember_delivery = state.remember_delivery
+
+QUARANTINE_LEAD = ["source_file", "source_line", "expectation", "reason"]
+
+
+@dataclass
+class ValidationResult:
+    clean_path: Path
+    quarantine_path: Path
+    rows_in: int
+    rows_clean: int
+    rows_quarantined: int
+    quarantine_reasons: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    journal_findings: pl.DataFrame = field(default_factory=journals.empty_hits)
+    control_totals: list[dict[str, Any]] = field(default_factory=list)
+    docs_index: Path | None = None
+    unreliable_columns: list[str] = field(default_factory=list)
+    """Columns flagged as mostly placeholders: kept, but date-based rules should not trust them."""
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    headline: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able digest for the run manifest."""
+        by_rule = (self.journal_findings.group_by("rule_id").len().sort("rule_id").rows()
+                   if self.journal_findings.height else [])
+        return {
+            "rows_in": self.rows_in, "rows_clean": self.rows_clean,
+            "rows_quarantined": self.rows_quarantined,
+            "quarantine_reasons": self.quarantine_reasons,
+            "warnings": self.warnings,
+            "journal_findings": {rule: int(n) for rule, n in by_rule},
+            "control_totals": [{k: v for k, v in r.items() if k != "journals"}
+                               for r in self.control_totals],
+            "unreliable_columns": self.unreliable_columns,
+            "data_docs": "data_docs/index.html" if self.docs_index else None,
+            "timings": self.timings,
+            "headline": self.headline,
+        }
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.times[name] = round(self.times.get(name, 0.0) + now - self._t, 3)
+        self._t = now
+
+
+def _delivery_hashes(ingested: IngestResult) -> tuple[list[str], list[str]]:
+    used = [i for i in ingested.inputs if i.role != "ignored"]
+    return [i.sha256 for i in used], [Path(i.path).name for i in used]
+
+
+def _load(ingested: IngestResult) -> pl.DataFrame:
+    """Materialise once, in delivered order (Polars may stream rows out of order)."""
+    frame = ingested.bookings.collect()
+    return frame.sort("source_file", "source_line", nulls_last=True).with_row_index(ROW).with_columns(
+        pl.col(ROW).cast(pl.Int64))
+
+
+def _pseudonymise_master(master: dict[str, pl.DataFrame], key: bytes, run_dir: Path) -> None:
+    """IBANs in master data are pseudonymised like the bookings' (so rules can compare them),
+    in memory and in ``master/*.parquet`` already written by the pipeline."""
+    changed = []
+    vendors = master.get("vendors")
+    if vendors is not None and "bank_account" in vendors.columns and vendors.height:
+        master["vendors"] = pseudonymise_iban(vendors, "bank_account", key)
+        changed.append("vendors")
+    changes = master.get("vendor_changes")
+    if changes is not None and changes.height and "field" in changes.columns:
+        is_bank = pl.col("field").str.to_lowercase().str.contains("bank|iban")
+        bank, other = changes.filter(is_bank), changes.filter(~is_bank.fill_null(False))
+        if bank.height:
+            for col in ("old_value", "new_value"):
+                bank = pseudonymise_iban(bank, col, key)
+            master["vendor_changes"] = pl.concat([other, bank]).sort("changed_at")
+            changed.append("vendor_changes")
+    for name in changed:
+        path = run_dir / "master" / f"{name}.parquet"
+        if path.exists():
+            master[name].write_parquet(path)
+
+
+def _write_json(run_dir: Path, payload: dict[str, Any]) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / "validation.json.tmp"
+    tmp.write_text(json.dumps(payload, indent=2, default=str, ensure_ascii=False), "utf-8")
+    tmp.replace(run_dir / "validation.json")
+
+
+def _reject(run_dir: Path, reasons: list[str], payload: dict[str, Any], *,
+            hint: str | None = None, file: str | None = None) -> DeliveryRejected:
+    """Write what was found (the full lists) and build the error to raise."""
+    _write_json(run_dir, {**payload, "outcome": "rejected", "reasons": reasons})
+    message = "delivery rejected: " + " | ".join(reasons)
+    return DeliveryRejected(message, file=file,
+                            hint=(hint + "; " if hint else "") +
+                            f"details in {run_dir / 'validation.json'}")
+
+
+def _journal_order(frame: pl.DataFrame, ctx: Any) -> tuple[pl.DataFrame, pl.DataFrame,
+                                                              list[str]]:
+    """Numeric journal ranges, previous ranges, and complaints about numbering going backwards."""
+    vs = ctx.settings.validation
+    ids = journals.numeric_ids(frame)
+    ranges = journals.number_ranges(ids, vs.journal_gap_max)
+    previous = state.previous_ranges(ctx.data_dir, ctx.entity)
+    complaints = []
+    if vs.journal_order != "off":
+        back = journals.backwards(ranges, previous, vs.journal_gap_max)
+        for row in back.head(10).iter_rows(named=True):
+            complaints.append(
+                f"journal numbers {row['lo']}..{row['hi']} (fiscal year {row['fiscal_year']}) lie "
+                f"below {row['prev_hi']}, the highest number already processed (run "
+                f"{row['run_id']})")
+    return ids, ranges, complaints
+
+
+def _master_checks(runner: GxRunner, master: dict[str, pl.DataFrame], directory: Path,
+                   batch_rows: int) -> tuple[list[dict[str, Any]], list[str]]:
+    checks, warns = [], []
+    for name, suite_name in master_suite_names(directory).items():
+        frame = master.get(name)
+        if frame is None or frame.height == 0:
+            continue
+        suite = load_suite(suite_name, directory)
+        framed = frame.with_row_index(ROW).with_columns(pl.col(ROW).cast(pl.Int64))
+        missing = {c.key for c in suite.checks if any(col not in framed.columns
+                                                      for col in c.columns)}
+        results = runner.validate(suite.without(missing), framed, {}, batch_rows)
+        for r in results:
+            checks.append({"suite": suite_name, "key": r.key, "type": r.type,
+                           "columns": r.columns, "severity": r.severity, "reason": r.reason,
+                           "failing_rows": r.unexpected_count, "gx": r.summary()})
+            if r.unexpected_count:
+                warns.append(f"master data {name}: {r.reason} in {r.unexpected_count:,} of "
+                             f"{frame.height:,} rows (check {r.key}; see the Data Docs)")
+    return checks, warns
+
+
+def _row_masks(view: pl.DataFrame, suite: Suite, params: dict[str, Any]
+               ) -> tuple[pl.DataFrame, dict[str, str], set[str]]:
+    """Evaluate every row-level check of the suite as a boolean column ``_fail_<key>``."""
+    flags, exprs = {}, []
+    for check in suite.checks:
+        try:
+            expr = masks.fails(check, params, view.schema)
+        except masks.Unsupported:
+            continue  # table-level: GX only
+        flags[check.key] = f"_fail_{check.key}"
+        exprs.append(expr.fill_null(False).alias(flags[check.key]))
+    return view.with_columns(exprs), flags, set(flags)
+
+
+def _check_report(suite: Suite, flagged: pl.DataFrame, gx_part: pl.DataFrame,
+                  flags: dict[str, str], row_checks: set[str],
+                  gx_results: dict[str, CheckResult]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Per check: failing rows (all data), GX's counts on its rows, and whether they agree."""
+    totals = flagged.select(pl.col(f).sum().alias(k) for k, f in flags.items()).row(0, named=True) \
+        if flags else {}
+    on_gx = gx_part.select(pl.col(f).sum().alias(k) for k, f in flags.items()).row(0, named=True) \
+        if flags and gx_part.height else {}
+    report, problems = [], []
+    for check in suite.checks:
+        gx_res = gx_results.get(check.key)
+        entry: dict[str, Any] = {
+            "suite": suite.name, "key": check.key, "type": check.type, "columns": check.columns,
+            "severity": check.severity, "reason": check.reason,
+            "row_level": check.key in row_checks,
+            "failing_rows": int(totals.get(check.key) or 0),
+            "gx": gx_res.summary() if gx_res else None}
+        if check.key in row_checks and gx_res is not None and gx_part.height:
+            entry["agrees_with_gx"] = int(on_gx.get(check.key) or 0) == gx_res.unexpected_count
+            if not entry["agrees_with_gx"]:
+                problems.append(
+                    f"check {check.key}: Great Expectations counts {gx_res.unexpected_count:,} "
+                    f"failing rows on its {gx_part.height:,} rows, the vectorised check "
+                    f"{on_gx.get(check.key) or 0:,}; please report this")
+        elif check.key not in row_checks and gx_res is not None and not gx_res.success:
+            problems.append(f"table check {check.key} failed on the validated rows "
+                            f"({check.reason}); see the Data Docs")
+        report.append(entry)
+    return report, problems
+
+
+def validate(ingested: IngestResult, ctx: Any) -> ValidationResult:
+    """Gate one delivery; write the run's clean bookings, quarantine, findings and docs."""
+    settings, vs, run_dir = ctx.settings, ctx.settings.validation, Path(ctx.run_dir)
+    clock = _Clock()
+    shas, names = _delivery_hashes(ingested)
+    if not (vs.reprocess or getattr(ctx, "rescore_history", False)):
+        # the pipeline asks its store before ingesting; this keeps validate() safe on its own
+        previous_run = state.already_processed(ctx.data_dir, ctx.entity, shas)
+        if previous_run:
+            raise AlreadyProcessed(
+                f"this delivery was already processed as run {previous_run}; nothing to do",
+                file=names[0] if names else None,
+                hint="set [validation] reprocess = true to process it again")
+
+    frame = _load(ingested)
+    clock.lap("load")
+    filecheck.check_not_empty(frame, ingested)
+    filecheck.check_required(frame, ingested)
+    filecheck.check_truncated(frame, ingested)
+    payload: dict[str, Any] = {"run_id": ctx.run_id, "entity": ctx.entity, "rows_in": frame.height}
+
+    # file level: journal numbering and control totals (on every delivered line)
+    ids, ranges, backwards = _journal_order(frame, ctx)
+    recon = reconcile.reconcile(frame, ingested.control_totals, vs.control_totals,
+                                vs.control_total_tolerance)
+    payload["control_totals"] = recon.reports
+    stop = list(recon.stop)
+    if backwards and vs.journal_order == "stop":
+        stop = backwards + stop
+    clock.lap("file_checks")
+    if stop:
+        hint = None
+        if backwards and vs.journal_order == "stop":
+            hint = ("if this is a deliberate re-delivery of older journals, set [validation] "
+                    "journal_order = \"warn\"")
+        elif recon.warnings == [] and vs.control_totals == "stop":
+            hint = "[validation] control_totals = \"warn\" turns journal differences into findings"
+        raise _reject(run_dir, stop, payload, hint=hint)
+    warnings_: list[str] = list(recon.warnings)
+    if backwards:
+        warnings_ += backwards
+    seen = state.files_processed(ctx.data_dir, ctx.entity, shas)
+    for sha, run in seen.items():
+        name = names[shas.index(sha)]
+        warnings_.append(f"{name} was already processed in run {run}; its lines replace the "
+                         "stored lines with the same key")
+
+    # pseudonymise before anything is written (and before GX sees the values)
+    key = load_key(ctx.data_dir)
+    frame = pseudonymise_iban(frame, "bank_account", key)
+    _pseudonymise_master(ingested.master, key, run_dir)
+    clock.lap("pseudonymise")
+
+    # placeholders and derived columns
+    reports = prepare.placeholder_reports(frame, settings)
+    unreliable = {r.column for r in reports if r.unreliable}
+    for r in reports:
+        if r.unreliable:
+            warnings_.append(r.message(frame.height))
+    view = prepare.add_derived(frame, settings, unreliable)
+    clock.lap("prepare")
+
+    # row level: the booking suite through GX
+    directory = suites_dir(settings)
+    suite = load_suite("bookings", directory)
+    accounts = ingested.master.get("accounts")
+    has = {name for name, f in ingested.master.items() if f is not None and f.height}
+    skipped = {c.key for c in suite.checks if c.requires and c.requires not in has}
+    suite = suite.without(skipped)
+    params: dict[str, Any] = {"min_document_date": date.fromisoformat(vs.min_document_date)}
+    if accounts is not None and accounts.height:
+        params["chart_of_accounts"] = (accounts.get_column("gl_account").drop_nulls()
+                                       .unique().sort().to_list())
+    flagged, flags, row_checks = _row_masks(view, suite, params)
+    clock.lap("row_checks")
+    runner = GxRunner(run_dir / "data_docs" if vs.data_docs else None, ctx.run_id)
+    key = ["entity", "fiscal_year", "journal_id"]
+    gx_part = gx_sample(flagged, vs.gx_rows, key)
+    label = ("all rows" if gx_part.height == frame.height else
+             f"sample of {gx_part.height:,} of {frame.height:,} rows")
+    gx_results = {r.key: r for r in runner.validate(suite, gx_part, params, vs.batch_rows,
+                                                    batch_key=key, label=label)}
+    clock.lap("gx_bookings")
+    checks, disagree = _check_report(suite, flagged, gx_part, flags, row_checks, gx_results)
+    warnings_ += disagree
+    master_checks, master_warnings = _master_checks(runner, ingested.master, directory,
+                                                    vs.batch_rows)
+    warnings_ += master_warnings
+    clock.lap("gx_master")
+
+    fails = quarantine.failures(flagged, suite.checks, flags)
+    rows = quarantine.per_row(fails)
+    reasons = quarantine.counts(rows)
+    for c in checks:
+        if c["severity"] != "critical" and c["failing_rows"]:
+            warnings_.append(f"{c['reason']}: {c['failing_rows']:,} rows (kept; check {c['key']})")
+    q_rows = frame.join(rows.select(ROW, "expectation", "reason"), on=ROW, how="inner")
+    clean = frame.join(rows.select(ROW), on=ROW, how="anti")
+    clean_out = clean.select(pl.col(c).cast(t) for c, t in BOOKING_SCHEMA.items())
+    q_out = q_rows.select(QUARANTINE_LEAD + [c for c in q_rows.columns
+                                             if c not in QUARANTINE_LEAD and c != ROW])
+    clean_path, q_path = run_dir / "bookings.parquet", run_dir / "quarantine.parquet"
+    clean_out.write_parquet(clean_path)
+    q_out.write_parquet(q_path)
+    clock.lap("write")
+
+    # journal-level findings
+    findings = pl.concat([
+        journals.unbalanced(clean, q_rows, vs.balance_tolerance),
+        journals.gaps(ids, state.previous_ranges(ctx.data_dir, ctx.entity), vs.journal_gap_max),
+        recon.findings,
+    ])
+    findings.write_parquet(run_dir / "validation_findings.parquet")
+    clock.lap("journal_findings")
+
+    docs_index = runner.build_docs()
+    clock.lap("data_docs")
+
+    result = ValidationResult(
+        clean_path=clean_path, quarantine_path=q_path, rows_in=frame.height,
+        rows_clean=clean_out.height, rows_quarantined=q_out.height,
+        quarantine_reasons=reasons, warnings=warnings_, journal_findings=findings,
+        control_totals=recon.reports, docs_index=docs_index,
+        unreliable_columns=sorted(unreliable),
+        checks=checks + master_checks,
+        timings=clock.times)
+    result.headline = _headline(result, recon.headline, skipped)
+    for text in warnings_:
+        ctx.log.warn(text)
+    _write_json(run_dir, {**payload, "outcome": "passed", **result.summary(),
+                          "skipped_checks": sorted(skipped),
+                          "placeholders": [vars(r) for r in reports],
+                          "checks": result.checks, "control_totals": recon.reports,
+                          "journal_ranges": ranges.to_dicts()})
+    state.remember_delivery(ctx.data_dir, ctx.entity, shas, ctx.run_id, names)
+    state.remember_ranges(ctx.data_dir, ctx.entity, ctx.run_id, ranges)
+    clock.lap("state")
+    result.timings = clock.times
+    return result
+
+
+def _headline(result: ValidationResult, control: list[str], skipped: set[str]) -> list[str]:
+    lines = []
+    if result.rows_quarantined:
+        why = ", ".join(f"{k}: {v:,}" for k, v in result.quarantine_reasons.items())
+        lines.append(f"quarantined {result.rows_quarantined:,} of {result.rows_in:,} rows "
+                     f"({why}) -> quarantine.parquet")
+    else:
+        lines.append(f"validated {result.rows_in:,} rows, none quarantined")
+    if result.journal_findings.height:
+        names = {"VAL-UNBAL": "unbalanced journals", "VAL-GAP": "gaps in journal numbering",
+                 "VAL-CTRL": "journals not matching control totals"}
+        counts = result.summary()["journal_findings"]
+        lines.append("journal findings: " + ", ".join(
+            f"{n:,} {names.get(rule, rule)}" for rule, n in counts.items()))
+    lines += control
+    if skipped:
+        lines.append(f"skipped checks (no master data): {', '.join(sorted(skipped))}")
+    for text in result.warnings:
+        lines.append("warning: " + text.split("; ")[0].split(". ")[0])
+    if result.docs_index:
+        lines.append("data docs: data_docs/index.html")
+    return lines

@@ -1,0 +1,79 @@
+"""Checks that reject the whole delivery (``DeliveryRejected``): no rows, required columns empty,
+a truncated file. Cheap and done before anything expensive."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from detect.errors import DeliveryRejected
+from detect.ingest import IngestResult
+from detect.ingest.textio import ends_with_newline
+from detect.schema import REQUIRED_BOOKING_COLUMNS
+
+TEXT_SUFFIXES = {".csv", ".txt", ".tsv", ".dat", ".tab", ""}
+
+
+def _first_booking_file(ingested: IngestResult) -> str | None:
+    files = [i.path for i in ingested.inputs if i.role == "bookings"]
+    return files[0] if files else None
+
+
+def check_not_empty(frame: pl.DataFrame, ingested: IngestResult) -> None:
+    if frame.height == 0:
+        raise DeliveryRejected(
+            "the delivery holds no booking lines (only a header, or every line was filtered)",
+            file=_first_booking_file(ingested),
+            hint="check that the export covers the intended period")
+
+
+def check_required(frame: pl.DataFrame, ingested: IngestResult) -> None:
+    """A required column that is null in every row means the mapping found nothing to map."""
+    nulls = frame.select(pl.col(c).null_count() for c in REQUIRED_BOOKING_COLUMNS).row(0)
+    empty = [c for c, n in zip(REQUIRED_BOOKING_COLUMNS, nulls) if n == frame.height]
+    if not empty:
+        return
+    example = frame.select(pl.col("ingest_issue").drop_nulls().first()).item()
+    first = frame.select(pl.col("source_file").drop_nulls().first()).item()
+    hint = ("map a source column to it (mapping profile) or check the export's columns"
+            + (f"; first problem the ingest saw: {example}" if example else ""))
+    raise DeliveryRejected(
+        f"required column(s) {', '.join(empty)} empty in all {frame.height:,} lines",
+        file=first or _first_booking_file(ingested), column=empty[0], hint=hint)
+
+
+def _resolve(name: str, ingested: IngestResult) -> Path | None:
+    path = Path(name)
+    if path.exists():
+        return path
+    for i in ingested.inputs:
+        if Path(i.path).name == path.name and Path(i.path).exists():
+            return Path(i.path)
+    return None
+
+
+def check_truncated(frame: pl.DataFrame, ingested: IngestResult) -> None:
+    """A text file whose last line is cut off (no line end, and that line did not parse), or a
+    row the ingest itself marked as truncated."""
+    marked = frame.filter(pl.col("ingest_issue").str.contains("(?i)truncat"))
+    if marked.height:
+        row = marked.row(0, named=True)
+        raise DeliveryRejected(f"file is truncated: {row['ingest_issue']}",
+                               file=row["source_file"], line=row["source_line"],
+                               hint="ask for the export to be transferred again")
+    incomplete = pl.any_horizontal(pl.col(c).is_null() for c in REQUIRED_BOOKING_COLUMNS)
+    last = (frame.sort("source_line").group_by("source_file")
+            .agg(pl.all().last())
+            .filter(pl.col("ingest_issue").is_not_null() | incomplete))
+    for row in last.iter_rows(named=True):  # one row per file
+        path = _resolve(row["source_file"], ingested)
+        if path is None or path.suffix.lower() not in TEXT_SUFFIXES:
+            continue
+        if not ends_with_newline(path):
+            empty = [c for c in REQUIRED_BOOKING_COLUMNS if row[c] is None]
+            what = row["ingest_issue"] or f"no {', '.join(empty)}"
+            raise DeliveryRejected(
+                f"file looks truncated: its last line has no line end and is incomplete "
+                f"({what})", file=row["source_file"], line=row["source_line"],
+                hint="ask for the export to be transferred again")

@@ -1,0 +1,148 @@
+"""Journal-level facts: unbalanced journals, gaps in numbering, numbering that goes backwards.
+
+Unbalanced journals and gaps are classic journal-entry tests, so they become *findings* for the
+auditors (rule-hit shape of docs/CONTRACTS.md), never silent drops. Numbering that falls below
+what the entity already processed is a file-level problem (see ``detect.validate``).
+
+Numeric journal ids only: ids are grouped per (entity, fiscal_year) into number ranges, a jump
+larger than ``validation.journal_gap_max`` starting a new range (SAP-style number ranges per
+document type), smaller jumps being gaps.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+FAMILY = "validation"
+HIT_SCHEMA = pl.Schema({
+    "rule_id": pl.String(), "family": pl.String(), "severity": pl.String(),
+    "entity": pl.String(), "fiscal_year": pl.Int32(), "journal_id": pl.String(),
+    "line_no": pl.Int32(), "explanation_de": pl.String(), "explanation_en": pl.String(),
+    "evidence": pl.String(),
+})
+NUMERIC_ID = r"^\d{1,18}$"
+
+
+def empty_hits() -> pl.DataFrame:
+    return pl.DataFrame(schema=HIT_SCHEMA)
+
+
+def _de(amount: pl.Expr) -> pl.Expr:
+    """Decimal as German text (comma as decimal mark), vectorised."""
+    return amount.cast(pl.String).str.replace(".", ",", literal=True)
+
+
+def hits(frame: pl.DataFrame, rule_id: str, severity: str, de: pl.Expr, en: pl.Expr,
+         evidence: list[str]) -> pl.DataFrame:
+    """Shape ``frame`` (entity, fiscal_year, journal_id + evidence columns) as rule hits."""
+    return frame.select(
+        pl.lit(rule_id).alias("rule_id"), pl.lit(FAMILY).alias("family"),
+        pl.lit(severity).alias("severity"), pl.col("entity"),
+        pl.col("fiscal_year").cast(pl.Int32), pl.col("journal_id"),
+        pl.lit(None, dtype=pl.Int32).alias("line_no"),
+        de.alias("explanation_de"), en.alias("explanation_en"),
+        pl.struct([pl.col(c).cast(pl.String) for c in evidence]).struct.json_encode()
+        .alias("evidence"),
+    ).cast(dict(HIT_SCHEMA))  # type: ignore[arg-type]
+
+
+def unbalanced(clean: pl.DataFrame, quarantined: pl.DataFrame, tolerance: float) -> pl.DataFrame:
+    """Journals whose signed amounts do not sum to zero (beyond ``tolerance``)."""
+    key = ["entity", "fiscal_year", "journal_id"]
+    off = (clean.group_by(key).agg(pl.col("amount").sum().alias("difference"))
+           .filter(pl.col("difference").abs() > tolerance))
+    if off.height == 0:
+        return empty_hits()
+    # details only for the few unbalanced journals (per-group string work is costly)
+    sums = (clean.join(off.select(key), on=key, how="semi").group_by(key).agg(
+        pl.col("amount").filter(pl.col("amount") > 0).sum().alias("debit"),
+        (-pl.col("amount").filter(pl.col("amount") < 0).sum()).alias("credit"),
+        pl.col("amount").sum().alias("difference"),
+        pl.len().alias("lines"),
+        pl.col("currency").unique().sort().str.join(",").alias("currencies")))
+    q = quarantined.group_by(key).agg(pl.len().alias("quarantined_lines"))
+    sums = (sums.join(q, on=key, how="left")
+            .with_columns(pl.col("quarantined_lines").fill_null(0))
+            .sort(key))
+    note_de = pl.when(pl.col("quarantined_lines") > 0).then(pl.format(
+        " ({} Zeile(n) in Quarantäne)", pl.col("quarantined_lines"))).otherwise(pl.lit(""))
+    note_en = pl.when(pl.col("quarantined_lines") > 0).then(pl.format(
+        " ({} line(s) quarantined)", pl.col("quarantined_lines"))).otherwise(pl.lit(""))
+    de = pl.format("Beleg {} ist nicht ausgeglichen: Soll {}, Haben {}, Differenz {}{}.",
+                   pl.col("journal_id"), _de(pl.col("debit")), _de(pl.col("credit")),
+                   _de(pl.col("difference")), note_de)
+    en = pl.format("Journal {} does not balance: debit {}, credit {}, difference {}{}.",
+                   pl.col("journal_id"), pl.col("debit").cast(pl.String),
+                   pl.col("credit").cast(pl.String), pl.col("difference").cast(pl.String),
+                   note_en)
+    return hits(sums, "VAL-UNBAL", "high", de, en,
+                ["debit", "credit", "difference", "lines", "currencies", "quarantined_lines"])
+
+
+def numeric_ids(frame: pl.DataFrame) -> pl.DataFrame:
+    """Distinct numeric journal ids: entity, fiscal_year, journal_id, num."""
+    return (frame.lazy().select("entity", "fiscal_year", "journal_id")
+            .filter(pl.col("journal_id").str.contains(NUMERIC_ID)
+                    & pl.col("fiscal_year").is_not_null() & pl.col("entity").is_not_null())
+            .unique()
+            .with_columns(pl.col("journal_id").cast(pl.Int64).alias("num"))
+            .sort("entity", "fiscal_year", "num")
+            .collect())
+
+
+def number_ranges(ids: pl.DataFrame, gap_max: int) -> pl.DataFrame:
+    """Contiguous-ish ranges: entity, fiscal_year, lo, hi, journals."""
+    key = ["entity", "fiscal_year"]
+    jump = (pl.col("num") - pl.col("num").shift(1).over(key)).fill_null(gap_max + 1)
+    return (ids.with_columns((jump > gap_max).cast(pl.Int32).cum_sum().over(key).alias("range"))
+            .group_by(*key, "range")
+            .agg(pl.col("num").min().alias("lo"), pl.col("num").max().alias("hi"),
+                 pl.len().alias("journals"))
+            .drop("range").sort(*key, "lo"))
+
+
+def gaps(ids: pl.DataFrame, previous: pl.DataFrame, gap_max: int) -> pl.DataFrame:
+    """Missing numbers inside a range, and between the previous run's highest number and this
+    delivery's lowest of the same range, as findings on the journal after the gap."""
+    key = ["entity", "fiscal_year"]
+    prev_ids = (previous.select(*key, pl.col("hi").alias("num"))
+                .with_columns(pl.lit(True).alias("prev")))
+    both = (pl.concat([ids.select(*key, "num").with_columns(pl.lit(False).alias("prev")),
+                       prev_ids.cast({"fiscal_year": pl.Int32})], how="vertical_relaxed")
+            .unique(subset=[*key, "num"], keep="first").sort(*key, "num"))
+    found = (both.with_columns(pl.col("num").shift(1).over(key).alias("before"))
+             .filter(~pl.col("prev") & pl.col("before").is_not_null())
+             .with_columns((pl.col("num") - pl.col("before") - 1).alias("missing"))
+             .filter((pl.col("missing") > 0) & (pl.col("missing") < gap_max))
+             .with_columns(pl.col("num").cast(pl.String).alias("journal_id"),
+                           (pl.col("before") + 1).alias("missing_from"),
+                           (pl.col("num") - 1).alias("missing_to")))
+    if found.height == 0:
+        return empty_hits()
+    # the stored id may be zero-padded; name the journal as it was delivered
+    found = found.drop("journal_id").join(ids.select(*key, "num", "journal_id"), on=[*key, "num"])
+    de = pl.format("Lücke in der Belegnummerierung vor Beleg {}: {} Nummer(n) fehlen ({} bis {}).",
+                   pl.col("journal_id"), pl.col("missing"), pl.col("missing_from"),
+                   pl.col("missing_to"))
+    en = pl.format("Gap in journal numbering before journal {}: {} number(s) missing ({} to {}).",
+                   pl.col("journal_id"), pl.col("missing"), pl.col("missing_from"),
+                   pl.col("missing_to"))
+    return hits(found.sort(*key, "num"), "VAL-GAP", "low", de, en,
+                ["missing", "missing_from", "missing_to"])
+
+
+def backwards(ranges: pl.DataFrame, previous: pl.DataFrame, gap_max: int) -> pl.DataFrame:
+    """Delivered ranges whose highest number lies below the highest already processed in the
+    same (entity, fiscal_year, number range): entity, fiscal_year, lo, hi, prev_hi, run_id."""
+    if previous.height == 0 or ranges.height == 0:
+        return pl.DataFrame()
+    prev = previous.cast({"fiscal_year": pl.Int32}).rename(
+        {"lo": "prev_lo", "hi": "prev_hi"})
+    joined = ranges.join(prev, on=["entity", "fiscal_year"])
+    same_range = ((pl.col("lo") <= pl.col("prev_hi") + gap_max)
+                  & (pl.col("hi") >= pl.col("prev_lo") - gap_max))
+    return (joined.filter(same_range)
+            .sort("prev_hi", descending=True)
+            .unique(subset=["entity", "fiscal_year", "lo"], keep="first")
+            .filter(pl.col("hi") < pl.col("prev_hi"))
+            .sort("entity", "fiscal_year", "lo"))

@@ -1,0 +1,140 @@
+"""Derived columns the booking suite compares against, and placeholder-date detection.
+
+GX column-pair expectations compare two columns of the same row, so the row's fiscal-year bounds
+are computed here once (vectorised) and the suite stays a plain, readable file.
+
+A date column where most values are a placeholder (1900-01-01, ...) is *suspicious but valid*:
+the rows are kept, the user is told which column and how many rows, and the column's range
+checks are switched off for this delivery (``v_<column>`` is null), so a bad mapping never
+quarantines most of a file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+
+import polars as pl
+
+from detect.config import Settings
+
+DATE_COLUMNS = ("posting_date", "document_date", "entered_at")
+"""Date columns checked for placeholders (entered_at by its date part)."""
+
+
+@dataclass
+class PlaceholderReport:
+    column: str
+    rows: int
+    share: float
+    values: dict[str, int]
+    unreliable: bool
+    outside_fiscal_year: int = 0
+    """Further rows (not placeholders) outside the fiscal year: evidence the column is wrong."""
+    alternatives: list[tuple[str, float]] = field(default_factory=list)
+    """Other date columns and the share of the placeholder rows where they look right."""
+
+    def message(self, total: int) -> str:
+        vals = ", ".join(f"{v} ({n:,})" for v, n in self.values.items())
+        text = (f"{self.column}: {self.rows:,} of {total:,} rows ({self.share:.1%}) hold a "
+                f"placeholder date [{vals}]")
+        if not self.unreliable:
+            return text + "."
+        text += ("; they are kept, not quarantined, and the date checks on "
+                 f"{self.column} are skipped for this delivery")
+        if self.outside_fiscal_year:
+            text += (f" ({self.outside_fiscal_year:,} further rows lie outside their fiscal year, "
+                     "so the column does not look like a posting date)")
+        text += "."
+        if self.alternatives:
+            best = ", ".join(f"{c} looks right in {s:.1%} of these rows"
+                             for c, s in self.alternatives)
+            text += (f" Map another source column as {self.column}: {best}. "
+                     f"With a mapping profile set {self.column} = \"<source column>\" (--format csv);"
+                     " or ask for the export with the real posting date.")
+        else:
+            text += f" Map the source column that holds the real {self.column} instead."
+        return text
+
+
+def _dates(values: list[str]) -> list[date]:
+    return [date.fromisoformat(v) for v in values]
+
+
+def fiscal_year_bounds(settings: Settings) -> tuple[pl.Expr, pl.Expr]:
+    """First and last day of the row's fiscal year (named after the year it starts in)."""
+    start = settings.fiscal_year_start_month
+    fy = pl.when(pl.col("fiscal_year").is_between(1000, 9998)).then(pl.col("fiscal_year"))
+    first = pl.date(fy, start, 1)
+    last = pl.date(fy + 1, start, 1).dt.offset_by("-1d")
+    return first, last
+
+
+def _date_of(column: str) -> pl.Expr:
+    expr = pl.col(column)
+    return expr.dt.date() if column == "entered_at" else expr
+
+
+def placeholder_reports(frame: pl.DataFrame, settings: Settings) -> list[PlaceholderReport]:
+    """One report per date column that holds any placeholder value."""
+    vs = settings.validation
+    placeholders = _dates(vs.placeholder_dates)
+    total = frame.height
+    first, last = fiscal_year_bounds(settings)
+    reports = []
+    for column in DATE_COLUMNS:
+        is_ph = _date_of(column).is_in(placeholders)
+        counts = (frame.filter(is_ph).group_by(_date_of(column).alias("v")).len()
+                  .sort("len", descending=True))
+        if counts.height == 0:
+            continue
+        rows = int(counts["len"].sum())
+        share = rows / total if total else 0.0
+        rep = PlaceholderReport(column, rows, share,
+                                {str(v): int(n) for v, n in counts.iter_rows()},
+                                unreliable=share >= vs.placeholder_share_warn)
+        if rep.unreliable and column == "posting_date":
+            inside = _date_of(column).is_between(first, last)
+            rep.outside_fiscal_year = frame.select(
+                (~is_ph & ~inside & pl.col(column).is_not_null()).sum()).item()
+            rep.alternatives = _alternatives(frame.filter(is_ph), column, placeholders, first, last)
+        reports.append(rep)
+    return reports
+
+
+def _alternatives(rows: pl.DataFrame, column: str, placeholders: list[date], first: pl.Expr,
+                  last: pl.Expr) -> list[tuple[str, float]]:
+    """Share of ``rows`` where each other date column is filled, real and in the fiscal year."""
+    if rows.height == 0:
+        return []
+    exprs = []
+    for other in DATE_COLUMNS:
+        if other == column:
+            continue
+        d = _date_of(other)
+        ok = d.is_not_null() & ~d.is_in(placeholders) & d.is_between(first, last)
+        exprs.append(ok.mean().alias(other))
+    shares = rows.select(exprs).row(0, named=True)
+    return sorted(((c, float(s)) for c, s in shares.items() if s and s >= 0.5),
+                  key=lambda cs: -cs[1])
+
+
+def add_derived(frame: pl.DataFrame, settings: Settings, unreliable: set[str]) -> pl.DataFrame:
+    """The ``v_`` columns the booking suite compares (see its ``notes``)."""
+    vs = settings.validation
+    first, last = fiscal_year_bounds(settings)
+    tol = pl.duration(days=vs.fiscal_year_tolerance_days)
+    closing = pl.when(pl.col("period").fill_null(0) >= 13).then(
+        pl.duration(days=vs.closing_period_days)).otherwise(pl.duration(days=0))
+    posting = (pl.lit(None, dtype=pl.Date) if "posting_date" in unreliable
+               else pl.col("posting_date"))
+    document = (pl.lit(None, dtype=pl.Date) if "document_date" in unreliable
+                else pl.col("document_date"))
+    years = vs.document_date_max_years_after_posting
+    return frame.with_columns(
+        posting.alias("v_posting_date"),
+        document.alias("v_document_date"),
+        (first - tol).alias("v_fy_first_day"),
+        (last + tol + closing).alias("v_fy_last_day"),
+        posting.dt.offset_by(f"{years}y").alias("v_document_date_latest"),
+    )
