@@ -148,6 +148,16 @@ def test_missing_account_and_account_type_names_hkont(tmp_path: Path) -> None:
     assert (err.value.file, err.value.column) == (str(path), "HKONT")
 
 
+def test_se16_list_output_with_frames_rules_and_repeated_headers(tmp_path: Path) -> None:
+    df, result = _read(FIX / "list_output", tmp_path)
+    assert not result.warnings
+    assert df.height == 4 and df["ingest_issue"].null_count() == 4
+    assert df["journal_id"].unique().sort().to_list() == ["100000001", "100000002"]
+    assert df["source_line"].to_list() == [7, 8, 11, 12]
+    assert df["amount"].cast(pl.Float64).to_list() == [1000.0, -1000.0, 250.0, -250.0]
+    assert df["posting_date"].to_list()[2] == date(2025, 1, 16)  # H_BUDAT, no BKPF needed
+
+
 def test_field_labels_instead_of_technical_names(tmp_path: Path) -> None:
     path = tmp_path / "se16n.txt"
     path.write_text("Buchungskreis\tBelegnummer\tGeschäftsjahr\tBuchungszeile\tBuchungsdatum\t"
