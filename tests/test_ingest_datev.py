@@ -213,6 +213,18 @@ def test_unquoted_separator_in_text_is_a_row_issue(tmp_path: Path) -> None:
     assert df.filter(pl.col("source_line") != 5)["ingest_issue"].null_count() == 8
 
 
+def test_without_column_name_line_documented_positions_apply(tmp_path: Path) -> None:
+    lines = (FIX / "delivery" / "EXTF_Buchungsstapel_2025_01.csv").read_bytes().split(b"\r\n")
+    path = tmp_path / "no_names.csv"
+    path.write_bytes(b"\r\n".join([lines[0], *lines[2:]]))
+    df, _ = _read([path], tmp_path)
+    ref, _ = _read([FIX / "delivery" / "EXTF_Buchungsstapel_2025_01.csv"], tmp_path)
+    cols = ["journal_id", "line_no", "gl_account", "amount", "posting_date", "entered_by",
+            "cost_center", "description"]
+    assert df.select(cols).equals(ref.select(cols))
+    assert df["source_line"].min() == 2
+
+
 def test_sniff_and_auto_detect(tmp_path: Path) -> None:
     batch = FIX / "delivery" / "EXTF_Buchungsstapel_2025_01.csv"
     accounts = FIX / "delivery" / "EXTF_Kontenbeschriftungen.csv"
