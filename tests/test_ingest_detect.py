@@ -90,3 +90,19 @@ def test_folder_with_only_empty_files(tmp_path: Path) -> None:
     with pytest.raises(IngestError, match="file is empty") as err:
         ingest([tmp_path / "in"], "auto", Settings(), tmp_path / "w")
     assert str(empty) in str(err.value)
+
+
+def test_generated_demo_delivery_reads_as_one_ads_delivery(tmp_path: Path) -> None:
+    demo = Path(__file__).parents[1] / "sample_data" / "demo"
+    if not (demo / "Chart_Of_Accounts.csv").exists():
+        pytest.skip("sample_data/demo has not been generated")
+    result = ingest([demo], "auto", Settings(), tmp_path / "w")
+    assert result.format == "ads"
+    assert set(result.master) >= {"accounts", "vendors", "users", "vendor_changes",
+                                  "cost_centers"}
+    df = result.bookings.collect()
+    assert df.height > 1000 and df["ingest_issue"].null_count() == df.height
+    vendors = result.master["vendors"]
+    assert vendors["bank_account"].null_count() < vendors.height
+    assert df["entered_at"].null_count() == 0
+    assert result.ignored == []
