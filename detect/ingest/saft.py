@@ -330,7 +330,7 @@ def read(files: list[Path], settings: Settings, workdir: Path) -> IngestResult:
             f"suppliers, {len(st.customers)} customers")
         if rounded:
             result.warnings.append(f"{path.name}: {rounded} amounts had more than two decimal "
-                                   "places and were rounded to cents (half away from zero)")
+                                   "places and were rounded to cents (half to even)")
     if not frames:
         raise IngestError("no SAF-T AuditFile in the delivery",
                           file=", ".join(str(f) for f in files[:3]))
