@@ -210,8 +210,9 @@ def test_item_detail_shows_reasons_context_and_records_decision(env: dict) -> No
     assert "Betrag ungewöhnlich hoch" in text                   # model reason
     assert "Vergleich mit Beleg B000000 (aus Regel PAY001)" in text
     journal = at.dataframe[1].value                             # 0: top features, 1: lines
-    assert list(journal["line_no"]) == [1, 2]
-    assert all(str(u).startswith("P-") for u in journal["entered_by"])
+    assert list(journal["Zeile"]) == [1, 2]
+    assert journal["Betrag"][1] == "-" + journal["Betrag"][0]  # balanced, German format
+    assert all(str(u).startswith("P-") for u in journal["Erfasser/in"])
     at.radio(key="d_status").set_value("confirmed")
     at.form_submit_button[0].click().run()
     assert "Kommentar ist für" in at.error[0].value
@@ -237,7 +238,7 @@ def test_item_reveal_is_logged(env: dict) -> None:
     at.button(key="reveal").click().run()
     assert "Klarnamen werden angezeigt" in _all_text(at)
     journal = at.dataframe[1].value
-    assert set(journal["entered_by"]) <= set(env["findings"]["entered_by"]) | {None}
+    assert set(journal["Erfasser/in"]) <= set(env["findings"]["entered_by"]) | {None}
     assert ("anna", "reveal_personal_data", f"item {item_id}") in [
         (e["user"], e["action"], e["detail"]) for e in env["store"].access_log()]
 

@@ -14,7 +14,7 @@ import pytest
 
 from detect import auth
 from detect.app import actions, data
-from detect.app.context import mask_columns
+from detect.app.context import Masker, mask_columns
 from detect.app.i18n import TEXT, money_expr, t
 from detect.app.rule_switch import rule_states, set_rule_enabled
 from detect.app.synthetic import build_run
@@ -148,10 +148,12 @@ def test_filter_100k_items_is_fast() -> None:
 
 
 def test_related_journals_and_features() -> None:
-    hits = pl.DataFrame({"rule_id": ["PAY001", "TIM001"],
-                         "evidence": [json.dumps({"first_journal_id": "B1", "journal_id": "B2"}),
-                                      "not json"]})
-    assert data.related_journals(hits, "B2") == [("PAY001", "B1", None)]
+    hits = pl.DataFrame({"rule_id": ["PAY001", "TIM001", "PRC002"],
+                         "evidence": [json.dumps({"first_journal": "B1", "journal_id": "B2"}),
+                                      "not json",
+                                      json.dumps({"journals": ["B2", "B3", "B1"]})]})
+    assert data.related_journals(hits, "B2") == [("PAY001", "B1", None), ("PRC002", "B3", None),
+                                                 ("PRC002", "B1", None)]
     feats = data.top_features({"top_features": json.dumps(
         [{"feature": "hour", "value": 23, "contribution": 0.4}])})
     assert feats.row(0) == ("hour", "23", 0.4)
@@ -163,6 +165,20 @@ def test_mask_columns_is_stable_and_keyed() -> None:
     b = mask_columns(frame, ["entered_by"], b"x" * 32)["entered_by"].to_list()
     assert a[0] == a[2] and a[0] != a[1] and a[3] is None
     assert a[0].startswith("P-") and "mmueller" not in a[0] and a[0] != b[0]
+
+
+def test_masker_hides_names_in_columns_and_texts() -> None:
+    masker = Masker.build(["OTTO_W", "OTTO_WX", "AB", "Erika Muster"], b"k" * 32)
+    assert "AB" not in masker.names                      # too short to find safely in texts
+    frame = pl.DataFrame({"entered_by": ["OTTO_W", "AB"],
+                          "reasons": ["Beleg von OTTO_WX über Limit von OTTO_W",
+                                      "Zahlung an Erika Muster"]})
+    out = masker.frame(frame, ["entered_by"], ["reasons"])
+    p_w, p_wx = masker.names["OTTO_W"], masker.names["OTTO_WX"]
+    assert out["entered_by"].to_list()[0] == p_w and out["entered_by"][1].startswith("P-")
+    assert out["reasons"][0] == f"Beleg von {p_wx} über Limit von {p_w}"
+    assert "Erika" not in out["reasons"][1]
+    assert masker.text("OTTO_W hat 4 Zeilen erfasst") == f"{p_w} hat 4 Zeilen erfasst"
 
 
 # --- rules: switch and precision -----------------------------------------------------------------

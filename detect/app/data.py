@@ -273,7 +273,8 @@ def related_journals(hits: pl.DataFrame, journal_id: str) -> list[tuple[str, str
     """Other journals named in rule-hit evidence (e.g. the first payment of a duplicate).
 
     Returns ``(rule_id, journal_id, fiscal_year or None)``. Evidence is a JSON object; any key
-    ending in ``journal_id`` whose value differs from this journal counts.
+    naming a journal (``first_journal``, ``other_journal_id``, ``journals`` ...) whose value
+    differs from this journal counts; lists are expanded.
     """
     out: list[tuple[str, str, int | None]] = []
     if hits.is_empty() or "evidence" not in hits.columns:
@@ -287,8 +288,12 @@ def related_journals(hits: pl.DataFrame, journal_id: str) -> list[tuple[str, str
             continue
         fy = next((ev[k] for k in ev if k.endswith("fiscal_year") and k != "fiscal_year"), None)
         for key, value in ev.items():
-            if key.endswith("journal_id") and value not in (None, "", journal_id):
-                pair = (rule_id, str(value), int(fy) if fy not in (None, "") else None)
+            if "journal" not in key:
+                continue
+            for other in value if isinstance(value, list) else [value]:
+                if other in (None, "") or str(other) == journal_id:
+                    continue
+                pair = (rule_id, str(other), int(fy) if fy not in (None, "") else None)
                 if pair not in out:
                     out.append(pair)
     return out
@@ -392,3 +397,28 @@ def rule_precision(item_rule: pl.DataFrame, status: pl.DataFrame) -> pl.DataFram
     return out.with_columns(
         pl.when(decided > 0).then(pl.col("confirmed") / decided).otherwise(None)
         .alias("precision")).sort("rule_id")
+
+
+def personal_values(data_dir: Path, run_dir: Path, entity: str | None = None) -> list[str]:
+    """Every clear personal value the app may show: employee user ids (entered/approved by, the
+    users master) and names of private payees (vendors master, ``is_person``)."""
+    values: set[str] = set()
+    sources = booking_sources(data_dir, run_dir, entity)
+    if sources:
+        frame = _frame(f"SELECT DISTINCT entered_by AS v FROM {_scan(sources)} UNION "
+                       f"SELECT DISTINCT approved_by FROM {_scan(sources)}")
+        values |= set(frame["v"].drop_nulls().to_list())
+    users = run_dir / "master" / "users.parquet"
+    if users.exists():
+        values |= set(pl.read_parquet(users, columns=["user_id"])["user_id"].drop_nulls())
+    vendors = run_dir / "master" / "vendors.parquet"
+    if vendors.exists():
+        frame = pl.read_parquet(vendors)
+        if {"vendor_name", "is_person"} <= set(frame.columns):
+            values |= set(frame.filter(pl.col("is_person").fill_null(False))["vendor_name"]
+                          .drop_nulls())
+    findings = run_dir / "findings.parquet"
+    if findings.exists():
+        values |= set(pl.read_parquet(findings, columns=["entered_by"])["entered_by"]
+                      .drop_nulls())
+    return sorted(values)

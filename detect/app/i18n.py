@@ -71,6 +71,7 @@ TEXT: dict[str, tuple[str, str]] = {
     "f_amount_max": ("Betrag bis", "Amount to"),
     "f_text": ("Suche (Text, Beleg, Referenz)", "Search (text, journal, reference)"),
     "f_assignee": ("Zugewiesen an", "Assigned to"),
+    "choose": ("Auswählen …", "Choose …"),
     "f_reset": ("Filter zurücksetzen", "Reset filters"),
     "count_line": ("{shown} von {total} Einträgen · {open} offen · {confirmed} bestätigt · "
                    "{no_finding} kein Befund · {clarify} in Klärung",
@@ -108,6 +109,12 @@ TEXT: dict[str, tuple[str, str]] = {
     "c_assignee": ("Zugewiesen", "Assigned"),
     "c_capacity": ("In Kapazität", "In capacity"),
     "c_description": ("Text", "Text"),
+    "c_reference": ("Referenz", "Reference"),
+    "c_bank_account": ("IBAN (pseudonymisiert)", "IBAN (pseudonymised)"),
+    "c_approved_by": ("Freigabe", "Approved by"),
+    "c_entered_at": ("Erfasst am", "Entered at"),
+    "c_document_type": ("Belegart", "Document type"),
+    "c_source": ("Herkunft", "Source"),
     "c_entity": ("Körperschaft", "Entity"),
     "c_fy": ("Jahr", "Year"),
     # item

@@ -15,7 +15,7 @@ import streamlit as st
 
 from detect import auth
 from detect.app import data
-from detect.app.context import AppContext, build_context, mask_columns
+from detect.app.context import AppContext, Masker, build_context
 from detect.app.i18n import t
 from detect.auth import AppUser
 
@@ -128,8 +128,16 @@ def _queue(run_dir: str, mtime: float, store_url: str, generation: int, masked: 
            _ctx: AppContext) -> pl.DataFrame:
     queue = data.queue_frame(_findings(run_dir, mtime), _status(store_url, generation, _ctx))
     if masked:
-        queue = mask_columns(queue, ["entered_by"], _ctx.pseudonym_key)
+        queue = masker(run_dir, mtime, _ctx).frame(queue, ["entered_by"],
+                                                   ["reasons", "reasons_en", "description"])
     return queue
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def masker(run_dir: str, mtime: float, _ctx: AppContext) -> Masker:
+    """Pseudonyms for every personal value of the run (built once per run)."""
+    values = data.personal_values(_ctx.data_dir, Path(run_dir))
+    return Masker.build(values, _ctx.pseudonym_key)
 
 
 def masks_personal(user: AppUser) -> bool:

@@ -6,6 +6,7 @@ employees who entered/approved) is pseudonymised until an auditor reveals it (lo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import altair as alt
@@ -15,15 +16,19 @@ import streamlit as st
 from detect import auth
 from detect.app import actions, data, ui
 from detect.app.actions import NARROW_KEYS, DecisionError
-from detect.app.context import mask_columns
 from detect.app.i18n import date_expr, money_expr, t
 from detect.app.ui import ITEM_KEY, REVEALED_KEY, tr
 from detect.errors import UserError
 from detect.fmt import day, money, number
 
-LINE_COLUMNS = ("line_no", "posting_date", "gl_account", "amount", "description", "cost_center",
-                "vendor_id", "reference", "bank_account", "entered_by", "approved_by",
-                "entered_at", "document_type", "source")
+TEXT_COLUMNS = ("description", "header_description")
+"""Free texts of booking lines that may name people; names in them are pseudonymised too."""
+LINE_COLUMNS: dict[str, str] = {
+    "line_no": "c_line", "posting_date": "c_date", "gl_account": "c_account",
+    "amount": "c_amount", "description": "c_description", "cost_center": "c_cost_center",
+    "vendor_id": "c_vendor", "reference": "c_reference", "bank_account": "c_bank_account",
+    "entered_by": "c_user", "approved_by": "c_approved_by", "entered_at": "c_entered_at",
+    "document_type": "c_document_type", "source": "c_source", "journal_id": "c_journal"}
 
 
 @st.cache_resource(show_spinner=False)
@@ -38,6 +43,7 @@ def _catalog() -> dict[str, Any]:
 def lines_display(lines: pl.DataFrame, lang: str) -> pl.DataFrame:
     cols = [c for c in LINE_COLUMNS if c in lines.columns]
     out = lines.select(cols)
+    names = {c: t(LINE_COLUMNS[c], lang) for c in cols}
     exprs = []
     if "amount" in cols:
         exprs.append(money_expr("amount", lang).alias("amount"))
@@ -46,7 +52,7 @@ def lines_display(lines: pl.DataFrame, lang: str) -> pl.DataFrame:
     if "entered_at" in cols:
         exprs.append(pl.col("entered_at").dt.strftime(
             "%d.%m.%Y %H:%M" if lang == "de" else "%Y-%m-%d %H:%M").alias("entered_at"))
-    return out.with_columns(exprs) if exprs else out
+    return (out.with_columns(exprs) if exprs else out).rename(names)
 
 
 def _item_id() -> str | None:
@@ -56,25 +62,36 @@ def _item_id() -> str | None:
     return st.session_state.get(ITEM_KEY)
 
 
-def reasons_section(ctx: ui.AppContext, run: data.Run, item: dict[str, Any], lang: str
-                    ) -> pl.DataFrame:
+_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]()<>#|~!"})
+
+
+def md(text: str | None) -> str:
+    """Data shown through st.markdown is escaped: booking texts come from outside."""
+    return (text or "").translate(_MD_SPECIAL)
+
+
+def reasons_section(ctx: ui.AppContext, run: data.Run, item: dict[str, Any], lang: str,
+                    mask: Callable[[str | None], str | None]) -> pl.DataFrame:
     st.subheader(tr("reasons"))
     text = item.get("reasons_en") if lang == "en" and item.get("reasons_en") else \
         item.get("reasons")
-    for line in (text or "").splitlines():
+    for line in (mask(text) or "").splitlines():
         if line.strip():
-            st.markdown(f"- {line.strip()}")
+            st.markdown(f"- {md(line.strip())}")
     hits = data.rule_hits_for(run.run_dir, item["entity"], item["fiscal_year"],
                               item["journal_id"])
     catalog = _catalog()
     if not hits.is_empty():
         st.markdown(f"**{tr('rule_reasons')}**")
-        for row in hits.sort("rule_id").iter_rows(named=True):
+        sort = ["rule_id", "line_no"] if "line_no" in hits.columns else ["rule_id"]
+        for row in hits.sort(sort, nulls_last=True).unique("rule_id", keep="first",
+                                                           maintain_order=True
+                                                           ).iter_rows(named=True):
             rule = catalog.get(row["rule_id"])
             title = rule.title.get(lang, row["rule_id"]) if rule else row["rule_id"]
             expl = row.get(f"explanation_{lang}") or row.get("explanation_de") or ""
-            st.markdown(f"**{row['rule_id']} · {title}** ({t('sev_' + str(row['severity']), lang)})"
-                        f"  \n{expl}")
+            st.markdown(f"**{row['rule_id']} · {md(title)}** "
+                        f"({t('sev_' + str(row['severity']), lang)})  \n{md(mask(expl))}")
             if rule is not None:
                 st.caption(rule.why.strip())
     scores = data.model_scores_for(run.run_dir, item["entity"], item["fiscal_year"],
@@ -84,9 +101,9 @@ def reasons_section(ctx: ui.AppContext, run: data.Run, item: dict[str, Any], lan
         st.markdown(f"**{tr('model_reasons')}**")
         st.caption(tr("model_score_line", score=number(best["model_score"], lang, 2)))
         words = best.get(f"model_reasons_{lang}") or best.get("model_reasons_de") or ""
-        for part in words.split("; "):
+        for part in (mask(words) or "").split("; "):
             if part.strip():
-                st.markdown(f"- {part.strip()}")
+                st.markdown(f"- {md(part.strip())}")
         feats = data.top_features(best)
         if not feats.is_empty():
             st.dataframe(feats.rename({"feature": tr("feature"), "value": tr("value"),
@@ -100,7 +117,9 @@ def amount_chart(sample: pl.DataFrame, this_amount: float, lang: str) -> alt.Lay
     points = sample.filter(pl.col("amount") > 0).to_pandas()
     scale = alt.Scale(type="log")
     ticks = alt.Chart(points).mark_tick(opacity=0.35, thickness=1).encode(
-        x=alt.X("amount:Q", scale=scale, title=f"{tr('c_amount')} (€, log)"))
+        x=alt.X("amount:Q", scale=scale, title=f"{tr('c_amount')} (€, log)",
+                axis=alt.Axis(labelExpr="replace(datum.label, /,/g, '.')") if lang == "de"
+                else alt.Axis()))
     marker = pl.DataFrame({"amount": [max(this_amount, 0.01)],
                            "label": [tr("this_entry")]}).to_pandas()
     rule = alt.Chart(marker).mark_rule(color="#d62728", size=3).encode(x="amount:Q")
@@ -122,7 +141,8 @@ def hours_chart(hours: pl.DataFrame, this_hour: int | None) -> alt.Chart:
 
 def context_section(ctx: ui.AppContext, run: data.Run, item: dict[str, Any],
                     lines: pl.DataFrame, shown_lines: pl.DataFrame, hits: pl.DataFrame,
-                    shown_user: str | None, reveal: bool, lang: str) -> None:
+                    shown_user: str | None, hide: Callable[[pl.DataFrame], pl.DataFrame],
+                    lang: str) -> None:
     st.subheader(tr("context"))
     sources = data.booking_sources(ctx.data_dir, run.run_dir, item["entity"])
     tabs = st.tabs([tr("ctx_account", account=item.get("gl_account") or "–"),
@@ -145,7 +165,7 @@ def context_section(ctx: ui.AppContext, run: data.Run, item: dict[str, Any],
         if pay.is_empty():
             st.caption(tr("ctx_none"))
         else:
-            st.dataframe(lines_display(pay, lang), hide_index=True, width="stretch")
+            st.dataframe(lines_display(hide(pay), lang), hide_index=True, width="stretch")
     with tabs[2]:
         clear_user = None
         if "entered_by" in lines.columns and lines["entered_by"].drop_nulls().len():
@@ -163,8 +183,7 @@ def context_section(ctx: ui.AppContext, run: data.Run, item: dict[str, Any],
         st.markdown(f"**{tr('ctx_other', other=other, rule=rule_id)}**")
         other_lines = data.journal_lines(sources, item["entity"], fy or item["fiscal_year"],
                                          other)
-        if not reveal:
-            other_lines = mask_columns(other_lines, data.PERSONAL_COLUMNS, ctx.pseudonym_key)
+        other_lines = hide(other_lines)
         left, right = st.columns(2)
         left.caption(f"{tr('c_journal')} {item['journal_id']}")
         left.dataframe(lines_display(shown_lines, lang), hide_index=True)
@@ -262,13 +281,14 @@ def page() -> None:
 
     st.subheader(tr("item_header", journal=item["journal_id"], entity=item["entity"],
                     fy=item["fiscal_year"]))
-    m = st.columns(6)
+    m = st.columns(3)
     m[0].metric(tr("c_risk"), number(item.get("risk_score"), lang, 1))
     m[1].metric(tr("c_rank"), number(item.get("rank"), lang))
     m[2].metric(tr("c_status"), t(f"status_{stored.get('status') or 'open'}", lang))
-    m[3].metric(tr("c_amount"), money(item.get("amount"), lang))
-    m[4].metric(tr("c_journal_amount"), money(item.get("journal_amount"), lang))
-    m[5].metric(tr("c_date"), day(item.get("posting_date"), lang))
+    m = st.columns(3)
+    m[0].metric(tr("c_amount"), money(item.get("amount"), lang))
+    m[1].metric(tr("c_journal_amount"), money(item.get("journal_amount"), lang))
+    m[2].metric(tr("c_date"), day(item.get("posting_date"), lang))
     if stored.get("assignee"):
         st.caption(f"{tr('c_assignee')}: {stored['assignee']}")
 
@@ -289,17 +309,28 @@ def page() -> None:
 
     sources = data.booking_sources(ctx.data_dir, run.run_dir, item["entity"])
     lines = data.journal_lines(sources, item["entity"], item["fiscal_year"], item["journal_id"])
-    shown_lines = lines if reveal else mask_columns(lines, data.PERSONAL_COLUMNS,
-                                                    ctx.pseudonym_key)
+    if reveal:
+        def mask(text: str | None) -> str | None:
+            return text
+
+        def hide(frame: pl.DataFrame) -> pl.DataFrame:
+            return frame
+    else:
+        masker = ui.masker(str(run.run_dir), (run.run_dir / "findings.parquet").stat().st_mtime,
+                           ctx)
+        mask = masker.text
+
+        def hide(frame: pl.DataFrame) -> pl.DataFrame:
+            return masker.frame(frame, data.PERSONAL_COLUMNS, TEXT_COLUMNS)
+    shown_lines = hide(lines)
     shown_user = item.get("entered_by")
     if not reveal and shown_user:
-        shown_user = mask_columns(pl.DataFrame({"entered_by": [shown_user]}), ["entered_by"],
-                                  ctx.pseudonym_key)["entered_by"][0]
+        shown_user = hide(pl.DataFrame({"entered_by": [shown_user]}))["entered_by"][0]
 
-    hits = reasons_section(ctx, run, item, lang)
+    hits = reasons_section(ctx, run, item, lang, mask)
     st.subheader(tr("journal_lines"))
     st.dataframe(lines_display(shown_lines, lang), hide_index=True, width="stretch")
-    context_section(ctx, run, item, lines, shown_lines, hits, shown_user, reveal, lang)
+    context_section(ctx, run, item, lines, shown_lines, hits, shown_user, hide, lang)
     history_section(ctx, item_id, lang)
     decision_form(ctx, user, run, item, stored, lang)
 

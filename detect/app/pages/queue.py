@@ -26,28 +26,33 @@ def _reset() -> None:
 
 
 def filters(options: dict[str, list], lang: str) -> QueueFilter:
-    with st.expander(tr("filters"), expanded=True, icon=":material/filter_list:"):
+    """Text search always visible; the other filters in a collapsible panel (count in its title)."""
+    text = st.text_input(tr("f_text"), key="f_text", icon=":material/search:")
+    active = sum(bool(st.session_state.get(k)) for k in FILTER_WIDGETS if k != "f_text")
+    label = tr("filters") + (f" ({active})" if active else "")
+
+    def pick(col, key: str, values: list, fmt=str) -> list:  # noqa: ANN001
+        return col.multiselect(tr(key), values, key=key, placeholder=tr("choose"),
+                               format_func=fmt)
+
+    with st.expander(label, expanded=bool(active), icon=":material/filter_list:"):
         c1, c2, c3, c4 = st.columns(4)
-        statuses = c1.multiselect(tr("f_status"), STATUSES, key="f_status",
-                                  format_func=lambda s: t(f"status_{s}", lang))
-        rules = c2.multiselect(tr("f_rule"), options.get("rule_ids", []), key="f_rule")
-        severities = c3.multiselect(tr("f_severity"), options.get("severity", []),
-                                    key="f_severity", format_func=lambda s: t(f"sev_{s}", lang))
-        periods = c4.multiselect(tr("f_period"), options.get("period", []), key="f_period")
+        statuses = pick(c1, "f_status", list(STATUSES), lambda s: t(f"status_{s}", lang))
+        rules = pick(c2, "f_rule", options.get("rule_ids", []))
+        severities = pick(c3, "f_severity", options.get("severity", []),
+                          lambda s: t(f"sev_{s}", lang))
+        periods = pick(c4, "f_period", options.get("period", []))
         c1, c2, c3, c4 = st.columns(4)
-        accounts = c1.multiselect(tr("f_account"), options.get("gl_account", []), key="f_account")
-        cost_centers = c2.multiselect(tr("f_cost_center"), options.get("cost_center", []),
-                                      key="f_cost_center")
-        users = c3.multiselect(tr("f_user"), options.get("entered_by", []), key="f_user")
-        vendors = c4.multiselect(tr("f_vendor"), options.get("vendor_id", []), key="f_vendor")
-        c1, c2, c3, c4 = st.columns(4)
+        accounts = pick(c1, "f_account", options.get("gl_account", []))
+        cost_centers = pick(c2, "f_cost_center", options.get("cost_center", []))
+        users = pick(c3, "f_user", options.get("entered_by", []))
+        vendors = pick(c4, "f_vendor", options.get("vendor_id", []))
+        c1, c2, c3 = st.columns(3)
         amount_min = c1.number_input(tr("f_amount_min"), min_value=0.0, value=None, step=100.0,
                                      key="f_amount_min")
         amount_max = c2.number_input(tr("f_amount_max"), min_value=0.0, value=None, step=100.0,
                                      key="f_amount_max")
-        assignees = c3.multiselect(tr("f_assignee"), options.get("assignee", []),
-                                   key="f_assignee")
-        text = c4.text_input(tr("f_text"), key="f_text")
+        assignees = pick(c3, "f_assignee", options.get("assignee", []))
         st.button(tr("f_reset"), on_click=_reset, icon=":material/restart_alt:")
     return QueueFilter(statuses, rules, severities, periods, accounts, cost_centers, users,
                        vendors, assignees, amount_min, amount_max, text or "")
@@ -115,7 +120,9 @@ def page() -> None:
     st.caption(tr("select_hint"))
     event = st.dataframe(display_frame(rows, lang), hide_index=True, on_select="rerun",
                          selection_mode="single-row", key=f"queue_table_{page_no}_{size}",
-                         width="stretch", height=min(38 + 35 * rows.height, 600))
+                         width="stretch", height=min(38 + 35 * rows.height, 600),
+                         column_config={t("c_risk", lang): st.column_config.NumberColumn(
+                             format="localized")})
     selected = event.selection.rows if event is not None else []
     if selected:
         ui.open_item(rows["item_id"][selected[0]])
