@@ -170,6 +170,7 @@ def cmd_app(args: argparse.Namespace) -> int:
     cmd = [sys.executable, "-m", "streamlit", "run", str(app),
            "--server.port", str(args.port), "--server.headless", "true",
            "--server.enableXsrfProtection", "true", "--browser.gatherUsageStats", "false",
+           "--client.toolbarMode", "minimal", "--client.showErrorDetails", "none",
            "--server.address", args.address]
     return subprocess.call(cmd, env=env)
 
