@@ -69,8 +69,17 @@ def test_portuguese_demo_cp1252(tmp_path: Path) -> None:
     assert first["fiscal_year"] == 2017
     debit, credit = _sums(df)
     assert debit == credit == Decimal("370502.42")           # header: 370502.414 (3 places)
-    assert result.control_totals[0].overall["debit"] == Decimal("370502.414")
-    assert any("rounded to cents" in w for w in result.warnings)
+    # the 3-place header totals are checked at ingest against the unrounded lines
+    assert result.control_totals[0].overall == {"journal_count": 52}
+    assert any("TotalDebit 370502.414 reconciles exactly with the unrounded lines; rounded "
+               "to cents they sum to 370502.42" in w for w in result.warnings)
+    assert any("6 amounts had more than two decimal places" in w for w in result.warnings)
+    # RecordID repeats in two transactions of the demo: numbered by position, no duplicate keys
+    assert df.filter(pl.struct("journal_id", "line_no").is_duplicated()).height == 0
+    assert df.filter(pl.col("journal_id") == "2017-12-01 VND 16")["line_no"].to_list() == \
+        [1, 2, 3, 4, 5, 6]
+    assert any("RecordID repeats inside 2 transaction(s) (2017-12-01 VND 16, 2017-12-03 CXA 4)"
+               in w for w in result.warnings)
 
 
 def test_quirks_fixture(tmp_path: Path) -> None:

@@ -195,7 +195,16 @@ def _amount(raw: pl.Expr, column: str) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
     return rounded.cast(AMOUNT), issue, (exact != rounded).fill_null(False)
 
 
-def _bookings(st: _State, path: Path, settings: Settings) -> tuple[pl.LazyFrame, int]:
+@dataclass
+class _Facts:
+    """What reading the lines found out, for warnings and control totals."""
+
+    rounded: int
+    exact: dict[str, Decimal]
+    renumbered: list[str]
+
+
+def _bookings(st: _State, path: Path, settings: Settings) -> tuple[pl.LazyFrame, _Facts]:
     st.flush()
     raw = pl.concat(st.batches).lazy() if st.batches else pl.LazyFrame(schema=RAW_SCHEMA)
     gl_date, i1 = parse_date(pl.coalesce(pl.col("gl_date"), pl.col("tx_date")), "GLPostingDate",
@@ -230,6 +239,7 @@ def _bookings(st: _State, path: Path, settings: Settings) -> tuple[pl.LazyFrame,
         pl.coalesce(period.cast(pl.Int32), derive_period(gl_date, start)).alias("period"),
         journal_id.alias("journal_id"),
         record.cast(pl.Int32).alias("line_no"),
+        pl.col("record").alias("__record_id"),
         gl_date.alias("posting_date"),
         doc_date.alias("document_date"),
         entry.alias("entered_at"),
@@ -248,6 +258,8 @@ def _bookings(st: _State, path: Path, settings: Settings) -> tuple[pl.LazyFrame,
         pl.col("xml_line").cast(pl.Int64).alias("source_line"),
         gather_issues([i1, i2, i3, i4, i5, i6, i7, i8, i9]),
         (r1 | r2).alias("__rounded"),
+        strip_or_null(pl.col("debit")).cast(pl.Decimal(38, 6), strict=False).alias("__d"),
+        strip_or_null(pl.col("credit")).cast(pl.Decimal(38, 6), strict=False).alias("__c"),
     )
     # TransactionIDs are unique per file in practice; if not, qualify them by journal.
     dup = frame.select(pl.col("journal_id").n_unique().alias("a"),
@@ -255,11 +267,23 @@ def _bookings(st: _State, path: Path, settings: Settings) -> tuple[pl.LazyFrame,
     if dup["a"][0] != dup["b"][0]:
         frame = frame.with_columns(pl.concat_str(pl.col("journal"), pl.lit("/"),
                                                  pl.col("journal_id")).alias("journal_id"))
-    frame = frame.with_columns(pl.coalesce(
-        pl.col("line_no"), pl.col("source_line").rank("ordinal").over("journal_id")
-        .cast(pl.Int32)).alias("line_no"))
-    rounded = frame.select(pl.col("__rounded").sum()).collect().item()
-    return conform(frame, INGEST_SCHEMA), int(rounded)
+    # RecordID is the line number; where it is missing or repeats inside a transaction (the
+    # PT demo has two such), the line's position in the transaction is used instead.
+    position = pl.col("source_line").rank("ordinal").over("journal_id").cast(pl.Int32)
+    repeated = (pl.col("line_no").is_null() | pl.col("line_no").is_duplicated()) \
+        .any().over("journal_id")
+    frame = frame.with_columns(repeated.alias("__renumbered")).with_columns(
+        pl.when(pl.col("__renumbered")).then(position).otherwise(pl.col("line_no"))
+        .alias("line_no"))
+    renumbered = frame.filter(pl.col("__renumbered") & pl.col("__record_id").is_not_null()) \
+        .select(pl.col("journal_id").unique(maintain_order=True)).collect()["journal_id"]
+    stats = frame.select(pl.col("__rounded").sum(), pl.col("__d").sum(), pl.col("__c").sum(),
+                         pl.col("amount").filter(pl.col("amount") > 0).sum().alias("__dc"),
+                         (-pl.col("amount").filter(pl.col("amount") < 0).sum()).alias("__cc")
+                         ).collect().row(0)
+    exact = {"debit": Decimal(stats[1] or 0), "credit": Decimal(stats[2] or 0),
+             "debit_cents": Decimal(stats[3] or 0), "credit_cents": Decimal(stats[4] or 0)}
+    return conform(frame, INGEST_SCHEMA), _Facts(int(stats[0]), exact, renumbered.to_list())
 
 
 def _master(st: _State) -> dict[str, pl.DataFrame]:
@@ -309,7 +333,8 @@ def read(files: list[Path], settings: Settings, workdir: Path) -> IngestResult:
         st = _parse(path)
         if not st.n_lines:
             raise IngestError("SAF-T file has no GeneralLedgerEntries lines", file=str(path))
-        frame, rounded = _bookings(st, path, settings)
+        frame, facts = _bookings(st, path, settings)
+        exact = facts.exact
         frames.append(frame)
         for name, df in _master(st).items():
             masters.setdefault(name, []).append(df)
@@ -317,8 +342,17 @@ def read(files: list[Path], settings: Settings, workdir: Path) -> IngestResult:
         if st.totals.get("NumberOfEntries", "").isdigit():
             overall["journal_count"] = int(st.totals["NumberOfEntries"])
         for key, tag in (("debit", "TotalDebit"), ("credit", "TotalCredit")):
-            if (v := _decimal(st.totals.get(tag))) is not None:
-                overall[key] = v
+            if (v := _decimal(st.totals.get(tag))) is None:
+                continue
+            if -v.as_tuple().exponent > 2 and v == exact[key]:   # type: ignore[operator]
+                # stated with more than cents (PT): checked here against the unrounded lines,
+                # since the cent-rounded lines cannot match it exactly
+                result.warnings.append(
+                    f"{path.name}: {tag} {v} reconciles exactly with the unrounded lines; "
+                    f"rounded to cents they sum to {exact[key + '_cents']}, so this total is "
+                    "checked here and not passed on for the cent-exact reconciliation")
+                continue
+            overall[key] = v
         if overall:
             result.control_totals.append(ControlTotals(str(path), None, overall))  # type: ignore[arg-type]
         result.inputs.append(InputFile(str(path), sha256_of(path), path.stat().st_size,
@@ -328,8 +362,13 @@ def read(files: list[Path], settings: Settings, workdir: Path) -> IngestResult:
             f"({st.header.get('AuditFileCountry') or st.header.get('Country', '?')}): "
             f"{st.n_lines} lines, {len(st.accounts)} accounts, {len(st.suppliers)} "
             f"suppliers, {len(st.customers)} customers")
-        if rounded:
-            result.warnings.append(f"{path.name}: {rounded} amounts had more than two decimal "
+        if facts.renumbered:
+            ids = facts.renumbered
+            result.warnings.append(
+                f"{path.name}: RecordID repeats inside {len(ids)} transaction(s) "
+                f"({', '.join(ids[:5])}); their lines are numbered by position instead")
+        if facts.rounded:
+            result.warnings.append(f"{path.name}: {facts.rounded} amounts had more than two decimal "
                                    "places and were rounded to cents (half to even)")
     if not frames:
         raise IngestError("no SAF-T AuditFile in the delivery",
