@@ -30,11 +30,15 @@ from detect.errors import AlreadyProcessed, DeliveryRejected
 from detect.ingest import IngestResult
 from detect.privacy import load_key, pseudonymise_iban
 from detect.schema import BOOKING_SCHEMA
-from detect.validation import filecheck, journals, masks, prepare, quarantine, reconcile, state
+from detect.validation import (
+    filecheck, gxrun, journals, masks, prepare, quarantine, reconcile, state,
+)
 from detect.validation.gxrun import ROW, CheckResult, GxRunner
 from detect.validation.gxrun import sample as gx_sample
 from detect.validation.suites import Suite
 from detect.validation.suites import load_suite, master_suite_names, suites_dir
+
+gxrun.preload()  # the pipeline imports this module before ingesting: overlap the GX import
 
 # re-exported so the pipeline can ask before ingesting
 already_processed = state.already_processed
@@ -286,7 +290,7 @@ def validate(ingested: IngestResult, ctx: Any) -> ValidationResult:
     unreliable = {r.column for r in reports if r.unreliable}
     for r in reports:
         if r.unreliable:
-            warnings_.append(r.message(frame.height))
+            warnings_.append(r.message(frame.height, ingested.format))
     view = prepare.add_derived(frame, settings, unreliable)
     clock.lap("prepare")
 
@@ -304,6 +308,7 @@ def validate(ingested: IngestResult, ctx: Any) -> ValidationResult:
     flagged, flags, row_checks = _row_masks(view, suite, params)
     clock.lap("row_checks")
     runner = GxRunner(run_dir / "data_docs" if vs.data_docs else None, ctx.run_id)
+    clock.lap("gx_setup")
     key = ["entity", "fiscal_year", "journal_id"]
     gx_part = gx_sample(flagged, vs.gx_rows, key)
     label = ("all rows" if gx_part.height == frame.height else

@@ -10,9 +10,11 @@ the run folder. The rows to quarantine come from ``masks`` (same suite, vectoris
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import os
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +47,21 @@ class CheckResult:
                 "unexpected_count": self.unexpected_count}
 
 
+_preloader: threading.Thread | None = None
+
+
+def preload() -> None:
+    """Import Great Expectations in the background (it takes seconds), so the import overlaps
+    with reading the delivery instead of adding to the validation step. Idempotent; set
+    ``BELEGWACHT_GX_PRELOAD=0`` to switch it off."""
+    global _preloader
+    if _preloader is not None or os.environ.get("BELEGWACHT_GX_PRELOAD") == "0":
+        return
+    _preloader = threading.Thread(target=importlib.import_module, args=("great_expectations",),
+                                  name="gx-preload", daemon=True)
+    _preloader.start()
+
+
 def _quiet_gx() -> None:
     for name in ("great_expectations", "great_expectations.core", "posthog"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -56,6 +73,8 @@ class GxRunner:
 
     def __init__(self, docs_dir: Path | None, run_name: str) -> None:
         _quiet_gx()
+        if _preloader is not None:
+            _preloader.join()
         import great_expectations as gx
         from great_expectations.data_context.types.base import (
             DataContextConfig, InMemoryStoreBackendDefaults, ProgressBarsConfig)

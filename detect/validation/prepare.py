@@ -20,6 +20,8 @@ from detect.config import Settings
 
 DATE_COLUMNS = ("posting_date", "document_date", "entered_at")
 """Date columns checked for placeholders (entered_at by its date part)."""
+ADS_COLUMNS = {"document_date": "Document_Date", "entered_at": "Entered_Date"}
+"""Where the ADS reader takes these from (for the ``posting_date_column`` hint)."""
 
 
 @dataclass
@@ -34,7 +36,7 @@ class PlaceholderReport:
     alternatives: list[tuple[str, float]] = field(default_factory=list)
     """Other date columns and the share of the placeholder rows where they look right."""
 
-    def message(self, total: int) -> str:
+    def message(self, total: int, fmt: str = "") -> str:
         vals = ", ".join(f"{v} ({n:,})" for v, n in self.values.items())
         text = (f"{self.column}: {self.rows:,} of {total:,} rows ({self.share:.1%}) hold a "
                 f"placeholder date [{vals}]")
@@ -49,9 +51,13 @@ class PlaceholderReport:
         if self.alternatives:
             best = ", ".join(f"{c} looks right in {s:.1%} of these rows"
                              for c, s in self.alternatives)
-            text += (f" Map another source column as {self.column}: {best}. "
-                     f"With a mapping profile set {self.column} = \"<source column>\" (--format csv);"
-                     " or ask for the export with the real posting date.")
+            text += f" Map another source column as {self.column}: {best}. "
+            ads = [ADS_COLUMNS[c] for c, _ in self.alternatives if c in ADS_COLUMNS]
+            if fmt == "ads" and ads and self.column == "posting_date":
+                text += f"For this ADS export set posting_date_column = \"{ads[0]}\" in belegwacht.toml."
+            else:
+                text += (f"With a mapping profile set {self.column} = \"<source column>\" "
+                         "(--format csv), or ask for an export with the real date.")
         else:
             text += f" Map the source column that holds the real {self.column} instead."
         return text

@@ -93,8 +93,12 @@ def _describe(row: dict[str, Any]) -> str:
         return f"{row['journal_id']}: not in the control totals"
     if row["problem"] == "line count differs":
         return f"{row['journal_id']}: {row['lines']} lines, control says {row['lines_control']}"
-    return (f"{row['journal_id']}: debit {row['debit']} vs {row['debit_control']}, "
-            f"credit {row['credit']} vs {row['credit_control']}")
+    parts = []
+    for side in ("debit", "credit"):
+        if row[f"{side}_difference"] not in (None, "0.00", "0"):
+            parts.append(f"{side} {row[side]} delivered vs {row[f'{side}_control']} in control "
+                         f"totals (difference {row[f'{side}_difference']})")
+    return f"{row['journal_id']}: " + ", ".join(parts)
 
 
 def _listing(rows: list[dict[str, Any]]) -> str:

@@ -1,0 +1,102 @@
+"""The vectorised row checks mean exactly what Great Expectations means by the same suite."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+
+from detect.config import Settings
+from detect.validation import masks, prepare
+from detect.validation.gxrun import ROW, GxRunner
+from detect.validation.suites import BUNDLED_DIR, Check, load_suite, master_suite_names
+
+
+def _messy_frame(n: int = 400, seed: int = 3) -> pl.DataFrame:
+    """Booking-like rows with nulls, duplicates and out-of-range values in every checked column."""
+    rng = np.random.default_rng(seed)
+    start = date(2023, 11, 1)
+    days = rng.integers(0, 500, n)
+    frame = pl.DataFrame({
+        ROW: np.arange(n, dtype=np.int64),
+        "entity": rng.choice(["A", "B", None], n, p=[0.6, 0.35, 0.05]).tolist(),
+        "fiscal_year": pl.Series(rng.choice([2024, 2023, 1980, None], n, p=[.8, .1, .05, .05]).tolist(),
+                                 dtype=pl.Int32),
+        "period": pl.Series(rng.choice([1, 3, 12, 13, 17, None], n).tolist(), dtype=pl.Int32),
+        "journal_id": rng.integers(1, 60, n).astype(str),
+        "line_no": pl.Series(rng.integers(1, 4, n), dtype=pl.Int32),
+        "posting_date": [start + timedelta(days=int(d)) if d % 23 else None for d in days],
+        "document_date": [date(1985, 1, 1) if d % 31 == 0 else
+                          start + timedelta(days=int(d) + (400 if d % 37 == 0 else -3))
+                          for d in days],
+        "gl_account": rng.choice(["4000", "1800", "9999", None], n,
+                                 p=[.45, .45, .05, .05]).tolist(),
+        "amount": pl.Series(rng.choice([1.5, -1.5, None], n, p=[.48, .48, .04]).tolist()),
+        "currency": rng.choice(["EUR", "USD", "EURO", None], n, p=[.8, .1, .05, .05]).tolist(),
+        "ingest_issue": rng.choice([None, "amount: 'x' is not a valid amount"], n,
+                                   p=[.97, .03]).tolist(),
+        "source_file": ["f.csv"] * n,
+        "source_line": np.arange(2, n + 2, dtype=np.int64),
+    }).with_columns(pl.col("amount").cast(pl.Decimal(18, 2)))
+    return prepare.add_derived(frame, Settings(), set())
+
+
+@pytest.fixture(scope="module")
+def runner() -> GxRunner:
+    return GxRunner(None, "mask test")
+
+
+def test_every_row_check_flags_the_same_rows_as_gx(runner: GxRunner) -> None:
+    suite = load_suite("bookings", BUNDLED_DIR)
+    frame = _messy_frame()
+    params = {"min_document_date": date(1990, 1, 1), "chart_of_accounts": ["4000", "1800"]}
+    results = runner.validate(suite, frame, params, batch_rows=10**6, result_format="COMPLETE")
+    row_checks = [c for c in suite.checks if masks.row_level(c)]
+    assert len(row_checks) == len(suite.checks)  # the booking suite is row-level throughout
+    failing_somewhere = 0
+    for check, gx_result in zip(suite.checks, results):
+        assert gx_result.key == check.key
+        ours = frame.filter(masks.fails(check, params, frame.schema).fill_null(False))[ROW]
+        assert sorted(ours.to_list()) == sorted(gx_result.rows), check.key
+        assert gx_result.unexpected_count == len(ours)
+        failing_somewhere += bool(len(ours))
+    assert failing_somewhere >= 12  # the messy frame really exercises the checks
+
+
+def test_pair_ignore_rules_and_strict_bounds() -> None:
+    frame = pl.DataFrame({"a": [1, None, 3, None], "b": [2, 2, None, None], "x": [0, 5, 10, None]})
+    pair = Check("p", "expect_column_pair_values_a_to_be_greater_than_b",
+                 {"column_A": "a", "column_B": "b"}, "critical", "r")
+    both = frame.select(masks.fails(pair, {}, frame.schema))[:, 0].to_list()
+    assert both == [True, True, True, False]  # GX default: only rows missing both are skipped
+    between = Check("b", "expect_column_values_to_be_between",
+                    {"column": "x", "min_value": 0, "max_value": {"$PARAMETER": "hi"},
+                     "strict_min": True}, "critical", "r")
+    assert frame.select(masks.fails(between, {"hi": 5}, frame.schema))[:, 0].to_list() == [
+        True, False, True, False]
+    table = Check("t", "expect_table_row_count_to_be_between", {"min_value": 1}, "warning", "r")
+    assert not masks.row_level(table)
+
+
+def test_suites_load_and_name_their_checks() -> None:
+    suite = load_suite("bookings", BUNDLED_DIR)
+    keys = [c.key for c in suite.checks]
+    assert len(keys) == len(set(keys)) >= 15
+    assert {c.severity for c in suite.checks} == {"critical", "warning"}
+    assert [c.key for c in suite.checks if c.requires] == ["account_not_in_chart"]
+    assert set(master_suite_names(BUNDLED_DIR)) == {"accounts", "vendors", "users",
+                                                    "cost_centers"}
+    for name in master_suite_names(BUNDLED_DIR).values():
+        assert all(c.severity == "warning" for c in load_suite(name, BUNDLED_DIR).checks)
+
+
+def test_currency_list_is_iso_4217() -> None:
+    raw = json.loads((BUNDLED_DIR / "bookings.json").read_text("utf-8"))
+    (currency,) = [e for e in raw["expectations"] if e["meta"]["key"] == "currency_not_iso4217"]
+    codes = currency["kwargs"]["value_set"]
+    assert {"EUR", "USD", "CHF", "GBP", "JPY"} <= set(codes) and "EURO" not in codes
+    pycountry = pytest.importorskip("pycountry")
+    assert set(codes) == {c.alpha_3 for c in pycountry.currencies}
