@@ -142,6 +142,7 @@ def run_delivery(sources: list[Path], *, fmt: str, settings: Settings, data_dir:
     from detect import lifecycle
     from detect.store import ReviewStore
 
+    data_dir = data_dir.resolve()   # GX data docs need an absolute path (--data-dir var)
     data_dir.mkdir(parents=True, exist_ok=True)
     log = log or StepLog()
     delivery = lifecycle.fingerprint(list(sources) + ([control_totals] if control_totals else []))
