@@ -178,9 +178,10 @@ def test_parquet_with_typed_columns(tmp_path: Path) -> None:
 
 
 def test_xlsx_sheet(tmp_path: Path) -> None:
-    frame = pl.DataFrame({"Beleg": ["X1", "X1"], "Datum": ["05.02.2024", "05.02.2024"],
-                          "Konto": ["4000", "1800"], "Betrag": ["10,00", "10,00"],
-                          "SH": ["S", "H"]})
+    frame = pl.DataFrame({"Beleg": ["X1", None, "X1"],
+                          "Datum": ["05.02.2024", None, "05.02.2024"],
+                          "Konto": ["4000", None, "1800"], "Betrag": ["10,00", None, "10,00"],
+                          "SH": ["S", None, "H"]})          # a blank spreadsheet row inside
     path = tmp_path / "journal.xlsx"
     frame.write_excel(path, worksheet="Buchungen")
     prof = tmp_path / "p.toml"
@@ -191,7 +192,7 @@ def test_xlsx_sheet(tmp_path: Path) -> None:
     _, df = _run([path], Settings(mapping=str(prof)), tmp_path)
     assert df["amount"].to_list() == [Decimal("10"), Decimal("-10")]
     assert df["posting_date"].to_list() == [date(2024, 2, 5)] * 2
-    assert df["source_line"].to_list() == [2, 3]                 # spreadsheet rows
+    assert df["source_line"].to_list() == [2, 4]                 # spreadsheet rows
 
 
 def test_example_profile_reads_its_fixture(tmp_path: Path) -> None:

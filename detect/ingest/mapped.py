@@ -371,16 +371,19 @@ def read_table(path: Path, source: SourceOptions, workdir: Path | None) -> pl.La
     if suffix in (".xlsx", ".xlsm", ".xls"):
         try:
             df = pl.read_excel(path, sheet_name=source.sheet, engine="calamine",
-                               read_options={"header_row": source.skip_rows})
+                               read_options={"header_row": source.skip_rows},
+                               drop_empty_rows=False)
         except Exception as exc:  # noqa: BLE001 - fastexcel raises many types for bad input
             raise IngestError(f"cannot read spreadsheet: {exc}".splitlines()[0],
                               file=str(path), hint="check [source] sheet") from exc
         if df.height == 0:
             raise IngestError("spreadsheet has no data rows", file=str(path))
-        # Spreadsheet row of each record: header row (1-based) + 1 + index.
+        # Spreadsheet row of each record: header row (1-based) + 1 + index; blank rows are
+        # kept until numbered, then dropped.
+        blank = pl.all_horizontal([pl.col(c).is_null() for c in df.columns])
         return df.lazy().with_row_index("__record").with_columns(
             (pl.col("__record").cast(pl.Int64) + source.skip_rows + 2).alias(LINE)
-        ).drop("__record")
+        ).filter(~blank).drop("__record")
     return scan_delimited(path, encoding=source.encoding, delimiter=source.delimiter,
                           quote=source.quote, skip_rows=source.skip_rows, workdir=workdir)
 
