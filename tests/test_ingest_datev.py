@@ -252,3 +252,19 @@ def test_large_file_streams_through_a_transcoded_copy(tmp_path: Path) -> None:
     agg = result.bookings.select(pl.len(), pl.col("amount").sum(),
                                  pl.col("journal_id").n_unique()).collect()
     assert agg.row(0) == (40_000, Decimal("0.00"), 20_000)
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("1501", date(2025, 1, 15)),
+    ("501", date(2025, 1, 5)),       # TMM without leading zero
+    ("3112", date(2024, 12, 31)),    # December voucher in a January batch
+    ("0502", date(2025, 2, 5)),      # a few days after the period: same year, not last year
+    ("2902", date(2024, 2, 29)),     # only 2024 has a 29 February
+    ("15012025", date(2025, 1, 15)),
+    ("1301", date(2025, 1, 13)), ("3102", None), ("0113", None), ("abc", None), ("", None),
+])
+def test_voucher_date_year_from_period(raw: str, expected: date | None) -> None:
+    out = datev.with_voucher_date(pl.DataFrame({"b": [raw]}), "b", date(2025, 1, 1),
+                                  date(2025, 1, 31), "v", "i")
+    assert out["v"][0] == expected
+    assert (out["i"][0] is None) == (expected is not None)

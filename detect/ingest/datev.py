@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import polars as pl
 
@@ -47,12 +48,12 @@ from detect.ingest.parsing import (
     gather_issues,
     parse_date,
     parse_datetime,
-    parse_decimal,
     strip_or_null,
 )
 from detect.ingest.textio import count_lines, decode_head, ends_with_newline, read_head, sha256_of
 from detect.schema import AMOUNT, MASTER_SCHEMAS, conform
 
+F = TypeVar("F", pl.DataFrame, pl.LazyFrame)
 NAME = "datev"
 SEP = ";"
 BELEGINFO_PAIRS = 8
@@ -145,48 +146,75 @@ def _period(header: ExtfHeader) -> tuple[date, date]:
     return start, end
 
 
-def voucher_date(raw: pl.Expr, start: date, end: date) -> tuple[pl.Expr, pl.Expr]:
-    """``Belegdatum`` TTMM (or TMM, or TTMMJJJJ) -> date; the year is the one that puts the
-    date nearest the batch period (a 2812 voucher in a January batch is last December's)."""
-    text = raw.str.strip_chars()
-    ttmm = pl.when(text.str.len_chars() == 3).then(text.str.pad_start(4, "0")).otherwise(text)
-    is_ttmm = ttmm.str.contains(r"^\d{4}$")
+def _days_in_month(year: int, month: pl.Expr) -> pl.Expr:
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    return (pl.when(month == 2).then(29 if leap else 28)
+            .when(month.is_in([4, 6, 9, 11])).then(30).otherwise(31))
+
+
+def with_voucher_date(frame: F, raw: str, start: date, end: date, out: str,
+                      issue_out: str) -> F:
+    """Add ``out``: ``Belegdatum`` TTMM (or TMM, or TTMMJJJJ) in column ``raw`` as a date; the
+    year is the one that puts the date nearest the batch period (a 2812 voucher in a January
+    batch is last December's). ``issue_out`` says why a value is not a date.
+
+    Built arithmetically in stages (each intermediate once): this runs on every row.
+    """
+    text = pl.col(raw).str.strip_chars()
+    n = text.str.len_chars()
+    ttmm = pl.when(n == 3).then(pl.lit("0") + text).otherwise(text)
+    frame = frame.with_columns(
+        text.alias("_vd_text"),
+        (text.str.contains(r"^\d+$") & n.is_between(3, 4)).alias("_vd_short"),
+        (text.str.contains(r"^\d{8}$")).alias("_vd_full"),
+        ttmm.str.slice(0, 2).cast(pl.Int32, strict=False).alias("_vd_day"),
+        ttmm.str.slice(2, 2).cast(pl.Int32, strict=False).alias("_vd_month"))
+    day, month = pl.col("_vd_day"), pl.col("_vd_month")
+    month_ok = month.is_between(1, 12)
+    years = (end.year - 1, end.year, end.year + 1)
+    frame = frame.with_columns([
+        pl.when(pl.col("_vd_short") & month_ok & day.is_between(1, 31)
+                & (day <= _days_in_month(year, month)))
+        .then(pl.date(year, pl.when(month_ok).then(month).otherwise(1), 1)
+              + pl.duration(days=day.fill_null(1) - 1)).alias(f"_vd_c{k}")
+        for k, year in enumerate(years)])
     lo, hi = pl.lit(start), pl.lit(end)
-    big = 10**6
-    cands, dists = [], []
-    for year in (end.year - 1, end.year, end.year + 1):
-        cand = pl.when(is_ttmm).then(
-            pl.concat_str(ttmm, pl.lit(str(year))).str.strptime(pl.Date, "%d%m%Y", strict=False))
-        dist = (pl.when(cand < lo).then((lo - cand).dt.total_days())
-                .when(cand > hi).then((cand - hi).dt.total_days())
-                .otherwise(pl.lit(0, pl.Int64))).fill_null(big)
-        cands.append(cand)
-        dists.append(dist)
-    nearest = (pl.when((dists[0] < dists[1]) & (dists[0] <= dists[2])).then(cands[0])
-               .when(dists[2] < dists[1]).then(cands[2]).otherwise(cands[1]))
-    full = pl.when(text.str.contains(r"^\d{8}$")).then(
-        text.str.strptime(pl.Date, "%d%m%Y", strict=False))
-    value = pl.coalesce(nearest, full)
-    issue = pl.when(value.is_null()).then(pl.format(
-        "Belegdatum: '{}' is not a date (TTMM)", text.fill_null("").str.slice(0, 20)))
-    return value, issue
+    frame = frame.with_columns([
+        (pl.when(pl.col(f"_vd_c{k}").is_null()).then(pl.lit(10**6, pl.Int64))
+         .when(pl.col(f"_vd_c{k}") < lo).then((lo - pl.col(f"_vd_c{k}")).dt.total_days())
+         .when(pl.col(f"_vd_c{k}") > hi).then((pl.col(f"_vd_c{k}") - hi).dt.total_days())
+         .otherwise(pl.lit(0, pl.Int64))).alias(f"_vd_d{k}") for k in range(3)])
+    d0, d1, d2 = (pl.col(f"_vd_d{k}") for k in range(3))
+    nearest = (pl.when((d0 < d1) & (d0 <= d2)).then(pl.col("_vd_c0"))
+               .when(d2 < d1).then(pl.col("_vd_c2")).otherwise(pl.col("_vd_c1")))
+    full = pl.when(pl.col("_vd_full")).then(
+        pl.col("_vd_text").str.strptime(pl.Date, "%d%m%Y", strict=False))
+    frame = frame.with_columns(pl.coalesce(nearest, full).alias(out))
+    frame = frame.with_columns(pl.when(pl.col(out).is_null()).then(pl.format(
+        "Belegdatum: '{}' is not a date (TTMM)",
+        pl.col("_vd_text").fill_null("").str.slice(0, 20))).alias(issue_out))
+    return frame.drop([c for c in frame.collect_schema().names() if c.startswith("_vd_")])
 
 
 def _amount(raw: pl.Expr, label: str) -> tuple[pl.Expr, pl.Expr]:
-    """A DATEV amount: decimal comma, no thousands separator, no sign."""
+    """A DATEV amount: decimal comma, at most two decimals, no thousands separator, no sign.
+
+    One regex on the common path; the reasons are worked out only for the rows that fail.
+    """
     text = raw.str.strip_chars()
-    value, generic = parse_decimal(raw, label, decimal=",", thousands=None,
-                                   allow_trailing_minus=False)
+    ok = text.str.contains(r"^\d+(,\d{1,2})?$")
+    value = pl.when(ok).then(text.str.replace(",", ".", literal=True)).cast(AMOUNT, strict=False)
     shown = text.str.slice(0, 40)
-    issue = pl.coalesce(
-        pl.when(text.str.contains(r"\.")).then(pl.format(
-            "{}: '{}' has a thousands separator; DATEV writes amounts without one "
-            "(like 1234,56)", pl.lit(label), shown)),
-        generic,
-        pl.when(value < 0).then(pl.format(
-            "{}: '{}' is negative; DATEV amounts are positive, the sign is in "
-            "Soll/Haben-Kennzeichen", pl.lit(label), shown)),
-    )
+    bad = ~ok & text.is_not_null() & (text != "")
+    issue = (pl.when(~bad).then(None)
+             .when(text.str.contains(r"^\d{1,3}(\.\d{3})+(,\d+)?$")).then(pl.format(
+                 "{}: '{}' has a thousands separator; DATEV writes amounts without one "
+                 "(like 1234,56)", pl.lit(label), shown))
+             .when(text.str.starts_with("-")).then(pl.format(
+                 "{}: '{}' is negative; DATEV amounts are positive, the sign is in "
+                 "Soll/Haben-Kennzeichen", pl.lit(label), shown))
+             .otherwise(pl.format("{}: '{}' is not a valid amount (like 1234,56)",
+                                  pl.lit(label), shown)))
     return value, issue
 
 
@@ -257,8 +285,8 @@ def _batch_frame(header: ExtfHeader, file_idx: int, settings: Settings, workdir:
         "{}: '{}' is not S or H", pl.lit(label["sh"]), sh.fill_null(""))))
     for key in ("konto", "gegenkonto"):
         issues.append(pl.when(t(key).is_null()).then(pl.lit(f"{label[key]}: is empty")))
-    posted, issue = voucher_date(pl.col("t_belegdatum"), start, end)
-    issues.append(issue)
+    lf = with_voucher_date(lf, "t_belegdatum", start, end, "_posted", "_iss_date")
+    issues.append(pl.col("_iss_date"))
     entered_at, issue = parse_datetime(pl.col("_bi_entered_at"), "Beleginfo Erfassungsdatum",
                                        TIMESTAMP_FORMATS)
     issues.append(issue)
@@ -269,7 +297,6 @@ def _batch_frame(header: ExtfHeader, file_idx: int, settings: Settings, workdir:
         pl.coalesce(basis, umsatz).alias("_amount"),  # Basis-Umsatz = house currency amount
         basis.is_not_null().alias("_has_basis"),
         sh.alias("_sh"),
-        posted.alias("_posted"),
         voucher.alias("_voucher"),
         entered_at.alias("_entered_at"),
         *[e.alias(f"_iss{i}") for i, e in enumerate(issues)],
