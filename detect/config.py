@@ -76,7 +76,7 @@ class ValidationSettings:
     """Lines in period 13+ (closing periods) may be posted this many days after year end."""
     min_document_date: str = "1990-01-01"
     document_date_max_years_after_posting: int = 1
-    gx_rows: int = 50_000
+    gx_rows: int = 20_000
     """Great Expectations validates at most this many rows (whole journals, drawn by hash) for
     the Data Docs and to cross-check the vectorised row checks; 0 = every row (slow)."""
     batch_rows: int = 500_000
@@ -102,7 +102,7 @@ class ModelSettings:
 @dataclass
 class ScoringSettings:
     rule_weight: float = 0.7
-    model_weight: float = 0.3
+    model_weight: float = 0.05
     severity_points: dict[str, float] = field(
         default_factory=lambda: {"low": 10.0, "medium": 25.0, "high": 45.0, "critical": 70.0})
     review_capacity: int = 50
@@ -114,14 +114,22 @@ class ScoringSettings:
     """Each further hit of the same rule in a journal adds this share of the previous one."""
     family_bonus: float = 15.0
     """Points per additional rule family hitting the same journal (independent signals)."""
-    model_bonus: float = 15.0
+    model_bonus: float = 10.0
     """Points when a journal has rule hits and its model score is in the model tail."""
-    model_floor: float = 0.9
+    model_floor: float = 0.95
     """Model scores below this contribute no points (ordinary lines stay silent)."""
-    model_tail_share: float = 0.01
+    model_tail_share: float = 0.001
     """A journal with only a model score becomes an item if it is in this top share."""
     score_scale: float = 50.0
     """risk = 100 * (1 - exp(-points / score_scale)): diminishing returns, bounded at 100."""
+    rule_specific_share: float = 0.001
+    """A rule flagging at most this share of journals counts fully; a noisier rule counts
+    (share / rate) ** rule_specificity_power of its severity points."""
+    rule_specificity_power: float = 1.0
+    """0 switches the specificity weighting off."""
+    rule_specificity_floor: float = 0.1
+    rule_rate_prior_journals: float = 2000.0
+    """Hit rates are smoothed as if this many journals had been seen at rule_specific_share."""
 
 
 @dataclass

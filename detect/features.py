@@ -37,7 +37,6 @@ class Feature:
 
 
 FEATURES: list[Feature] = [
-    Feature("amount_log", 1, ("amount",), "log10(1 + |amount|): large amounts"),
     Feature("amount_z_account", 1, ("amount", "gl_account"),
             "robust z-score of log |amount| within the account (median/MAD)"),
     Feature("account_rarity", 1, ("gl_account",), "-log10 share of lines on the account"),
@@ -52,9 +51,12 @@ FEATURES: list[Feature] = [
             "1 on the day a vendor first appears, falling to 0 after 90 days"),
     Feature("bank_rarity", 1, ("vendor_id", "bank_account"),
             "-log10 share of the vendor's journals paid to this bank account"),
-    Feature("off_hours", 1, ("entered_at",), "hours outside office hours at entry"),
+    Feature("off_hours", 1, ("entered_at",),
+            "hours outside office hours at entry x (1 - the user's usual share of such lines):"
+            " an interface user that always runs at night is not unusual at night"),
     Feature("non_workday", 1, ("posting_date",),
-            "1 if entered or posted on a weekend or public holiday"),
+            "1 if entered or posted on a weekend or public holiday, x (1 - the user's usual"
+            " share of such lines)"),
     Feature("doc_post_days", 0, ("document_date",), "posting date - document date, days"),
     Feature("entry_post_days", 0, ("entered_at",),
             "posting date - entry date, days (negative = backdated)"),
@@ -69,7 +71,8 @@ DIRECTIONS: dict[str, int] = {f.name: f.direction for f in FEATURES}
 CONTEXT = ["gl_account", "amount_f", "amount_pct_account", "amount_pct_all", "account_lines",
            "contra_account", "pair_journals", "entered_by", "ua_other", "user_lines", "vendor_j",
            "va_other", "vendor_age_days", "bank_journals", "vendor_bank_journals", "entry_time",
-           "day", "doc_post", "entry_post", "user_day_lines", "user_day_median"]
+           "day", "doc_post", "entry_post", "user_day_lines", "user_day_median", "user_off_share",
+           "user_nonwork_share"]
 """Columns kept next to the features so explanations can quote values in words."""
 
 MAD_FLOOR = 0.05
@@ -201,8 +204,8 @@ def build_features(bookings: pl.LazyFrame, settings: Settings,
         .alias("entry_post"),
         amount_log=log_abs,
         amount_z_account=_robust_z(log_abs, ["gl_account"], MAD_FLOOR),
-        off_hours=off,
-        non_workday=(non_work(pl.col("day")) | non_work(pl.col("posting_date"))),
+        _off=off,
+        _nonwork=(non_work(pl.col("day")) | non_work(pl.col("posting_date"))).cast(pl.Float64),
         round_zeros=pl.sum_horizontal([(cents % (10 ** k) == 0) & (cents > 0)
                                        for k in range(1, 9)]),
         trailing_nines=digits.str.extract(r"(9+)$").str.len_chars(),
@@ -210,7 +213,12 @@ def build_features(bookings: pl.LazyFrame, settings: Settings,
     vb_journals = pl.col("_jk").filter(pl.col("_bank_j").is_not_null()).n_unique().over("vendor_j")
     has_user = pl.col("entered_by").is_not_null()
     has_vendor = pl.col("vendor_j").is_not_null()
+    # the user's own habits: share of their lines off hours / on non-workdays (null user: all)
+    user_share = lambda col: pl.when(has_user).then(  # noqa: E731
+        (pl.col(col) > 0).mean().over("entered_by")).otherwise((pl.col(col) > 0).mean())
     df = df.with_columns(
+        user_share("_off").alias("user_off_share"),
+        user_share("_nonwork").alias("user_nonwork_share"),
         vb_journals.alias("vendor_bank_journals"),
         (pl.col("_ua_journals") - 1).alias("ua_other"),
         (pl.col("_va_journals") - 1).alias("va_other"),
@@ -229,6 +237,9 @@ def build_features(bookings: pl.LazyFrame, settings: Settings,
             (1.0 - pl.col("vendor_age_days").cast(pl.Float64) / NEW_VENDOR_DAYS).clip(0.0, 1.0)),
         bank_rarity=pl.when(has_vendor & pl.col("_bank_j").is_not_null())
         .then(_rarity(pl.col("bank_journals"), pl.col("vendor_bank_journals"))),
+        # rounded: a night-shift user's residue (3 h x 0.6 %) must not beat the ties at 0
+        off_hours=(pl.col("_off") * (1.0 - pl.col("user_off_share"))).round(1),
+        non_workday=(pl.col("_nonwork") * (1.0 - pl.col("user_nonwork_share"))).round(1),
         doc_post_days=pl.col("doc_post").cast(pl.Float64),
         entry_post_days=pl.col("entry_post").cast(pl.Float64),
         user_day_z=pl.when(has_user & pl.col("entered_at").is_not_null())

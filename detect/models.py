@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import time
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -245,11 +246,13 @@ def fit_and_score(bookings: pl.LazyFrame, settings: Any, *, targets: pl.DataFram
                   ) -> tuple[pl.DataFrame, BookingOutlierEnsemble | None, dict[str, Any]]:
     """Features -> fit on a sample of the history -> score ``targets`` (keys) or all lines."""
     cfg = settings.models
+    clock = time.perf_counter()
     ff = build_features(bookings, settings, vendors)
     frame = ff.frame
     used, dropped = active_features(frame)
     meta: dict[str, Any] = {"features": used, "dropped_features": dropped, "notes": ff.notes,
-                            "history_lines": frame.height, "seed": cfg.seed}
+                            "history_lines": frame.height, "seed": cfg.seed,
+                            "seconds": {"features": round(time.perf_counter() - clock, 2)}}
     if frame.height < MIN_LINES or not used:
         meta["skipped"] = f"history has {frame.height} lines and {len(used)} usable features"
         if log is not None:
@@ -258,20 +261,27 @@ def fit_and_score(bookings: pl.LazyFrame, settings: Any, *, targets: pl.DataFram
     sample = frame.sample(n=min(cfg.fit_sample, frame.height), seed=cfg.seed) \
         if frame.height > cfg.fit_sample else frame
     meta["fit_lines"] = sample.height
+    clock = time.perf_counter()
     model = BookingOutlierEnsemble(
         detectors=tuple(cfg.detectors), directions=tuple(DIRECTIONS[n] for n in used),
         batch_size=cfg.batch_size, random_state=cfg.seed).fit(to_matrix(sample, used))
     del sample
+    meta["seconds"]["fit"] = round(time.perf_counter() - clock, 2)
+    clock, explaining = time.perf_counter(), 0.0
     scored = frame if targets is None else frame.join(targets, on=KEY, how="semi")
     parts = []
     for start in range(0, scored.height, cfg.batch_size):
         part = scored.slice(start, cfg.batch_size)
         X = to_matrix(part, used)
         score = model.decision_function(X)
+        tick = time.perf_counter()
         text = explain.explain(part, model.tail_scores(X), used, cfg.top_features, settings)
+        explaining += time.perf_counter() - tick
         parts.append(part.select(KEY).with_columns(pl.Series("model_score", score))
                      .hstack(text))
     out = pl.concat(parts) if parts else empty_scores()
+    meta["seconds"]["score"] = round(time.perf_counter() - clock - explaining, 2)
+    meta["seconds"]["explain"] = round(explaining, 2)
     return out.select(list(MODEL_SCORE_SCHEMA)).cast(dict(MODEL_SCORE_SCHEMA)), model, meta
 
 

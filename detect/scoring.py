@@ -60,8 +60,10 @@ def _delivery_journals(ctx: Any, lines: pl.DataFrame) -> pl.DataFrame:
     return pl.read_parquet(path, columns=JOURNAL).unique()
 
 
-def _rule_table(hits: pl.DataFrame | None, journals: pl.DataFrame, cfg: Any) -> pl.DataFrame:
-    """One row per (journal, rule): points with diminishing returns, first explanation."""
+def _rule_table(hits: pl.DataFrame | None, journals: pl.DataFrame, cfg: Any,
+                n_journals: int) -> pl.DataFrame:
+    """One row per (journal, rule): points with diminishing returns and the rule's specificity
+    (a rule that flags many journals says less about each), first explanation."""
     cols = ["rule_id", "family", "severity", "line_no", "explanation_de", "explanation_en"]
     if hits is None or hits.is_empty():
         return pl.DataFrame(schema={**{c: pl.String for c in JOURNAL}, "fiscal_year": pl.Int32,
@@ -69,7 +71,7 @@ def _rule_table(hits: pl.DataFrame | None, journals: pl.DataFrame, cfg: Any) -> 
                                     "severity": pl.String, "line_no": pl.Int32,
                                     "explanation_de": pl.String, "explanation_en": pl.String,
                                     "hits": pl.UInt32, "points": pl.Float64,
-                                    "sev_rank": pl.Int32})
+                                    "sev_rank": pl.Int32, "specificity": pl.Float64})
     pts = pl.col("severity").replace_strict(cfg.severity_points, default=0.0,
                                             return_dtype=pl.Float64)
     d = min(max(cfg.repeat_decay, 0.0), 0.99)
@@ -82,8 +84,16 @@ def _rule_table(hits: pl.DataFrame | None, journals: pl.DataFrame, cfg: Any) -> 
                 .agg(pl.col("family").first(), pl.col("severity").first(),
                      pl.col("line_no").first(), pl.col("explanation_de").first(),
                      pl.col("explanation_en").first(), pl.len().alias("hits")))
-    return per_rule.with_columns(
-        (pts * (1 - d ** pl.col("hits").cast(pl.Float64)) / (1 - d)).alias("points"),
+    # smoothed towards rule_specific_share, so a small nightly delivery does not make every
+    # rule look noisy (1 hit in 200 journals) and a big one measures the rate it sees
+    prior = cfg.rule_rate_prior_journals
+    rate = ((pl.len().over("rule_id").cast(pl.Float64) + cfg.rule_specific_share * prior)
+            / (n_journals + prior))
+    spec = ((cfg.rule_specific_share / rate) ** cfg.rule_specificity_power).clip(
+        cfg.rule_specificity_floor, 1.0) if cfg.rule_specificity_power > 0 else pl.lit(1.0)
+    return per_rule.with_columns(spec.alias("specificity")).with_columns(
+        (pts * (1 - d ** pl.col("hits").cast(pl.Float64)) / (1 - d) * pl.col("specificity"))
+        .alias("points"),
         pl.col("severity").replace_strict(SEVERITY_ORDER, default=0, return_dtype=pl.Int32)
         .alias("sev_rank"))
 
@@ -117,7 +127,10 @@ def rank_items(bookings: pl.LazyFrame, rule_hits: pl.DataFrame | None,
         pl.len().alias("n_lines"),
         pl.col("amount").filter(pl.col("amount") > 0).sum().alias("journal_amount"))
 
-    rules = _rule_table(rule_hits, journals, cfg)
+    rules = _rule_table(rule_hits, journals, cfg, n_journals)
+    families = (rules.group_by(JOURNAL + ["family"]).agg(pl.col("specificity").max())
+                .group_by(JOURNAL).agg(pl.col("specificity").sum().alias("_fam_weight"),
+                                       pl.col("specificity").max().alias("_fam_max")))
     rule_j = rules.group_by(JOURNAL).agg(
         pl.col("points").sum().alias("rule_points"),
         pl.col("rule_id").n_unique().alias("n_rules"),
@@ -149,12 +162,14 @@ def rank_items(bookings: pl.LazyFrame, rule_hits: pl.DataFrame | None,
         (pl.col("model_tail") & (pl.col("model_score") >= floor)).alias("model_tail"))
 
     j = (per_journal.join(rule_j, on=JOURNAL, how="left").join(model_j, on=JOURNAL, how="left")
-         .with_columns(pl.col("rule_points", "model_points").fill_null(0.0),
+         .join(families, on=JOURNAL, how="left")
+         .with_columns(pl.col("rule_points", "model_points", "_fam_weight", "_fam_max")
+                       .fill_null(0.0),
                        pl.col("n_rules", "n_families").fill_null(0).cast(pl.Int64),
                        pl.col("model_tail").fill_null(False)))
     j = j.filter((pl.col("n_rules") > 0) | pl.col("model_tail"))
     points = (cfg.rule_weight * pl.col("rule_points") + cfg.model_weight * pl.col("model_points")
-              + cfg.family_bonus * (pl.col("n_families") - 1).clip(0, None)
+              + cfg.family_bonus * (pl.col("_fam_weight") - pl.col("_fam_max")).clip(0, None)
               + cfg.model_bonus * ((pl.col("n_rules") > 0) & pl.col("model_tail")).cast(pl.Float64))
     j = j.with_columns((100 * (1 - (-points / cfg.score_scale).exp())).round(2).alias("risk_score"))
     j = j.filter(pl.col("risk_score") >= cfg.min_risk)

@@ -32,7 +32,7 @@ def scored() -> tuple[pl.DataFrame, pl.DataFrame]:
     f = set_line(f, "J00101", None, entered_by="USER0")
     f = set_line(f, "J00101", 1, gl_account="500009")
     f = set_line(f, "J00102", None, entered_at=datetime(2025, 5, 6, 3, 12),
-                 posting_date=date(2025, 5, 6))
+                 posting_date=date(2025, 5, 6), document_date=date(2025, 5, 3))
     settings = Settings()
     scores, model, meta = fit_and_score(f.lazy(), settings)
     return f, scores
@@ -64,10 +64,12 @@ def test_user_never_on_account_is_explained_by_user_account_rarity(scored) -> No
 
 
 def test_3am_entry_is_explained_by_hour(scored) -> None:
-    _, scores = scored
+    f, scores = scored
     r = _line(scores, "J00102")
     assert parse_top_features(r["top_features"])[0]["feature"] == "off_hours"
-    assert r["model_reasons_de"].startswith("erfasst um 03:12 Uhr, außerhalb der Bürozeiten (6–20 Uhr)")
+    user = f.filter(pl.col("journal_id") == "J00102")["entered_by"][0]
+    assert r["model_reasons_de"].startswith(
+        f"erfasst um 03:12 Uhr, außerhalb der Bürozeiten (6–20 Uhr; {user} sonst bei 0,")
     assert "entered at 03:12" in r["model_reasons_en"]
     assert r["model_score"] > 0.95
 

@@ -67,16 +67,22 @@ def test_risk_formula_and_independent_signals_rank_first(ledger, ctx) -> None:
         hit("J00004", "AMT001", "amounts", "low"),
     ])
     scores = model_frame(ledger, {"J00003": 0.999, "J00005": 0.9999})
+    cfg = ctx.settings.scoring
+    cfg.model_tail_share = 0.01                               # top 4 of 400 journals
     items = rank_items(ledger.lazy(), hits, scores, ctx)
     assert items.columns == FINDINGS_COLUMNS
     by = {r["journal_id"]: r for r in items.iter_rows(named=True)}
-    cfg = ctx.settings.scoring
     risk = lambda pts: round(100 * (1 - math.exp(-pts / cfg.score_scale)), 2)  # noqa: E731
-    assert by["J00001"]["risk_score"] == risk(0.7 * 45 * 1.5)
-    assert by["J00002"]["risk_score"] == risk(0.7 * (45 + 25) + 15)
-    model_pts = 100 * (0.999 - 0.9) / 0.1
-    assert by["J00003"]["risk_score"] == pytest.approx(risk(0.7 * 45 + 0.3 * model_pts + 15))
-    assert by["J00004"]["risk_score"] == risk(0.7 * 10)
+    # specificity: hit rate smoothed with 2000 prior journals at 0.1 %
+    spec = lambda n: min(1.0, 0.001 / ((n + 2.0) / 2400))     # noqa: E731
+    pay, tim = spec(3), spec(1)                               # PAY001 hits 3 journals
+    assert by["J00001"]["risk_score"] == pytest.approx(risk(0.7 * 45 * 1.5 * pay), abs=0.01)
+    assert by["J00002"]["risk_score"] == pytest.approx(
+        risk(0.7 * (45 * pay + 25 * tim) + 15 * pay), abs=0.01)    # + second family bonus
+    model_pts = 100 * (0.999 - 0.95) / 0.05
+    assert by["J00003"]["risk_score"] == pytest.approx(
+        risk(0.7 * 45 * pay + 0.05 * model_pts + 10), abs=0.01)   # + model bonus
+    assert by["J00004"]["risk_score"] == pytest.approx(risk(0.7 * 10 * tim), abs=0.01)
     # independent signals first: rule+model, two families, then one rule twice, then low
     order = items.sort("rank")["journal_id"].to_list()
     assert order.index("J00003") < order.index("J00001")
@@ -94,6 +100,7 @@ def test_risk_formula_and_independent_signals_rank_first(ledger, ctx) -> None:
 
 def test_model_only_items_need_the_top_tail(ledger, ctx) -> None:
     # 400 journals, tail 1 % -> 4 journals may enter on the model alone, if above the floor
+    ctx.settings.scoring.model_tail_share = 0.01
     scores = model_frame(ledger, {f"J{i:05d}": 0.95 + i / 1000 for i in range(6)})
     items = rank_items(ledger.lazy(), hits_frame([]), scores, ctx)
     assert sorted(items["journal_id"]) == ["J00002", "J00003", "J00004", "J00005"]
@@ -101,7 +108,7 @@ def test_model_only_items_need_the_top_tail(ledger, ctx) -> None:
     assert (items["n_rules"] == 0).all() and items["rule_ids"].is_null().all()
     top = items.row(0, named=True)
     assert top["line_no"] == 1 and top["reasons"].startswith("Modell (ungewöhnlicher als 95,5 %")
-    low = model_frame(ledger, {"J00001": 0.85})                  # top journal, but below floor
+    low = model_frame(ledger, {"J00001": 0.94})                  # top journal, but below floor
     assert rank_items(ledger.lazy(), None, low, ctx).height == 0
 
 
@@ -116,11 +123,17 @@ def test_capacity_item_id_line_details_and_file(ledger, ctx) -> None:
     top = items.row(0, named=True)
     assert top["journal_id"] == "J00000"
     assert top["item_id"] == hashlib.sha1(f"{ENT}|{FY}|J00000".encode()).hexdigest()[:16]
-    assert top["line_no"] is None            # strongest signal is the journal-level PAY001
+    # the rare TIM001 outweighs PAY001, which fires on 10 of 400 journals: its line is shown
+    assert top["line_no"] == 2 and top["rule_ids"] == "PAY001,TIM001"
     src = ledger.filter(pl.col("journal_id") == "J00000")
+    assert top["amount"] == src.filter(pl.col("line_no") == 2)["amount"].item()
+    assert top["reasons"].split("\n")[0].startswith("TIM001 (mittel)")
     assert top["journal_amount"] == src.filter(pl.col("amount") > 0)["amount"].sum()
-    assert top["amount"] == src["amount"].max() and top["n_lines"] == 2
-    assert top["model_score"] is None
+    assert top["n_lines"] == 2 and top["model_score"] is None
+    # a journal-level hit: no line, details of the largest line
+    second = items.filter(pl.col("journal_id") == "J00001").row(0, named=True)
+    src = ledger.filter(pl.col("journal_id") == "J00001")
+    assert second["line_no"] is None and second["amount"] == src["amount"].max()
     ctx.settings.scoring.review_capacity_share = 0.01       # 1 % of 400 journals = 4
     assert build_items(ledger.lazy(), hits, None, ctx)["above_capacity"].sum() == 4
 
