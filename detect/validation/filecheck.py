@@ -63,9 +63,8 @@ def check_truncated(frame: pl.DataFrame, ingested: IngestResult) -> None:
                                file=row["source_file"], line=row["source_line"],
                                hint="ask for the export to be transferred again")
     incomplete = pl.any_horizontal(pl.col(c).is_null() for c in REQUIRED_BOOKING_COLUMNS)
-    last = (frame.sort("source_line").group_by("source_file")
-            .agg(pl.all().last())
-            .filter(pl.col("ingest_issue").is_not_null() | incomplete))
+    is_last = pl.col("source_line") == pl.col("source_line").max().over("source_file")
+    last = frame.filter(is_last).filter(pl.col("ingest_issue").is_not_null() | incomplete)
     for row in last.iter_rows(named=True):  # one row per file
         path = _resolve(row["source_file"], ingested)
         if path is None or path.suffix.lower() not in TEXT_SUFFIXES:

@@ -82,9 +82,9 @@ def unbalanced(clean: pl.DataFrame, quarantined: pl.DataFrame, tolerance: float)
 def numeric_ids(frame: pl.DataFrame) -> pl.DataFrame:
     """Distinct numeric journal ids: entity, fiscal_year, journal_id, num."""
     return (frame.lazy().select("entity", "fiscal_year", "journal_id")
+            .unique()
             .filter(pl.col("journal_id").str.contains(NUMERIC_ID)
                     & pl.col("fiscal_year").is_not_null() & pl.col("entity").is_not_null())
-            .unique()
             .with_columns(pl.col("journal_id").cast(pl.Int64).alias("num"))
             .sort("entity", "fiscal_year", "num")
             .collect())
