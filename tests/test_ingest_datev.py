@@ -128,7 +128,8 @@ def test_delivery_mapping(tmp_path: Path) -> None:
                                "the chart without a name"]
     assert df["entity"].unique().to_list() == ["1234-56"]
     inv = df.filter(pl.col("journal_id") == "RE-1001").sort("line_no")
-    assert inv["line_no"].to_list() == [1, 2, 3, 4]
+    # MMDD * 100000 + position: invoice (15.01) and payment (20.01) never share keys
+    assert inv["line_no"].to_list() == [11500001, 11500002, 12000001, 12000002]
     assert inv["gl_account"].to_list() == ["70001", "4900", "70001", "1200"]
     assert inv["amount"].cast(pl.Float64).to_list() == [-1190.0, 1190.0, 1190.0, -1190.0]
     assert inv["vendor_id"].to_list() == ["70001", None, "70001", None]

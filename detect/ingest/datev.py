@@ -9,8 +9,11 @@ Journal and line mapping (stable, documented in docs/ingest_datev_sap.md):
 
 - ``journal_id`` = ``Belegfeld 1`` when filled, else ``<erzeugt am>-<row>`` (the header's creation
   stamp and the 1-based data row), so rows without a voucher number stay separate journals;
-- ``line_no``: the k-th row of a journal in the delivery (file order, then row) gives lines
-  ``2k-1`` (Konto side) and ``2k`` (Gegenkonto side).
+- ``line_no`` = ``MMDD`` of the Belegdatum * 100000 + position: the k-th row of a journal on
+  that day (file order, then row) gives positions ``2k-1`` (Konto side) and ``2k`` (Gegenkonto
+  side), e.g. 11500001/11500002 for the first row on 15 January. An invoice number reused by
+  the payment on another day (often in a later delivery) thus never takes over the invoice's
+  keys in the history.
 
 Large files stream: the file is transcoded in chunks when it is not UTF-8 and scanned by Polars
 as strings; no Python string ever holds the whole file.
@@ -56,6 +59,8 @@ from detect.schema import AMOUNT, MASTER_SCHEMAS, conform
 F = TypeVar("F", pl.DataFrame, pl.LazyFrame)
 NAME = "datev"
 SEP = ";"
+LINE_DAY = 100_000
+"""line_no = MMDD * LINE_DAY + position (up to 49,999 rows per voucher number and day)."""
 BELEGINFO_PAIRS = 8
 
 BOOKING_FIELDS: dict[str, Field] = {
@@ -495,10 +500,15 @@ def read(files: list[Path], settings: Settings, workdir: Path) -> IngestResult:
         bank_df = pl.concat(banks).unique(["vendor_id", "_gp_bank"], keep="first")
         lines = lines.join(bank_df.lazy(), on=["vendor_id", "_gp_bank"], how="left")
         lines = lines.with_columns(pl.col("_iban").alias("bank_account"))
-    journal = ["entity", "fiscal_year", "journal_id"]
-    lines = lines.with_columns(
-        ((pl.col("_ord").rank("dense").over(journal).cast(pl.Int32) - 1) * 2 + 1
-         + pl.col("_side")).alias("line_no"))
+    # line_no = MMDD of the Belegdatum * 100000 + position within (journal, day): a voucher
+    # number reused on another day (the payment of an invoice, in a later delivery) gets other
+    # keys, so the history keeps both; a re-export of the same batch keeps its keys.
+    journal_day = ["entity", "fiscal_year", "journal_id", "posting_date"]
+    mmdd = (pl.col("posting_date").dt.month().cast(pl.Int64) * 100
+            + pl.col("posting_date").dt.day().cast(pl.Int64)).fill_null(0)
+    position = (pl.col("_ord").rank("dense").over(journal_day).cast(pl.Int64) - 1) * 2 + 1 \
+        + pl.col("_side")
+    lines = lines.with_columns((mmdd * LINE_DAY + position).cast(pl.Int32).alias("line_no"))
     lines = lines.sort(["_ord", "_side"])
     bookings = conform(lines, INGEST_SCHEMA)
     master: dict[str, pl.DataFrame] = {}
