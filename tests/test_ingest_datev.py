@@ -269,3 +269,15 @@ def test_voucher_date_year_from_period(raw: str, expected: date | None) -> None:
                                   date(2025, 1, 31), "v", "i")
     assert out["v"][0] == expected
     assert (out["i"][0] is None) == (expected is not None)
+
+
+def test_unknown_column_name_falls_back_to_position_with_a_warning(tmp_path: Path) -> None:
+    lines = (FIX / "delivery" / "EXTF_Buchungsstapel_2025_01.csv").read_bytes().split(b"\r\n")
+    lines[1] = lines[1].replace(b"Konto;Gegenkonto", b"Kontonr. (Sachkonto);Gegenkonto", 1)
+    path = tmp_path / "renamed.csv"
+    path.write_bytes(b"\r\n".join(lines))
+    df, result = _read([path], tmp_path)
+    assert result.warnings[0] == (f"{path}: column 'Konto' not found by name; using position 7 "
+                                  "('Kontonr. (Sachkonto)')")
+    assert df.filter(pl.col("journal_id") == "K-17").sort("line_no")["gl_account"].to_list() \
+        == ["1000", "4930"]

@@ -155,8 +155,9 @@ def match_columns(header: ExtfHeader, fields: dict[str, Field], required: tuple[
                   warnings: list[str]) -> dict[str, int]:
     """Map logical fields to column indexes: by name first, then by documented position.
 
-    A position is used only when the column there has a name no other field claims, so a file
-    that lacks a column fails with a clear error instead of reading its neighbour.
+    Without a name line every field takes its position. With one, a *required* field not found
+    by name takes its position only when the column there has a name no field claims (with a
+    warning), so a file that lacks a column fails clearly instead of reading its neighbour.
     """
     names = [norm_name(c) for c in header.columns]
     found: dict[str, int] = {}
@@ -177,12 +178,12 @@ def match_columns(header: ExtfHeader, fields: dict[str, Field], required: tuple[
         if not header.columns:  # no name line at all: positions are all we have
             found[key] = pos
             continue
-        if pos < n_cols and pos not in claimed and names[pos] not in known:
+        # with a name line, only required columns fall back to their position (and say so)
+        if key in required and pos < n_cols and pos not in claimed and names[pos] not in known:
             found[key] = pos
             claimed.add(pos)
-            if key in required:
-                warnings.append(f"{header.path}: column {spec.label!r} not found by name; "
-                                f"using position {pos + 1} ({header.columns[pos]!r})")
+            warnings.append(f"{header.path}: column {spec.label!r} not found by name; "
+                            f"using position {pos + 1} ({header.columns[pos]!r})")
     for key in required:
         if key not in found:
             raise IngestError("required column is missing", file=str(header.path),
