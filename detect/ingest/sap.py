@@ -154,7 +154,7 @@ def _lines(table: SapTable, workdir: Path, warnings: list[str]) -> pl.LazyFrame:
         sh = pl.col(sh_col).str.strip_chars().str.to_uppercase()
         f.issues.append(pl.when(~sh.is_in(["S", "H"]) | sh.is_null()).then(
             pl.format("{}: '{}' is not S or H", pl.lit(sh_col), sh.fill_null(""))))
-        amount = pl.when(sh == "H").then(-raw).otherwise(raw)
+        amount = pl.when(sh == "H").then(-raw).when(sh == "S").then(raw)
     else:  # ACDOCA: HSL is signed already
         amount = f.amount("HSL")
     account = next((c for c in ACCOUNT_COLUMNS if c in table.columns), None)
