@@ -281,3 +281,12 @@ def test_unknown_column_name_falls_back_to_position_with_a_warning(tmp_path: Pat
                                   "('Kontonr. (Sachkonto)')")
     assert df.filter(pl.col("journal_id") == "K-17").sort("line_no")["gl_account"].to_list() \
         == ["1000", "4930"]
+
+
+def test_header_only_batch_is_a_warning_not_an_error(tmp_path: Path) -> None:
+    lines = (FIX / "delivery" / "EXTF_Buchungsstapel_2025_01.csv").read_bytes().split(b"\r\n")
+    path = tmp_path / "no_rows.csv"
+    path.write_bytes(b"\r\n".join(lines[:2]) + b"\r\n")
+    df, result = _read([path], tmp_path)
+    assert df.height == 0
+    assert result.warnings == [f"{path}: the Buchungsstapel holds no bookings"]

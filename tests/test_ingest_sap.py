@@ -190,3 +190,11 @@ def test_sniff_and_auto_detect_folder(tmp_path: Path) -> None:
     assert result.bookings.collect().height == 14
     roles = {Path(i.path).name: i.role for i in result.inputs}
     assert roles["LIESMICH.txt"] == "ignored" and roles["LFA1.csv"] == "master:vendors"
+
+
+def test_header_only_table_is_a_warning(tmp_path: Path) -> None:
+    path = tmp_path / "BSEG.csv"
+    path.write_text("BUKRS;BELNR;GJAHR;BUZEI;SHKZG;DMBTR;HKONT;H_BUDAT\r\n", encoding="utf-8")
+    result = sap.read([path], Settings(), tmp_path)
+    assert result.bookings.collect().height == 0
+    assert result.warnings == [f"{path}: the BSEG table holds no rows"]

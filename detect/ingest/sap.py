@@ -412,6 +412,8 @@ def read(files: list[Path], settings: Settings, workdir: Path) -> IngestResult:
         rows = count_lines(path) + (0 if ends_with_newline(path) else 1) - table.header_line
         inputs.append(InputFile(str(path), sha256_of(path), path.stat().st_size,
                                 role=ROLES[table.kind], rows=max(rows, 0)))
+        if rows <= 0:
+            warnings.append(f"{path}: the {table.kind} table holds no rows")
     line_tables = by_kind.get("BSEG", []) + by_kind.get("ACDOCA", [])
     headers = by_kind.get("BKPF", [])
     if not line_tables:
