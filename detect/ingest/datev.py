@@ -237,7 +237,8 @@ def _beleginfo_columns(col: dict[str, pl.Expr]) -> list[pl.Expr]:
     for target, names in BELEGINFO_MAP.items():
         picks = [pl.when(pl.col(f"_art{i}").is_in(list(names))).then(pl.col(f"_inh{i}"))
                  for i in pairs]
-        out.append((pl.coalesce(picks) if picks else pl.lit(None, pl.String)).alias(f"_bi_{target}"))
+        value = pl.coalesce(picks) if picks else pl.lit(None, pl.String)
+        out.append(value.alias(f"_bi_{target}"))
     return out
 
 

@@ -350,7 +350,8 @@ BANK_FIELDS = {"BANKN", "BANKL", "BANKS", "IBAN", "KOINH", "BKONT", "BVTYP", "SW
 
 def _vendor_changes(cdhdr: list[SapTable], cdpos: list[SapTable],
                     workdir: Path) -> pl.DataFrame | None:
-    """CDHDR + CDPOS of object class KRED (vendor) -> vendor_changes; bank fields -> bank_account."""
+    """CDHDR + CDPOS of object class KRED (vendor) -> vendor_changes; bank fields become
+    ``bank_account``."""
     if not cdhdr or not cdpos:
         return None
     heads = []

@@ -16,7 +16,14 @@ from pathlib import Path
 import polars as pl
 
 from detect.errors import IngestError
-from detect.ingest.delimited import LINE, head_lines, norm_name, scan_strings, split_line, utf8_source
+from detect.ingest.delimited import (
+    LINE,
+    head_lines,
+    norm_name,
+    scan_strings,
+    split_line,
+    utf8_source,
+)
 from detect.ingest.textio import detect_encoding
 
 # field labels (normalised) -> technical names, German and English SE16N column headings
@@ -189,8 +196,10 @@ def detect_locale(table: SapTable, sample: pl.DataFrame) -> Locale:
     comma = point = 0
     for c in amounts:
         s = sample[c].drop_nulls().str.strip_chars()
-        comma += int(s.str.contains(r",\d{1,2}-?$").sum() + s.str.contains(r"^-?\d{1,3}(\.\d{3})+,").sum())
-        point += int(s.str.contains(r"\.\d{1,2}-?$").sum() + s.str.contains(r"^-?\d{1,3}(,\d{3})+\.").sum()
+        comma += int(s.str.contains(r",\d{1,2}-?$").sum()
+                     + s.str.contains(r"^-?\d{1,3}(\.\d{3})+,").sum())
+        point += int(s.str.contains(r"\.\d{1,2}-?$").sum()
+                     + s.str.contains(r"^-?\d{1,3}(,\d{3})+\.").sum()
                      + s.str.contains(r"^-?\d+\.\d{3,}$").sum())
     if comma == point:
         decimal = "." if table.sep == "," else ","
