@@ -53,11 +53,55 @@ def _sql_str(path: Path | str) -> str:
 
 
 def load_findings(run_dir: Path) -> pl.DataFrame:
-    """``findings.parquet`` of a run, ranked (rank 1 first)."""
+    """``findings.parquet`` of a run, ranked (rank 1 first).
+
+    Read with Polars rather than DuckDB: the whole file is needed and Polars' reader is about
+    five times faster for this (100,000 items: ~0.1 s); both read the immutable file lock-free.
+    """
     path = run_dir / "findings.parquet"
     if not path.exists():
         return pl.DataFrame()
-    return _frame(f"SELECT * FROM read_parquet({_sql_str(path)}) ORDER BY rank")
+    return pl.read_parquet(path).sort("rank")
+
+
+STATE_COLUMNS = {"item_id": pl.String, "status": pl.String, "assignee": pl.String,
+                 "suppressed_by": pl.String, "last_comment": pl.String, "decided_by": pl.String}
+
+
+def store_version(store: Any) -> tuple[int, int, int]:
+    """A cheap fingerprint of the review state: newest decision id and suppression counts.
+
+    Any decision, new or revoked suppression changes it, so cached queue state is rebuilt
+    exactly when needed – for every session, not only the one that wrote.
+    """
+    import sqlalchemy as sa
+
+    from detect.store import decisions, suppressions
+    with store.engine.connect() as conn:
+        last = conn.execute(sa.select(sa.func.max(decisions.c.id))).scalar() or 0
+        total, revoked = conn.execute(sa.select(sa.func.count(),
+                                                sa.func.count(suppressions.c.revoked_at))).one()
+    return int(last), int(total), int(revoked)
+
+
+def review_state(store: Any) -> pl.DataFrame:
+    """Status, assignee, suppression and last comment of the items that have any.
+
+    Why not ``store.items()``: that returns every column of every item (100,000 items: ~4 s).
+    Items never decided, assigned or suppressed are open by definition, so only the few
+    touched ones are read; ``queue_frame`` fills in the rest.
+    """
+    import sqlalchemy as sa
+
+    from detect.store import items
+    query = sa.select(items.c.item_id, items.c.status, items.c.assignee, items.c.suppressed_by,
+                      items.c.last_comment, items.c.last_decision_by).where(
+        items.c.flagged.is_(True),
+        sa.or_(items.c.last_decision_id.is_not(None), items.c.suppressed_by.is_not(None),
+               items.c.assignee.is_not(None)))
+    with store.engine.connect() as conn:
+        rows = conn.execute(query).all()
+    return pl.DataFrame([tuple(r) for r in rows], schema=STATE_COLUMNS, orient="row")
 
 
 def status_frame(items: pl.DataFrame) -> pl.DataFrame:
@@ -66,6 +110,9 @@ def status_frame(items: pl.DataFrame) -> pl.DataFrame:
             "suppressed": pl.Boolean, "last_comment": pl.String, "decided_by": pl.String}
     if items.is_empty() or "item_id" not in items.columns:
         return pl.DataFrame(schema=want)
+    items = items.rename({"last_decision_by": "decided_by"}, strict=False)
+    if "suppressed" not in items.columns and "suppressed_by" in items.columns:
+        items = items.with_columns(pl.col("suppressed_by").is_not_null().alias("suppressed"))
     cols = [pl.col(c).cast(dt) if c in items.columns else pl.lit(None, dt).alias(c)
             for c, dt in want.items()]
     return items.select(cols).unique("item_id", keep="last")

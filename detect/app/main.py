@@ -55,6 +55,8 @@ def _login(ctx: ui.AppContext) -> None:
             st.error(tr("login_failed"))
             return
         _signed_in(ctx, user)
+        return
+    ui.warm(ctx)
 
 
 def _signed_in(ctx: ui.AppContext, user: auth.AppUser) -> None:

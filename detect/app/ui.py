@@ -24,7 +24,6 @@ LANG_KEY = "bw_lang"
 ITEM_KEY = "bw_item"
 FILTER_KEY = "bw_filter"
 REVEALED_KEY = "bw_revealed"
-GEN_KEY = "bw_generation"
 PAGES_DIR = Path(__file__).resolve().parent / "pages"
 
 
@@ -105,11 +104,6 @@ def show_error(exc: Exception) -> None:
     st.error(tr(message) if message in ("comment_required", "suppress_too_wide") else message)
 
 
-def bump_generation() -> None:
-    """Our own write happened: reload review state on the next render."""
-    st.session_state[GEN_KEY] = st.session_state.get(GEN_KEY, 0) + 1
-
-
 # --- cached data ------------------------------------------------------------------------------
 
 @st.cache_data(show_spinner=False, max_entries=4)
@@ -117,16 +111,12 @@ def _findings(run_dir: str, mtime: float) -> pl.DataFrame:
     return data.load_findings(Path(run_dir))
 
 
-@st.cache_data(show_spinner=False, ttl=30, max_entries=16)
-def _status(store_url: str, generation: int, _ctx: AppContext) -> pl.DataFrame:
-    return data.status_frame(_ctx.store.items().rename(
-        {"last_decision_by": "decided_by"}, strict=False))
-
-
-@st.cache_data(show_spinner=False, ttl=30, max_entries=16)
-def _queue(run_dir: str, mtime: float, store_url: str, generation: int, masked: bool,
-           _ctx: AppContext) -> pl.DataFrame:
-    queue = data.queue_frame(_findings(run_dir, mtime), _status(store_url, generation, _ctx))
+@st.cache_data(show_spinner=False, max_entries=4)
+def _queue(run_dir: str, mtime: float, store_url: str, version: tuple[int, int, int],
+           masked: bool, _ctx: AppContext) -> pl.DataFrame:
+    """Findings joined with review state; shared by all sessions until the store changes."""
+    state = data.status_frame(data.review_state(_ctx.store))
+    queue = data.queue_frame(_findings(run_dir, mtime), state)
     if masked:
         queue = masker(run_dir, mtime, _ctx).frame(queue, ["entered_by"],
                                                    ["reasons", "reasons_en", "description"])
@@ -151,9 +141,20 @@ def queue(ctx: AppContext, user: AppUser) -> tuple[data.Run | None, pl.DataFrame
         return None, pl.DataFrame()
     path = run.run_dir / "findings.parquet"
     mtime = path.stat().st_mtime if path.exists() else 0.0
-    frame = _queue(str(run.run_dir), mtime, ctx.store.url, st.session_state.get(GEN_KEY, 0),
+    frame = _queue(str(run.run_dir), mtime, ctx.store.url, data.store_version(ctx.store),
                    masks_personal(user), ctx)
     return run, frame
+
+
+def warm(ctx: AppContext) -> None:
+    """Fill the shared queue cache while the login form waits for input (renders nothing).
+
+    The first render after a nightly run then does not pay for reading 100,000 items.
+    """
+    run = data.current_run(ctx.data_dir)
+    if run is not None and (run.run_dir / "findings.parquet").exists():
+        mtime = (run.run_dir / "findings.parquet").stat().st_mtime
+        _queue(str(run.run_dir), mtime, ctx.store.url, data.store_version(ctx.store), True, ctx)
 
 
 def current_filter() -> data.QueueFilter:

@@ -53,7 +53,6 @@ def page() -> None:
     except UserError as exc:
         ui.show_error(exc)
         return
-    ui.bump_generation()
     st.session_state["bw_flash_bulk"] = tr("bulk_done", n=done)
     st.rerun()
 

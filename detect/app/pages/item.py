@@ -250,7 +250,6 @@ def decision_form(ctx: ui.AppContext, user: auth.AppUser, run: data.Run,
     except (DecisionError, UserError) as exc:
         ui.show_error(exc)
         return
-    ui.bump_generation()
     st.session_state["bw_flash"] = tr("saved", event=event)
     st.rerun()
 

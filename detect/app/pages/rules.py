@@ -7,6 +7,8 @@ and revoke suppressions.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import polars as pl
 import streamlit as st
 
@@ -18,10 +20,10 @@ from detect.errors import UserError
 from detect.fmt import percent
 
 
-@st.cache_data(show_spinner=False, ttl=60)
-def _stats(data_dir: str, generation: int, _ctx: ui.AppContext) -> tuple[pl.DataFrame,
-                                                                           pl.DataFrame]:
-    from pathlib import Path
+@st.cache_data(show_spinner=False, ttl=300)
+def _stats(data_dir: str, version: tuple[int, int, int], _ctx: ui.AppContext
+           ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Hits per run and precision; rebuilt when a decision or suppression changes."""
     hits = data.hits_per_run(Path(data_dir))
     precision = data.rule_precision(data.item_rules(Path(data_dir)),
                                     data.latest_status(_ctx.store.decision_log()))
@@ -56,7 +58,7 @@ def page() -> None:
     except Exception as exc:  # noqa: BLE001 - show why, keep the page
         st.warning(tr("no_catalog", err=exc))
         return
-    hits, precision = _stats(str(ctx.data_dir), st.session_state.get(ui.GEN_KEY, 0), ctx)
+    hits, precision = _stats(str(ctx.data_dir), data.store_version(ctx.store), ctx)
     states = rule_states(ctx.config_path, [r.id for r in catalog])
     table = catalog_table(catalog, hits, precision, states, lang)
     st.dataframe(table.with_columns(pl.col("precision").round(3)), hide_index=True,
@@ -103,7 +105,6 @@ def page() -> None:
                     if st.form_submit_button(tr("revoke")):
                         try:
                             actions.revoke_suppression(ctx.store, user, sid, reason)
-                            ui.bump_generation()
                             st.success(tr("revoked", id=sid))
                         except UserError as exc:
                             ui.show_error(exc)
