@@ -290,3 +290,14 @@ def test_header_only_batch_is_a_warning_not_an_error(tmp_path: Path) -> None:
     df, result = _read([path], tmp_path)
     assert df.height == 0
     assert result.warnings == [f"{path}: the Buchungsstapel holds no bookings"]
+
+
+def test_file_ending_inside_a_quoted_text_is_truncated(tmp_path: Path) -> None:
+    data = (FIX / "delivery" / "EXTF_Buchungsstapel_2025_01.csv").read_bytes()
+    cut = data[: data.index(b"Porto Dezember") + 5]  # ends inside "Porto Dezember"
+    path = tmp_path / "cut.csv"
+    path.write_bytes(cut)
+    with pytest.raises(IngestError) as err:
+        datev.read([path], Settings(), tmp_path)
+    assert err.value.line == 5
+    assert "file ends inside a quoted field" in err.value.message
