@@ -229,6 +229,47 @@ def _run_demo(tmp: Path) -> tuple[Path, str]:
     return summary.run_dir, "demo ledger sample_data/demo (ADS) through `belegwacht run`"
 
 
+def demo_rankings(tmp: Path) -> tuple[dict[str, pl.DataFrame], pl.DataFrame, pl.DataFrame]:
+    """Rules only / models only / combined rankings on the demo, without the GX validation step.
+
+    Ingest -> canonical bookings -> rules -> models -> scoring, as the pipeline does (the demo is
+    clean, so validation would pass every row). Returns (rankings with a ``score`` column,
+    labels, journals). Used by tests/test_detection_quality.py.
+    """
+    import copy
+
+    from detect import rules, scoring
+    from detect.config import Settings
+    from detect.ingest import ingest
+    from detect.models import fit_and_score
+    from detect.schema import conform
+
+    settings = Settings(entity="Musterstadt")
+    result = ingest([DEMO / "demo"], "ads", settings, tmp / "work")
+    bookings = conform(result.bookings).collect()
+    bookings.write_parquet(tmp / "bookings.parquet")
+    (tmp / "master").mkdir(exist_ok=True)
+    for name, frame in result.master.items():
+        frame.write_parquet(tmp / "master" / f"{name}.parquet")
+    ctx = _ctx(tmp, settings)
+    hits = rules.run_rules(rules.connect(ctx, tmp / "bookings.parquet"), ctx).hits
+    scores, _, _ = fit_and_score(bookings.lazy(), settings, vendors=result.master.get("vendors"))
+    rules_only = copy.deepcopy(settings)
+    rules_only.scoring.model_weight = 0.0
+    rules_only.scoring.model_bonus = 0.0
+    rules_only.scoring.model_tail_share = 0.0
+    rankings = {
+        "rules only": scoring.rank_items(bookings.lazy(), hits, None, _ctx(tmp, rules_only))
+        .rename({"risk_score": "score"}),
+        "models only": _journal_max(scores),
+        "combined": scoring.rank_items(bookings.lazy(), hits, scores, ctx)
+        .rename({"risk_score": "score"}),
+    }
+    labels = pl.read_csv(DEMO / "demo_labels.csv", schema_overrides={
+        "fiscal_year": pl.Int32, "journal_id": pl.String})
+    return rankings, labels, bookings.select(JOURNAL).unique()
+
+
 def _ctx(run_dir: Path, settings: object) -> object:
     from types import SimpleNamespace
 
@@ -289,7 +330,7 @@ def quality(synthetic: int, seed: int, json_out: Path | None) -> int:
         rules_only.scoring.model_weight = 0.0
         rules_only.scoring.model_bonus = 0.0
         rules_only.scoring.model_tail_share = 0.0
-        r_items = scoring.rank_items(bookings.lazy(), hits, scores,
+        r_items = scoring.rank_items(bookings.lazy(), hits, None,
                                      _ctx(Path(ctx.run_dir), rules_only))
         results: dict[str, pl.DataFrame] = {
             "rules only": evaluate(r_items.rename({"risk_score": "score"}), labels, journals),

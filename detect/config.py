@@ -114,8 +114,9 @@ class ScoringSettings:
     """Each further hit of the same rule in a journal adds this share of the previous one."""
     family_bonus: float = 15.0
     """Points per additional rule family hitting the same journal (independent signals)."""
-    model_bonus: float = 10.0
-    """Points when a journal has rule hits and its model score is in the model tail."""
+    model_bonus: float = 0.0
+    """Points when a journal has rule hits and its model score is in the model tail (0: on the
+    demo ledger a bonus lifted noisy-rule journals above specific rule hits)."""
     model_floor: float = 0.95
     """Model scores below this contribute no points (ordinary lines stay silent)."""
     model_tail_share: float = 0.001

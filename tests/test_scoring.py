@@ -69,6 +69,7 @@ def test_risk_formula_and_independent_signals_rank_first(ledger, ctx) -> None:
     scores = model_frame(ledger, {"J00003": 0.999, "J00005": 0.9999})
     cfg = ctx.settings.scoring
     cfg.model_tail_share = 0.01                               # top 4 of 400 journals
+    cfg.model_bonus = 10.0                                    # off by default, tested here
     items = rank_items(ledger.lazy(), hits, scores, ctx)
     assert items.columns == FINDINGS_COLUMNS
     by = {r["journal_id"]: r for r in items.iter_rows(named=True)}
