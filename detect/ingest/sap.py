@@ -38,7 +38,7 @@ NAME = "sap"
 KEYS = ("_bukrs", "_belnr", "_gjahr")
 ACCOUNT_COLUMNS = ("HKONT", "SAKNR", "RACCT")
 DATE_PLACEHOLDERS = ("", "00.00.0000", "00000000", "0000-00-00", "00/00/0000", "0")
-ROLES = {"BSEG": "bookings", "ACDOCA": "bookings", "BKPF": "bookings", "REGUH": "master:payments",
+ROLES = {"BSEG": "bookings", "ACDOCA": "bookings", "BKPF": "bookings", "REGUH": "bookings",
          "LFA1": "master:vendors", "LFBK": "master:vendors", "SKAT": "master:accounts",
          "CDHDR": "master:vendor_changes", "CDPOS": "master:vendor_changes"}
 
