@@ -267,6 +267,7 @@ def _payments(tables: list[SapTable], workdir: Path) -> pl.DataFrame | None:
     """REGUH: payee bank account per payment document (proposal runs excluded)."""
     frames = []
     for t in tables:
+        _sample_locale(t, workdir)
         f = Fields(t)
         lf = scan(t, workdir)
         if "XVORL" in t.columns:
@@ -279,7 +280,7 @@ def _payments(tables: list[SapTable], workdir: Path) -> pl.DataFrame | None:
             f.key("LIFNR").alias("_payee"),
             pl.coalesce(iban, pl.when(local != "").then(local)).str.replace_all(" ", "")
             .alias("_bank"),
-            f.text("LAUFD").alias("_laufd")).collect())
+            f.date("LAUFD").alias("_laufd")).collect())
     if not frames:
         return None
     df = pl.concat(frames, how="diagonal").filter(pl.col("_bank").is_not_null())
