@@ -32,7 +32,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "export": ALL,                              # filtered queue with decisions
     "decide": frozenset({"auditor"}),           # status + comment, single and bulk
     "assign": frozenset({"auditor"}),           # hand an item to a colleague
-    "suppress": frozenset({"auditor", "admin"}),  # narrowly scoped, with a decision
+    "suppress": frozenset({"auditor"}),         # narrowly scoped, with a "no finding" decision
     "manage_suppressions": frozenset({"admin"}),  # list + revoke
     "manage_users": frozenset({"admin"}),
     "manage_rules": frozenset({"admin"}),       # rules on/off

@@ -1,4 +1,4 @@
-"""The review app's pages through Streamlit's AppTest: login gate, role matrix, each page's logic."""
+"""The review app's pages in Streamlit's AppTest: login gate, role matrix, each page's logic."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def page_as(name: str, user: AppUser | None) -> AppTest:
     return at.run()
 
 
-# --- login gate -------------------------------------------------------------------------------------
+# --- login gate ----------------------------------------------------------------------------------
 
 def test_no_data_before_login_then_login_shows_queue(env: dict) -> None:
     at = app_as(None).run()
@@ -123,7 +123,7 @@ def test_disabled_user_loses_session(env: dict) -> None:
     assert [t.value for t in at.title] == ["Anmelden"]
 
 
-# --- role matrix --------------------------------------------------------------------------------
+# --- role matrix ---------------------------------------------------------------------------------
 
 def test_manager_reads_but_cannot_decide(env: dict) -> None:
     manager = AppUser("max", "manager")
@@ -158,7 +158,7 @@ def test_navigation_lists_only_permitted_pages(env: dict) -> None:
     assert "bulk.py" not in nav_pages(AppUser("root", "admin"))
 
 
-# --- queue -------------------------------------------------------------------------------------
+# --- queue ---------------------------------------------------------------------------------------
 
 def test_queue_filters_and_counts(env: dict) -> None:
     at = page_as("queue.py", AppUser("anna", "auditor"))
@@ -195,7 +195,7 @@ def test_queue_in_english(env: dict) -> None:
     assert "." in at.dataframe[0].value["Amount"][0]
 
 
-# --- item detail and decisions ----------------------------------------------------------------------
+# --- item detail and decisions -------------------------------------------------------------------
 
 def test_item_detail_shows_reasons_context_and_records_decision(env: dict) -> None:
     store: ReviewStore = env["store"]
@@ -277,7 +277,7 @@ def test_bulk_decision_on_filtered_selection(env: dict) -> None:
     assert f"{n} Entscheidungen gespeichert" in _all_text(at)
 
 
-# --- runs, rules, audit, users, export --------------------------------------------------------------
+# --- runs, rules, audit, users, export -----------------------------------------------------------
 
 def test_runs_page_offers_data_docs(env: dict) -> None:
     at = page_as("runs.py", AppUser("max", "manager"))
@@ -337,3 +337,24 @@ def test_export_page_builds_file(env: dict) -> None:
     rows = list(csv.DictReader(io.StringIO(payload.decode("utf-8-sig"))))
     assert fmt == "csv" and len(rows) == 40 and rows[0]["journal_id"] == "B000000"
     assert all(r["entered_by"].startswith("P-") for r in rows)  # pseudonymised for export
+
+
+def test_oidc_identity_signs_in_with_local_role(env: dict) -> None:
+    env["config"].write_text('[app]\noidc_provider = "keycloak"\n', "utf-8")
+    env["store"].add_user("k.meier@musterstadt.de", None, "manager", "K. Meier")
+    at = AppTest.from_file(str(APP), default_timeout=30)
+    at.user = {"is_logged_in": False}
+    at.run()
+    assert at.button[0].label == "Mit Single Sign-on anmelden"
+    assert len(at.dataframe) == 0
+    at = AppTest.from_file(str(APP), default_timeout=30)
+    at.user = {"is_logged_in": True, "email": "k.meier@musterstadt.de", "name": "K. Meier"}
+    at.run()
+    assert not at.exception
+    assert [t.value for t in at.title] == ["Prüfliste"]
+    assert at.session_state["bw_user"].role == "manager"
+    stranger = AppTest.from_file(str(APP), default_timeout=30)
+    stranger.user = {"is_logged_in": True, "email": "fremd@example.org"}
+    stranger.run()
+    assert "keinem aktiven Konto zugeordnet" in stranger.error[0].value
+    assert len(stranger.dataframe) == 0

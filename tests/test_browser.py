@@ -1,7 +1,8 @@
 """Real-browser test: `belegwacht app` on a published run, driven by Debian's Chromium.
 
-The data dir holds a real run of the pipeline over a generated sample ledger. Signs in, filters the queue, opens an item, records a decision with a comment, checks the
-decision is in the review store, and saves screenshots (to the test's temp folder; with
+The data dir holds a real run of the pipeline over a generated sample ledger. The test signs in,
+filters the queue, opens an item, records a decision with a comment, checks the decision is in
+the review store, and saves screenshots (to the test's temp folder; with
 BELEGWACHT_UPDATE_SCREENSHOTS=1 also to docs/screenshots/ for the README).
 """
 

@@ -57,7 +57,7 @@ def decide(store: ReviewStore, user: AppUser | None, item: dict[str, Any], statu
            comment: str, *, assignee: str | None = None,
            suppression: dict[str, str] | None = None, run_id: str | None = None) -> int:
     """Record one decision; returns the event id."""
-    auth.require(user, "decide")
+    actor = auth.require(user, "decide")
     comment = _check_decision(status, comment)
     if assignee != item.get("assignee"):
         auth.require(user, "assign")
@@ -65,7 +65,7 @@ def decide(store: ReviewStore, user: AppUser | None, item: dict[str, Any], statu
         auth.require(user, "suppress")
         if status != "no_finding":
             raise DecisionError("a suppression can only accompany “no finding”")
-    return store.record_decision(item["item_id"], status, comment, user.username,  # type: ignore[union-attr]
+    return store.record_decision(item["item_id"], status, comment, actor.username,
                                  run_id=run_id, assignee=assignee or None,
                                  suppression=suppression)
 
@@ -73,53 +73,53 @@ def decide(store: ReviewStore, user: AppUser | None, item: dict[str, Any], statu
 def decide_bulk(store: ReviewStore, user: AppUser | None, item_ids: list[str], status: str,
                 comment: str) -> int:
     """The same decision for many items in one transaction; returns how many were recorded."""
-    auth.require(user, "decide")
+    actor = auth.require(user, "decide")
     comment = _check_decision(status, comment)
     if not item_ids:
         return 0
-    return store.record_decisions(list(item_ids), status, comment, user.username)  # type: ignore[union-attr]
+    return store.record_decisions(list(item_ids), status, comment, actor.username)
 
 
 def reveal(store: ReviewStore, user: AppUser | None, item_id: str) -> None:
     """Allow clear names for one item in this session; the access is logged first."""
-    auth.require(user, "reveal_personal")
-    store.log_access(user.username, "reveal_personal_data", f"item {item_id}")  # type: ignore[union-attr]
+    actor = auth.require(user, "reveal_personal")
+    store.log_access(actor.username, "reveal_personal_data", f"item {item_id}")
 
 
 def add_user(store: ReviewStore, user: AppUser | None, username: str, password: str, role: str,
              display_name: str | None) -> None:
-    auth.require(user, "manage_users")
+    actor = auth.require(user, "manage_users")
     auth.add_user(store, username.strip(), password, role, display_name or None)
-    store.log_access(user.username, "user_add", f"{username} ({role})")  # type: ignore[union-attr]
+    store.log_access(actor.username, "user_add", f"{username} ({role})")
 
 
 def set_role(store: ReviewStore, user: AppUser | None, username: str, role: str) -> None:
-    auth.require(user, "manage_users")
+    actor = auth.require(user, "manage_users")
     auth.check_role(role)
     store.set_role(username, role)
-    store.log_access(user.username, "user_set_role", f"{username} -> {role}")  # type: ignore[union-attr]
+    store.log_access(actor.username, "user_set_role", f"{username} -> {role}")
 
 
 def disable_user(store: ReviewStore, user: AppUser | None, username: str) -> None:
-    auth.require(user, "manage_users")
-    if username == user.username:  # type: ignore[union-attr]
+    actor = auth.require(user, "manage_users")
+    if username == actor.username:
         raise PermissionDenied("you cannot disable your own account")
     store.disable_user(username)
-    store.log_access(user.username, "user_disable", username)  # type: ignore[union-attr]
+    store.log_access(actor.username, "user_disable", username)
 
 
 def revoke_suppression(store: ReviewStore, user: AppUser | None, suppression_id: str,
                        reason: str) -> None:
-    auth.require(user, "manage_suppressions")
-    store.revoke_suppression(suppression_id, user.username, reason)  # type: ignore[union-attr]
+    actor = auth.require(user, "manage_suppressions")
+    store.revoke_suppression(suppression_id, actor.username, reason)
 
 
 def switch_rule(store: ReviewStore, user: AppUser | None, config_path: Any, rule_id: str,
                 enabled: bool) -> None:
     """Switch a rule on/off in belegwacht.toml (takes effect with the next run); logged."""
-    auth.require(user, "manage_rules")
+    actor = auth.require(user, "manage_rules")
     set_rule_enabled(config_path, rule_id, enabled)
-    store.log_access(user.username, "rule_switch",  # type: ignore[union-attr]
+    store.log_access(actor.username, "rule_switch",
                      f"{rule_id} enabled={str(enabled).lower()} in {config_path}")
 
 
@@ -137,7 +137,7 @@ def export_bytes(store: ReviewStore, user: AppUser | None, queue: pl.DataFrame, 
     Reuses ``detect.export``'s writers, which neutralise formula-like text cells (CSV/formula
     injection) and keep numbers and dates typed.
     """
-    auth.require(user, "export")
+    actor = auth.require(user, "export")
     from detect.export import write_csv, write_xlsx
 
     if fmt not in ("csv", "xlsx"):
@@ -150,6 +150,6 @@ def export_bytes(store: ReviewStore, user: AppUser | None, queue: pl.DataFrame, 
         else:
             write_csv(frame, path)
         payload = path.read_bytes()
-    store.log_access(user.username, "export",  # type: ignore[union-attr]
+    store.log_access(actor.username, "export",
                      f"{fmt} {frame.height} rows {detail}".strip())
     return payload
