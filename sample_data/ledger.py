@@ -54,11 +54,11 @@ CT = _CategoryTable([*md.CATEGORIES, md.LANDLORD])
 _ORDER = np.argsort(CT.keys)
 
 
-
-
 def cat_index(cat: np.ndarray) -> np.ndarray:
     """Row of ``CT`` for each category key."""
     return _ORDER[np.searchsorted(CT.keys[_ORDER], cat)]
+
+
 REVENUE = [  # account, weight, median EUR, cost center, text
     ("431100", 0.24, 45.0, "33100", "Verwaltungsgebühren"),
     ("432100", 0.24, 180.0, "65300", "Benutzungsgebühren"),
@@ -95,7 +95,7 @@ def plan(total_lines: int) -> list[MonthPlan]:
     return out
 
 
-def _day_weights(w: World, days: np.ndarray) -> np.ndarray:
+def _day_weights(days: np.ndarray) -> np.ndarray:
     """Working days weighted towards the month's end (and a little its start)."""
     wt = np.ones(len(days))
     wt[-3:] = 2.2
@@ -113,7 +113,7 @@ class MonthGen:
         self.jk = next_jk
         self.workdays = w.cal.month_workdays(month)
         self.days = w.cal.month_days(month)
-        self.pwork = _day_weights(w, self.workdays)
+        self.pwork = _day_weights(self.workdays)
 
     def keys(self, n: int) -> np.ndarray:
         k = np.arange(self.jk, self.jk + n, dtype=np.int64)
@@ -228,7 +228,8 @@ class MonthGen:
         dr_cc = np.where(kind == 1, "33100", None)
         cr_cc = np.where(kind == 0, "33100", None)
         text = np.select([kind == 0, kind == 1],
-                         ["Gebühr Bürgerbüro bar", "Barauslage Bürobedarf"], "Einzahlung Barkasse")
+                         ["Gebühr Bürgerbüro bar", "Barauslage Bürobedarf"],
+                         "Einzahlung Barkasse")
         jk = self.keys(n)
         ref = np.char.add("Q", rng.integers(10**5, 10**6, n).astype(str))
         h = fr.headers(n, jk=jk, kind="cash", posting_date=post, document_date=post,

@@ -7,12 +7,13 @@ Built once per generated ledger from the seed; month generation reads it but nev
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import date
 
 import numpy as np
 import polars as pl
 
 from sample_data import master as md
-from sample_data.calendar import Calendar
+from sample_data.workcal import Calendar
 
 LEVELS = ("clerk", "clerk2", "lead", "head", "kaemmerer", "bm")
 LEVEL_RANK = {"clerk": 0, "clerk2": 0, "lead": 1, "head": 2, "kaemmerer": 3, "bm": 4,
@@ -54,14 +55,14 @@ class World:
                             for _ in range(n_rent)],
             "category": "vermieter",
             "iban_initial": md.random_ibans(rng, n_rent).tolist(),
-            "created_at": [md.date(self.year - 8, 1, 2)] * n_rent,
+            "created_at": [date(self.year - 8, 1, 2)] * n_rent,
             "change_date": pl.Series([None] * n_rent, dtype=pl.Date),
             "iban_changed": pl.Series([None] * n_rent, dtype=pl.String),
             "activity": 0.0,
             "is_person": False,
         })
         self.vendors = pl.concat([vendors, landlords.cast(vendors.schema)])
-        old = vendors.filter(pl.col("created_at") < md.date(self.year, 1, 1))
+        old = vendors.filter(pl.col("created_at") < date(self.year, 1, 1))
         rows = []
         rent_cc = ["65100", "40300", "51100", "51300", "33100", "10200"]
         for i in range(n_rent):
@@ -134,7 +135,9 @@ class World:
         di = self.dept_index(dept)
         return self.cc_ids[self.cc_off[di] + (rng.random(len(di)) * self.cc_cnt[di]).astype(int)]
 
-    def pick_clerk(self, rng: np.random.Generator, dept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def pick_clerk(self, rng: np.random.Generator,
+                   dept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A random clerk of each Amt, with the clerk's limit in cents."""
         di = self.dept_index(dept)
         cnt = np.maximum(self.clerk_cnt[di], 1)
         i = self.clerk_off[di] + (rng.random(len(di)) * cnt).astype(int)

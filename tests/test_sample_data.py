@@ -14,7 +14,7 @@ from schwifty import IBAN
 
 from detect.config import Settings
 from sample_data import anomalies
-from sample_data.calendar import Calendar
+from sample_data.workcal import Calendar
 from sample_data.generate import DEMO_DIR, DEMO_LABELS, DEMO_LINES, DEMO_SEED, SCENARIOS, \
     generate, main
 
