@@ -198,3 +198,19 @@ def test_header_only_table_is_a_warning(tmp_path: Path) -> None:
     result = sap.read([path], Settings(), tmp_path)
     assert result.bookings.collect().height == 0
     assert result.warnings == [f"{path}: the BSEG table holds no rows"]
+
+
+def test_locale_from_values_day_first_slashes_and_pm_times(tmp_path: Path) -> None:
+    """A comma CSV with decimal points but DD/MM/YYYY dates (a day above 12 says so)."""
+    path = tmp_path / "gl.csv"
+    path.write_text(
+        "BUKRS,BELNR,GJAHR,BUZEI,SHKZG,DMBTR,HKONT,BUDAT,BLDAT,CPUDT,CPUTM\n"
+        '1000,7,2025,1,S,"1,250.50",400000,25/03/2025,00/00/0000,25/03/2025,08:15:00 PM\n'
+        '1000,7,2025,2,H,"1,250.50",113100,25/03/2025,00/00/0000,25/03/2025,08:15:00 PM\n',
+        encoding="utf-8")
+    df = sap.read([path], Settings(), tmp_path).bookings.collect().sort("line_no")
+    assert df["ingest_issue"].null_count() == 2
+    assert df["amount"].cast(pl.Float64).to_list() == [1250.5, -1250.5]
+    assert df["posting_date"][0] == date(2025, 3, 25)
+    assert df["document_date"][0] is None
+    assert df["entered_at"][0] == datetime(2025, 3, 25, 20, 15)
