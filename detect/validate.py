@@ -142,9 +142,11 @@ def _reject(run_dir: Path, reasons: list[str], payload: dict[str, Any], *,
     """Write what was found (the full lists) and build the error to raise."""
     _write_json(run_dir, {**payload, "outcome": "rejected", "reasons": reasons})
     message = "delivery rejected: " + " | ".join(reasons)
+    # the pipeline keeps a failed run's folder as runs/<id>.failed for diagnosis
+    kept = run_dir.with_name(run_dir.name.removesuffix(".partial") + ".failed")
     return DeliveryRejected(message, file=file,
                             hint=(hint + "; " if hint else "") +
-                            f"details in {run_dir / 'validation.json'}")
+                            f"full list in {kept / 'validation.json'}")
 
 
 def _journal_order(frame: pl.DataFrame, ctx: Any) -> tuple[pl.DataFrame, pl.DataFrame,
@@ -392,7 +394,8 @@ def _headline(result: ValidationResult, control: list[str], skipped: set[str]) -
     if skipped:
         lines.append(f"skipped checks (no master data): {', '.join(sorted(skipped))}")
     for text in result.warnings:
-        lines.append("warning: " + text.split("; ")[0].split(". ")[0])
+        if not text.startswith("control totals"):  # already summarised above
+            lines.append("warning: " + text.split("; ")[0].split(". ")[0])
     if result.docs_index:
         lines.append("data docs: data_docs/index.html")
     return lines

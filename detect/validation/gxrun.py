@@ -150,6 +150,9 @@ class GxRunner:
         if self.docs_dir is None:
             return None
         self.context.build_data_docs()
+        # GX copies ~3 MB of tutorial GIFs into every site; the pages we render never show them
+        for gif in (self.docs_dir / "static" / "images").glob("*.gif"):
+            gif.unlink()
         index = self.docs_dir / "index.html"
         return index if index.exists() else None
 

@@ -4,9 +4,10 @@ Unbalanced journals and gaps are classic journal-entry tests, so they become *fi
 auditors (rule-hit shape of docs/CONTRACTS.md), never silent drops. Numbering that falls below
 what the entity already processed is a file-level problem (see ``detect.validate``).
 
-Numeric journal ids only: ids are grouped per (entity, fiscal_year) into number ranges, a jump
-larger than ``validation.journal_gap_max`` starting a new range (SAP-style number ranges per
-document type), smaller jumps being gaps.
+Numeric journal ids only: ids are grouped per fiscal year into number ranges, a jump larger than
+``validation.journal_gap_max`` starting a new range (SAP-style number ranges per document type),
+smaller jumps being gaps. The ``entity`` column is not part of the scope: a run belongs to one
+entity, and ADS exports put business units there that share one number range.
 """
 
 from __future__ import annotations
@@ -80,19 +81,18 @@ def unbalanced(clean: pl.DataFrame, quarantined: pl.DataFrame, tolerance: float)
 
 
 def numeric_ids(frame: pl.DataFrame) -> pl.DataFrame:
-    """Distinct numeric journal ids: entity, fiscal_year, journal_id, num."""
-    return (frame.lazy().select("entity", "fiscal_year", "journal_id")
-            .unique()
+    """Distinct numeric journal ids: fiscal_year, journal_id, num, entity (of its first line)."""
+    return (frame.lazy().group_by("fiscal_year", "journal_id").agg(pl.col("entity").first())
             .filter(pl.col("journal_id").str.contains(NUMERIC_ID)
-                    & pl.col("fiscal_year").is_not_null() & pl.col("entity").is_not_null())
+                    & pl.col("fiscal_year").is_not_null())
             .with_columns(pl.col("journal_id").cast(pl.Int64).alias("num"))
-            .sort("entity", "fiscal_year", "num")
+            .sort("fiscal_year", "num")
             .collect())
 
 
 def number_ranges(ids: pl.DataFrame, gap_max: int) -> pl.DataFrame:
-    """Contiguous-ish ranges: entity, fiscal_year, lo, hi, journals."""
-    key = ["entity", "fiscal_year"]
+    """Contiguous-ish ranges: fiscal_year, lo, hi, journals."""
+    key = ["fiscal_year"]
     jump = (pl.col("num") - pl.col("num").shift(1).over(key)).fill_null(gap_max + 1)
     return (ids.with_columns((jump > gap_max).cast(pl.Int32).cum_sum().over(key).alias("range"))
             .group_by(*key, "range")
@@ -104,7 +104,7 @@ def number_ranges(ids: pl.DataFrame, gap_max: int) -> pl.DataFrame:
 def gaps(ids: pl.DataFrame, previous: pl.DataFrame, gap_max: int) -> pl.DataFrame:
     """Missing numbers inside a range, and between the previous run's highest number and this
     delivery's lowest of the same range, as findings on the journal after the gap."""
-    key = ["entity", "fiscal_year"]
+    key = ["fiscal_year"]
     prev_ids = (previous.select(*key, pl.col("hi").alias("num"))
                 .with_columns(pl.lit(True).alias("prev")))
     both = (pl.concat([ids.select(*key, "num").with_columns(pl.lit(False).alias("prev")),
@@ -120,7 +120,8 @@ def gaps(ids: pl.DataFrame, previous: pl.DataFrame, gap_max: int) -> pl.DataFram
     if found.height == 0:
         return empty_hits()
     # the stored id may be zero-padded; name the journal as it was delivered
-    found = found.drop("journal_id").join(ids.select(*key, "num", "journal_id"), on=[*key, "num"])
+    found = found.drop("journal_id").join(ids.select(*key, "num", "journal_id", "entity"),
+                                          on=[*key, "num"])
     de = pl.format("Lücke in der Belegnummerierung vor Beleg {}: {} Nummer(n) fehlen ({} bis {}).",
                    pl.col("journal_id"), pl.col("missing"), pl.col("missing_from"),
                    pl.col("missing_to"))
@@ -133,16 +134,16 @@ def gaps(ids: pl.DataFrame, previous: pl.DataFrame, gap_max: int) -> pl.DataFram
 
 def backwards(ranges: pl.DataFrame, previous: pl.DataFrame, gap_max: int) -> pl.DataFrame:
     """Delivered ranges whose highest number lies below the highest already processed in the
-    same (entity, fiscal_year, number range): entity, fiscal_year, lo, hi, prev_hi, run_id."""
+    same (fiscal_year, number range): fiscal_year, lo, hi, prev_hi, run_id."""
     if previous.height == 0 or ranges.height == 0:
         return pl.DataFrame()
     prev = previous.cast({"fiscal_year": pl.Int32}).rename(
         {"lo": "prev_lo", "hi": "prev_hi"})
-    joined = ranges.join(prev, on=["entity", "fiscal_year"])
+    joined = ranges.join(prev, on=["fiscal_year"])
     same_range = ((pl.col("lo") <= pl.col("prev_hi") + gap_max)
                   & (pl.col("hi") >= pl.col("prev_lo") - gap_max))
     return (joined.filter(same_range)
             .sort("prev_hi", descending=True)
-            .unique(subset=["entity", "fiscal_year", "lo"], keep="first")
+            .unique(subset=["fiscal_year", "lo"], keep="first")
             .filter(pl.col("hi") < pl.col("prev_hi"))
-            .sort("entity", "fiscal_year", "lo"))
+            .sort("fiscal_year", "lo"))

@@ -19,8 +19,7 @@ import polars as pl
 
 PROCESSED = "processed.json"
 JOURNAL_NUMBERS = "journal_numbers.json"
-RANGE_SCHEMA = {"entity": pl.String, "fiscal_year": pl.Int32, "lo": pl.Int64, "hi": pl.Int64,
-                "run_id": pl.String}
+RANGE_SCHEMA = {"fiscal_year": pl.Int32, "lo": pl.Int64, "hi": pl.Int64, "run_id": pl.String}
 
 
 def entity_dir(data_dir: Path, entity: str) -> Path:
@@ -90,9 +89,10 @@ def remember_delivery(data_dir: Path, entity: str, sha256s: list[str], run_id: s
 
 
 def previous_ranges(data_dir: Path, entity: str) -> pl.DataFrame:
-    """Journal number ranges of published runs: entity, fiscal_year, lo, hi, run_id."""
+    """Journal number ranges of published runs: fiscal_year, lo, hi, run_id."""
     runs = read_json(entity_dir(data_dir, entity) / JOURNAL_NUMBERS).get("runs", {})
-    rows = [dict(r, run_id=run_id) for run_id, ranges in runs.items()
+    rows = [{"fiscal_year": r["fiscal_year"], "lo": r["lo"], "hi": r["hi"], "run_id": run_id}
+            for run_id, ranges in runs.items()
             if is_published(data_dir, run_id) for r in ranges]
     return pl.DataFrame(rows, schema=RANGE_SCHEMA) if rows else pl.DataFrame(schema=RANGE_SCHEMA)
 
@@ -102,5 +102,5 @@ def remember_ranges(data_dir: Path, entity: str, run_id: str, ranges: pl.DataFra
     path = entity_dir(data_dir, entity) / JOURNAL_NUMBERS
     data = read_json(path)
     runs = {r: v for r, v in data.get("runs", {}).items() if is_published(data_dir, r)}
-    runs[run_id] = ranges.select("entity", "fiscal_year", "lo", "hi").to_dicts()
+    runs[run_id] = ranges.select("fiscal_year", "lo", "hi").to_dicts()
     write_json_atomic(path, {"runs": runs})
