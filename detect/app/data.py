@@ -383,7 +383,7 @@ def runs_overview(data_dir: Path) -> pl.DataFrame:
             "rows_in": val.get("rows_in"),
             "rows_clean": val.get("rows_clean"),
             "rows_quarantined": val.get("rows_quarantined"),
-            "warnings": len(val.get("warnings") or []),
+            "warnings": len(val.get("warnings") or []) + len(m.get("ingest_warnings") or []),
             "items": findings.get("items"),
             "outcome": m.get("outcome"),
             "data_docs": (run_dir / "data_docs" / "index.html").exists(),

@@ -46,11 +46,18 @@ def page() -> None:
     run_dir = ctx.data_dir / "runs" / run_id
     manifest = data.read_manifest(run_dir)
     validation = manifest.get("validation") or {}
+    warnings = [*(manifest.get("ingest_warnings") or []), *(validation.get("warnings") or [])]
     c1, c2, c3 = st.columns(3)
     c1.metric(tr("quarantined"), validation.get("rows_quarantined", "–"))
-    c2.metric(tr("warnings"), len(validation.get("warnings") or []))
+    c2.metric(tr("warnings"), len(warnings))
     c3.metric("Items", (manifest.get("findings") or {}).get("items", "–"))
-    for warning in validation.get("warnings") or []:
+    for line in [*(validation.get("headline") or []),
+                 *((manifest.get("findings") or {}).get("headline") or [])]:
+        st.text(str(line))
+    if validation.get("quarantine_reasons"):
+        st.dataframe([{"reason": k, "rows": v}
+                      for k, v in validation["quarantine_reasons"].items()], hide_index=True)
+    for warning in warnings:
         st.warning(str(warning))
     st.subheader(tr("data_docs"))
     index = run_dir / "data_docs" / "index.html"
