@@ -368,3 +368,16 @@ def test_repeated_same_amount_and_late_reversals(ledger: dict) -> None:
         assert orig["total"][0] == row["total"]
         close = cal.period_close(orig["posting_date"][0].month).astype(date)
         assert row["posting_date"] > close
+
+
+def test_datev_batches_written_in_slices_are_identical(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from sample_data.writers import datev
+
+    generate(1500, 8, tmp_path / "whole", ["datev"])
+    monkeypatch.setattr(datev, "SLICE_JOURNALS", 37)
+    generate(1500, 8, tmp_path / "sliced", ["datev"])
+    files = sorted((tmp_path / "whole" / "datev").iterdir())
+    assert len(files) == 14
+    for f in files:
+        assert f.read_bytes() == (tmp_path / "sliced" / "datev" / f.name).read_bytes(), f.name

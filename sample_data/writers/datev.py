@@ -33,6 +33,7 @@ from sample_data.writers import MasterData, money, write_csv_chunk
 from sample_data.writers.datev_columns import BUCHUNGSSTAPEL, DEBKRED
 
 BERATER, MANDANT = "70001", "1"
+SLICE_JOURNALS = 25_000
 ACCOUNT_LENGTH = 6
 BELEGINFO = (("Erfasser", "entered_by"), ("Erfasst am", "_entered"), ("Freigabe", "approved_by"),
              ("Belegdatum", "_docdate"), ("Quelle", "source"), ("Belegart", "document_type"),
@@ -95,7 +96,25 @@ class DatevWriter:
         return self.banks
 
     def write(self, frame: pl.DataFrame) -> None:
+        """One month -> one Buchungsstapel, built in slices of journals (bounded memory)."""
         month = int(frame["period"][0])
+        first = date(self.year, month, 1)
+        last = date(self.year, month, monthrange(self.year, month)[1])
+        created = (last + timedelta(days=1)).strftime("%Y%m%d") + "020000000"
+        head = header_line(21, "Buchungsstapel", 13, created, f"{self.year}0101",
+                           first.strftime("%Y%m%d"), last.strftime("%Y%m%d"),
+                           f"Musterstadt {month:02d}/{self.year}")
+        path = self.dir / f"EXTF_Buchungsstapel_{self.year}{month:02d}.csv"
+        path.write_bytes((head + "\r\n" + ";".join(BUCHUNGSSTAPEL) + "\r\n").encode("cp1252"))
+        ids = frame["journal_id"].unique().sort()
+        for lo in range(0, ids.len(), SLICE_JOURNALS):
+            part = ids.slice(lo, SLICE_JOURNALS)
+            sub = frame.filter(pl.col("journal_id").is_between(pl.lit(part[0]), pl.lit(part[-1])))
+            write_csv_chunk(self._rows(sub), path, header=False, sep=";", quote_style="never",
+                            crlf=True, encoding="cp1252")
+
+    def _rows(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """Journals -> Buchungsstapel records (one text column), non-anchor lines vs anchor."""
         personal = pl.col("gl_account").is_in([AP, AP_INV]) & pl.col("vendor_id").is_not_null()
         f = frame.with_columns(konto=pl.when(personal).then(pl.col("vendor_id"))
                                .otherwise(pl.col("gl_account")),
@@ -105,14 +124,14 @@ class DatevWriter:
             pl.col("cost_center").alias("_acc_cc"), pl.col("_creditor").alias("_acc_cred"),
             pl.col("bank_account").alias("_acc_bank"))
         rows = f.filter(~pl.col("anchor")).join(anchor, on="journal_id", how="left")
-        rows = rows.with_columns(
+        rows = rows.sort("journal_id", "line_no").with_columns(
             _cred=pl.coalesce("_creditor", "_acc_cred"),
             _iban=pl.coalesce("bank_account", "_acc_bank"))
         pairs = rows.filter(pl.col("_cred").is_not_null() & pl.col("_iban").is_not_null()) \
             .select(pl.col("_cred").alias("vendor_id"), pl.col("_iban").alias("iban"))
         banks = self._bank_numbers(pairs)
         rows = rows.join(banks.rename({"vendor_id": "_cred", "iban": "_iban"}),
-                         on=["_cred", "_iban"], how="left")
+                         on=["_cred", "_iban"], how="left", maintain_order="left")
         rows = rows.with_columns(
             _entered=pl.col("entered_at").dt.strftime("%d.%m.%Y %H:%M:%S"),
             _docdate=pl.col("document_date").dt.strftime("%d.%m.%Y"))
@@ -136,17 +155,7 @@ class DatevWriter:
             values[f"Beleginfo - Art {i}"] = _q(pl.when(pl.col(col).is_not_null())
                                                 .then(pl.lit(art)))
             values[f"Beleginfo - Inhalt {i}"] = _q(pl.col(col).str.slice(0, 210))
-        out = rows.sort("journal_id", "line_no").select(_record(values, BUCHUNGSSTAPEL))
-        first = date(self.year, month, 1)
-        last = date(self.year, month, monthrange(self.year, month)[1])
-        created = (last + timedelta(days=1)).strftime("%Y%m%d") + "020000000"
-        first, last = first.strftime("%Y%m%d"), last.strftime("%Y%m%d")
-        head = header_line(21, "Buchungsstapel", 13, created, f"{self.year}0101", first, last,
-                           f"Musterstadt {month:02d}/{self.year}")
-        path = self.dir / f"EXTF_Buchungsstapel_{self.year}{month:02d}.csv"
-        path.write_bytes((head + "\r\n" + ";".join(BUCHUNGSSTAPEL) + "\r\n").encode("cp1252"))
-        write_csv_chunk(out, path, header=False, sep=";", quote_style="never", crlf=True,
-                        encoding="cp1252")
+        return rows.select(_record(values, BUCHUNGSSTAPEL))
 
     def close(self, master: MasterData) -> None:
         created = f"{self.year + 1}0115020000000"
