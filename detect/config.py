@@ -76,7 +76,7 @@ class ValidationSettings:
     """Lines in period 13+ (closing periods) may be posted this many days after year end."""
     min_document_date: str = "1990-01-01"
     document_date_max_years_after_posting: int = 1
-    gx_rows: int = 20_000
+    gx_rows: int = 10_000
     """Great Expectations validates at most this many rows (whole journals, drawn by hash) for
     the Data Docs and to cross-check the vectorised row checks; 0 = every row (slow)."""
     batch_rows: int = 500_000

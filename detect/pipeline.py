@@ -244,8 +244,8 @@ def _run_stages(ctx: RunContext, sources: list[Path], fmt: str, control_totals: 
         model_scores = models.score_lines(pl.scan_parquet(history_glob), ctx)
     lifecycle.crash_point("models_done")
     with log.step("scoring", "Ranking review items"):
-        findings = scoring.build_items(pl.scan_parquet(history_glob), rule_result.hits,
-                                       model_scores, ctx)
+        hits = pl.concat([rule_result.hits, checked.review_hits()])  # + control-total findings
+        findings = scoring.build_items(pl.scan_parquet(history_glob), hits, model_scores, ctx)
     lifecycle.crash_point("scored")
     shutil.rmtree(partial / "tmp", ignore_errors=True)
     with log.step("publish", "Publishing"):

@@ -45,6 +45,8 @@ already_processed = state.already_processed
 remember_delivery = state.remember_delivery
 
 QUARANTINE_LEAD = ["source_file", "source_line", "expectation", "reason"]
+REVIEW_RULES = {"VAL-CTRL"}
+"""Validation findings handed to scoring (the others duplicate rules of the catalog)."""
 
 
 @dataclass
@@ -64,6 +66,12 @@ class ValidationResult:
     checks: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     headline: list[str] = field(default_factory=list)
+
+    def review_hits(self) -> pl.DataFrame:
+        """Findings the rule catalog does not produce itself (control-total differences), in
+        rule-hit shape, for scoring to turn into review items. Unbalanced journals and gaps are
+        left to the catalog's JRN001/JRN002, which see the whole history."""
+        return self.journal_findings.filter(pl.col("rule_id").is_in(list(REVIEW_RULES)))
 
     def summary(self) -> dict[str, Any]:
         """JSON-able digest for the run manifest."""
