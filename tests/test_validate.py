@@ -152,6 +152,7 @@ def test_control_totals_warn_policy_names_every_journal_to_the_cent(tmp_path: Pa
     result = _run(tmp_path, rows, control_totals=[control])
     ctrl = result.journal_findings.filter(pl.col("rule_id") == "VAL-CTRL")
     assert ctrl.height == 12
+    assert result.review_hits().equals(ctrl)  # handed to scoring with the rule hits
     assert json.loads(ctrl["evidence"][0])["debit_difference"] == "-0.01"
     warning = next(w for w in result.warnings if w.startswith("control totals ctl.csv"))
     assert "12 of 12 journals do not reconcile" in warning
@@ -241,3 +242,17 @@ def test_large_delivery_is_sampled_for_gx_but_checked_in_full(tmp_path: Path) ->
     assert currency["failing_rows"] == 2
     assert 0 < currency["gx"]["element_count"] < 600  # GX saw whole journals of a sample
     assert all(c["agrees_with_gx"] for c in result.checks if "agrees_with_gx" in c)
+
+
+def test_truncation_detected_without_help_from_the_ingest(tmp_path: Path) -> None:
+    path = tmp_path / "export.csv"
+    path.write_text("Beleg;Konto;Betrag\n1;5250000;10,00\n1;1810000;-10,00\n2;52", "utf-8")
+    rows = [dict(r, source_file=str(path)) for r in journal("1", 10.0)]
+    cut = rows + [line("2", 1, None, gl_account="52", source_file=str(path), source_line=4)]
+    with pytest.raises(DeliveryRejected, match="last line has no line end and is incomplete "
+                                               r"\(no amount\)") as info:
+        _run(tmp_path, cut)
+    assert info.value.line == 4 and info.value.file == str(path)
+    # no final line end, but the last line is complete: not truncated
+    path.write_text("Beleg;Konto;Betrag\n1;5250000;10,00\n1;1810000;-10,00", "utf-8")
+    assert _run(tmp_path / "b", rows).rows_clean == 2

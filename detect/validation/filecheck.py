@@ -59,7 +59,9 @@ def check_truncated(frame: pl.DataFrame, ingested: IngestResult) -> None:
     marked = frame.filter(pl.col("ingest_issue").str.contains("(?i)truncat"))
     if marked.height:
         row = marked.row(0, named=True)
-        raise DeliveryRejected(f"file is truncated: {row['ingest_issue']}",
+        issue = str(row["ingest_issue"])
+        issue = issue.split(":", 1)[1].strip() if issue.lower().startswith("truncated:") else issue
+        raise DeliveryRejected(f"file is truncated: {issue}",
                                file=row["source_file"], line=row["source_line"],
                                hint="ask for the export to be transferred again")
     incomplete = pl.any_horizontal(pl.col(c).is_null() for c in REQUIRED_BOOKING_COLUMNS)
