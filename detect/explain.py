@@ -202,30 +202,45 @@ def explain(frame: pl.DataFrame, tails: np.ndarray, names: list[str], k: int,
     contrib = np.take_along_axis(tails, order, axis=1)
     values = np.take_along_axis(frame.select(names).to_numpy(), order, axis=1)
     label = np.asarray(names)
+    n = frame.height
     slots = {}
     for i in range(k):
         slots[f"_f{i}"] = label[order[:, i]]
         slots[f"_c{i}"] = np.round(contrib[:, i], 3)
         slots[f"_v{i}"] = np.round(values[:, i].astype(np.float64), 4)
-    work = frame.hstack(pl.DataFrame(slots))
-    out: dict[str, pl.Expr] = {}
-    for lang in ("de", "en"):
-        text = templates(lang, settings)
-        picked = []
-        for i in range(k):
-            chain = None
-            for name in names:
-                cond = pl.col(f"_f{i}") == name
-                chain = (pl.when(cond).then(text[name]) if chain is None
-                         else chain.when(cond).then(text[name]))
-            keep = (pl.col(f"_c{i}") >= MIN_TAIL) if i else pl.lit(True)
-            picked.append(pl.when(keep).then(chain.otherwise(None)))
-        out[f"model_reasons_{lang}"] = pl.concat_list(picked).list.drop_nulls().list.join("; ")
+    work = pl.DataFrame(slots)
+    # long form (row, slot, feature): each feature's sentence is rendered only on the rows
+    # that name it, so the cost is ~k sentences per row, not one per feature per row
+    long = pl.DataFrame({
+        "_row": np.repeat(np.arange(n, dtype=np.int64), k),
+        "_slot": np.tile(np.arange(k, dtype=np.int64), n),
+        "_feat": label[order].ravel(),
+        "_contrib": contrib.ravel(),
+    }).filter((pl.col("_slot") == 0) | (pl.col("_contrib") >= MIN_TAIL))
+    de, en = templates("de", settings), templates("en", settings)
+    parts = []
+    for name in names:  # loop over features (~15), vectorised over rows
+        rows = long.filter(pl.col("_feat") == name)
+        if rows.height == 0:
+            continue
+        ctx = frame[rows.get_column("_row").to_numpy()]
+        parts.append(ctx.select(de[name].alias("de"), en[name].alias("en"))
+                     .hstack(rows.select("_row", "_slot")))
+    text = (pl.concat(parts).sort("_row", "_slot")
+            .group_by("_row", maintain_order=True)
+            .agg(pl.col("de").drop_nulls().str.join("; ").alias("model_reasons_de"),
+                 pl.col("en").drop_nulls().str.join("; ").alias("model_reasons_en"))
+            if parts else pl.DataFrame(schema={"_row": pl.Int64, "model_reasons_de": pl.String,
+                                               "model_reasons_en": pl.String}))
+    reasons = (pl.DataFrame({"_row": np.arange(n, dtype=np.int64)})
+               .join(text, on="_row", how="left", maintain_order="left")
+               .with_columns(pl.col("model_reasons_de", "model_reasons_en").fill_null("")))
     items = [pl.concat_str([_s('{"feature":"'), pl.col(f"_f{i}"), _s('","value":'),
                             pl.col(f"_v{i}").cast(pl.String), _s(',"contribution":'),
                             pl.col(f"_c{i}").cast(pl.String), _s("}")]) for i in range(k)]
-    out["top_features"] = pl.concat_str([_s("["), pl.concat_str(items, separator=","), _s("]")])
-    return work.select(**out)
+    top = work.select(pl.concat_str([_s("["), pl.concat_str(items, separator=","), _s("]")])
+                      .alias("top_features"))
+    return reasons.select("model_reasons_de", "model_reasons_en").hstack(top)
 
 
 def parse_top_features(value: str) -> list[dict[str, Any]]:
