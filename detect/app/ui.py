@@ -106,12 +106,14 @@ def show_error(exc: Exception) -> None:
 
 # --- cached data ------------------------------------------------------------------------------
 
-@st.cache_data(show_spinner=False, max_entries=4)
+# cache_resource, not cache_data: Polars frames are immutable, so sessions can share one object
+# instead of unpickling a 100,000-row copy on every render.
+@st.cache_resource(show_spinner=False, max_entries=4)
 def _findings(run_dir: str, mtime: float) -> pl.DataFrame:
     return data.load_findings(Path(run_dir))
 
 
-@st.cache_data(show_spinner=False, max_entries=4)
+@st.cache_resource(show_spinner=False, max_entries=4)
 def _queue(run_dir: str, mtime: float, store_url: str, version: tuple[int, int, int],
            masked: bool, _ctx: AppContext) -> pl.DataFrame:
     """Findings joined with review state; shared by all sessions until the store changes."""
