@@ -358,3 +358,12 @@ def test_oidc_identity_signs_in_with_local_role(env: dict) -> None:
     stranger.run()
     assert "keinem aktiven Konto zugeordnet" in stranger.error[0].value
     assert len(stranger.dataframe) == 0
+
+
+def test_data_in_markdown_is_escaped(env: dict) -> None:
+    at = AppTest.from_file(str(PAGES / "item.py"), default_timeout=30)
+    at.session_state["bw_user"] = AppUser("anna", "auditor")
+    at.query_params["item"] = "[klick](javascript:alert(1))"
+    at.run()
+    assert at.warning[0].value == (
+        "Beleg \\[klick\\]\\(javascript:alert\\(1\\)\\) ist im aktuellen Lauf nicht vorhanden.")

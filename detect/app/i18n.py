@@ -249,6 +249,15 @@ def t(key: str, lang: str = "de", **kwargs: object) -> str:
     return text.format(**kwargs) if kwargs else text
 
 
+_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]()<>#|~!$"})
+
+
+def md(text: object) -> str:
+    """Escape Markdown: values from data (booking texts, ids, names, URL parameters) are shown
+    through Streamlit's Markdown, where ``[x](javascript:…)`` or ``**`` would otherwise act."""
+    return ("" if text is None else str(text)).translate(_MD_SPECIAL)
+
+
 def status_label(status: str | None, lang: str) -> str:
     return t(f"status_{status or 'open'}", lang)
 

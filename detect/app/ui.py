@@ -16,7 +16,7 @@ import streamlit as st
 from detect import auth
 from detect.app import data
 from detect.app.context import AppContext, Masker, build_context
-from detect.app.i18n import t
+from detect.app.i18n import md, t
 from detect.auth import AppUser
 
 USER_KEY = "bw_user"
@@ -44,7 +44,8 @@ def lang() -> str:
 
 
 def tr(key: str, **kwargs: object) -> str:
-    return t(key, lang(), **kwargs)
+    """The text in the session's language; placeholder values are Markdown-escaped."""
+    return t(key, lang(), **{k: md(v) if isinstance(v, str) else v for k, v in kwargs.items()})
 
 
 def language_switch(default: str) -> None:
@@ -101,7 +102,7 @@ def guard(permission: str = "view") -> tuple[AppContext, AppUser]:
 def show_error(exc: Exception) -> None:
     """A user-facing error: translated when it is a known key, else the message itself."""
     message = getattr(exc, "message", str(exc))
-    st.error(tr(message) if message in ("comment_required", "suppress_too_wide") else message)
+    st.error(tr(message) if message in ("comment_required", "suppress_too_wide") else md(message))
 
 
 # --- cached data ------------------------------------------------------------------------------

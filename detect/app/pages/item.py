@@ -16,7 +16,7 @@ import streamlit as st
 from detect import auth
 from detect.app import actions, data, ui
 from detect.app.actions import NARROW_KEYS, DecisionError
-from detect.app.i18n import date_expr, money_expr, t
+from detect.app.i18n import date_expr, md, money_expr, t
 from detect.app.ui import ITEM_KEY, REVEALED_KEY, tr
 from detect.errors import UserError
 from detect.fmt import day, money, number
@@ -62,14 +62,6 @@ def _item_id() -> str | None:
     return st.session_state.get(ITEM_KEY)
 
 
-_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]()<>#|~!"})
-
-
-def md(text: str | None) -> str:
-    """Data shown through st.markdown is escaped: booking texts come from outside."""
-    return (text or "").translate(_MD_SPECIAL)
-
-
 def reasons_section(ctx: ui.AppContext, run: data.Run, item: dict[str, Any], lang: str,
                     mask: Callable[[str | None], str | None]) -> pl.DataFrame:
     st.subheader(tr("reasons"))
@@ -93,7 +85,7 @@ def reasons_section(ctx: ui.AppContext, run: data.Run, item: dict[str, Any], lan
             st.markdown(f"**{row['rule_id']} · {md(title)}** "
                         f"({t('sev_' + str(row['severity']), lang)})  \n{md(mask(expl))}")
             if rule is not None:
-                st.caption(rule.why.strip())
+                st.caption(md(rule.why.strip()))
     scores = data.model_scores_for(run.run_dir, item["entity"], item["fiscal_year"],
                                    item["journal_id"])
     if not scores.is_empty():
@@ -185,9 +177,9 @@ def context_section(ctx: ui.AppContext, run: data.Run, item: dict[str, Any],
                                          other)
         other_lines = hide(other_lines)
         left, right = st.columns(2)
-        left.caption(f"{tr('c_journal')} {item['journal_id']}")
+        left.caption(f"{tr('c_journal')} {md(item['journal_id'])}")
         left.dataframe(lines_display(shown_lines, lang), hide_index=True)
-        right.caption(f"{tr('c_journal')} {other}")
+        right.caption(f"{tr('c_journal')} {md(other)}")
         right.dataframe(lines_display(other_lines, lang), hide_index=True)
 
 
@@ -289,7 +281,7 @@ def page() -> None:
     m[1].metric(tr("c_journal_amount"), money(item.get("journal_amount"), lang))
     m[2].metric(tr("c_date"), day(item.get("posting_date"), lang))
     if stored.get("assignee"):
-        st.caption(f"{tr('c_assignee')}: {stored['assignee']}")
+        st.caption(f"{tr('c_assignee')}: {md(stored['assignee'])}")
 
     if reveal:
         st.info(tr("revealed"))

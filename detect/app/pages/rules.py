@@ -87,7 +87,7 @@ def page() -> None:
         if enabled != states.get(rule_id, True):
             try:
                 actions.switch_rule(ctx.store, user, ctx.config_path, rule_id, enabled)
-                st.success(tr("rule_switch_saved", rule=rule_id, path=ctx.config_path,
+                st.success(tr("rule_switch_saved", rule=rule_id, path=str(ctx.config_path),
                               state=tr("enabled") if enabled else tr("disabled")))
             except UserError as exc:
                 ui.show_error(exc)

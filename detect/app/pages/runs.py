@@ -13,6 +13,7 @@ from pathlib import Path
 import streamlit as st
 
 from detect.app import data, ui
+from detect.app.i18n import md
 from detect.app.ui import tr
 
 
@@ -58,7 +59,7 @@ def page() -> None:
         st.dataframe([{"reason": k, "rows": v}
                       for k, v in validation["quarantine_reasons"].items()], hide_index=True)
     for warning in warnings:
-        st.warning(str(warning))
+        st.warning(md(warning))
     st.subheader(tr("data_docs"))
     index = run_dir / "data_docs" / "index.html"
     if index.exists():
