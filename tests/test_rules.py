@@ -242,6 +242,13 @@ def test_settings_switch_rules_off_and_override_params(tmp_path: Path) -> None:
     assert {"rule_id": "JRN001", "reason": "disabled in belegwacht.toml"} in result.skipped
 
 
+def test_misspelt_rule_parameter_is_a_config_error(tmp_path: Path) -> None:
+    hist, run_dir = write_history(tmp_path)
+    ctx = Ctx(run_dir, settings=Settings(rules={"PAY001": {"windw_days": 10}}))
+    with pytest.raises(UserError, match=r"\[rules.PAY001\] has unknown parameter\(s\) windw_days"):
+        run_rules(connect(ctx, str(hist / "*.parquet")), ctx)
+
+
 def test_master_data_from_run_dir_enables_rules(tmp_path: Path) -> None:
     hist, run_dir = write_history(tmp_path)
     (run_dir / "master").mkdir()

@@ -270,9 +270,27 @@ class RuleRunResult:
         }
 
 
+def check_rule_settings(settings: Settings, catalog: list[Rule], log: Any = None) -> None:
+    """A misspelt parameter in ``[rules.<ID>]`` must not be ignored silently."""
+    by_id = {r.id: r for r in catalog}
+    for rule_id, values in settings.rules.items():
+        rule = by_id.get(rule_id)
+        if rule is None:
+            if log is not None:
+                log.warn(f"belegwacht.toml [rules.{rule_id}]: no such rule in the catalog")
+            continue
+        known = {p.name for p in rule.params} | set(rule.config_params) | {"enabled"}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"[rules.{rule_id}] has unknown parameter(s) {', '.join(unknown)}",
+                              file="belegwacht.toml",
+                              hint=f"parameters of {rule_id}: {', '.join(sorted(known))}")
+
+
 def run_catalog(con: duckdb.DuckDBPyConnection, settings: Settings, catalog: list[Rule],
                 delivery_only: bool = True, log: Any = None) -> RuleRunResult:
     """Run every enabled, runnable rule; never a Python loop over rows, one query per rule."""
+    check_rule_settings(settings, catalog, log)
     available = Availability.probe(con)
     result = RuleRunResult(hits=pl.DataFrame(schema=HIT_SCHEMA))
     frames: list[pl.DataFrame] = []
