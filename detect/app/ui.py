@@ -99,6 +99,28 @@ def guard(permission: str = "view") -> tuple[AppContext, AppUser]:
     return ctx, user  # type: ignore[return-value]
 
 
+COLUMN_LABELS = {
+    "run_id": "c_run", "current": "c_current", "entity": "c_entity", "created_at": "c_created",
+    "format": "format", "rows_in": "c_rows_in", "rows_clean": "c_rows_clean",
+    "rows_quarantined": "quarantined", "warnings": "warnings", "items": "c_items",
+    "outcome": "c_outcome", "data_docs": "data_docs", "id": "c_event", "ts": "c_time",
+    "user": "c_who", "status": "c_status", "comment": "comment", "assignee": "c_assignee",
+    "journal_id": "c_journal", "fiscal_year": "c_fy", "suppression_id": "suppressions",
+    "username": "username", "display_name": "display_name", "role": "role", "state": "f_status",
+    "rule_id": "f_rule", "title": "c_title", "severity": "c_severity", "family": "c_family",
+    "enabled": "enabled", "hits": "hits", "confirmed": "confirmed_n",
+    "no_finding": "no_finding_n", "precision": "precision",
+}
+"""Column name -> text key, for tables shown as they are (``column_config`` labels)."""
+
+
+def labels(columns: list[str], **extra: object) -> dict[str, object]:
+    """``column_config`` that shows translated headers; ``extra`` adds column configs."""
+    config: dict[str, object] = {c: tr(COLUMN_LABELS[c]) for c in columns if c in COLUMN_LABELS}
+    config.update(extra)
+    return config
+
+
 def show_error(exc: Exception) -> None:
     """A user-facing error: translated when it is a known key, else the message itself."""
     message = getattr(exc, "message", str(exc))

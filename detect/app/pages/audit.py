@@ -30,7 +30,8 @@ def page() -> None:
         cols = [c for c in ("id", "ts", "user", "status", "comment", "assignee", "journal_id",
                             "entity", "fiscal_year", "item_id", "suppression_id", "hash")
                 if c in log.columns]
-        st.dataframe(log.select(cols).reverse(), hide_index=True, width="stretch")
+        st.dataframe(log.select(cols).reverse(), hide_index=True, width="stretch",
+                     column_config=ui.labels(cols))
     if auth.can(user.role, "manage_users"):
         with st.expander("access log"):
             st.dataframe(ctx.store.access_log(500), hide_index=True, width="stretch")

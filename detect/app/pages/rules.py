@@ -62,11 +62,9 @@ def page() -> None:
     states = rule_states(ctx.config_path, [r.id for r in catalog])
     table = catalog_table(catalog, hits, precision, states, lang)
     st.dataframe(table.with_columns(pl.col("precision").round(3)), hide_index=True,
-                 width="stretch", column_config={
-                     "precision": st.column_config.ProgressColumn(
-                         tr("precision"), min_value=0.0, max_value=1.0, format="percent"),
-                     "hits": tr("hits"), "confirmed": tr("confirmed_n"),
-                     "no_finding": tr("no_finding_n"), "enabled": tr("enabled")})
+                 width="stretch", column_config=ui.labels(table.columns, precision=(
+                     st.column_config.ProgressColumn(tr("precision"), min_value=0.0,
+                                                     max_value=1.0, format="percent"))))
     if not hits.is_empty():
         st.subheader(tr("hits_per_run"))
         st.bar_chart(hits.pivot(on="rule_id", index="run_id", values="hits").fill_null(0),

@@ -36,7 +36,8 @@ def page() -> None:
     if overview.is_empty():
         st.info(tr("no_run", dir=str(ctx.data_dir)))
         return
-    st.dataframe(overview, hide_index=True, width="stretch")
+    st.dataframe(overview, hide_index=True, width="stretch",
+                 column_config=ui.labels(overview.columns))
     failed = [r for r in ctx.store.list_runs() if r.get("outcome") not in ("published",
                                                                            "running")]
     if failed:

@@ -22,7 +22,8 @@ def page() -> None:
              "role": t(f"role_{u['role']}", lang),
              "state": tr("active") if u.get("active") else tr("disabled"),
              "created_at": u.get("created_at")} for u in ctx.store.list_users()]
-    st.dataframe(rows, hide_index=True, width="stretch")
+    st.dataframe(rows, hide_index=True, width="stretch",
+                 column_config=ui.labels(["username", "display_name", "role", "state"]))
     role_label = lambda r: t(f"role_{r}", lang)  # noqa: E731
     with st.form("add_user", clear_on_submit=True):
         st.subheader(tr("add_user"))
