@@ -141,7 +141,8 @@ end_hour = 20
 period_close_days = 20
 ```
 
-Shared values come from the settings and are listed per rule under "from belegwacht.toml":
+A misspelt parameter under `[rules.<ID>]` stops the run with a message listing the rule's
+parameters. Shared values come from the settings and are listed per rule under "from belegwacht.toml":
 procurement thresholds, materiality, approval margin, office hours and workdays, description
 keywords, service and generic users, `manual_sources` (values of `source` that mean "keyed in
 by a person"; an empty source counts as manual), currency. Public holidays come from the
@@ -211,6 +212,12 @@ the file and each problem. This page is generated: `python -m detect.rules.doc`.
   of a nonconforming user or account group, and only for groups of at least `min_n` amounts.
 - History-wide rules (rare user, rare account, usual accounts, Benford) need some history to
   be meaningful; their population guards keep them quiet on small ledgers.
+- Tuned on the synthetic sample ledger (`sample_data`): on 20.000 lines every scenario is
+  caught by its rules; on 1 million lines most are caught fully, amount outliers (~55 %),
+  rare account pairs (~60 %) and bank changes before payment (~80 %) less often. Benford
+  rules flag a few percent of journals on synthetic data (low severity).
+- Performance: the whole catalog is one DuckDB query per rule over the parquet history;
+  about 27 CPU seconds for 1 million lines (30 s wall on 2 shared cores).
 """
 
 
