@@ -313,7 +313,7 @@ def recover(data_dir: Path, entity: str, store: Any) -> list[str]:
         else:
             fail_folder(data_dir, run_id)
             store.fail_run(run_id, "aborted: the process ended before publishing (found "
-                           "its partial folder)", outcome="aborted")
+                           "its partial folder)", outcome="aborted", entity=entity)
             notes.append(f"run {run_id} was interrupted before publishing; kept as "
                          f"runs/{run_id}.failed, the previous run stays current")
     latest = store.latest_published_run(entity)

@@ -360,13 +360,14 @@ class ReviewStore:
             conn.execute(runs.insert().values(id=run_id, entity=entity, started=started or now_iso(),
                                               outcome="running", delivery_hash=delivery_hash))
 
-    def fail_run(self, run_id: str, error: str, outcome: str = "failed") -> None:
+    def fail_run(self, run_id: str, error: str, outcome: str = "failed",
+                 entity: str | None = None) -> None:
         """Record why a run did not publish; nothing else changes."""
         with self._write() as conn:
             exists = conn.execute(sa.select(runs.c.outcome).where(runs.c.id == run_id)).first()
             if exists is None:
-                conn.execute(runs.insert().values(id=run_id, entity="?", started=now_iso(),
-                                                  outcome=outcome))
+                conn.execute(runs.insert().values(id=run_id, entity=entity or "?",
+                                                  started=now_iso(), outcome=outcome))
             elif exists[0] == "published":
                 return
             conn.execute(runs.update().where(runs.c.id == run_id).values(
