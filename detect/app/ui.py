@@ -180,6 +180,11 @@ def warm(ctx: AppContext) -> None:
     if run is not None and (run.run_dir / "findings.parquet").exists():
         mtime = (run.run_dir / "findings.parquet").stat().st_mtime
         _queue(str(run.run_dir), mtime, ctx.store.url, data.store_version(ctx.store), True, ctx)
+    try:                                   # the rule catalog (titles, docs) loads once, too
+        from detect.rules import load_catalog
+        load_catalog()
+    except Exception:  # noqa: BLE001 - pages report catalog problems themselves
+        pass
 
 
 def current_filter() -> data.QueueFilter:
