@@ -90,7 +90,8 @@ SCENARIOS = ["amount_outlier", "night_posting", "weekend_posting", "outside_usua
 
 
 def synthetic_ledger(n_journals: int = 20_000, seed: int = 0, anomaly_share: float = 0.01,
-                     entity: str = "Synthstadt", year: int = 2025) -> tuple[pl.DataFrame, pl.DataFrame]:
+                     entity: str = "Synthstadt",
+                     year: int = 2025) -> tuple[pl.DataFrame, pl.DataFrame]:
     """A two-line-per-journal municipal ledger with labelled injected anomalies (numpy only).
 
     Invoices debit an expense account and credit payables (160000); payments debit payables and
@@ -199,7 +200,8 @@ def synthetic_ledger(n_journals: int = 20_000, seed: int = 0, anomaly_share: flo
         (pl.col(c) if c in bookings.columns else pl.lit(None)).cast(t).alias(c)
         for c, t in BOOKING_SCHEMA.items()])
     lab = pl.DataFrame({"journal_id": jid, "scenario": labels.tolist()},
-                       schema={"journal_id": pl.String, "scenario": pl.String}).drop_nulls("scenario").with_columns(
+                       schema={"journal_id": pl.String, "scenario": pl.String}
+                       ).drop_nulls("scenario").with_columns(
         pl.lit(entity).alias("entity"), pl.lit(year, pl.Int32).alias("fiscal_year"))
     return bookings, lab.select(JOURNAL + ["scenario"])
 
@@ -365,7 +367,8 @@ def quality(synthetic: int, seed: int, json_out: Path | None) -> int:
                          labels, journals).filter(pl.col("scenario") == "overall")
             all_scores[name] = s
             timing.append({"detectors": name, "fit_s": round(t_fit, 2),
-                           "score_s": round(t_score, 2), **m.drop("scenario", "n").row(0, named=True)})
+                           "score_s": round(t_score, 2),
+                           **m.drop("scenario", "n").row(0, named=True)})
         detectors = pl.DataFrame(timing)
         # the ensemble's percentiles combined by max instead of mean, for comparison
         for combo, fn in (("max(iforest,ecod)", np.maximum),):

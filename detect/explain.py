@@ -119,7 +119,8 @@ def templates(lang: str, settings: Any) -> dict[str, pl.Expr]:
                                           n("vendor_bank_journals"),
                                           _s(" Zahlungen verwendet")]),
             "off_hours": pl.concat_str([_s("erfasst um "), c("entry_time").fill_null("?"),
-                                        _s(f" Uhr, außerhalb der Bürozeiten ({start}–{end} Uhr; "),
+                                        _s(f" Uhr, außerhalb der Bürozeiten ({start}–{end} "
+                                           "Uhr; "),
                                         user, _s(" sonst bei "),
                                         fmt_pct(c("user_off_share"), lang), _s(" der Zeilen)")]),
             "non_workday": pl.concat_str([_s("erfasst/gebucht an einem Wochenende oder Feiertag ("),

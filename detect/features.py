@@ -251,7 +251,8 @@ def build_features(bookings: pl.LazyFrame, settings: Settings,
     return FeatureFrame(out, notes)
 
 
-def active_features(frame: pl.DataFrame, names: list[str] | None = None) -> tuple[list[str], list[str]]:
+def active_features(frame: pl.DataFrame,
+                    names: list[str] | None = None) -> tuple[list[str], list[str]]:
     """Split features into (used, dropped): a constant column carries no information."""
     names = names or FEATURE_NAMES
     if frame.height == 0:

@@ -221,9 +221,11 @@ def _reasons(rules: pl.DataFrame, items: pl.DataFrame, cfg: Any) -> pl.DataFrame
         *JOURNAL,
         (cfg.model_weight * pl.col("model_points")).alias("weight"),
         pl.concat_str([pl.lit("Modell (ungewöhnlicher als "), fmt_pct(pl.col("model_score"), "de"),
-                       pl.lit(" der Zeilen): "), pl.col("model_reasons_de").fill_null("")]).alias("de"),
+                       pl.lit(" der Zeilen): "), pl.col("model_reasons_de").fill_null("")])
+        .alias("de"),
         pl.concat_str([pl.lit("model (more unusual than "), fmt_pct(pl.col("model_score"), "en"),
-                       pl.lit(" of lines): "), pl.col("model_reasons_en").fill_null("")]).alias("en"))
+                       pl.lit(" of lines): "), pl.col("model_reasons_en").fill_null("")])
+        .alias("en"))
     rows = pl.concat([rule_rows, model_rows.cast(rule_rows.schema)])
     return (rows.sort(JOURNAL + ["weight"], descending=[False] * 3 + [True])
             .group_by(JOURNAL, maintain_order=True)

@@ -48,13 +48,14 @@ def tiny_ledger(n: int = 1500, seed: int = 1) -> pl.DataFrame:
                          for c, t in BOOKING_SCHEMA.items()])
 
 
-def set_line(frame: pl.DataFrame, journal_id: str, line_no: int | None, **values: object) -> pl.DataFrame:
+def set_line(frame: pl.DataFrame, journal_id: str, line_no: int | None,
+             **values: object) -> pl.DataFrame:
     """Overwrite columns of one line (or all lines of a journal when line_no is None)."""
     hit = pl.col("journal_id") == journal_id
     if line_no is not None:
         hit = hit & (pl.col("line_no") == line_no)
-    return frame.with_columns([pl.when(hit).then(pl.lit(v)).otherwise(pl.col(k)).cast(frame.schema[k])
-                               .alias(k) for k, v in values.items()])
+    return frame.with_columns([pl.when(hit).then(pl.lit(v)).otherwise(pl.col(k))
+                               .cast(frame.schema[k]).alias(k) for k, v in values.items()])
 
 
 def _row(ff: pl.DataFrame, jid: str, line: int) -> dict:

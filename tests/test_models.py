@@ -39,7 +39,8 @@ def scored() -> tuple[pl.DataFrame, pl.DataFrame]:
 
 
 def _line(scores: pl.DataFrame, jid: str, line: int = 1) -> dict:
-    return scores.filter((pl.col("journal_id") == jid) & (pl.col("line_no") == line)).row(0, named=True)
+    hit = (pl.col("journal_id") == jid) & (pl.col("line_no") == line)
+    return scores.filter(hit).row(0, named=True)
 
 
 def test_amount_20x_is_explained_by_its_amount(scored) -> None:
@@ -96,7 +97,8 @@ def test_same_input_and_seed_give_same_scores(scored) -> None:
 def test_estimator_conventions_and_batches() -> None:
     rng = np.random.default_rng(0)
     X = rng.normal(size=(400, 3))
-    est = BookingOutlierEnsemble(random_state=1, batch_size=64, max_samples=256, directions=(0, 0, 0))
+    est = BookingOutlierEnsemble(random_state=1, batch_size=64, max_samples=256,
+                                 directions=(0, 0, 0))
     assert clone(est).get_params() == est.get_params()
     est.fit(X)
     whole = BookingOutlierEnsemble(random_state=1, max_samples=256, directions=(0, 0, 0)).fit(X)

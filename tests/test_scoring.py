@@ -140,7 +140,8 @@ def test_capacity_item_id_line_details_and_file(ledger, ctx) -> None:
 
 
 def test_only_delivery_journals_become_items(ledger, ctx) -> None:
-    ledger.filter(pl.col("journal_id") >= "J00390").write_parquet(Path(ctx.run_dir) / "bookings.parquet")
+    delivery = ledger.filter(pl.col("journal_id") >= "J00390")
+    delivery.write_parquet(Path(ctx.run_dir) / "bookings.parquet")
     hits = hits_frame([hit("J00001", "PAY001", "payments", "high"),
                        hit("J00395", "PAY001", "payments", "high")])
     items = rank_items(ledger.lazy(), hits, None, ctx)
