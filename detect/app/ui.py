@@ -160,6 +160,22 @@ def masks_personal(user: AppUser) -> bool:
     return True
 
 
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _options(run_dir: str, mtime: float, store_url: str, version: tuple[int, int, int],
+             masked: bool, _queue_frame: pl.DataFrame) -> dict[str, list]:
+    return data.filter_options(_queue_frame)
+
+
+def filter_options(ctx: AppContext, user: AppUser, queue_frame: pl.DataFrame) -> dict[str, list]:
+    """Distinct filter values of the current queue, computed once per queue version."""
+    run = data.current_run(ctx.data_dir)
+    if run is None or queue_frame.is_empty():
+        return {}
+    mtime = (run.run_dir / "findings.parquet").stat().st_mtime
+    return _options(str(run.run_dir), mtime, ctx.store.url, data.store_version(ctx.store),
+                    masks_personal(user), queue_frame)
+
+
 def queue(ctx: AppContext, user: AppUser) -> tuple[data.Run | None, pl.DataFrame]:
     run = data.current_run(ctx.data_dir)
     if run is None:

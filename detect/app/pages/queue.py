@@ -93,7 +93,7 @@ def page() -> None:
         st.info(tr("no_run", dir=str(ctx.data_dir)))
         return
     st.caption(f"{tr('run_detail')}: {run.run_id}")
-    flt = filters(data.filter_options(queue), lang)
+    flt = filters(ui.filter_options(ctx, user, queue), lang)
     st.session_state[FILTER_KEY] = flt
     shown = data.apply_filter(queue, flt)
 
