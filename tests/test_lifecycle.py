@@ -130,10 +130,13 @@ class FakeChecked:
     def summary(self) -> dict[str, Any]:
         return {"headline": ["validated (fake)"]}
 
+    def review_hits(self) -> pl.DataFrame:
+        return pl.DataFrame()
+
 
 @dataclass
 class FakeRules:
-    hits: Any = None
+    hits: pl.DataFrame = field(default_factory=pl.DataFrame)
 
     def summary(self) -> dict[str, Any]:
         return {"headline": []}
@@ -242,9 +245,16 @@ def test_run_publishes_and_the_same_delivery_is_skipped(tmp_path: Path, stages: 
     store = ReviewStore.for_data_dir(var)
     assert store.items()["journal_id"].to_list() == ["J1"]
     copy = delivery(tmp_path / "other" / "same_content.csv", {"J1": "500.00", "J2": "5.00"})
+    items_before, runs_before = store.items(include_unflagged=True), store.list_runs()
+    history_before = (var / "history" / "M" / "fiscal_year=2024" / "data.parquet").read_bytes()
     with pytest.raises(AlreadyProcessed, match=f"already processed as run {summary.run_id}"):
         run(tmp_path, copy)
+    # rerunning the same delivery changes nothing
     assert sorted(p.name for p in (var / "runs").iterdir()) == [summary.run_id]
+    assert store.items(include_unflagged=True).equals(items_before)
+    assert store.list_runs() == runs_before
+    assert (var / "history" / "M" / "fiscal_year=2024" / "data.parquet").read_bytes() \
+        == history_before
     # a delta adds J3; J1 (not in the delta) stays flagged
     second = run(tmp_path, delivery(tmp_path / "in" / "d2.csv", {"J3": "900.00"}))
     assert sorted(store.items()["journal_id"]) == ["J1", "J3"]
