@@ -40,8 +40,7 @@ _DUCK_TYPES = {
     pl.Datetime("us"): "TIMESTAMP", pl.Boolean(): "BOOLEAN", pl.Decimal(18, 2): "DECIMAL(18,2)",
 }
 
-JOURNALS_VIEW = """
-CREATE OR REPLACE VIEW journals AS
+JOURNALS_SELECT = """
 SELECT entity, fiscal_year, journal_id,
        min(posting_date) AS posting_date, max(posting_date) AS last_posting_date,
        min(document_date) AS document_date, min(entered_at) AS entered_at,
@@ -113,7 +112,7 @@ def setup_views(con: duckdb.DuckDBPyConnection, bookings_source: str, delivery_s
                 f"FROM {delivery_source}")
     con.execute("CREATE OR REPLACE VIEW delivery_journals AS "
                 "SELECT DISTINCT entity, fiscal_year, journal_id FROM delivery")
-    con.execute(JOURNALS_VIEW)
+    con.execute(f"CREATE OR REPLACE VIEW journals AS {JOURNALS_SELECT}")
     for name in MASTER_NAMES:
         schema = MASTER_SCHEMAS[name]
         if name in master_sources:
@@ -291,6 +290,9 @@ def run_catalog(con: duckdb.DuckDBPyConnection, settings: Settings, catalog: lis
                 delivery_only: bool = True, log: Any = None) -> RuleRunResult:
     """Run every enabled, runnable rule; never a Python loop over rows, one query per rule."""
     check_rule_settings(settings, catalog, log)
+    # many journal-level rules read `journals`: aggregate the history once, not once per rule
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _journals AS {JOURNALS_SELECT}")
+    con.execute("CREATE OR REPLACE VIEW journals AS SELECT * FROM _journals")
     available = Availability.probe(con)
     result = RuleRunResult(hits=pl.DataFrame(schema=HIT_SCHEMA))
     frames: list[pl.DataFrame] = []
