@@ -256,3 +256,21 @@ def test_truncation_detected_without_help_from_the_ingest(tmp_path: Path) -> Non
     # no final line end, but the last line is complete: not truncated
     path.write_text("Beleg;Konto;Betrag\n1;5250000;10,00\n1;1810000;-10,00", "utf-8")
     assert _run(tmp_path / "b", rows).rows_clean == 2
+
+
+def test_thresholds_per_entity_from_belegwacht_toml(tmp_path: Path) -> None:
+    from detect.config import load_settings
+
+    toml = tmp_path / "belegwacht.toml"
+    toml.write_text("[validation]\nplaceholder_share_warn = 0.5\n\n"
+                    "[entities.Nebenstadt.validation]\nplaceholder_share_warn = 0.9\n"
+                    'control_totals = "stop"\n', "utf-8")
+    rows = [r for j in range(1, 4) for r in journal(str(j), 1.0, posting_date=date(1900, 1, 1))]
+    rows += journal("4", 1.0) + journal("5", 1.0)  # 60 % placeholders
+    for entity, quarantined in (("Teststadt", 0), ("Nebenstadt", 6)):
+        cfg = load_settings(toml, entity=entity)
+        cfg.validation.data_docs = False
+        result = validate.validate(ingest_result([dict(r, entity=entity) for r in rows]),
+                                   context(tmp_path / entity, cfg))
+        assert result.rows_quarantined == quarantined
+    assert load_settings(toml, entity="Nebenstadt").validation.control_totals == "stop"

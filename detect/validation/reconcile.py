@@ -18,6 +18,7 @@ Policy (documented in docs/validation.md):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -147,8 +148,9 @@ def _overall(frame: pl.DataFrame, totals: ControlTotals, tolerance: float) -> li
         expected = stated[name]
         if name in ("line_count", "journal_count"):
             differs = int(expected) != int(actual)
-        else:
-            differs = abs(float(actual or 0) - float(expected)) > tolerance + 1e-9
+        else:  # exact decimals: sums of a billion must still match to the cent
+            diff = Decimal(str(actual or 0)) - Decimal(str(expected))
+            differs = abs(diff) > Decimal(str(tolerance))
         if differs:
             out.append(f"{name.replace('_', ' ')} {actual} vs {expected} stated")
     return out
