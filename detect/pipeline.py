@@ -7,6 +7,7 @@ renames it to ``runs/<run_id>/`` and switches ``CURRENT`` once everything is com
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -91,6 +92,27 @@ def _versions() -> dict[str, str]:
         except Exception:  # noqa: BLE001 - a missing optional package is not an error here
             out[name] = "?"
     return out
+
+
+def _rule_versions() -> dict[str, str]:
+    """sha256 (12 hex) of every rule file: which version of each rule produced the hits."""
+    from detect.rules.loader import default_rules_dir
+
+    root = default_rules_dir()
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()[:12]
+            for p in sorted(root.rglob("*.yaml"))} if root.is_dir() else {}
+
+
+def _model_meta(run_dir: Path) -> dict[str, Any]:
+    """The fitted ensemble's parameters, versions and file hash (``models/ensemble.json``)."""
+    path = run_dir / "models" / "ensemble.json"
+    try:
+        meta = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    keep = ("sha256", "params", "features", "dropped_features", "fit_lines", "history_lines",
+            "seed", "skipped", "scored_lines")
+    return {k: meta[k] for k in keep if k in meta}
 
 
 def input_stats(bookings_path: Path) -> list[dict[str, Any]]:
@@ -263,6 +285,8 @@ def _run_stages(ctx: RunContext, sources: list[Path], fmt: str, control_totals: 
             "history": {"glob": history_glob,
                         "fiscal_years": history.stats(data_dir, settings.entity)},
             "rules": rule_result.summary(),
+            "rule_versions": _rule_versions(),
+            "models": _model_meta(partial),
             "findings": {"items": findings.height},
             "config_hash": settings.fingerprint(),
             "versions": _versions(),

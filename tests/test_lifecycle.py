@@ -203,8 +203,11 @@ def stages(monkeypatch: pytest.MonkeyPatch) -> Stages:
         found.write_parquet(Path(ctx.run_dir) / "findings.parquet")
         return found
 
+    import detect.rules
+
+    monkeypatch.setattr(detect.rules, "connect", connect)  # the package stays (rule versions)
+    monkeypatch.setattr(detect.rules, "run_rules", run_rules)
     modules = {"validate": dict(validate=validate),
-               "rules": dict(connect=connect, run_rules=run_rules),
                "models": dict(score_lines=score_lines),
                "scoring": dict(build_items=build_items)}
     for name, attrs in modules.items():
@@ -241,6 +244,7 @@ def test_run_publishes_and_the_same_delivery_is_skipped(tmp_path: Path, stages: 
     assert manifest["findings"]["headline"][0].startswith("published 1 items: 1 new")
     assert manifest["delivery"]["sha256"] == lifecycle.fingerprint([source]).hash
     assert manifest["history"]["fiscal_years"] == {"2024": {"lines": 2, "journals": 2}}
+    assert len(manifest["rule_versions"]["payments/PAY001.yaml"]) == 12
     assert not lifecycle.lock_path(var, "M").exists()
     store = ReviewStore.for_data_dir(var)
     assert store.items()["journal_id"].to_list() == ["J1"]
