@@ -31,12 +31,11 @@ from detect.ingest import IngestResult
 from detect.privacy import load_key, pseudonymise_iban
 from detect.schema import BOOKING_SCHEMA
 from detect.validation import (
-    filecheck, gxrun, journals, masks, prepare, quarantine, reconcile, state,
+    filecheck, gxrun, journals, prepare, quarantine, reconcile, rowchecks, state,
 )
-from detect.validation.gxrun import ROW, CheckResult, GxRunner
+from detect.validation.gxrun import ROW, GxRunner
 from detect.validation.gxrun import sample as gx_sample
-from detect.validation.suites import Suite
-from detect.validation.suites import load_suite, master_suite_names, suites_dir
+from detect.validation.suites import load_suite, suites_dir
 
 gxrun.preload()  # the pipeline imports this module before ingesting: overlap the GX import
 
@@ -175,73 +174,6 @@ def _journal_order(frame: pl.DataFrame, ctx: Any) -> tuple[pl.DataFrame, pl.Data
     return ids, ranges, complaints
 
 
-def _master_checks(runner: GxRunner, master: dict[str, pl.DataFrame], directory: Path,
-                   batch_rows: int) -> tuple[list[dict[str, Any]], list[str]]:
-    checks, warns = [], []
-    for name, suite_name in master_suite_names(directory).items():
-        frame = master.get(name)
-        if frame is None or frame.height == 0:
-            continue
-        suite = load_suite(suite_name, directory)
-        framed = frame.with_row_index(ROW).with_columns(pl.col(ROW).cast(pl.Int64))
-        missing = {c.key for c in suite.checks if any(col not in framed.columns
-                                                      for col in c.columns)}
-        results = runner.validate(suite.without(missing), framed, {}, batch_rows)
-        for r in results:
-            checks.append({"suite": suite_name, "key": r.key, "type": r.type,
-                           "columns": r.columns, "severity": r.severity, "reason": r.reason,
-                           "failing_rows": r.unexpected_count, "gx": r.summary()})
-            if r.unexpected_count:
-                warns.append(f"master data {name}: {r.reason} in {r.unexpected_count:,} of "
-                             f"{frame.height:,} rows (check {r.key}; see the Data Docs)")
-    return checks, warns
-
-
-def _row_masks(view: pl.DataFrame, suite: Suite, params: dict[str, Any]
-               ) -> tuple[pl.DataFrame, dict[str, str], set[str]]:
-    """Evaluate every row-level check of the suite as a boolean column ``_fail_<key>``."""
-    flags, exprs = {}, []
-    for check in suite.checks:
-        try:
-            expr = masks.fails(check, params, view.schema)
-        except masks.Unsupported:
-            continue  # table-level: GX only
-        flags[check.key] = f"_fail_{check.key}"
-        exprs.append(expr.fill_null(False).alias(flags[check.key]))
-    return view.with_columns(exprs), flags, set(flags)
-
-
-def _check_report(suite: Suite, flagged: pl.DataFrame, gx_part: pl.DataFrame,
-                  flags: dict[str, str], row_checks: set[str],
-                  gx_results: dict[str, CheckResult]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Per check: failing rows (all data), GX's counts on its rows, and whether they agree."""
-    totals = flagged.select(pl.col(f).sum().alias(k) for k, f in flags.items()).row(0, named=True) \
-        if flags else {}
-    on_gx = gx_part.select(pl.col(f).sum().alias(k) for k, f in flags.items()).row(0, named=True) \
-        if flags and gx_part.height else {}
-    report, problems = [], []
-    for check in suite.checks:
-        gx_res = gx_results.get(check.key)
-        entry: dict[str, Any] = {
-            "suite": suite.name, "key": check.key, "type": check.type, "columns": check.columns,
-            "severity": check.severity, "reason": check.reason,
-            "row_level": check.key in row_checks,
-            "failing_rows": int(totals.get(check.key) or 0),
-            "gx": gx_res.summary() if gx_res else None}
-        if check.key in row_checks and gx_res is not None and gx_part.height:
-            entry["agrees_with_gx"] = int(on_gx.get(check.key) or 0) == gx_res.unexpected_count
-            if not entry["agrees_with_gx"]:
-                problems.append(
-                    f"check {check.key}: Great Expectations counts {gx_res.unexpected_count:,} "
-                    f"failing rows on its {gx_part.height:,} rows, the vectorised check "
-                    f"{on_gx.get(check.key) or 0:,}; please report this")
-        elif check.key not in row_checks and gx_res is not None and not gx_res.success:
-            problems.append(f"table check {check.key} failed on the validated rows "
-                            f"({check.reason}); see the Data Docs")
-        report.append(entry)
-    return report, problems
-
-
 def validate(ingested: IngestResult, ctx: Any) -> ValidationResult:
     """Gate one delivery; write the run's clean bookings, quarantine, findings and docs."""
     settings, vs, run_dir = ctx.settings, ctx.settings.validation, Path(ctx.run_dir)
@@ -315,7 +247,7 @@ def validate(ingested: IngestResult, ctx: Any) -> ValidationResult:
     if accounts is not None and accounts.height:
         params["chart_of_accounts"] = (accounts.get_column("gl_account").drop_nulls()
                                        .unique().sort().to_list())
-    flagged, flags, row_checks = _row_masks(view, suite, params)
+    flagged, flags, row_checks = rowchecks.row_masks(view, suite, params)
     clock.lap("row_checks")
     runner = GxRunner(run_dir / "data_docs" if vs.data_docs else None, ctx.run_id)
     clock.lap("gx_setup")
@@ -326,9 +258,9 @@ def validate(ingested: IngestResult, ctx: Any) -> ValidationResult:
     gx_results = {r.key: r for r in runner.validate(suite, gx_part, params, vs.batch_rows,
                                                     batch_key=key, label=label)}
     clock.lap("gx_bookings")
-    checks, disagree = _check_report(suite, flagged, gx_part, flags, row_checks, gx_results)
+    checks, disagree = rowchecks.check_report(suite, flagged, gx_part, flags, row_checks, gx_results)
     warnings_ += disagree
-    master_checks, master_warnings = _master_checks(runner, ingested.master, directory,
+    master_checks, master_warnings = rowchecks.master_checks(runner, ingested.master, directory,
                                                     vs.batch_rows)
     warnings_ += master_warnings
     clock.lap("gx_master")
