@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -36,6 +36,9 @@ from detect.validation import (
 from detect.validation.gxrun import ROW, GxRunner
 from detect.validation.gxrun import sample as gx_sample
 from detect.validation.suites import load_suite, suites_dir
+
+if TYPE_CHECKING:
+    from detect.pipeline import RunContext
 
 gxrun.preload()  # the pipeline imports this module before ingesting: overlap the GX import
 
@@ -156,7 +159,7 @@ def _reject(run_dir: Path, reasons: list[str], payload: dict[str, Any], *,
                             f"full list in {kept / 'validation.json'}")
 
 
-def _journal_order(frame: pl.DataFrame, ctx: Any) -> tuple[pl.DataFrame, pl.DataFrame,
+def _journal_order(frame: pl.DataFrame, ctx: RunContext) -> tuple[pl.DataFrame, pl.DataFrame,
                                                               list[str]]:
     """Numeric journal ranges, previous ranges, and complaints about numbering going backwards."""
     vs = ctx.settings.validation
@@ -174,7 +177,7 @@ def _journal_order(frame: pl.DataFrame, ctx: Any) -> tuple[pl.DataFrame, pl.Data
     return ids, ranges, complaints
 
 
-def validate(ingested: IngestResult, ctx: Any) -> ValidationResult:
+def validate(ingested: IngestResult, ctx: RunContext) -> ValidationResult:
     """Gate one delivery; write the run's clean bookings, quarantine, findings and docs."""
     settings, vs, run_dir = ctx.settings, ctx.settings.validation, Path(ctx.run_dir)
     clock = _Clock()
