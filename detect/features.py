@@ -122,6 +122,7 @@ def build_features(bookings: pl.LazyFrame, settings: Settings,
             "entered_at", "entered_by", "gl_account", "amount", "vendor_id", "bank_account"]
     lf = bookings.select([pl.col(c) if c in schema else pl.lit(None).alias(c) for c in cols])
     df = lf.with_columns(
+        pl.col("fiscal_year").cast(pl.Int32), pl.col("line_no").cast(pl.Int32),
         pl.col("amount").cast(pl.Float64).fill_null(0.0).alias("amount_f"),
         pl.concat_str([pl.col("entity"), pl.col("fiscal_year").cast(pl.String),
                        pl.col("journal_id")], separator="|").hash(seed=7).alias("_jk"),

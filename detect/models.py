@@ -229,7 +229,8 @@ def _delivery_keys(ctx: Any) -> pl.DataFrame | None:
     path = Path(ctx.run_dir) / "bookings.parquet"
     if getattr(ctx, "rescore_history", False) or not path.exists():
         return None
-    return pl.read_parquet(path, columns=KEY).unique()
+    return pl.read_parquet(path, columns=KEY).unique().with_columns(
+        pl.col("fiscal_year").cast(pl.Int32), pl.col("line_no").cast(pl.Int32))
 
 
 def _vendors(ctx: Any) -> pl.DataFrame | None:

@@ -105,7 +105,8 @@ def build_items(bookings: pl.LazyFrame, rule_hits: pl.DataFrame | None,
     items.write_parquet(Path(ctx.run_dir) / "findings.parquet")
     cap = int(items.get_column("above_capacity").sum()) if items.height else 0
     ctx.log.info(f"{items.height} review items; {cap} within the review capacity, "
-                 f"{items.height - cap} beyond it")
+                 f"{items.height - cap} beyond it", items=items.height, within_capacity=cap,
+                 beyond_capacity=items.height - cap)
     return items
 
 
