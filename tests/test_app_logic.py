@@ -289,3 +289,14 @@ def test_export_is_formula_safe_and_logged(run: dict) -> None:
     assert [e["action"] for e in store.access_log()][:2] == ["export", "export"]
     with pytest.raises(PermissionDenied):
         actions.export_bytes(store, None, queue, "csv")
+
+
+def test_page_scripts_have_no_stray_literals() -> None:
+    """Streamlit 'magic' renders bare expressions of a page script: only the docstring may be."""
+    import ast
+    root = Path(__file__).resolve().parents[1]
+    for path in [root / "app.py", *sorted((root / "detect" / "app" / "pages").glob("*.py"))]:
+        body = ast.parse(path.read_text("utf-8")).body
+        stray = [node.lineno for node in body[1:] if isinstance(node, ast.Expr)
+                 and not isinstance(node.value, ast.Call)]
+        assert stray == [], f"{path.name}: bare expression at line(s) {stray}"

@@ -21,8 +21,8 @@ from detect.app.ui import ITEM_KEY, REVEALED_KEY, tr
 from detect.errors import UserError
 from detect.fmt import day, money, number
 
+# free texts of booking lines that may name people; names in them are pseudonymised too
 TEXT_COLUMNS = ("description", "header_description")
-"""Free texts of booking lines that may name people; names in them are pseudonymised too."""
 LINE_COLUMNS: dict[str, str] = {
     "line_no": "c_line", "posting_date": "c_date", "gl_account": "c_account",
     "amount": "c_amount", "description": "c_description", "cost_center": "c_cost_center",
