@@ -367,3 +367,8 @@ def test_data_in_markdown_is_escaped(env: dict) -> None:
     at.run()
     assert at.warning[0].value == (
         "Beleg \\[klick\\]\\(javascript:alert\\(1\\)\\) ist im aktuellen Lauf nicht vorhanden.")
+
+
+def test_packaged_entry_point_is_the_same_app(env: dict) -> None:
+    at = AppTest.from_file(str(ROOT / "detect" / "app_entry.py"), default_timeout=30).run()
+    assert not at.exception and [t.value for t in at.title] == ["Anmelden"]
