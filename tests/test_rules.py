@@ -278,6 +278,32 @@ def test_failing_rule_is_reported_and_others_still_run(tmp_path: Path) -> None:
     assert result.hits["explanation_en"].to_list() == ["Amount €5,000.00 above 1,000"]
 
 
+def test_a_rule_flagging_most_journals_is_dropped_as_too_broad() -> None:
+    rows = [dict(journal_id=str(i), line_no=n, amount=a, posting_date="2025-01-10",
+                 description=None) for i in range(250) for n, a in ((1, 400), (2, -400))]
+    con = duckdb.connect()
+    con.register("b", bookings(rows))
+    setup_views(con, "b", "b", {}, Settings())
+    result = run_catalog(con, Settings(), load_catalog())
+    assert result.hits.filter(pl.col("rule_id") == "TXT001").is_empty()
+    assert {"rule_id": "TXT001", "reason": (
+        "flagged 250 of 250 journals (100%) - a property of this data rather than an anomaly; "
+        "hits dropped (max_hit_share 0.2)")} in result.noisy
+    assert "TXT001" in result.summary()["headline"][0]
+    assert "dropped as too broad for this data" in result.summary()["headline"][0]
+    kept = run_catalog(con, Settings(rules={"TXT001": {"max_hit_share": 1.0}}), load_catalog())
+    assert kept.hits.filter(pl.col("rule_id") == "TXT001").height == 500
+    assert "TXT001" not in {n["rule_id"] for n in kept.noisy}
+
+
+def test_placeholder_dates_are_unknown_to_the_rules() -> None:
+    con = duckdb.connect()
+    con.register("b", bookings([dict(journal_id="1", line_no=1, amount=1,
+                                     posting_date="1900-01-01")]))
+    setup_views(con, "b", "b", {}, Settings())
+    assert con.execute("SELECT posting_date FROM bookings").fetchall() == [(None,)]
+
+
 def test_holidays_follow_the_state() -> None:
     con = duckdb.connect()
     con.register("b", bookings([dict(journal_id="1", line_no=1, amount=1,

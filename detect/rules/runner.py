@@ -57,6 +57,13 @@ FROM bookings GROUP BY ALL
 """One row per journal; many journal-level rules read this instead of aggregating again."""
 
 
+MAX_HIT_SHARE = 0.2
+"""A rule that flags more than this share of the journals describes the data, not anomalies:
+its hits are dropped and the run says so (``[rules.<ID>] max_hit_share`` overrides)."""
+MIN_POPULATION = 200
+"""... but only when there are at least this many journals to judge by."""
+
+
 def _duck_type(dtype: pl.DataType) -> str:
     return _DUCK_TYPES.get(dtype, "VARCHAR")
 
@@ -65,6 +72,24 @@ def _conform_select(source_sql: str, schema: pl.Schema, present: set[str]) -> st
     cols = [f"CAST({quote_ident(n)} AS {_duck_type(t)}) AS {quote_ident(n)}" if n in present
             else f"CAST(NULL AS {_duck_type(t)}) AS {quote_ident(n)}" for n, t in schema.items()]
     return f"SELECT {', '.join(cols)} FROM {source_sql}"
+
+
+def _placeholders_to_null(select_sql: str, settings: Settings) -> str:
+    """Placeholder dates (1900-01-01 ...) mean "unknown": rules must not read them as dates."""
+    dates = [d for d in settings.validation.placeholder_dates if len(d) == 10]
+    if not dates:
+        return select_sql
+    listed = ", ".join(f"DATE {sql_literal(d)}" for d in dates)
+    cols = []
+    for name, dtype in BOOKING_SCHEMA.items():
+        c = quote_ident(name)
+        if dtype == pl.Date():
+            cols.append(f"CASE WHEN {c} IN ({listed}) THEN NULL ELSE {c} END AS {c}")
+        elif dtype == pl.Datetime("us"):
+            cols.append(f"CASE WHEN CAST({c} AS DATE) IN ({listed}) THEN NULL ELSE {c} END AS {c}")
+        else:
+            cols.append(c)
+    return f"SELECT {', '.join(cols)} FROM ({select_sql})"
 
 
 def _columns_of(con: duckdb.DuckDBPyConnection, source_sql: str) -> set[str]:
@@ -100,12 +125,14 @@ def setup_views(con: duckdb.DuckDBPyConnection, bookings_source: str, delivery_s
                 master_sources: dict[str, str], settings: Settings) -> None:
     """Create the views every rule may use: bookings, delivery, journals, holidays, master data.
 
+    In ``bookings``, placeholder dates (``validation.placeholder_dates``) become null.
+
     Sources are SQL table expressions (``read_parquet(...)`` or a registered frame). Absent
     master data becomes an empty view of the right shape, so optional joins still work.
     """
     present = _columns_of(con, bookings_source)
-    con.execute(f"CREATE OR REPLACE VIEW bookings AS "
-                f"{_conform_select(bookings_source, BOOKING_SCHEMA, present)}")
+    conformed = _conform_select(bookings_source, BOOKING_SCHEMA, present)
+    con.execute(f"CREATE OR REPLACE VIEW bookings AS {_placeholders_to_null(conformed, settings)}")
     con.execute("CREATE OR REPLACE VIEW delivery AS SELECT DISTINCT "
                 "CAST(entity AS VARCHAR) AS entity, CAST(fiscal_year AS INTEGER) AS fiscal_year, "
                 "CAST(journal_id AS VARCHAR) AS journal_id, CAST(line_no AS INTEGER) AS line_no "
@@ -234,6 +261,8 @@ class RuleRunResult:
     ran: list[str] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)
+    noisy: list[dict[str, str]] = field(default_factory=list)
+    """Rules whose hits were dropped because they flag a large share of all journals."""
     durations: dict[str, float] = field(default_factory=dict)
     path: Path | None = None
 
@@ -252,6 +281,9 @@ class RuleRunResult:
             skipped_text = f", {len(self.skipped)} skipped (" + "; ".join(
                 f"{n} {reason}" if n > 1 else reason for reason, n in sorted(reasons.items())) + ")"
         failed_text = f", {len(self.failed)} FAILED" if self.failed else ""
+        if self.noisy:
+            failed_text += (f", {len(self.noisy)} dropped as too broad for this data ("
+                            + ", ".join(n["rule_id"] for n in self.noisy) + ")")
         journals = self.hits.select(["entity", "fiscal_year", "journal_id"]).unique().height \
             if self.hits.height else 0
         headline = [f"rules: {len(self.ran)} run{skipped_text}{failed_text}, "
@@ -262,6 +294,7 @@ class RuleRunResult:
             "ran": self.ran,
             "skipped": self.skipped,
             "failed": self.failed,
+            "noisy": self.noisy,
             "hits": self.hits.height,
             "journals_hit": journals,
             "hits_per_rule": self.hits_per_rule(),
@@ -278,7 +311,8 @@ def check_rule_settings(settings: Settings, catalog: list[Rule], log: Any = None
             if log is not None:
                 log.warn(f"belegwacht.toml [rules.{rule_id}]: no such rule in the catalog")
             continue
-        known = {p.name for p in rule.params} | set(rule.config_params) | {"enabled"}
+        known = {p.name for p in rule.params} | set(rule.config_params) | {"enabled",
+                                                                             "max_hit_share"}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"[rules.{rule_id}] has unknown parameter(s) {', '.join(unknown)}",
@@ -294,6 +328,8 @@ def run_catalog(con: duckdb.DuckDBPyConnection, settings: Settings, catalog: lis
     con.execute(f"CREATE OR REPLACE TEMP TABLE _journals AS {JOURNALS_SELECT}")
     con.execute("CREATE OR REPLACE VIEW journals AS SELECT * FROM _journals")
     available = Availability.probe(con)
+    population = con.execute("SELECT count(*) FROM delivery_journals" if delivery_only
+                             else "SELECT count(*) FROM _journals").fetchone()[0]
     result = RuleRunResult(hits=pl.DataFrame(schema=HIT_SCHEMA))
     frames: list[pl.DataFrame] = []
     for rule in catalog:
@@ -307,8 +343,19 @@ def run_catalog(con: duckdb.DuckDBPyConnection, settings: Settings, catalog: lis
         params = effective_params(rule.id, rule.defaults(), rule.config_params, settings)
         started = time.perf_counter()
         try:
-            frames.append(run_rule(con, rule, params, delivery_only))
+            hits = run_rule(con, rule, params, delivery_only)
             result.ran.append(rule.id)
+            limit = float(settings.rules.get(rule.id, {}).get("max_hit_share", MAX_HIT_SHARE))
+            journals = hits.select("entity", "fiscal_year", "journal_id").n_unique()
+            if population >= MIN_POPULATION and journals > limit * population:
+                reason = (f"flagged {journals} of {population} journals ({journals / population:.0%})"
+                          f" - a property of this data rather than an anomaly; hits dropped "
+                          f"(max_hit_share {limit})")
+                result.noisy.append({"rule_id": rule.id, "reason": reason})
+                if log is not None:
+                    log.warn(f"rule {rule.id} {reason}", rule_id=rule.id)
+            else:
+                frames.append(hits)
         except (duckdb.Error, ValueError, KeyError) as exc:
             message = str(exc).splitlines()[0][:300]
             result.failed.append({"rule_id": rule.id, "reason": message})
