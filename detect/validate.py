@@ -236,6 +236,7 @@ def validate(ingested: IngestResult, ctx: RunContext) -> ValidationResult:
     for r in reports:
         if r.unreliable:
             warnings_.append(r.message(frame.height, ingested.format))
+    warnings_ += prepare.currency_warnings(frame, settings)
     view = prepare.add_derived(frame, settings, unreliable)
     clock.lap("prepare")
 

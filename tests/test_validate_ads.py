@@ -53,6 +53,14 @@ def test_placeholder_effective_dates_warn_and_nothing_is_quarantined(
     assert 'set posting_date_column = "Document_Date"' in warning
 
 
+def test_mixed_currencies_are_reported(checked: validate.ValidationResult) -> None:
+    assert ("currency: the delivery mixes currencies (lines: USD 28,152, EUR 8); journal sums "
+            "add amounts regardless of currency, so mixed journals may look unbalanced"
+            in checked.warnings)
+    assert any(w.startswith("currency: most lines are in USD, the configured currency is EUR")
+               for w in checked.warnings)
+
+
 def test_unbalanced_journals_are_findings(checked: validate.ValidationResult) -> None:
     unbal = checked.journal_findings.filter(pl.col("rule_id") == "VAL-UNBAL").sort("journal_id")
     assert unbal["journal_id"].to_list() == ["100011090", "100011091", "100011092", "100011093"]

@@ -144,3 +144,22 @@ def add_derived(frame: pl.DataFrame, settings: Settings, unreliable: set[str]) -
         (last + tol + closing).alias("v_fy_last_day"),
         posting.dt.offset_by(f"{years}y").alias("v_document_date_latest"),
     )
+
+
+def currency_warnings(frame: pl.DataFrame, settings: Settings) -> list[str]:
+    """Mixed currencies are valid but change what sums mean: say so, with the counts."""
+    counts = (frame.filter(pl.col("currency").is_not_null()).group_by("currency").len()
+              .sort(["len", "currency"], descending=[True, False]))
+    if counts.height == 0:
+        return []
+    listing = ", ".join(f"{c} {n:,}" for c, n in counts.head(5).iter_rows())
+    main = counts["currency"][0]
+    out = []
+    if counts.height > 1:
+        out.append(f"currency: the delivery mixes currencies (lines: {listing}); journal sums "
+                   "add amounts regardless of currency, so mixed journals may look unbalanced")
+    if main != settings.currency:
+        out.append(f"currency: most lines are in {main}, the configured currency is "
+                   f"{settings.currency} (set currency = \"{main}\" in belegwacht.toml if the "
+                   "ledger is kept in it)")
+    return out
