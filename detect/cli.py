@@ -49,7 +49,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     log = StepLog(quiet=args.quiet)
     if args.inbox:
         results = pipeline.run_inbox(Path(args.inbox), fmt=args.format, settings=settings,
-                                     data_dir=data_dir, log=log)
+                                     data_dir=data_dir, log=log, wait_seconds=args.wait)
         for line in results.lines():
             print(line)
         return results.exit_code()
@@ -58,7 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = pipeline.run_delivery(
         [Path(s) for s in args.sources], fmt=args.format, settings=settings, data_dir=data_dir,
         control_totals=Path(args.control_totals) if args.control_totals else None, log=log,
-        rescore_history=args.rescore_history)
+        rescore_history=args.rescore_history, wait_seconds=args.wait)
     print_run_summary(summary.manifest, summary.run_dir)
     return 0
 
@@ -140,7 +140,10 @@ def cmd_suppressions(args: argparse.Namespace) -> int:
     store = _store(args)
     if args.supp_cmd == "list":
         for s in store.list_suppressions(include_revoked=args.all):
-            print(s)
+            scope = ", ".join(f"{k}={v}" for k, v in sorted(s["scope"].items()) if k != "rule_id")
+            state = "active" if s["active"] else f"revoked by {s['revoked_by']}"
+            print(f"{s['id']}  {s['rule_id']}  {scope}  by {s['created_by']} "
+                  f"{s['created_at'][:10]}  ({state}): {s['reason']}")
     elif args.supp_cmd == "revoke":
         store.revoke_suppression(args.suppression_id, user=args.user, reason=args.reason)
         print(f"revoked suppression {args.suppression_id}")
@@ -195,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inbox", help="process every not yet processed delivery in this folder")
     p.add_argument("--rescore-history", action="store_true",
                    help="create review items for the whole history, not only this delivery")
+    p.add_argument("--wait", type=float, default=None, metavar="SECONDS",
+                   help="wait this long for a running run of the same entity (default: exit)")
     p.add_argument("-q", "--quiet", action="store_true")
     common(p)
     p.set_defaults(func=cmd_run)

@@ -310,7 +310,8 @@ def _run_stages(ctx: RunContext, sources: list[Path], fmt: str, control_totals: 
 
 
 def run_inbox(inbox: Path, *, fmt: str, settings: Settings, data_dir: Path,
-              log: StepLog | None = None, rescore_history: bool = False) -> Any:
+              log: StepLog | None = None, rescore_history: bool = False,
+              wait_seconds: float | None = None) -> Any:
     """Process every delivery in ``inbox`` not yet processed, oldest first, each as its own run.
 
     A delivery is a file or a folder directly in the inbox; hidden and half-written names
@@ -324,6 +325,6 @@ def run_inbox(inbox: Path, *, fmt: str, settings: Settings, data_dir: Path,
     def run_one(path: Path) -> RunSummary:
         log.info(f"delivery {path.name}")
         return run_delivery([path], fmt=fmt, settings=settings, data_dir=data_dir, log=log,
-                            rescore_history=rescore_history)
+                            rescore_history=rescore_history, wait_seconds=wait_seconds)
 
     return lifecycle.process_inbox(Path(inbox), run_one)

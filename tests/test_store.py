@@ -253,3 +253,22 @@ def test_runs_and_deliveries(tmp_path: Path, store: ReviewStore) -> None:
 
 def test_sqlalchemy_version() -> None:
     assert int(sa.__version__.split(".")[0]) >= 2
+
+
+def test_cli_suppressions_list_and_revoke(tmp_path: Path, store: ReviewStore,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from detect.cli import main
+
+    sid = store.add_suppression("PAY001", {"vendor_id": "V1", "gl_account": "4711"}, "anna",
+                                "Abschläge laut Vertrag")
+    assert main(["suppressions", "list", "--data-dir", str(tmp_path)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{sid}  PAY001  gl_account=4711, vendor_id=V1  by anna ")
+    assert line.endswith("(active): Abschläge laut Vertrag")
+    assert main(["suppressions", "revoke", sid, "--reason", "ausgelaufen", "--user", "bernd",
+                 "--data-dir", str(tmp_path)]) == 0
+    assert main(["suppressions", "list", "--all", "--data-dir", str(tmp_path)]) == 0
+    assert "(revoked by bernd)" in capsys.readouterr().out
+    assert main(["suppressions", "revoke", "nope", "--reason", "x",
+                 "--data-dir", str(tmp_path)]) == 2
+    assert "no suppression 'nope'" in capsys.readouterr().err
