@@ -372,3 +372,15 @@ def test_data_in_markdown_is_escaped(env: dict) -> None:
 def test_packaged_entry_point_is_the_same_app(env: dict) -> None:
     at = AppTest.from_file(str(ROOT / "detect" / "app_entry.py"), default_timeout=30).run()
     assert not at.exception and [t.value for t in at.title] == ["Anmelden"]
+
+
+def test_pages_before_the_first_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BELEGWACHT_DATA_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("BELEGWACHT_CONFIG", str(tmp_path / "belegwacht.toml"))
+    ReviewStore.for_data_dir(tmp_path / "empty").add_user("anna", None, "auditor")
+    for page in ("queue.py", "runs.py", "bulk.py", "export.py", "audit.py", "rules.py"):
+        at = page_as(page, AppUser("anna", "auditor"))
+        assert not at.exception, page
+        assert len(at.dataframe) <= 1, page                     # rules: the catalog only
+    at = page_as("queue.py", AppUser("anna", "auditor"))
+    assert at.info[0].value.startswith("Noch kein veröffentlichter Lauf")
