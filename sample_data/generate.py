@@ -131,6 +131,8 @@ def build(lines: int, seed: int, year: int = YEAR):
             "journal_id", "line_no", "gl_account", "cents", "cost_center", "vendor_id",
             "bank_account", "description", "anchor", "reference", "header_description")
         pool = new_pool if pool is None else pl.concat([pool, new_pool]).tail(3000)
+        reversed_ids = frame["reversal_of"].drop_nulls().unique().implode()
+        pool = pool.filter(~pl.col("journal_id").is_in(reversed_ids))  # reverse only once
         yield w, month, frame
 
 

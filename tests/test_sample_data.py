@@ -362,6 +362,7 @@ def test_repeated_same_amount_and_late_reversals(ledger: dict) -> None:
     assert (per["len"] >= 3).all()
     cal = Calendar(2025, "NW")
     j = ledger["journals"]
+    assert j["reversal_of"].drop_nulls().is_unique().all()  # nothing is reversed twice
     for row in _of(ledger, "reversal_after_period_end").iter_rows(named=True):
         orig = j.filter(pl.col("journal_id") == row["reversal_of"])
         assert orig.height == 1 and orig["scenario"][0] is None
