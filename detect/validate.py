@@ -253,21 +253,31 @@ def validate(ingested: IngestResult, ctx: RunContext) -> ValidationResult:
                                        .unique().sort().to_list())
     flagged, flags, row_checks = rowchecks.row_masks(view, suite, params)
     clock.lap("row_checks")
-    runner = GxRunner(run_dir / "data_docs" if vs.data_docs else None, ctx.run_id)
-    clock.lap("gx_setup")
     key = ["entity", "fiscal_year", "journal_id"]
     gx_part = gx_sample(flagged, vs.gx_rows, key)
     label = ("all rows" if gx_part.height == frame.height else
              f"sample of {gx_part.height:,} of {frame.height:,} rows")
-    gx_results = {r.key: r for r in runner.validate(suite, gx_part, params, vs.batch_rows,
-                                                    batch_key=key, label=label)}
-    clock.lap("gx_bookings")
-    checks, disagree = rowchecks.check_report(suite, flagged, gx_part, flags, row_checks, gx_results)
+    runner: GxRunner | None = None
+    gx_results: dict[str, Any] = {}
+    master_checks: list[dict[str, Any]] = []
+    try:
+        runner = GxRunner(run_dir / "data_docs" if vs.data_docs else None, ctx.run_id)
+        clock.lap("gx_setup")
+        gx_results = {r.key: r for r in runner.validate(suite, gx_part, params, vs.batch_rows,
+                                                        batch_key=key, label=label)}
+        clock.lap("gx_bookings")
+        master_checks, master_warnings = rowchecks.master_checks(
+            runner, ingested.master, directory, vs.batch_rows)
+        warnings_ += master_warnings
+        clock.lap("gx_master")
+    except Exception as exc:  # noqa: BLE001 - GX cross-checks and documents; the masks decide
+        runner = None
+        warnings_.append(f"Great Expectations could not validate this delivery "
+                         f"({type(exc).__name__}: {exc}); the vectorised checks decided alone "
+                         "and there are no Data Docs")
+    checks, disagree = rowchecks.check_report(suite, flagged, gx_part, flags, row_checks,
+                                              gx_results)
     warnings_ += disagree
-    master_checks, master_warnings = rowchecks.master_checks(runner, ingested.master, directory,
-                                                    vs.batch_rows)
-    warnings_ += master_warnings
-    clock.lap("gx_master")
 
     fails = quarantine.failures(flagged, suite.checks, flags)
     rows = quarantine.per_row(fails)
@@ -294,7 +304,12 @@ def validate(ingested: IngestResult, ctx: RunContext) -> ValidationResult:
     findings.write_parquet(run_dir / "validation_findings.parquet")
     clock.lap("journal_findings")
 
-    docs_index = runner.build_docs()
+    docs_index = None
+    if runner is not None:
+        try:
+            docs_index = runner.build_docs()
+        except Exception as exc:  # noqa: BLE001 - the run's data are complete without the HTML
+            warnings_.append(f"Data Docs could not be built ({type(exc).__name__}: {exc})")
     clock.lap("data_docs")
 
     result = ValidationResult(

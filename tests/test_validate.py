@@ -274,3 +274,18 @@ def test_thresholds_per_entity_from_belegwacht_toml(tmp_path: Path) -> None:
                                    context(tmp_path / entity, cfg))
         assert result.rows_quarantined == quarantined
     assert load_settings(toml, entity="Nebenstadt").validation.control_totals == "stop"
+
+
+def test_a_failing_gx_does_not_stop_the_gate(tmp_path: Path, monkeypatch) -> None:
+    from detect.validation.gxrun import GxRunner
+
+    def broken(*args, **kwargs):
+        raise ImportError("great_expectations is broken")
+
+    monkeypatch.setattr(GxRunner, "validate", broken)
+    rows = journal("1", 5.0) + [line("2", 1, 1.0, currency="EURO")]
+    result = _run(tmp_path, rows, validation={})
+    assert result.quarantine_reasons == {"currency not ISO 4217": 1}
+    assert result.docs_index is None
+    assert any(w.startswith("Great Expectations could not validate this delivery (ImportError")
+               for w in result.warnings)
