@@ -97,14 +97,14 @@ def test_no_data_before_login_then_login_shows_queue(env: dict) -> None:
     assert ("anna", "login") in log and ("anna", "login_failed") in log
 
 
-def test_every_page_refuses_without_session(env: dict) -> None:
-    for page in ("queue.py", "item.py", "bulk.py", "runs.py", "rules.py", "audit.py",
-                 "export.py", "users.py"):
-        at = page_as(page, None)
-        assert not at.exception, page
-        assert len(at.dataframe) == 0 and len(at.metric) == 0, page
-        assert "B0000" not in _all_text(at), page
-        assert at.warning[0].value.startswith("Bitte melden Sie sich an"), page
+@pytest.mark.parametrize("page", ["queue.py", "item.py", "bulk.py", "runs.py", "rules.py",
+                                  "audit.py", "export.py", "users.py"])
+def test_every_page_refuses_without_session(env: dict, page: str) -> None:
+    at = page_as(page, None)
+    assert not at.exception
+    assert len(at.dataframe) == 0 and len(at.metric) == 0
+    assert "B0000" not in _all_text(at)
+    assert at.warning[0].value.startswith("Bitte melden Sie sich an")
 
 
 def test_session_expires_after_idle_timeout(env: dict) -> None:
