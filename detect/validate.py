@@ -240,7 +240,7 @@ def validate(ingested: IngestResult, ctx: RunContext) -> ValidationResult:
     view = prepare.add_derived(frame, settings, unreliable)
     clock.lap("prepare")
 
-    # row level: the booking suite through GX
+    # row level: the booking suite (vectorised masks decide, GX cross-checks and documents)
     directory = suites_dir(settings)
     suite = load_suite("bookings", directory)
     accounts = ingested.master.get("accounts")

@@ -289,3 +289,19 @@ def test_a_failing_gx_does_not_stop_the_gate(tmp_path: Path, monkeypatch) -> Non
     assert result.docs_index is None
     assert any(w.startswith("Great Expectations could not validate this delivery (ImportError")
                for w in result.warnings)
+
+
+def test_own_suite_with_a_typo_is_a_config_error(tmp_path: Path) -> None:
+    from detect.errors import ConfigError
+    from detect.validation.suites import BUNDLED_DIR
+
+    own = tmp_path / "suites"
+    own.mkdir()
+    raw = json.loads((BUNDLED_DIR / "bookings.json").read_text("utf-8"))
+    raw["expectations"].append({"type": "expect_column_values_to_not_be_null",
+                                "kwargs": {"column": "gl_acount"},
+                                "meta": {"key": "typo", "reason": "typo"}})
+    (own / "bookings.json").write_text(json.dumps(raw), "utf-8")
+    with pytest.raises(ConfigError, match="expectation typo names unknown column.s. gl_acount"):
+        _run(tmp_path, journal("1", 1.0),
+             validation={"data_docs": False, "expectations_dir": str(own)})

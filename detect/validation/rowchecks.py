@@ -11,6 +11,7 @@ from typing import Any
 
 import polars as pl
 
+from detect.errors import ConfigError
 from detect.validation import masks
 from detect.validation.gxrun import ROW, CheckResult, GxRunner
 from detect.validation.suites import Suite, load_suite, master_suite_names
@@ -43,6 +44,11 @@ def row_masks(view: pl.DataFrame, suite: Suite, params: dict[str, Any]
     """Evaluate every row-level check of the suite as a boolean column ``_fail_<key>``."""
     flags, exprs = {}, []
     for check in suite.checks:
+        unknown = [c for c in check.columns if c not in view.columns]
+        if unknown:
+            raise ConfigError(f"expectation {check.key} names unknown column(s) "
+                              f"{', '.join(unknown)}", file=str(suite.path),
+                              hint=f"columns: {', '.join(c for c in view.columns if c != ROW)}")
         try:
             expr = masks.fails(check, params, view.schema)
         except masks.Unsupported:
