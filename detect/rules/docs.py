@@ -157,7 +157,7 @@ is empty in the whole history (e.g. `needs column reversal_of (empty in the data
 master data it `requires_master` is absent (`needs vendor_changes`), or when it is disabled.
 A rule whose query fails at run time is reported as failed; the other rules still run.
 
-A rule that flags more than 20 % of the journals (of the delivery, once there are at least
+A rule that flags more than 20 % of the journals of the whole history (once it has at least
 200) describes the data rather than anomalies - e.g. "missing description" on an export
 without line texts, "backdated" on a system that keys everything weeks later. Its hits are
 dropped and the run summary says so ("dropped as too broad for this data"); set

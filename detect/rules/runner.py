@@ -61,7 +61,7 @@ MAX_HIT_SHARE = 0.2
 """A rule that flags more than this share of the journals describes the data, not anomalies:
 its hits are dropped and the run says so (``[rules.<ID>] max_hit_share`` overrides)."""
 MIN_POPULATION = 200
-"""... but only when there are at least this many journals to judge by."""
+"""... but only when the history has at least this many journals to judge by."""
 
 
 def _duck_type(dtype: pl.DataType) -> str:
@@ -196,9 +196,9 @@ class Availability:
         names = list(BOOKING_SCHEMA.names())
         counts = con.execute(
             "SELECT " + ", ".join(f"count({quote_ident(n)})" for n in names) + " FROM bookings"
-        ).fetchone()
+        ).fetchall()[0]
         master = {name for name in MASTER_NAMES
-                  if con.execute(f"SELECT count(*) FROM {name}").fetchone()[0] > 0}
+                  if con.execute(f"SELECT count(*) FROM {name}").fetchall()[0][0] > 0}
         return cls({n for n, c in zip(names, counts, strict=True) if c}, master)
 
     def skip_reason(self, rule: Rule) -> str | None:
@@ -240,9 +240,14 @@ def hit_sql(rule: Rule, columns: dict[str, str], params: dict[str, Any],
 def run_rule(con: duckdb.DuckDBPyConnection, rule: Rule, params: dict[str, Any],
              delivery_only: bool = True) -> pl.DataFrame:
     """Hits of one rule as a ``HIT_SCHEMA`` frame (all vectorised inside DuckDB)."""
+    return run_rule_counted(con, rule, params, delivery_only)[0]
+
+
+def run_rule_counted(con: duckdb.DuckDBPyConnection, rule: Rule, params: dict[str, Any],
+                     delivery_only: bool = True) -> tuple[pl.DataFrame, int]:
+    """Hits of one rule, and how many journals of the whole history it flags."""
     used = {name: params[name] for name in query_params(rule.query)}
-    rel = con.execute(f"CREATE OR REPLACE TEMP TABLE _rule_out AS {rule.query}", used)
-    del rel
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _rule_out AS {rule.query}", used).fetchall()
     info = con.execute("DESCRIBE _rule_out").fetchall()
     columns = {row[0]: str(row[1]) for row in info}
     missing = [c for c in ("entity", "fiscal_year", "journal_id") if c not in columns]
@@ -250,9 +255,11 @@ def run_rule(con: duckdb.DuckDBPyConnection, rule: Rule, params: dict[str, Any],
         missing.append("line_no")
     if missing:
         raise ValueError(f"{rule.id}: query must select {', '.join(missing)}")
+    flagged = con.execute("SELECT count(*) FROM (SELECT DISTINCT entity, fiscal_year, journal_id "
+                          "FROM _rule_out)").fetchall()[0][0]
     frame = con.sql(hit_sql(rule, columns, params, delivery_only)).pl()
     con.execute("DROP TABLE IF EXISTS _rule_out")
-    return frame.cast(dict(HIT_SCHEMA)).select(HIT_SCHEMA.names())
+    return frame.cast(dict(HIT_SCHEMA)).select(HIT_SCHEMA.names()), flagged
 
 
 @dataclass
@@ -328,8 +335,7 @@ def run_catalog(con: duckdb.DuckDBPyConnection, settings: Settings, catalog: lis
     con.execute(f"CREATE OR REPLACE TEMP TABLE _journals AS {JOURNALS_SELECT}")
     con.execute("CREATE OR REPLACE VIEW journals AS SELECT * FROM _journals")
     available = Availability.probe(con)
-    population = con.execute("SELECT count(*) FROM delivery_journals" if delivery_only
-                             else "SELECT count(*) FROM _journals").fetchone()[0]
+    population = con.execute("SELECT count(*) FROM _journals").fetchall()[0][0]
     result = RuleRunResult(hits=pl.DataFrame(schema=HIT_SCHEMA))
     frames: list[pl.DataFrame] = []
     for rule in catalog:
@@ -343,10 +349,10 @@ def run_catalog(con: duckdb.DuckDBPyConnection, settings: Settings, catalog: lis
         params = effective_params(rule.id, rule.defaults(), rule.config_params, settings)
         started = time.perf_counter()
         try:
-            hits = run_rule(con, rule, params, delivery_only)
+            hits, journals = run_rule_counted(con, rule, params, delivery_only)
             result.ran.append(rule.id)
             limit = float(settings.rules.get(rule.id, {}).get("max_hit_share", MAX_HIT_SHARE))
-            journals = hits.select("entity", "fiscal_year", "journal_id").n_unique()
+            # judged on the whole history, so a delivery of weekend entries still gets reported
             if population >= MIN_POPULATION and journals > limit * population:
                 reason = (f"flagged {journals} of {population} journals ({journals / population:.0%})"
                           f" - a property of this data rather than an anomaly; hits dropped "
