@@ -84,3 +84,24 @@ def test_case(name: str, tmp_path: Path) -> None:
         # every quarantined row names its file and line
         assert quarantine["source_line"].null_count() == 0
         assert quarantine["source_file"].str.ends_with(".csv").all()
+
+
+def test_rejected_delivery_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Exit code 3, one clear message, the failed run kept with its validation.json, and no
+    published run (CURRENT is not written)."""
+    from detect.cli import main
+
+    folder = tmp_path / "delivery"
+    shutil.copytree(CORPUS / "control_missing_journal", folder)
+    data_dir = tmp_path / "var"
+    (tmp_path / "belegwacht.toml").write_text("[validation]\ndata_docs = false\n", "utf-8")
+    code = main(["run", str(folder), "--format", "ads", "--data-dir", str(data_dir), "-q",
+                 "--config", str(tmp_path / "belegwacht.toml")])
+    err = capsys.readouterr().err
+    assert code == 3
+    assert "delivery rejected: control totals log_file.csv: 1 journal(s) missing" in err
+    assert "Traceback" not in err
+    assert not (data_dir / "CURRENT").exists()
+    (failed,) = (data_dir / "runs").glob("*.failed")
+    assert (failed / "validation.json").exists()
+    assert str(failed / "validation.json") in err
