@@ -151,6 +151,30 @@ def oidc_user(store: Any, claims: dict[str, Any]) -> AppUser | None:
     return None
 
 
+MAX_FAILURES = 5
+LOCKOUT_MINUTES = 15
+
+
+def locked_out(store: Any, username: str, now: float | None = None) -> bool:
+    """True after ``MAX_FAILURES`` failed sign-ins for this name within ``LOCKOUT_MINUTES``.
+
+    Counted from the store's access log, so the limit holds across browser sessions and app
+    processes; a successful sign-in does not reset it (the window simply passes).
+    """
+    from datetime import datetime
+
+    now = time.time() if now is None else now
+    since = now - LOCKOUT_MINUTES * 60
+    failures = 0
+    for entry in store.access_log(500):
+        ts = datetime.fromisoformat(str(entry["ts"])).timestamp()
+        if ts < since:
+            break                                   # newest first
+        if entry["action"] == "login_failed" and entry["user"] == username:
+            failures += 1
+    return failures >= MAX_FAILURES
+
+
 def is_expired(user: AppUser, timeout_minutes: int, now: float | None = None) -> bool:
     """Idle timeout: a session expires ``timeout_minutes`` after the last request."""
     now = time.time() if now is None else now

@@ -384,3 +384,14 @@ def test_pages_before_the_first_run(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         assert len(at.dataframe) <= 1, page                     # rules: the catalog only
     at = page_as("queue.py", AppUser("anna", "auditor"))
     assert at.info[0].value.startswith("Noch kein veröffentlichter Lauf")
+
+
+def test_login_locked_after_failures(env: dict) -> None:
+    for _ in range(5):
+        env["store"].log_access("anna", "login_failed")
+    at = app_as(None).run()
+    at.text_input(key="login_user").input("anna")
+    at.text_input(key="login_password").input(PASSWORD)
+    at.form_submit_button[0].click().run()
+    assert "Zu viele Fehlversuche" in at.error[0].value
+    assert [t.value for t in at.title] == ["Anmelden"] and len(at.dataframe) == 0

@@ -81,6 +81,17 @@ def test_oidc_identity_maps_to_local_role(tmp_path: Path) -> None:
     assert auth.oidc_user(store, {"email": "k.meier@musterstadt.de"}) is None
 
 
+def test_lockout_after_repeated_failures(tmp_path: Path) -> None:
+    store = ReviewStore.for_data_dir(tmp_path)
+    for _ in range(4):
+        store.log_access("anna", "login_failed")
+    store.log_access("bert", "login_failed")
+    assert not auth.locked_out(store, "anna")
+    store.log_access("anna", "login_failed")
+    assert auth.locked_out(store, "anna") and not auth.locked_out(store, "bert")
+    assert not auth.locked_out(store, "anna", now=time.time() + 16 * 60)
+
+
 def test_session_expiry() -> None:
     user = AppUser("anna", "auditor", last_seen=time.time() - 61 * 60)
     assert auth.is_expired(user, 60)

@@ -24,6 +24,8 @@ TEXT: dict[str, tuple[str, str]] = {
     "login_failed": ("Anmeldung fehlgeschlagen: Benutzername oder Passwort falsch, oder Konto "
                      "gesperrt.", "Sign-in failed: wrong user name or password, or account "
                      "disabled."),
+    "login_locked": ("Zu viele Fehlversuche für dieses Konto – bitte {minutes} Minuten warten.",
+                     "Too many failed attempts for this account – please wait {minutes} minutes."),
     "login_oidc": ("Mit Single Sign-on anmelden", "Sign in with single sign-on"),
     "oidc_no_account": ("Ihre Identität {who} ist keinem aktiven Konto zugeordnet. Bitte wenden "
                         "Sie sich an die Administration.",

@@ -49,6 +49,10 @@ def _login(ctx: ui.AppContext) -> None:
         password = st.text_input(tr("password"), type="password", key="login_password")
         submitted = st.form_submit_button(tr("login_button"), type="primary")
     if submitted:
+        if auth.locked_out(ctx.store, username or "?"):
+            ctx.store.log_access(username or "?", "login_locked")
+            st.error(tr("login_locked", minutes=auth.LOCKOUT_MINUTES))
+            return
         user = auth.authenticate(ctx.store, username, password)
         if user is None:
             ctx.store.log_access(username or "?", "login_failed")
