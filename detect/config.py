@@ -90,8 +90,9 @@ class ValidationSettings:
 
 @dataclass
 class ModelSettings:
-    detectors: list[str] = field(default_factory=lambda: ["iforest", "ecod"])
-    """Any of iforest, hbos, ecod; hbos measured weakest (docs/models_scoring.md)."""
+    detectors: list[str] = field(default_factory=lambda: ["ecod"])
+    """Any of ecod, iforest, hbos (rank-averaged); ECOD alone measured best
+    (docs/models_scoring.md)."""
     seed: int = 42
     fit_sample: int = 200_000
     """Fit on at most this many lines; score all lines in batches."""
@@ -114,12 +115,11 @@ class ScoringSettings:
     """Each further hit of the same rule in a journal adds this share of the previous one."""
     family_bonus: float = 15.0
     """Points per additional rule family hitting the same journal (independent signals)."""
-    model_bonus: float = 0.0
-    """Points when a journal has rule hits and its model score is in the model tail (0: on the
-    demo ledger a bonus lifted noisy-rule journals above specific rule hits)."""
-    model_floor: float = 0.95
+    model_bonus: float = 10.0
+    """Points when a journal has rule hits and its model score is in the model tail."""
+    model_floor: float = 0.99
     """Model scores below this contribute no points (ordinary lines stay silent)."""
-    model_tail_share: float = 0.001
+    model_tail_share: float = 0.002
     """A journal with only a model score becomes an item if it is in this top share."""
     score_scale: float = 50.0
     """risk = 100 * (1 - exp(-points / score_scale)): diminishing returns, bounded at 100."""

@@ -57,11 +57,17 @@ class TailECOD(ECOD):
     """Inductive ECOD: per-feature empirical tail probabilities against the training sample.
 
     ``directions[j]`` = +1 scores only the upper tail of feature j (e.g. rarity), 0 both tails.
+    ``aggregate``: "sum" (PyOD's ECOD: all tails add up) or "max" (the line is as unusual as
+    its most unusual feature). "max" ranked the labelled anomalies far better on both
+    benchmark ledgers: one extreme property (a night entry by a day worker) is what an auditor
+    wants to see, and summing 15 ordinary tails drowns it.
     """
 
-    def __init__(self, contamination: float = 0.1, directions: tuple[int, ...] | None = None):
+    def __init__(self, contamination: float = 0.1, directions: tuple[int, ...] | None = None,
+                 aggregate: str = "max"):
         super().__init__(contamination=contamination)
         self.directions = directions
+        self.aggregate = aggregate
 
     def fit(self, X: np.ndarray, y: Any = None) -> "TailECOD":
         X = np.asarray(X, dtype=np.float64)
@@ -91,7 +97,13 @@ class TailECOD(ECOD):
         return out
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
-        return self.tail_scores(X).sum(axis=1)
+        tails = self.tail_scores(X)
+        if self.aggregate == "max":
+            # ties on the max are broken by the sum, scaled far below one tail unit
+            return tails.max(axis=1) + tails.sum(axis=1) * 1e-3
+        if self.aggregate == "sum":
+            return tails.sum(axis=1)
+        raise UserError(f"unknown ECOD aggregate {self.aggregate!r}", hint="use max or sum")
 
 
 class BookingOutlierEnsemble(BaseEstimator):
@@ -102,11 +114,12 @@ class BookingOutlierEnsemble(BaseEstimator):
     ECOD tail scores used for explanations.
     """
 
-    def __init__(self, detectors: tuple[str, ...] = ("iforest", "ecod"), n_estimators: int = 100,
+    def __init__(self, detectors: tuple[str, ...] = ("ecod",), n_estimators: int = 100,
                  max_samples: int = 2048, n_bins: int = 20,
-                 directions: tuple[int, ...] | None = None, batch_size: int = 500_000,
-                 random_state: int = 42):
+                 directions: tuple[int, ...] | None = None, ecod_aggregate: str = "max",
+                 batch_size: int = 500_000, random_state: int = 42):
         self.detectors = detectors
+        self.ecod_aggregate = ecod_aggregate
         self.n_estimators = n_estimators
         self.max_samples = max_samples
         self.n_bins = n_bins
@@ -122,7 +135,7 @@ class BookingOutlierEnsemble(BaseEstimator):
         if name == "hbos":
             return HBOS(n_bins=self.n_bins)
         if name == "ecod":
-            return TailECOD(directions=self.directions)
+            return TailECOD(directions=self.directions, aggregate=self.ecod_aggregate)
         raise UserError(f"unknown detector {name!r} in [models] detectors",
                         hint=f"known detectors: {', '.join(KNOWN_DETECTORS)}")
 
@@ -135,7 +148,8 @@ class BookingOutlierEnsemble(BaseEstimator):
         self.train_scores_ = {name: np.sort(det.decision_scores_)
                               for name, det in self.detectors_.items()}
         self.explainer_ = (self.detectors_["ecod"] if "ecod" in self.detectors_
-                           else TailECOD(directions=self.directions).fit(X))
+                           else TailECOD(directions=self.directions,
+                                         aggregate=self.ecod_aggregate).fit(X))
         self.n_features_in_ = X.shape[1]
         return self
 

@@ -69,7 +69,7 @@ def test_risk_formula_and_independent_signals_rank_first(ledger, ctx) -> None:
     scores = model_frame(ledger, {"J00003": 0.999, "J00005": 0.9999})
     cfg = ctx.settings.scoring
     cfg.model_tail_share = 0.01                               # top 4 of 400 journals
-    cfg.model_bonus = 10.0                                    # off by default, tested here
+    cfg.model_floor = 0.95
     items = rank_items(ledger.lazy(), hits, scores, ctx)
     assert items.columns == FINDINGS_COLUMNS
     by = {r["journal_id"]: r for r in items.iter_rows(named=True)}
@@ -102,6 +102,7 @@ def test_risk_formula_and_independent_signals_rank_first(ledger, ctx) -> None:
 def test_model_only_items_need_the_top_tail(ledger, ctx) -> None:
     # 400 journals, tail 1 % -> 4 journals may enter on the model alone, if above the floor
     ctx.settings.scoring.model_tail_share = 0.01
+    ctx.settings.scoring.model_floor = 0.95
     scores = model_frame(ledger, {f"J{i:05d}": 0.95 + i / 1000 for i in range(6)})
     items = rank_items(ledger.lazy(), hits_frame([]), scores, ctx)
     assert sorted(items["journal_id"]) == ["J00002", "J00003", "J00004", "J00005"]
