@@ -80,8 +80,12 @@ def describe_rule(rule: Rule, lang: str = "de") -> str:
 
 
 def _what(rule: Rule, lang: str) -> str:
-    prefix = "Meldung: " if lang == "de" else "Message: "
-    return prefix + rule.explain[lang]
+    if lang == "de":
+        unit = "Zeilen" if rule.level == "line" else "Belege"
+        return f"Markiert {unit} mit der Begründung: „{rule.explain['de']}“"
+    unit = "lines" if rule.level == "line" else "journals"
+    return f'Flags {unit} and explains each as: "{rule.explain["en"]}"'
+
 
 
 def _example(rule: Rule) -> str:
