@@ -98,7 +98,7 @@ def test_no_data_before_login_then_login_shows_queue(env: dict) -> None:
 
 
 @pytest.mark.parametrize("page", ["queue.py", "item.py", "bulk.py", "runs.py", "rules.py",
-                                  "audit.py", "export.py", "users.py"])
+                                  "audit.py", "export.py", "users.py", "report.py"])
 def test_every_page_refuses_without_session(env: dict, page: str) -> None:
     at = page_as(page, None)
     assert not at.exception
@@ -151,7 +151,7 @@ def test_navigation_lists_only_permitted_pages(env: dict) -> None:
         at = app_as(user).run()
         return {Path(p["script_path"]).name for p in at._registered_pages.values()}
     assert nav_pages(AppUser("max", "manager")) == {
-        "queue.py", "item.py", "runs.py", "rules.py", "audit.py", "export.py"}
+        "queue.py", "item.py", "runs.py", "rules.py", "audit.py", "export.py", "report.py"}
     assert "users.py" not in nav_pages(AppUser("anna", "auditor"))
     assert "bulk.py" in nav_pages(AppUser("anna", "auditor"))
     assert {"users.py"} <= nav_pages(AppUser("root", "admin"))
@@ -395,3 +395,12 @@ def test_login_locked_after_failures(env: dict) -> None:
     at.form_submit_button[0].click().run()
     assert "Zu viele Fehlversuche" in at.error[0].value
     assert [t.value for t in at.title] == ["Anmelden"] and len(at.dataframe) == 0
+
+
+def test_report_page_shows_the_monthly_report(env: dict) -> None:
+    at = page_as("report.py", AppUser("max", "manager"))
+    assert not at.exception
+    assert at.title[0].value == "Monatsbericht"
+    month = at.selectbox[0].value
+    assert len(month) == 7 and month[4] == "-"
+    assert [b.label for b in at.get("download_button")] == ["Als HTML herunterladen"]

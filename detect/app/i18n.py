@@ -57,6 +57,11 @@ TEXT: dict[str, tuple[str, str]] = {
     "page_runs": ("Läufe", "Runs"),
     "page_rules": ("Regeln", "Rules"),
     "page_audit": ("Prüfpfad", "Audit trail"),
+    "page_report": ("Monatsbericht", "Monthly report"),
+    "report_month": ("Monat", "Month"),
+    "report_download_html": ("Als HTML herunterladen", "Download as HTML"),
+    "report_make_pdf": ("PDF erzeugen", "Make PDF"),
+    "report_download_pdf": ("PDF herunterladen", "Download PDF"),
     "page_users": ("Benutzer", "Users"),
     "page_export": ("Export", "Export"),
     # queue

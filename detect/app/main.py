@@ -20,6 +20,7 @@ PAGES: list[tuple[str, str, str, str]] = [
     ("runs.py", "page_runs", ":material/history:", "view"),
     ("rules.py", "page_rules", ":material/rule:", "view"),
     ("audit.py", "page_audit", ":material/verified_user:", "view"),
+    ("report.py", "page_report", ":material/summarize:", "view"),
     ("export.py", "page_export", ":material/download:", "export"),
     ("users.py", "page_users", ":material/group:", "manage_users"),
 ]
