@@ -100,3 +100,18 @@ def test_currency_list_is_iso_4217() -> None:
     assert {"EUR", "USD", "CHF", "GBP", "JPY"} <= set(codes) and "EURO" not in codes
     pycountry = pytest.importorskip("pycountry")
     assert set(codes) == {c.alpha_3 for c in pycountry.currencies}
+
+
+def test_uniqueness_ignores_rows_missing_every_key_like_gx(runner: GxRunner) -> None:
+    suite = load_suite("bookings", BUNDLED_DIR)
+    suite = suite.without({c.key for c in suite.checks if c.key != "duplicate_line"})
+    frame = pl.DataFrame({
+        ROW: [0, 1, 2, 3, 4, 5],
+        "entity": ["A", "A", None, None, "A", None],
+        "fiscal_year": pl.Series([2024, 2024, None, None, None, None], dtype=pl.Int32),
+        "journal_id": ["1", "1", None, None, "2", None],
+        "line_no": pl.Series([1, 1, None, None, 1, 1], dtype=pl.Int32),
+    })
+    (gx_result,) = runner.validate(suite, frame, {}, batch_rows=100, result_format="COMPLETE")
+    ours = frame.filter(masks.fails(suite.checks[0], {}, frame.schema))[ROW].to_list()
+    assert sorted(gx_result.rows) == ours == [0, 1]

@@ -94,26 +94,31 @@ class GxRunner:
             progress_bars=ProgressBarsConfig(globally=False), data_docs_sites=sites)
         self.context = gx.get_context(mode="ephemeral", project_config=config)
         self.source = self.context.data_sources.add_pandas("belegwacht")
+        self._used: dict[str, int] = {}
 
     def _checkpoint(self, suite: Suite, result_format: str) -> Any:
         from great_expectations.expectations.expectation_configuration import (
             ExpectationConfiguration)
 
         gx = self.gx
+        # a context holds each name once; a suite validated twice gets a numbered name
+        self._used[suite.name] = self._used.get(suite.name, 0) + 1
+        name = suite.name if self._used[suite.name] == 1 else \
+            f"{suite.name} ({self._used[suite.name]})"
         expectations = [
             ExpectationConfiguration(type=e["type"], kwargs=e.get("kwargs", {}),
                                      meta=e.get("meta", {}), notes=e.get("notes"),
                                      severity=e.get("severity", "critical")).to_domain_obj()
             for e in suite.raw["expectations"]]
         gx_suite = self.context.suites.add(gx.ExpectationSuite(
-            name=suite.name, expectations=expectations, notes=suite.raw.get("notes"),
+            name=name, expectations=expectations, notes=suite.raw.get("notes"),
             meta=suite.raw.get("meta", {})))
-        asset = self.source.add_dataframe_asset(suite.name)
-        batch = asset.add_batch_definition_whole_dataframe(f"{suite.name} delivery")
+        asset = self.source.add_dataframe_asset(name)
+        batch = asset.add_batch_definition_whole_dataframe(f"{name} delivery")
         definition = self.context.validation_definitions.add(
-            gx.ValidationDefinition(name=suite.name, data=batch, suite=gx_suite))
+            gx.ValidationDefinition(name=name, data=batch, suite=gx_suite))
         return self.context.checkpoints.add(gx.Checkpoint(
-            name=f"{suite.name} checkpoint", validation_definitions=[definition],
+            name=f"{name} checkpoint", validation_definitions=[definition],
             result_format={"result_format": result_format,
                            "unexpected_index_column_names": [ROW]}))
 

@@ -80,7 +80,14 @@ def fails(check: Check, params: dict[str, Any], schema: pl.Schema) -> pl.Expr:
         return _pair(check, params)
     if t == "expect_compound_columns_to_be_unique":
         cols = list(kw["column_list"])
-        return pl.struct(cols).is_duplicated()
+        ignore = kw.get("ignore_row_if", "all_values_are_missing")
+        missing = [pl.col(c).is_null() for c in cols]
+        skip = (pl.all_horizontal(missing) if ignore == "all_values_are_missing"
+                else pl.any_horizontal(missing) if ignore == "any_value_is_missing"
+                else pl.lit(False))
+        # skipped rows take no part in the comparison at all
+        key = pl.when(~skip).then(pl.struct(cols))
+        return ~skip & key.is_duplicated()
     if "column" not in kw:
         raise Unsupported(t)
     name = kw["column"]
