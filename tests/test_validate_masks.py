@@ -115,3 +115,9 @@ def test_uniqueness_ignores_rows_missing_every_key_like_gx(runner: GxRunner) -> 
     (gx_result,) = runner.validate(suite, frame, {}, batch_rows=100, result_format="COMPLETE")
     ours = frame.filter(masks.fails(suite.checks[0], {}, frame.schema))[ROW].to_list()
     assert sorted(gx_result.rows) == ours == [0, 1]
+
+
+def test_row_conditions_are_left_to_gx() -> None:
+    conditional = Check("c", "expect_column_values_to_not_be_null",
+                        {"column": "x", "row_condition": 'y=="a"'}, "critical", "r")
+    assert not masks.row_level(conditional)

@@ -76,6 +76,8 @@ def _pair(check: Check, params: dict[str, Any]) -> pl.Expr:
 def fails(check: Check, params: dict[str, Any], schema: pl.Schema) -> pl.Expr:
     """True where a row fails ``check`` (nulls pass value checks, as in GX)."""
     kw, t = check.kwargs, check.type
+    if kw.get("row_condition"):
+        raise Unsupported(f"{t} with row_condition")  # pandas query syntax: GX only
     if t.startswith("expect_column_pair_values"):
         return _pair(check, params)
     if t == "expect_compound_columns_to_be_unique":
