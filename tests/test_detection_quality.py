@@ -36,19 +36,22 @@ def metrics(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
 def test_combined_finds_most_labelled_journals_at_small_budgets(metrics) -> None:
     combined = metrics["combined"]
     assert combined["n"] >= 50
-    assert combined["recall@1%"] >= 0.75
-    assert combined["recall@2%"] >= 0.85
-    assert combined["ap"] >= 0.55
+    assert combined["recall@1%"] >= 0.78      # measured 0.81 (goal 0.9 not reached)
+    assert combined["recall@2%"] >= 0.85      # measured 0.875
+    assert combined["ap"] >= 0.6              # measured 0.69
 
 
 def test_combined_is_not_worse_than_either_signal_alone(metrics) -> None:
     combined, rules, models = metrics["combined"], metrics["rules only"], metrics["models only"]
-    assert combined["recall@1%"] >= rules["recall@1%"] - 1e-9
-    assert combined["recall@2%"] >= rules["recall@2%"] - 1e-9
+    one = 1 / combined["n"] + 1e-9            # tolerate one journal: the rules keep changing
+    assert combined["recall@1%"] >= rules["recall@1%"] - one
+    assert combined["recall@2%"] >= rules["recall@2%"] - one
+    assert combined["ap"] >= rules["ap"] - 0.01
     assert combined["recall@1%"] > models["recall@1%"]
     assert combined["ap"] > models["ap"]
 
 
 def test_models_alone_find_something(metrics) -> None:
     models = metrics["models only"]
-    assert models["recall@2%"] >= 0.2     # chance level at 2 % would be 0.02
+    assert models["recall@1%"] >= 0.35    # measured 0.47; chance level would be 0.01
+    assert models["ap"] >= 0.2
