@@ -119,7 +119,8 @@ def build(lines: int, seed: int, year: int = YEAR):
         in_year = pl.col("pay_date").dt.year() == year
         now = due.filter(in_year & (pl.col("pay_date").dt.month() == month))
         carry = due.filter(in_year & (pl.col("pay_date").dt.month() > month))
-        pay = lg.payments(gen, now.sort("pay_date", "vendor_id", "reference"))
+        pay = lg.payments(gen, now.sort("pay_date", "vendor_id", "reference", "cents",
+                                        "posting_date", "gl_account"))
         m.add(pay[0], pay[1], None)
         an.after_payments(m)
         next_jk = gen.jk

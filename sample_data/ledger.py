@@ -285,7 +285,7 @@ class MonthGen:
         n = min(n, cand.height)
         if n == 0:
             return fr.empty_headers(), fr.empty_lines()
-        orig = cand.sample(n, seed=int(rng.integers(2**31)))
+        orig = cand.sort("jk")[np.sort(rng.choice(cand.height, n, replace=False))]
         post = self.w.cal.next_workday(orig["posting_date"].to_numpy(), rng.integers(1, 5, n))
         jk = self.keys(n)
         secs = fr.office_seconds(rng, n)
@@ -416,7 +416,7 @@ def schedule_payments(w: World, inv_h: pl.DataFrame, inv_l: pl.DataFrame,
     """Due payments for invoices: vendor, reference, amount, creditor account, pay day."""
     cred = inv_l.filter(pl.col("vendor_id").is_not_null()).select(
         "jk", "vendor_id", "gl_account", cents=-pl.col("cents"))
-    due = inv_h.select("jk", "posting_date", "reference").join(cred, on="jk")
+    due = inv_h.select("jk", "posting_date", "reference").join(cred, on="jk").sort("jk")
     n = due.height
     term = rng.choice(np.array([10, 14, 21, 30]), n, p=[0.2, 0.4, 0.2, 0.2])
     target = due["posting_date"].to_numpy().astype("datetime64[D]") + term

@@ -85,10 +85,10 @@ class DatevWriter:
     def _bank_numbers(self, pairs: pl.DataFrame) -> pl.DataFrame:
         """Number each creditor's IBANs in order of first use (1, 2, ...)."""
         new = pairs.unique(maintain_order=True).join(self.banks, on=["vendor_id", "iban"],
-                                                     how="anti")
+                                                     how="anti", maintain_order="left")
         if new.height:
             have = self.banks.group_by("vendor_id").agg(n=pl.len())
-            new = (new.join(have, on="vendor_id", how="left")
+            new = (new.join(have, on="vendor_id", how="left", maintain_order="left")
                    .with_columns(bank_no=pl.col("n").fill_null(0)
                                  + pl.int_range(pl.len()).over("vendor_id") + 1)
                    .select("vendor_id", "iban", pl.col("bank_no").cast(pl.Int64)))
@@ -173,15 +173,15 @@ class DatevWriter:
         used = self.banks.sort("vendor_id", "bank_no").select("vendor_id", "iban")
         known = pl.concat([on_file, used]).unique(maintain_order=True)
         banks = self.banks
-        rest = known.join(banks, on=["vendor_id", "iban"], how="anti")
+        rest = known.join(banks, on=["vendor_id", "iban"], how="anti", maintain_order="left")
         have = banks.group_by("vendor_id").agg(n=pl.len())
-        rest = (rest.join(have, on="vendor_id", how="left")
+        rest = (rest.join(have, on="vendor_id", how="left", maintain_order="left")
                 .with_columns(bank_no=(pl.col("n").fill_null(0)
                                        + pl.int_range(pl.len()).over("vendor_id") + 1)
                               .cast(pl.Int64)).select("vendor_id", "iban", "bank_no"))
         allb = pl.concat([banks, rest]).filter(pl.col("bank_no") <= 5)
         main = on_file.rename({"iban": "_main"})
-        allb = allb.join(main, on="vendor_id", how="left")
+        allb = allb.join(main, on="vendor_id", how="left", maintain_order="left")
         cols: dict[str, pl.Expr] = {}
         wide = v.select("vendor_id", "vendor_name")
         for k in range(1, 6):
