@@ -47,6 +47,8 @@ already_processed = state.already_processed
 remember_delivery = state.remember_delivery
 
 QUARANTINE_LEAD = ["source_file", "source_line", "expectation", "reason"]
+QUARANTINE_SHARE_WARN = 0.2
+"""Quarantining this share of a delivery or more earns a warning to check the mapping."""
 REVIEW_RULES = {"VAL-CTRL"}
 """Validation findings handed to scoring (the others duplicate rules of the catalog)."""
 
@@ -282,6 +284,12 @@ def validate(ingested: IngestResult, ctx: RunContext) -> ValidationResult:
     fails = quarantine.failures(flagged, suite.checks, flags)
     rows = quarantine.per_row(fails)
     reasons = quarantine.counts(rows)
+    if frame.height and rows.height / frame.height >= QUARANTINE_SHARE_WARN:
+        top, n = next(iter(reasons.items()))
+        warnings_.append(
+            f"{rows.height / frame.height:.0%} of the rows were quarantined, {n:,} of them for "
+            f"'{top}': that many usually means a wrong mapping or setting (date format, fiscal "
+            "year start, column), not bad bookings; check quarantine.parquet")
     for c in checks:
         if c["severity"] != "critical" and c["failing_rows"]:
             warnings_.append(f"{c['reason']}: {c['failing_rows']:,} rows (kept; check {c['key']})")

@@ -305,3 +305,12 @@ def test_own_suite_with_a_typo_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="expectation typo names unknown column.s. gl_acount"):
         _run(tmp_path, journal("1", 1.0),
              validation={"data_docs": False, "expectations_dir": str(own)})
+
+
+def test_quarantining_much_of_a_delivery_points_at_the_mapping(tmp_path: Path) -> None:
+    rows = [r for j in range(1, 4) for r in journal(str(j), 1.0, posting_date=date(2023, 5, 1))]
+    rows += [r for j in range(4, 11) for r in journal(str(j), 1.0)]
+    result = _run(tmp_path, rows)
+    assert result.rows_quarantined == 6
+    assert ("30% of the rows were quarantined, 6 of them for 'posting date outside fiscal year': "
+            "that many usually means a wrong mapping") in " ".join(result.warnings)
