@@ -167,9 +167,12 @@ def _merge(target: CheckResult, res: Any) -> None:
     target.success = target.success and bool(res.success)
     target.element_count += int(r.get("element_count") or 0)
     target.unexpected_count += int(r.get("unexpected_count") or 0)
-    if res.exception_info and res.exception_info.get("raised_exception"):
-        raise RuntimeError(f"expectation {target.key} failed to run: "
-                           f"{res.exception_info.get('exception_message')}")
+    info = res.exception_info or {}
+    # GX reports one {"raised_exception", ...} dict, or one per metric keyed by metric id
+    for item in [info] if "raised_exception" in info else list(info.values()):
+        if isinstance(item, dict) and item.get("raised_exception"):
+            raise RuntimeError(f"expectation {target.key} failed to run in Great Expectations: "
+                               f"{item.get('exception_message')}")
     target.rows.extend(int(item[ROW]) for item in r.get("unexpected_index_list") or [])
 
 
