@@ -357,7 +357,8 @@ class ReviewStore:
     def start_run(self, run_id: str, entity: str, *, delivery_hash: str | None = None,
                   started: str | None = None) -> None:
         with self._write() as conn:
-            conn.execute(runs.insert().values(id=run_id, entity=entity, started=started or now_iso(),
+            conn.execute(runs.insert().values(id=run_id, entity=entity,
+                                              started=started or now_iso(),
                                               outcome="running", delivery_hash=delivery_hash))
 
     def fail_run(self, run_id: str, error: str, outcome: str = "failed",
@@ -453,7 +454,8 @@ class ReviewStore:
                 before_commit()  # crash tests: dying here must roll the whole publish back
         return counts
 
-    def _scope(self, ctx: Any, new: pl.DataFrame, scope: pl.DataFrame | None) -> pl.DataFrame | None:
+    def _scope(self, ctx: Any, new: pl.DataFrame,
+               scope: pl.DataFrame | None) -> pl.DataFrame | None:
         """Journal keys in scope of this run, or None for 'every item of the entity'."""
         if getattr(ctx, "rescore_history", False):
             return None
@@ -553,7 +555,8 @@ class ReviewStore:
 
     def get_item(self, item_id_: str) -> dict[str, Any] | None:
         with self._read() as conn:
-            row = conn.execute(sa.select(items).where(items.c.item_id == item_id_)).mappings().first()
+            row = conn.execute(sa.select(items).where(items.c.item_id == item_id_)) \
+                .mappings().first()
         return dict(row) if row else None
 
     # -- decisions --
@@ -747,7 +750,8 @@ class ReviewStore:
         if not (username or "").strip():
             raise StoreError("a user name is required")
         with self._write() as conn:
-            if conn.execute(sa.select(users.c.username).where(users.c.username == username)).first():
+            taken = sa.select(users.c.username).where(users.c.username == username)
+            if conn.execute(taken).first():
                 raise StoreError(f"user {username!r} exists already")
             conn.execute(users.insert().values(username=username, display_name=display_name,
                                                role=role, password_hash=password_hash,
@@ -755,7 +759,8 @@ class ReviewStore:
 
     def get_user(self, username: str) -> dict[str, Any] | None:
         with self._read() as conn:
-            row = conn.execute(sa.select(users).where(users.c.username == username)).mappings().first()
+            row = conn.execute(sa.select(users).where(users.c.username == username)) \
+                .mappings().first()
         return dict(row) if row else None
 
     def list_users(self) -> list[dict[str, Any]]:
@@ -842,8 +847,8 @@ def _normalise_findings(findings: pl.DataFrame, entity: str) -> pl.DataFrame:
     if "item_id" in present:
         ids = findings["item_id"].cast(pl.String())
     else:  # scoring provides item_id; compute it only for hand-made findings
-        ids = pl.Series([item_id(e, y, j) for e, y, j in frame.select(list(KEY_FIELDS)).iter_rows()],
-                        dtype=pl.String())
+        keys = frame.select(list(KEY_FIELDS)).iter_rows()
+        ids = pl.Series([item_id(e, y, j) for e, y, j in keys], dtype=pl.String())
     frame = frame.with_columns(ids.alias("item_id"),
                                pl.lit(None, dtype=pl.String()).alias("suppressed_by"))
     return frame.unique("item_id", keep="first").sort("item_id")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -17,7 +15,8 @@ from detect.runlog import StepLog
 from detect.schema import BOOKING_SCHEMA, conform
 
 
-def bookings(rows: list[tuple[str, int, str, int, str]], entity: str = "Musterstadt") -> pl.DataFrame:
+def bookings(rows: list[tuple[str, int, str, int, str]],
+             entity: str = "Musterstadt") -> pl.DataFrame:
     """rows: (file, fiscal_year, journal_id, line_no, amount)."""
     frame = pl.DataFrame(
         {"source_file": [r[0] for r in rows], "fiscal_year": [r[1] for r in rows],
