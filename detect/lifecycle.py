@@ -395,7 +395,8 @@ def process_inbox(inbox: Path, run_one: Any) -> InboxResult:
                 result.entries.append(InboxEntry(rest.name, "locked", exc.message))
             break
         except UserError as exc:
-            result.entries.append(InboxEntry(path.name, "failed", str(exc).replace("\n", " ")))
+            text = str(exc).replace("\n  hint: ", " - hint: ").replace("\n", " ")
+            result.entries.append(InboxEntry(path.name, "failed", text))
         except Exception as exc:  # noqa: BLE001 - one broken delivery must not block the others
             result.entries.append(InboxEntry(path.name, "failed",
                                              f"internal error: {type(exc).__name__}: {exc}"))
