@@ -36,9 +36,9 @@ def metrics(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
 def test_combined_finds_most_labelled_journals_at_small_budgets(metrics) -> None:
     combined = metrics["combined"]
     assert combined["n"] >= 50
-    assert combined["recall@1%"] >= 0.78      # measured 0.81 (goal 0.9 not reached)
-    assert combined["recall@2%"] >= 0.85      # measured 0.875
-    assert combined["ap"] >= 0.6              # measured 0.69
+    assert combined["recall@1%"] >= 0.75      # measured 0.81 (goal 0.9 not reached)
+    assert combined["recall@2%"] >= 0.80      # measured 0.86-0.875
+    assert combined["ap"] >= 0.55             # measured 0.69-0.71
 
 
 def test_combined_is_not_worse_than_either_signal_alone(metrics) -> None:
