@@ -108,7 +108,9 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
 # --- review store ------------------------------------------------------------------------------
 
 def cmd_verify_log(args: argparse.Namespace) -> int:
-    result = _store(args).verify_log()
+    from detect.store import anchors_from_runs
+
+    result = _store(args).verify_log(anchors=anchors_from_runs(_data_dir(args)))
     print(result.message)
     return 0 if result.ok else 1
 

@@ -649,8 +649,13 @@ class ReviewStore:
         schema = {n: (pl.Int64() if n in ("id", "fiscal_year") else pl.String()) for n in names}
         return pl.DataFrame([tuple(r) for r in rows], schema=schema, orient="row")
 
-    def verify_log(self) -> VerifyResult:
-        """Recompute the chain; name the first event whose link or content does not hold."""
+    def verify_log(self, anchors: dict[str, str] | None = None) -> VerifyResult:
+        """Recompute the chain; name the first event whose link or content does not hold.
+
+        ``anchors`` (run id -> head hash recorded in that run's manifest, see
+        ``anchors_from_runs``) catch a chain rewritten consistently from the start: every
+        recorded head must still be a link of the chain.
+        """
         with self._read() as conn:
             rows = conn.execute(sa.select(decisions).order_by(decisions.c.id)).mappings().all()
             head = conn.execute(sa.select(log_head.c.last_id, log_head.c.last_hash)
@@ -675,8 +680,17 @@ class ReviewStore:
             return _broken(len(rows), expected_id,
                            f"the log head says event {head[0]} is the newest, but the chain "
                            f"ends at event {expected_id - 1} (newest events deleted?)")
+        links = {GENESIS, *(r["hash"] for r in rows)}
+        for run_id, head_hash in sorted((anchors or {}).items()):
+            if head_hash and head_hash not in links:
+                return VerifyResult(False, len(rows), None,
+                                    f"decision log BROKEN: run {run_id} recorded the head "
+                                    f"{head_hash[:16]} at publish, which is no longer in the "
+                                    f"chain (the log was rewritten)", prev)
+        checked = f", {len(anchors)} run anchors checked" if anchors else ""
         return VerifyResult(True, len(rows), None,
-                            f"decision log intact: {len(rows)} events, head {prev[:16]}", prev)
+                            f"decision log intact: {len(rows)} events, head {prev[:16]}{checked}",
+                            prev)
 
     # -- suppressions --
 
@@ -796,6 +810,19 @@ class ReviewStore:
 
 
 # --- helpers -----------------------------------------------------------------------------------
+
+def anchors_from_runs(data_dir: Path) -> dict[str, str]:
+    """Head hashes recorded in the published runs' manifests (outside the database)."""
+    out: dict[str, str] = {}
+    for manifest in sorted(Path(data_dir).glob("runs/*/manifest.json")):
+        try:
+            head = json.loads(manifest.read_text("utf-8")).get("findings", {}).get("log_head")
+        except (OSError, ValueError):
+            continue
+        if head:
+            out[manifest.parent.name] = head
+    return out
+
 
 def _check_role(role: str) -> None:
     if role not in ROLES:

@@ -96,3 +96,37 @@ def test_cli_verify_log_exit_codes(store: ReviewStore, tmp_path: Path,
     sql(store, "UPDATE decisions SET comment = 'x' WHERE id = 5")
     assert main(["verify-log", "--data-dir", str(tmp_path)]) == 1
     assert "BROKEN at event 5" in capsys.readouterr().out
+
+
+def test_consistently_rewritten_chain_is_caught_by_run_anchors(store: ReviewStore,
+                                                               tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]
+                                                               ) -> None:
+    import json
+
+    from detect.store import anchors_from_runs, event_hash
+
+    # a run published after event 6 recorded the head in its manifest (outside the database)
+    run_dir = tmp_path / "runs" / "r2"
+    run_dir.mkdir(parents=True)
+    head = store.verify_log().head_hash
+    (run_dir / "manifest.json").write_text(json.dumps({"findings": {"log_head": head}}))
+    assert anchors_from_runs(tmp_path) == {"r2": head}
+    # someone with database access rewrites event 2 and recomputes every later hash and the head
+    with store.engine.begin() as conn:
+        rows = [dict(r) for r in conn.exec_driver_sql(
+            "SELECT * FROM decisions ORDER BY id").mappings()]
+        rows[1]["comment"] = "umgeschrieben"
+        prev = rows[0]["hash"]
+        for row in rows[1:]:
+            row["prev_hash"] = prev
+            row["hash"] = prev = event_hash(row)
+            conn.exec_driver_sql("UPDATE decisions SET comment = ?, prev_hash = ?, hash = ? "
+                                 "WHERE id = ?", (row["comment"], row["prev_hash"], row["hash"],
+                                                  row["id"]))
+        conn.exec_driver_sql("UPDATE log_head SET last_hash = ?", (prev,))
+    assert store.verify_log().ok  # the chain alone cannot tell (documented limit)
+    result = store.verify_log(anchors=anchors_from_runs(tmp_path))
+    assert not result.ok and "run r2 recorded the head" in result.message
+    assert main(["verify-log", "--data-dir", str(tmp_path)]) == 1
+    assert "the log was rewritten" in capsys.readouterr().out
