@@ -173,3 +173,22 @@ def test_number_formats() -> None:
     assert out["en"].to_list() == ["9,950.00 €", "1,234,567.89 €", "0.50 €", "1,000.00 €"]
     assert out["pde"].to_list() == ["99,7 %", "100,0 %", "0,0 %", "50,0 %"]
     assert out["pen"][0] == "99.7%"
+
+
+def test_new_vendor_and_one_off_bank_account_are_explained() -> None:
+    f = tiny_ledger(1500)
+    f = f.with_columns(pl.when(pl.col("vendor_id") == "V1").then(pl.lit("DE01"))
+                       .otherwise(None).alias("bank_account"))
+    v1 = f.filter(pl.col("vendor_id") == "V1")["journal_id"].unique().sort()
+    f = set_line(f, v1[-1], None, bank_account="DE99")                  # paid once elsewhere
+    f = set_line(f, "J01400", None, vendor_id="V_NEW", entered_at=datetime(2025, 10, 8, 10, 0),
+                 posting_date=date(2025, 10, 8), document_date=date(2025, 10, 5))
+    scores, _, _ = fit_and_score(f.lazy(), Settings())
+    bank = _line(scores, v1[-1])
+    assert parse_top_features(bank["top_features"])[0]["feature"] == "bank_rarity"
+    n = v1.len()
+    assert f"Bankverbindung von Kreditor V1 nur in 1 von {n} Zahlungen verwendet" \
+        in bank["model_reasons_de"]
+    new = _line(scores, "J01400")
+    assert parse_top_features(new["top_features"])[0]["feature"] == "vendor_new"
+    assert new["model_reasons_en"].startswith("vendor V_NEW is new (0 days since creation")
