@@ -38,9 +38,16 @@ PROCUREMENT = (1000, 3000, 25000, 100000)
 SUSPICIOUS = np.array(["Privatanteil Ausgleich", "Geschenk Mitarbeiter", "Barauslage ohne Beleg",
                        "diverse Kosten sonstig", "Bonus Sonderzahlung", "Nachtrag ohne Beleg",
                        "Korrektur sonstige diverse", "Test Buchung"])
-RARE_PAIRS = np.array([("523100", "441100"), ("081100", md.CASH), ("542100", "456100"),
-                       (md.ACCRUAL, "431100"), ("533100", md.CASH), ("201000", "401300")])
-SMALL_ACCOUNTS = ["542100", "541100", "529100", "525100"]
+# expense (debit) against revenue (credit) never happens in normal data (internal allocations
+# use 581100/481100 only); plus a few asset/liability oddities. Many distinct pairs, so that
+# even a large ledger uses each one only a few times (a pair used often is no longer rare).
+_EXPENSES = ["521100", "522100", "523100", "524100", "525100", "527100", "529100", "533100",
+             "541100", "542100", "544100"]
+_REVENUES = ["401200", "401300", "431100", "432100", "441100", "456100"]
+RARE_PAIRS = np.array([(d, c) for d in _EXPENSES for c in _REVENUES]
+                      + [("081100", md.CASH), ("533100", md.CASH), (md.ACCRUAL, "431100"),
+                         (md.ACCRUAL, md.CASH)])
+SMALL_ACCOUNTS = ["541100", "529100", "525100"]  # tight amount ranges (542100 mixes IT)
 FAR_CATEGORIES = {"jugendhilfe": ["32", "37", "66", "33"], "lehrmittel": ["32", "37", "66", "51"],
                   "tiefbau": ["33", "40", "51", "10"], "versicherung": ["33", "40", "37", "51"]}
 
@@ -336,8 +343,14 @@ def _amount_outlier(m: Month, k: int) -> None:
     if j.height == 0:
         return
     old = m.l.filter(pl.col("jk").is_in(j["jk"].implode()) & (pl.col("cents") > 0)).sort("jk")
-    cents = np.minimum(old["cents"].to_numpy() * rng.uniform(20, 60, j.height), 20_000_000)
-    cents = cents.astype(np.int64)
+    # far above what the account usually carries (its median this month), not just above
+    # this one invoice: a tenfold typo on a tiny invoice is still an ordinary amount
+    med = (m.l.filter(pl.col("cents") > 0).group_by("gl_account")
+           .agg(pl.col("cents").median().alias("med")))
+    base = old.join(med, on="gl_account", how="left", maintain_order="left")["med"].to_numpy()
+    cents = np.maximum(old["cents"].to_numpy() * rng.uniform(20, 60, j.height),
+                       base * rng.uniform(40, 90, j.height))
+    cents = np.minimum(cents, 20_000_000).astype(np.int64)
     m.set_cents(old["jk"].to_numpy(), cents)
     dept = np.array([w.dept_of[u] for u in j.sort("jk")["entered_by"].to_list()])
     user, rank = w.enterer(rng, dept, cents)
@@ -419,7 +432,9 @@ def _self_approval(m: Month, k: int) -> None:
 
 
 def _suspicious_description(m: Month, k: int) -> None:
-    j = m.pick(k, _people(m))
+    # on amounts that matter (>= 300 EUR); a "Geschenk" of 12 EUR is nobody's concern
+    big = m.l.filter((pl.col("cents") >= 30_000) & ~pl.col("anchor"))["jk"].implode()
+    j = m.pick(k, _people(m) & pl.col("jk").is_in(big))
     text = m.rng.choice(SUSPICIOUS, j.height)
     t = pl.DataFrame({"jk": j["jk"], "t": text})
     m.update(t.rename({"t": "header_description"}), "suspicious_description")
