@@ -27,7 +27,7 @@ browser:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
 bench: $(STAMP)
-	$(BIN)/python -m bench --lines 1000000
+	$(BIN)/python -m bench --lines 1000000 --repeat 3
 
 clean:
 	rm -rf var .pytest_cache
