@@ -160,11 +160,11 @@ class MonthGen:
             cents = fr.round_cents(rng, CT.median[ci], CT.sigma[ci])
         if text is None:
             text = CT.texts[ci, (rng.random(n) * CT.n_texts[ci]).astype(int)]
+        jk = self.keys(n)
         if reference is None:
-            reference = invoice_refs(rng, n, self.w.year)
+            reference = invoice_refs(jk, vi, self.w.year)
         user, rank = w.enterer(rng, dept, cents)
         appr = w.approver(dept, cents, rank)
-        jk = self.keys(n)
         ap = np.where(np.char.startswith(account.astype(str), "0"), md.AP_INV, md.AP)
         h = fr.headers(n, jk=jk, kind="invoice", posting_date=post, document_date=doc,
                        entered_at=entered, entered_by=user, approved_by=appr, source="manual",
@@ -400,15 +400,19 @@ class MonthGen:
                              dept=dept)
 
 
-def invoice_refs(rng: np.random.Generator, n: int, year: int) -> np.ndarray:
-    """Supplier invoice numbers in a few common styles, at most 12 characters."""
-    style = rng.integers(0, 4, n)
-    a = rng.integers(10**5, 10**6, n).astype(str)
-    b = rng.integers(10**6, 10**7, n).astype(str)
-    c = rng.integers(1000, 10000, n).astype(str)
+def invoice_refs(jk: np.ndarray, vendor: np.ndarray, year: int) -> np.ndarray:
+    """Supplier invoice numbers in the vendor's style, at most 12 characters.
+
+    The number is a bijection of the unique journal key (mod 10^7, offset by vendor), so one
+    vendor never repeats an invoice number, yet numbers look random.
+    """
+    n = len(jk)
+    style = (vendor * 7 + 3) % 4
+    num = (jk * 7_654_321 + vendor.astype(np.int64) * 104_729) % 10_000_000
+    digits = np.char.zfill(num.astype(str), 7)
     return np.select([style == 0, style == 1, style == 2],
-                     [np.char.add("RE", a), b, np.char.add(f"{year}-", c)],
-                     np.char.add("R-", a))
+                     [np.char.add("RE", digits), digits, np.char.add(f"{year}-", digits)],
+                     np.char.add("R-", digits)) if n else np.array([], dtype=str)
 
 
 def schedule_payments(w: World, inv_h: pl.DataFrame, inv_l: pl.DataFrame,

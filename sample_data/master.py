@@ -146,6 +146,8 @@ SURNAMES = ("Müller Schmidt Schneider Fischer Weber Meyer Wagner Becker Schulz 
             "Baumann Franke Albrecht Schuster Simon Ludwig Böhm Winter Kraus Martin Schumacher "
             "Krämer Vogt Stein Jäger Otto Sommer Groß Seidel Heinrich Brandt Haas").split()
 INITIALS = list("ABCDEFGHIJKLMNPRSTUW")
+FIRST_NAMES = ("Anna Maria Sabine Petra Claudia Julia Laura Sandra Monika Karin Thomas Michael "
+               "Andreas Stefan Frank Jürgen Markus Christian Peter Klaus").split()
 BLZ = np.array([37050198, 10070000, 37040044, 50010517, 12030000, 43060967, 37010050,
                 30050110, 36050105], dtype=np.int64)
 LEGAL_FORMS = ("GmbH", "GmbH & Co. KG", "KG", "e.K.", "AG", "e.V.", "GbR")
@@ -251,6 +253,10 @@ def build_vendors(rng: np.random.Generator, n: int, year: int) -> pl.DataFrame:
     change = (rng.random(n) < 0.04) & ~new
     change_day = start + rng.integers(20, 330, n).astype("timedelta64[D]")
     iban_new = random_ibans(rng, n)
+    # Kindertagespflege and foster parents are paid as private persons (personal data!)
+    person = (cat == "jugendhilfe") & (rng.random(n) < 0.4)
+    first = rng.choice(np.array(FIRST_NAMES), n)
+    vendor_name = np.where(person, np.char.add(np.char.add(first, " "), surname), vendor_name)
     activity = rng.pareto(1.2, n) + 0.2
     return pl.DataFrame({
         "vendor_id": [str(7000001 + i) for i in range(n)],
@@ -262,5 +268,5 @@ def build_vendors(rng: np.random.Generator, n: int, year: int) -> pl.DataFrame:
             "datetime64[D]").tolist(),
         "iban_changed": np.where(change, iban_new, None).tolist(),
         "activity": activity,
-        "is_person": np.zeros(n, dtype=bool),
+        "is_person": person,
     }).with_columns(pl.col("change_date").cast(pl.Date))

@@ -143,3 +143,17 @@ def test_every_format_was_written(ledger: dict) -> None:
     for name in ("BKPF", "BSEG", "REGUH", "LFA1", "LFBK", "SKAT", "CDHDR", "CDPOS"):
         raw = (out / "sap" / f"{name}.csv").read_bytes()
         assert raw.startswith(b"\xef\xbb\xbf") and b"\r\n" in raw, name
+
+
+def test_private_payees_are_flagged_in_every_master(ledger: dict) -> None:
+    """Kindertagespflege/foster parents are natural persons: each format says so its own way
+    (ADS Supplier_Is_Person, SAP LFA1-STKZN, DATEV Adressattyp 1)."""
+    canon = pl.read_parquet(ledger["out"] / "master" / "vendors.parquet")
+    persons = set(canon.filter(pl.col("is_person"))["vendor_id"])
+    assert 0 < len(persons) < canon.height
+    for fmt in READERS:
+        if importlib.util.find_spec(READERS[fmt]) is None:
+            continue
+        result = ingest([ledger["out"] / fmt], fmt, Settings(), ledger["work"] / f"m_{fmt}")
+        vendors = result.master["vendors"]
+        assert set(vendors.filter(pl.col("is_person"))["vendor_id"]) == persons, fmt

@@ -76,6 +76,8 @@ class AdsWriter:
             pl.col("category").alias("Supplier_Group"),
             pl.col("bank_account").alias("Bank_Account"),
             ymd("created_at").alias("Supplier_Created_Date"),
+            pl.when(pl.col("is_person")).then(pl.lit("Y")).otherwise(pl.lit("N"))
+            .alias("Supplier_Is_Person"),
         ).write_csv(self.dir / "Supplier_Listing.csv")
         master.users.select(
             pl.col("user_id").alias("User_ID"),

@@ -183,7 +183,7 @@ class DatevWriter:
         main = on_file.rename({"iban": "_main"})
         allb = allb.join(main, on="vendor_id", how="left", maintain_order="left")
         cols: dict[str, pl.Expr] = {}
-        wide = v.select("vendor_id", "vendor_name")
+        wide = v.select("vendor_id", "vendor_name", "is_person")
         for k in range(1, 6):
             b = allb.filter(pl.col("bank_no") == k).select(
                 "vendor_id", pl.col("iban").alias(f"iban{k}"),
@@ -196,8 +196,14 @@ class DatevWriter:
             cols[f"Kennz. Hauptbankverb. {k}"] = pl.when(pl.col(f"iban{k}").is_null()) \
                 .then(pl.lit("")).when(pl.col(f"main{k}")).then(pl.lit("1")).otherwise(pl.lit("0"))
         cols["Konto"] = pl.col("vendor_id")
-        cols["Name (Adressattyp Unternehmen)"] = _q(pl.col("vendor_name").str.slice(0, 50))
-        cols["Adressattyp"] = _q(pl.lit("2"))
+        person = pl.col("is_person")
+        first = pl.col("vendor_name").str.split(" ").list.first()
+        last = pl.col("vendor_name").str.split(" ").list.slice(1).list.join(" ")
+        cols["Name (Adressattyp Unternehmen)"] = _q(pl.when(~person).then(
+            pl.col("vendor_name").str.slice(0, 50)))
+        cols["Name (Adressattyp natürl. Person)"] = _q(pl.when(person).then(last))
+        cols["Vorname (Adressattyp natürl. Person)"] = _q(pl.when(person).then(first))
+        cols["Adressattyp"] = _q(pl.when(person).then(pl.lit("1")).otherwise(pl.lit("2")))
         cols["Kurzbezeichnung"] = _q(pl.col("vendor_name").str.slice(0, 15))
         self._master_file("EXTF_DebKred_Stamm.csv", 16, "Debitoren/Kreditoren", 5, created, fy,
                           ";".join(DEBKRED),

@@ -121,6 +121,7 @@ class SapWriter:
         _write(v.select(pl.lit(MANDT).alias("MANDT"), pl.col("vendor_id").alias("LIFNR"),
                         pl.col("vendor_name").str.slice(0, 35).alias("NAME1"),
                         pl.lit("DE").alias("LAND1"), pl.lit("KRED").alias("KTOKK"),
+                        pl.when(pl.col("is_person")).then(pl.lit("X")).alias("STKZN"),
                         _de("created_at").alias("ERDAT")), self.dir / "LFA1.csv", True)
         _write(v.select(pl.lit(MANDT).alias("MANDT"), pl.col("vendor_id").alias("LIFNR"),
                         pl.col("bank_account").str.slice(0, 2).alias("BANKS"),
