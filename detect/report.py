@@ -39,6 +39,8 @@ TEXT = {
                           "entschiedenen Treffern.",
         "status": {"open": "offen", "clarify": "Klärung", "confirmed": "bestätigt",
                    "no_finding": "ohne Befund"},
+        "severity": {"low": "niedrig", "medium": "mittel", "high": "hoch",
+                     "critical": "kritisch"},
         "journal": "Beleg", "date": "Datum", "account": "Konto", "amount": "Betrag",
         "rules": "Regeln", "comment": "Kommentar", "rule": "Regel", "decided": "entschieden",
         "share": "Trefferquote", "month": "Monat", "items": "Belege", "none": "keine",
@@ -58,6 +60,7 @@ TEXT = {
         "precision_note": "Candidates for tuning: share of confirmed among decided hits.",
         "status": {"open": "open", "clarify": "needs clarification", "confirmed": "confirmed",
                    "no_finding": "no finding"},
+        "severity": {"low": "low", "medium": "medium", "high": "high", "critical": "critical"},
         "journal": "Journal", "date": "Date", "account": "Account", "amount": "Amount",
         "rules": "Rules", "comment": "Comment", "rule": "Rule", "decided": "decided",
         "share": "precision", "month": "Month", "items": "journals", "none": "none",
@@ -158,7 +161,7 @@ def _history_scan(data_dir: Path, manifests: list[dict[str, Any]]) -> pl.LazyFra
 def _counts(frame: pl.DataFrame, column: str, top: int | None = None) -> list[dict[str, Any]]:
     if frame.is_empty() or column not in frame.columns:
         return []
-    out = (frame.group_by(pl.col(column).fill_null("–").alias("key")).len()
+    out = (frame.group_by(pl.col(column).fill_null("(–)").alias("key")).len()
            .sort(["len", "key"], descending=[True, False]))
     if top:
         out = out.head(top)
@@ -286,7 +289,7 @@ def _bar_svg(rows: list[dict[str, Any]], title: str, color: str = "#2f5d8a") -> 
     frame = pl.DataFrame(rows)
     chart = alt.Chart(frame).mark_bar(color=color).encode(
         x=alt.X("count:Q", title=None), y=alt.Y("key:N", sort="-x", title=None),
-        tooltip=["key", "count"]).properties(width=380, height=max(60, 22 * len(rows)),
+        tooltip=["key", "count"]).properties(width=250, height=max(60, 18 * len(rows)),
                                              title=title)
     return vlc.vegalite_to_svg(chart.to_json())
 
@@ -305,7 +308,7 @@ def _trend_svg(rows: list[dict[str, Any]], lang: str) -> str:
     long = long.with_columns(pl.col("kind").replace_strict(names))
     chart = alt.Chart(long).mark_line(point=True).encode(
         x=alt.X("month:O", title=t["month"]), y=alt.Y("count:Q", title=t["items"]),
-        color=alt.Color("kind:N", title=None)).properties(width=560, height=180)
+        color=alt.Color("kind:N", title=None, legend=alt.Legend(labelLimit=220))).properties(width=430, height=170)
     return vlc.vegalite_to_svg(chart.to_json())
 
 
@@ -322,7 +325,8 @@ def render_html(data: ReportData, lang: str = "de") -> str:
     year, mon = (int(p) for p in data.month.split("-"))
     charts = {
         "family": _bar_svg(data.by_family, t["by_family"]),
-        "severity": _bar_svg(data.by_severity, t["by_severity"], "#b5542c"),
+        "severity": _bar_svg([{**r, "key": t["severity"].get(r["key"], r["key"])}
+                              for r in data.by_severity], t["by_severity"], "#b5542c"),
         "cost_center": _bar_svg(data.by_cost_center, t["by_cost_center"], "#5a7d3a"),
         "backlog": _bar_svg(data.backlog_by_age, t["backlog"], "#8a6d2f"),
         "trend": _trend_svg(data.trend, lang),
