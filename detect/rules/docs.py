@@ -15,11 +15,17 @@ HEADINGS = {
     "de": {"what": "Was sie prüft", "why": "Warum", "params": "Parameter",
            "config": "Aus belegwacht.toml", "fp": "Bekannte Fehlalarme", "needs": "Benötigt",
            "example": "Beispiel", "scenarios": "Szenarien", "none": "keine",
-           "level": {"line": "Zeile", "journal": "Beleg"}},
+           "severity": "Schweregrad", "level_word": "Ebene", "family": "Familie",
+           "title": "Titel", "rules": "Regeln", "english_only": "(nur auf Englisch)",
+           "level": {"line": "Zeile", "journal": "Beleg"},
+           "sev": {"low": "niedrig", "medium": "mittel", "high": "hoch", "critical": "kritisch"}},
     "en": {"what": "What it does", "why": "Why", "params": "Parameters",
            "config": "From belegwacht.toml", "fp": "Known false positives", "needs": "Needs",
            "example": "Example", "scenarios": "Scenarios", "none": "none",
-           "level": {"line": "line", "journal": "journal"}},
+           "severity": "severity", "level_word": "level", "family": "family",
+           "title": "title", "rules": "rules", "english_only": "",
+           "level": {"line": "line", "journal": "journal"},
+           "sev": {"low": "low", "medium": "medium", "high": "high", "critical": "critical"}},
 }
 
 
@@ -36,8 +42,9 @@ def _value(value: Any) -> str:
 def format_catalog_table(catalog: list[Rule], lang: str = "de") -> str:
     """Plain-text table for ``belegwacht rules list``."""
     h = HEADINGS[lang]
-    rows = [(r.id, r.severity, h["level"][r.level], r.title[lang], needs(r)) for r in catalog]
-    header = ("ID", "severity", "level", "title", h["needs"])
+    rows = [(r.id, h["sev"][r.severity], h["level"][r.level], r.title[lang], needs(r))
+            for r in catalog]
+    header = ("ID", h["severity"], h["level_word"], h["title"], h["needs"])
     widths = [max(len(str(x[i])) for x in [header, *rows]) for i in range(4)]
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(header[:4], widths, strict=True))
              + "  " + header[4]]
@@ -45,21 +52,25 @@ def format_catalog_table(catalog: list[Rule], lang: str = "de") -> str:
     for row in rows:
         lines.append("  ".join(str(v).ljust(w) for v, w in zip(row[:4], widths, strict=True))
                      + "  " + row[4])
-    lines.append(f"{len(catalog)} rules")
+    lines.append(f"{len(catalog)} {h['rules']}")
     return "\n".join(lines)
 
 
 def describe_rule(rule: Rule, lang: str = "de") -> str:
-    """The rule's documentation in the terminal: what, why, parameters, false positives, example."""
+    """The rule's documentation in the terminal: what, why, parameters, false positives, example.
+
+    Texts a third-party rule has only in English are shown in English, marked as such.
+    """
     h = HEADINGS[lang]
     settings = Settings()
     wrap = lambda text: textwrap.fill(text, 92, initial_indent="  ", subsequent_indent="  ")  # noqa: E731
     out = [f"{rule.id} {rule.name}: {rule.title[lang]}",
-           f"severity {rule.severity}, level {h['level'][rule.level]}, family {rule.family}"
+           f"{h['severity']} {h['sev'][rule.severity]}, {h['level_word']} "
+           f"{h['level'][rule.level]}, {h['family']} {rule.family}"
            + (f", tags {', '.join(rule.tags)}" if rule.tags else ""),
            "", f"{h['what']}:", wrap(rule.title["en" if lang == "en" else "de"] + ". "
                                      + _what(rule, lang)),
-           "", f"{h['why']}:", wrap(rule.why),
+           "", f"{h['why']}{_english_only(rule.why, lang)}:", wrap(rule.why_text(lang)),
            "", f"{h['needs']}: {needs(rule)}"]
     if rule.scenarios:
         out.append(f"{h['scenarios']}: {', '.join(rule.scenarios)}")
@@ -71,12 +82,19 @@ def describe_rule(rule: Rule, lang: str = "de") -> str:
     for name in rule.config_params:
         where, read = CONFIG_PARAMS[name]
         out.append(f"  {name} = {_value(read(settings))}  – {h['config']}: {where}")
-    out += ["", f"{h['fp']}:"] + [f"  - {fp}" for fp in rule.falsepositives]
+    out += ["", f"{h['fp']}{_english_only(rule.falsepositives, lang)}:"]
+    out += [f"  - {fp}" for fp in rule.falsepositives_list(lang)]
     out += ["", f"{h['example']}:"]
     out += [f"  {line}" for line in (rule.example or _example(rule)).splitlines()]
     out += ["", "Query:"] + [f"  {line}" for line in rule.query.rstrip().splitlines()]
     out += ["", f"({rule.path})"]
     return "\n".join(out)
+
+
+def _english_only(texts: dict[str, Any], lang: str) -> str:
+    """" (nur auf Englisch)" after a heading whose text the rule file has only in English."""
+    note = HEADINGS[lang]["english_only"]
+    return f" {note}" if note and lang not in texts else ""
 
 
 def _what(rule: Rule, lang: str) -> str:
@@ -111,13 +129,15 @@ Belegwacht's audit rules are data, not code: one YAML file per rule in `rules/<f
 Each file holds the rule's metadata, a plain-language explanation, parameters with defaults,
 known false positives, one DuckDB SQL query that selects the offending lines or journals, and
 its own test cases. Adding a rule means adding a file; the engine (`detect/rules/`) needs no
-change.
+change. Every text an auditor reads (title, why, explanation, known false positives) is in
+German and English; German is the default (`--lang en` or the app's language switch for
+English).
 
 ## Using the rules
 
 - `belegwacht rules list [--lang en]` – the catalog as a table.
-- `belegwacht rules show ID` – a rule's documentation: what, why, parameters and their
-  current defaults, known false positives, an example and the query.
+- `belegwacht rules show ID [--lang en]` – a rule's documentation: what, why, parameters and
+  their current defaults, known false positives, an example and the query.
 - `belegwacht rules test [ID] [-v]` – runs the rules' own cases (exit 1 if one fails).
 - Every nightly run (`belegwacht run`) runs the whole catalog over the entity's booking
   *history* (so a duplicate payment spanning two deliveries is found) and keeps the hits on
@@ -183,11 +203,15 @@ params:
   window_days: {default: 365, doc: "look back this many days"}
 config_params: [materiality]    # shared values from belegwacht.toml
 scenarios: [duplicate_payment]  # sample-ledger scenarios the rule is meant to catch
-why: plain language for auditors
+why:                            # plain language for auditors, German and English
+  de: Dieselbe Rechnung doppelt bezahlt ist der häufigste Schaden in der Kreditorenbuchhaltung.
+  en: The same invoice paid twice is the most common loss in accounts payable.
 explain:                        # {column} or {column:money|num|int|pct|date|datetime|list|text}
   de: "{amount} an {vendor_id} wurde schon am {first_date} gebucht."
   en: "{amount} to {vendor_id} was already booked on {first_date}."
-falsepositives: [Instalments that reuse the invoice reference]
+falsepositives:                 # the same items in both languages, in the same order
+  de: [Ratenzahlungen, die die Rechnungsnummer wiederverwenden]
+  en: [Instalments that reuse the invoice reference]
 query: |                        # DuckDB SQL; $name for parameters
   SELECT entity, fiscal_year, journal_id, line_no, ... FROM bookings WHERE ...
 cases:                          # at least one flagging and one passing case
@@ -212,7 +236,15 @@ and may be used in the explanation. Case rows fill unspecified columns with harm
 (entity Musterstadt, posting date Thursday 14.03.2024, entered 10:00 by MEIER, approved by
 SCHULZ, source manual, account 4000, amount 100,00 €); a value given as `null` stays null.
 The engine validates every file when loading and refuses a broken one with a message naming
-the file and each problem. This page is generated: `python -m detect.rules.doc`.
+the file and each problem. This page is generated: `python -m detect.rules.doc` (it also
+refreshes the catalog table in README.md between `<!-- rules:begin -->` and
+`<!-- rules:end -->`; `--check` fails when either file is out of date).
+
+Languages: `title` and `explain` always need both `de` and `en`. `why` and `falsepositives`
+may instead be a plain text / plain list - that form counts as **English only** and is meant
+for third-party rule files: German output (`rules show`, the app) then shows the English
+text, and `rules show` marks it "(nur auf Englisch)". Every rule shipped in `rules/` has both
+languages (the test suite enforces it).
 
 ## Known limits
 
@@ -232,29 +264,56 @@ the file and each problem. This page is generated: `python -m detect.rules.doc`.
 """
 
 
+def anchor(rule: Rule) -> str:
+    """GitHub's anchor of the rule's heading in docs/rules.md (``### PAY001 duplicate-payment``)."""
+    return f"{rule.id.lower()}-{rule.name}"
+
+
+def catalog_table_markdown(catalog: list[Rule], link: str = "") -> str:
+    """The catalog as a Markdown table: id, title (English and German), severity, level, needs.
+
+    Shared by docs/rules.md and the README block between ``<!-- rules:begin -->`` and
+    ``<!-- rules:end -->``; ``link`` is the page holding the rule sections ("" for this page,
+    "docs/rules.md" from the README), so each id links to its rule's section.
+    """
+    out = ["| ID | title | severity | level | needs |", "|---|---|---|---|---|"]
+    for r in catalog:
+        out.append(f"| [{r.id}]({link}#{anchor(r)}) | {_md(r.title['en'])} ({_md(r.title['de'])}) "
+                   f"| {r.severity} | {r.level} | {_md(needs(r))} |")
+    return "\n".join(out) + "\n"
+
+
 def catalog_markdown(catalog: list[Rule]) -> str:
-    """docs/rules.md: usage, the catalog table and one section per rule, generated from the files."""
+    """docs/rules.md: usage, the catalog table and one section per rule, generated from the files.
+
+    Each section gives the English text and its German counterpart (the app's default language).
+    """
     out = ["# Rules", "",
            "<!-- generated by `python -m detect.rules.doc` from rules/*/*.yaml - do not edit -->",
            "", INTRO,
            "## Catalog", "",
-           f"{len(catalog)} rules. `belegwacht rules show ID` prints a rule's full documentation,"
-           " `belegwacht rules test [ID]` runs its own cases.", "",
-           "| ID | title | severity | level | needs | scenarios |",
-           "|---|---|---|---|---|---|"]
-    for r in catalog:
-        out.append(f"| {r.id} | {_md(r.title['en'])} ({_md(r.title['de'])}) | {r.severity} | "
-                   f"{r.level} | {_md(needs(r))} | {_md(', '.join(r.scenarios))} |")
+           f"{len(catalog)} rules. `belegwacht rules show ID [--lang en]` prints a rule's full "
+           "documentation, `belegwacht rules test [ID]` runs its own cases.", "",
+           catalog_table_markdown(catalog).rstrip("\n")]
     settings = Settings()
     for r in catalog:
         out += ["", f"### {r.id} {r.name}", "", f"**{r.title['en']}** / {r.title['de']} - "
-                f"severity {r.severity}, level {r.level}, family `{r.family}`", "", r.why, ""]
-        out.append(f"Explanation: \"{r.explain['en']}\"")
+                f"severity {r.severity}, level {r.level}, family `{r.family}`", "",
+                r.why_text("en")]
+        if "de" in r.why:
+            out += ["", f"*Warum:* {r.why['de']}"]
+        out += ["", f"Explanation: \"{r.explain['en']}\"", "",
+                f"Erklärung: „{r.explain['de']}“"]
+        if r.scenarios:
+            out += ["", f"Scenarios: {', '.join(r.scenarios)}"]
         params = [f"`{p.name}` = `{_value(p.default)}`" + (f" - {p.doc}" if p.doc else "")
                   for p in r.params]
         params += [f"`{n}` = `{_value(CONFIG_PARAMS[n][1](settings))}` - from "
                    f"`{CONFIG_PARAMS[n][0].split(':')[0]}`" for n in r.config_params]
         if params:
             out += ["", "Parameters:", ""] + [f"- {p}" for p in params]
-        out += ["", "Known false positives:", ""] + [f"- {fp}" for fp in r.falsepositives]
+        out += ["", "Known false positives:", ""]
+        out += [f"- {fp}" for fp in r.falsepositives_list("en")]
+        if "de" in r.falsepositives:
+            out += ["", "Bekannte Fehlalarme:", ""] + [f"- {fp}" for fp in r.falsepositives["de"]]
     return "\n".join(out) + "\n"

@@ -16,7 +16,8 @@ from typing import Any
 import yaml
 
 from detect.errors import UserError
-from detect.rules.model import (LEVELS, MASTER_NAMES, SCENARIOS, SEVERITIES, Case, Param, Rule)
+from detect.rules.model import (LANGUAGES, LEVELS, MASTER_NAMES, SCENARIOS, SEVERITIES, Case,
+                                Param, Rule)
 from detect.rules.params import CONFIG_PARAMS, query_params
 from detect.schema import BOOKING_SCHEMA, MASTER_SCHEMAS
 
@@ -98,6 +99,40 @@ def _bilingual(value: Any, key: str, problems: list[str]) -> dict[str, str]:
         problems.append(f"{key} needs non-empty texts for both 'de' and 'en'")
         return {"de": "", "en": ""}
     return {"de": value["de"].strip(), "en": value["en"].strip()}
+
+
+def _why(value: Any, problems: list[str]) -> dict[str, str]:
+    """``{de: ..., en: ...}``, or one plain text that counts as English only (third-party files)."""
+    if isinstance(value, str):
+        if not value.strip():
+            problems.append("why must be a plain-language text")
+        return {"en": " ".join(value.split())}
+    if isinstance(value, dict):
+        texts = _bilingual(value, "why", problems)
+        _no_other_languages(value, "why", problems)
+        return {lang: " ".join(text.split()) for lang, text in texts.items()}
+    problems.append("why must be a text or {de: ..., en: ...}")
+    return {"en": ""}
+
+
+def _falsepositives(value: Any, problems: list[str]) -> dict[str, list[str]]:
+    """``{de: [...], en: [...]}``, or one plain list that counts as English only."""
+    if not isinstance(value, dict):
+        return {"en": _str_list(value, "falsepositives", problems, allow_empty=False)}
+    out = {lang: _str_list(value.get(lang), f"falsepositives.{lang}", problems,
+                           allow_empty=False) for lang in LANGUAGES}
+    _no_other_languages(value, "falsepositives", problems)
+    if all(out.values()) and len(out["de"]) != len(out["en"]):
+        problems.append(f"falsepositives.de has {len(out['de'])} item(s), falsepositives.en "
+                        f"{len(out['en'])}: each false positive needs both languages")
+    return out
+
+
+def _no_other_languages(value: dict[str, Any], key: str, problems: list[str]) -> None:
+    other = sorted(str(k) for k in value if k not in LANGUAGES)
+    if other:
+        problems.append(f"{key} has unknown language(s) {', '.join(other)} "
+                        f"(use {' and '.join(LANGUAGES)})")
 
 
 def _str_list(value: Any, key: str, problems: list[str], allow_empty: bool = True) -> list[str]:
@@ -260,17 +295,13 @@ def _build(data: dict[str, Any], path: Path, problems: list[str]) -> Rule | None
     undeclared = [p for p in query_params(query) if p not in declared]
     if undeclared:
         problems.append(f"query uses undeclared parameter(s): {', '.join('$' + p for p in undeclared)}")
-    why = data["why"]
-    if not isinstance(why, str) or not why.strip():
-        problems.append("why must be a plain-language text")
-        why = ""
-    falsepositives = _str_list(data["falsepositives"], "falsepositives", problems,
-                               allow_empty=False)
+    why = _why(data["why"], problems)
+    falsepositives = _falsepositives(data["falsepositives"], problems)
     return Rule(
         id=rule_id, name=name, title=_bilingual(data["title"], "title", problems), family=family,
         severity=severity, level=level, tags=_str_list(data.get("tags"), "tags", problems),
         requires=requires, requires_master=requires_master, params=params,
-        config_params=config_params, scenarios=scenarios, why=" ".join(str(why).split()),
+        config_params=config_params, scenarios=scenarios, why=why,
         explain=_bilingual(data["explain"], "explain", problems), falsepositives=falsepositives,
         query=query, cases=_cases(data["cases"], problems), path=path,
         example=str(data.get("example") or "").strip(),

@@ -28,6 +28,9 @@ SCENARIOS: tuple[str, ...] = (
 
 KEY_COLUMNS: tuple[str, ...] = ("entity", "fiscal_year", "journal_id", "line_no")
 
+LANGUAGES: tuple[str, ...] = ("de", "en")
+"""Languages of the rule texts; English is the fallback of a third-party rule in English only."""
+
 
 @dataclass(frozen=True)
 class Param:
@@ -69,9 +72,11 @@ class Rule:
     params: list[Param]
     config_params: list[str]
     scenarios: list[str]
-    why: str
+    why: dict[str, str]
+    """Why the rule matters, per language ("de", "en"); only "en" for a plain-English file."""
     explain: dict[str, str]
-    falsepositives: list[str]
+    falsepositives: dict[str, list[str]]
+    """Known false positives per language; only "en" for a plain-English file."""
     query: str
     cases: list[Case]
     path: Path
@@ -79,3 +84,16 @@ class Rule:
 
     def defaults(self) -> dict[str, Any]:
         return {p.name: p.default for p in self.params}
+
+    def why_text(self, lang: str = "de") -> str:
+        """The why in ``lang``, or the English text when the file has no such translation."""
+        return self.why.get(lang) or self.why.get("en", "")
+
+    def falsepositives_list(self, lang: str = "de") -> list[str]:
+        """Known false positives in ``lang``, or the English list when not translated."""
+        return list(self.falsepositives.get(lang) or self.falsepositives.get("en", []))
+
+    def has_language(self, lang: str) -> bool:
+        """Whether all texts (title, explain, why, false positives) exist in ``lang``."""
+        return all(lang in texts for texts in (self.title, self.explain, self.why,
+                                               self.falsepositives))
