@@ -85,7 +85,7 @@ def reasons_section(ctx: ui.AppContext, run: data.Run, item: dict[str, Any], lan
             st.markdown(f"**{row['rule_id']} · {md(title)}** "
                         f"({t('sev_' + str(row['severity']), lang)})  \n{md(mask(expl))}")
             if rule is not None:
-                st.caption(md(rule.why.strip()))
+                st.caption(md(rule.why_text(lang)))
     scores = data.model_scores_for(run.run_dir, item["entity"], item["fiscal_year"],
                                    item["journal_id"])
     if not scores.is_empty():
