@@ -116,7 +116,9 @@ class ScoringSettings:
     family_bonus: float = 15.0
     """Points per additional rule family hitting the same journal (independent signals)."""
     model_bonus: float = 10.0
-    """Points when a journal has rule hits and its model score is in the model tail."""
+    """Up to this many points when a journal with rule hits is also unusual to the model: the
+    full bonus at model score 1, none at or below ``model_bonus_floor`` (linear in between)."""
+    model_bonus_floor: float = 0.99
     model_floor: float = 0.99
     """Model scores below this contribute no points (ordinary lines stay silent)."""
     model_tail_share: float = 0.002

@@ -8,7 +8,8 @@ likely to be worth a look than one that trips the same rule five times, so
     model points = 100 * clip((model_score - model_floor) / (1 - model_floor), 0, 1)
     points       = rule_weight * rule points + model_weight * model points
                    + family_bonus * (rule families - 1)
-                   + model_bonus  * [has rule hits and the model score is in the model tail]
+                   + model_bonus  * [has rule hits]
+                     * clip((model_score - model_bonus_floor) / (1 - model_bonus_floor), 0, 1)
     risk_score   = 100 * (1 - exp(-points / score_scale))        (0..100, diminishing returns)
 
 All constants live in ``[scoring]`` (``detect.config.ScoringSettings``). A journal with only a
@@ -171,7 +172,7 @@ def rank_items(bookings: pl.LazyFrame, rule_hits: pl.DataFrame | None,
     j = j.filter((pl.col("n_rules") > 0) | pl.col("model_tail"))
     points = (cfg.rule_weight * pl.col("rule_points") + cfg.model_weight * pl.col("model_points")
               + cfg.family_bonus * (pl.col("_fam_weight") - pl.col("_fam_max")).clip(0, None)
-              + cfg.model_bonus * ((pl.col("n_rules") > 0) & pl.col("model_tail")).cast(pl.Float64))
+              + cfg.model_bonus * (pl.col("n_rules") > 0).cast(pl.Float64) * _corroboration(cfg))
     j = j.with_columns((100 * (1 - (-points / cfg.score_scale).exp())).round(2).alias("risk_score"))
     j = j.filter(pl.col("risk_score") >= cfg.min_risk)
     j = j.sort(["risk_score", "n_rules", "model_score"] + JOURNAL,
@@ -200,6 +201,14 @@ def rank_items(bookings: pl.LazyFrame, rule_hits: pl.DataFrame | None,
     return j.select(FINDINGS_COLUMNS).with_columns(
         pl.col("risk_score").cast(pl.Float64), pl.col("n_rules").cast(pl.Int32),
         pl.col("n_lines").cast(pl.Int32), pl.col("rank").cast(pl.Int32))
+
+
+def _corroboration(cfg: Any) -> pl.Expr:
+    """0..1: how strongly the model backs a journal's rule hits (0 at ``model_bonus_floor``,
+    1 at model score 1). Graded, so a rule hit on a line the model finds more unusual than
+    99.5 % of lines gets most of the bonus even when the journal is not in the model's top tail."""
+    lo = min(max(getattr(cfg, "model_bonus_floor", cfg.model_floor), 0.0), 0.999)
+    return ((pl.col("model_score").fill_null(0.0) - lo) / (1 - lo)).clip(0, 1)
 
 
 def _reasons(rules: pl.DataFrame, items: pl.DataFrame, cfg: Any) -> pl.DataFrame:

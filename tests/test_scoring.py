@@ -81,8 +81,9 @@ def test_risk_formula_and_independent_signals_rank_first(ledger, ctx) -> None:
     assert by["J00002"]["risk_score"] == pytest.approx(
         risk(0.7 * (45 * pay + 25 * tim) + 15 * pay), abs=0.01)    # + second family bonus
     model_pts = 100 * (0.999 - 0.95) / 0.05
+    bonus = 10 * (0.999 - 0.99) / (1 - 0.99)                  # graded above model_bonus_floor
     assert by["J00003"]["risk_score"] == pytest.approx(
-        risk(0.7 * 45 * pay + 0.05 * model_pts + 10), abs=0.01)   # + model bonus
+        risk(0.7 * 45 * pay + 0.05 * model_pts + bonus), abs=0.01)   # + model bonus
     assert by["J00004"]["risk_score"] == pytest.approx(risk(0.7 * 10 * tim), abs=0.01)
     # independent signals first: rule+model, two families, then one rule twice, then low
     order = items.sort("rank")["journal_id"].to_list()
@@ -97,6 +98,25 @@ def test_risk_formula_and_independent_signals_rank_first(ledger, ctx) -> None:
     assert by["J00003"]["reasons_en"].split("\n")[1].startswith("model (more unusual than 99.9%")
     assert by["J00003"]["model_score"] == pytest.approx(0.999)
     assert items["rank"].to_list() == list(range(1, items.height + 1))
+
+
+def test_model_bonus_is_graded_and_needs_no_tail(ledger, ctx) -> None:
+    # a rule hit the model finds more unusual than 99.5 % of lines gets half the bonus, even
+    # outside the model's top tail; at or below the bonus floor it gets none
+    hits = hits_frame([hit("J00001", "PAY001", "payments", "high"),
+                       hit("J00002", "PAY001", "payments", "high"),
+                       hit("J00003", "PAY001", "payments", "high")])
+    scores = model_frame(ledger, {"J00001": 0.995, "J00002": 0.99, "J00009": 0.9999})
+    cfg = ctx.settings.scoring
+    cfg.model_tail_share = 0.0025                             # 1 of 400: only J00009
+    cfg.model_weight = 0.0
+    assert cfg.model_bonus == 10 and cfg.model_bonus_floor == 0.99
+    by = {r["journal_id"]: r for r in rank_items(ledger.lazy(), hits, scores, ctx)
+          .iter_rows(named=True)}
+    pts = lambda r: -cfg.score_scale * math.log(1 - r / 100)  # noqa: E731
+    assert pts(by["J00001"]["risk_score"]) - pts(by["J00003"]["risk_score"]) == pytest.approx(
+        5.0, abs=0.05)
+    assert by["J00002"]["risk_score"] == by["J00003"]["risk_score"]
 
 
 def test_model_only_items_need_the_top_tail(ledger, ctx) -> None:
