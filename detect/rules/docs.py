@@ -63,14 +63,13 @@ def describe_rule(rule: Rule, lang: str = "de") -> str:
     """
     h = HEADINGS[lang]
     settings = Settings()
-    wrap = lambda text: textwrap.fill(text, 92, initial_indent="  ", subsequent_indent="  ")  # noqa: E731
     out = [f"{rule.id} {rule.name}: {rule.title[lang]}",
            f"{h['severity']} {h['sev'][rule.severity]}, {h['level_word']} "
            f"{h['level'][rule.level]}, {h['family']} {rule.family}"
            + (f", tags {', '.join(rule.tags)}" if rule.tags else ""),
-           "", f"{h['what']}:", wrap(rule.title["en" if lang == "en" else "de"] + ". "
+           "", f"{h['what']}:", _wrap(rule.title["en" if lang == "en" else "de"] + ". "
                                      + _what(rule, lang)),
-           "", f"{h['why']}{_english_only(rule.why, lang)}:", wrap(rule.why_text(lang)),
+           "", f"{h['why']}{_english_only(rule.why, lang)}:", _wrap(rule.why_text(lang)),
            "", f"{h['needs']}: {needs(rule)}"]
     if rule.scenarios:
         out.append(f"{h['scenarios']}: {', '.join(rule.scenarios)}")
@@ -89,6 +88,12 @@ def describe_rule(rule: Rule, lang: str = "de") -> str:
     out += ["", "Query:"] + [f"  {line}" for line in rule.query.rstrip().splitlines()]
     out += ["", f"({rule.path})"]
     return "\n".join(out)
+
+
+def _wrap(text: str) -> str:
+    """Indented paragraph; hyphens do not break, so "Vergabe-Wertgrenze" stays whole."""
+    return textwrap.fill(text, 92, initial_indent="  ", subsequent_indent="  ",
+                         break_on_hyphens=False)
 
 
 def _english_only(texts: dict[str, Any], lang: str) -> str:
