@@ -67,13 +67,17 @@ detectors = ["hbos"]
 """
 
 
-def belegwacht(data_dir: Path, delivery: Path, crash_at: str | None = None,
-               subprocess_: bool = False) -> int:
-    """Run ``belegwacht run DELIVERY`` as a child process; return its exit code (-9 = killed)."""
+def _args(data_dir: Path, delivery: Path) -> list[str]:
     config = delivery.parent / "belegwacht.toml"
     if not config.exists():
         config.write_text(CONFIG, encoding="utf-8")
-    args = ["run", str(delivery), "--data-dir", str(data_dir), "--config", str(config), "-q"]
+    return ["run", str(delivery), "--data-dir", str(data_dir), "--config", str(config), "-q"]
+
+
+def belegwacht(data_dir: Path, delivery: Path, crash_at: str | None = None,
+               subprocess_: bool = False) -> int:
+    """Run ``belegwacht run DELIVERY`` as a child process; return its exit code (-9 = killed)."""
+    args = _args(data_dir, delivery)
     if subprocess_ or os.environ.get("BELEGWACHT_KILL_TEST_SUBPROCESS") == "1":
         env = {k: v for k, v in os.environ.items() if k != CRASH_ENV}
         if crash_at:
@@ -82,11 +86,19 @@ def belegwacht(data_dir: Path, delivery: Path, crash_at: str | None = None,
                               capture_output=True, text=True, timeout=300,
                               cwd=Path(__file__).parents[1])
         return done.returncode
-    proc = _context().Process(target=killrun.run_cli, args=(args, crash_at))
-    proc.start()
-    proc.join(300)
-    assert proc.exitcode is not None, "child hung"
-    return proc.exitcode
+    return belegwacht_parallel([(data_dir, delivery, crash_at)])[0]
+
+
+def belegwacht_parallel(jobs: list[tuple[Path, Path, str | None]]) -> list[int]:
+    """Independent runs (separate data dirs) at the same time; their exit codes in order."""
+    procs = [_context().Process(target=killrun.run_cli, args=(_args(d, dl), crash))
+             for d, dl, crash in jobs]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(300)
+        assert proc.exitcode is not None, "child hung"
+    return [int(proc.exitcode) for proc in procs]
 
 
 def current(data_dir: Path) -> str:
@@ -133,13 +145,6 @@ def deliveries(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "C": write_delivery(root / "C", range(10, 13), n=200)}   # delta with new journals
 
 
-def clean_run(state: Path, copy: Path, delivery: Path) -> pl.DataFrame:
-    """Reference: the same delivery on a copy of the same state, without any crash."""
-    shutil.copytree(state, copy)
-    assert belegwacht(copy, delivery) == 0
-    return findings_of(copy, current(copy))
-
-
 def test_kill_at_every_point_then_rerun(tmp_path: Path, deliveries: dict[str, Path]) -> None:
     assert set(PRE_COMMIT + POST_COMMIT) == set(CRASH_POINTS)
     data = tmp_path / "var"
@@ -171,11 +176,14 @@ def test_kill_at_every_point_then_rerun(tmp_path: Path, deliveries: dict[str, Pa
         assert store.latest_published_run("Musterstadt") == run_a, point
         assert item_state(store).equals(state_a), point
         decide(point)
-    assert belegwacht(data, deliveries["B"]) == 0
+    # the rerun, and beside it the reference: B on a copy of the state after A, never killed
+    shutil.copytree(after_a, tmp_path / "ref_b")
+    assert belegwacht_parallel([(data, deliveries["B"], None),
+                                (tmp_path / "ref_b", deliveries["B"], None)]) == [0, 0]
     run_b = current(data)
     assert run_b != run_a
     assert_complete(data, run_b)
-    reference_b = clean_run(after_a, tmp_path / "ref_b", deliveries["B"])
+    reference_b = findings_of(tmp_path / "ref_b", current(tmp_path / "ref_b"))
     assert reference_b.height >= 3
     assert_same_findings(findings_of(data, run_b), reference_b, "B after the kills")
     # every killed run was found, recorded and kept for diagnosis; nothing half-done remains
@@ -190,20 +198,26 @@ def test_kill_at_every_point_then_rerun(tmp_path: Path, deliveries: dict[str, Pa
     # 2) killed after the commit point: recovery rolls the new run forward
     base = tmp_path / "base"
     shutil.copytree(data, base)
-    reference_c = clean_run(base, tmp_path / "ref_c", deliveries["C"])
-    for point in POST_COMMIT:
-        copy = tmp_path / f"var_{point}"
+    copies = {point: tmp_path / f"var_{point}" for point in POST_COMMIT}
+    for copy in [tmp_path / "ref_c", *copies.values()]:
         shutil.copytree(base, copy)
+    # the reference and the three crashing runs are independent: run them side by side
+    codes = belegwacht_parallel([(tmp_path / "ref_c", deliveries["C"], None)]
+                                + [(copies[p], deliveries["C"], p) for p in POST_COMMIT])
+    assert codes == [0] + [-signal.SIGKILL] * len(POST_COMMIT), codes
+    reference_c = findings_of(tmp_path / "ref_c", current(tmp_path / "ref_c"))
+    for point, copy in copies.items():
         copy_store = ReviewStore.for_data_dir(copy)
-        code = belegwacht(copy, deliveries["C"], crash_at=point)
-        assert code == -signal.SIGKILL, (point, code)
         new_run = copy_store.latest_published_run("Musterstadt")
         assert new_run not in (run_a, run_b)
         assert current(copy) in (run_b, new_run), point       # old or new, never a half
         assert_complete(copy, current(copy))
         copy_store.record_decision(items_a[0], "confirmed", f"nach {point}", "bernd")
-        # the rerun recovers (roll forward) and then finds the delivery already processed
-        assert belegwacht(copy, deliveries["C"]) == 0
+    # the reruns recover (roll forward) and then find the delivery already processed
+    assert belegwacht_parallel([(c, deliveries["C"], None) for c in copies.values()]) == [0] * 3
+    for point, copy in copies.items():
+        copy_store = ReviewStore.for_data_dir(copy)
+        new_run = copy_store.latest_published_run("Musterstadt")
         assert current(copy) == new_run
         assert_complete(copy, new_run)
         assert_same_findings(findings_of(copy, new_run), reference_c, f"C after {point}")
