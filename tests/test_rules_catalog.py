@@ -105,7 +105,7 @@ def test_cli_list_show_and_test(capsys: pytest.CaptureFixture[str]) -> None:
 def test_committed_docs_match_the_rule_files() -> None:
     committed = (ROOT / "docs" / "rules.md").read_text(encoding="utf-8")
     assert committed == catalog_markdown(CATALOG), "run: python -m detect.rules.doc"
-    assert "*Warum:* Dieselbe Rechnung doppelt" in committed
+    assert "*Warum:* Eine doppelt gebuchte oder doppelt bezahlte Rechnung" in committed
     assert "- Raten- oder Teilzahlungen, die die Rechnungsnummer wiederverwenden" in committed
 
 
