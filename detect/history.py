@@ -8,9 +8,10 @@ key ``(entity, fiscal_year, journal_id, line_no)`` is in the delivery are replac
 stay, new keys are added. Merging the same delivery twice gives the same history, byte for byte
 (rows are sorted by the key), which makes a rerun after a crash safe.
 
-Atomic across partitions: every touched partition is first written as ``data.parquet.<run>.new``
-(the reader glob ``*.parquet`` ignores it), then a journal ``MERGE.json`` listing the swaps is
-written (the commit point), the files are renamed over the old ones and the journal is removed.
+Atomic across partitions: every touched partition is first written as
+``data.parquet.<owner>.<run>.new`` (the reader glob ``*.parquet`` ignores it), then a journal
+``MERGE-<owner>.json`` listing the swaps is written (the commit point), the files are renamed over
+the old ones and the journal is removed. ``<owner>`` is the entity whose run lock is held.
 ``recover`` (run at the start of each merge) finishes a committed merge or discards an
 uncommitted one, so a killed run never leaves a half-merged history.
 """
@@ -68,13 +69,26 @@ def _write_durable(frame: pl.DataFrame, path: Path) -> None:
     _fsync(path)
 
 
-def recover(data_dir: Path) -> list[str]:
-    """Finish a committed merge or discard an uncommitted one; return what was done."""
+def _journal(root: Path, owner: str) -> Path:
+    """One merge journal per lock owner (entity), so runs of other entities never collide."""
+    return root / f"{JOURNAL.removesuffix('.json')}-{entity_dirname(owner)}.json"
+
+
+def _new_name(owner: str, run_id: str) -> str:
+    return f"{PART_FILE}.{entity_dirname(owner)}.{run_id}.new"
+
+
+def recover(data_dir: Path, owner: str) -> list[str]:
+    """Finish a committed merge of ``owner``'s runs or discard an uncommitted one.
+
+    ``owner`` is the entity whose run lock the caller holds (``ctx.entity``); other entities'
+    merges, possibly in progress right now, are left alone.
+    """
     root = Path(data_dir) / HISTORY
     if not root.is_dir():
         return []
     done: list[str] = []
-    journal = root / JOURNAL
+    journal = _journal(root, owner)
     if journal.exists():
         swaps = json.loads(journal.read_text("utf-8"))["swaps"]
         for new, final in swaps:
@@ -85,7 +99,7 @@ def recover(data_dir: Path) -> list[str]:
         journal.unlink()
         _fsync(root)
         done.append(f"history: completed an interrupted merge of {len(swaps)} partition(s)")
-    leftovers = sorted(root.glob(f"*/*/{PART_FILE}.*.new"))
+    leftovers = sorted(root.glob(f"*/*/{PART_FILE}.{entity_dirname(owner)}.*.new"))
     for path in leftovers:
         path.unlink()
     if leftovers:
@@ -103,7 +117,7 @@ def merge(ctx: Any, clean_bookings_path: Path,
     data_dir = Path(ctx.data_dir)
     root = data_dir / HISTORY
     root.mkdir(parents=True, exist_ok=True)
-    for line in recover(data_dir):
+    for line in recover(data_dir, ctx.entity):
         ctx.log.info(line)
     delivery = (pl.scan_parquet(clean_bookings_path)
                 .select([pl.col(c).cast(t) for c, t in BOOKING_SCHEMA.items()])
@@ -128,21 +142,21 @@ def merge(ctx: Any, clean_bookings_path: Path,
             merged = pl.concat([kept_df, part], how="vertical")
         added += part.height
         merged = merged.sort(list(BOOKING_KEY))
-        new = final.with_name(f"{PART_FILE}.{ctx.run_id}.new")
+        new = final.with_name(_new_name(ctx.entity, ctx.run_id))
         _write_durable(merged, new)
         swaps.append((str(new.relative_to(root)), str(final.relative_to(root))))
         if checkpoint:
             checkpoint("history_partition_written")
     if swaps:
-        journal = root / JOURNAL
-        tmp = root / f"{JOURNAL}.tmp"
+        journal = _journal(root, ctx.entity)
+        tmp = journal.with_name(journal.name + ".tmp")
         tmp.write_text(json.dumps({"run_id": ctx.run_id, "swaps": swaps}), "utf-8")
         _fsync(tmp)
         os.replace(tmp, journal)  # commit point
         _fsync(root)
         if checkpoint:
             checkpoint("history_committed")
-        recover(data_dir)
+        recover(data_dir, ctx.entity)
     ctx.log.info(f"history: {added} lines merged into {len(swaps)} fiscal-year partition(s), "
                  f"{replaced} replaced")
     entities = groups["entity"].unique().to_list()

@@ -298,7 +298,7 @@ def recover(data_dir: Path, entity: str, store: Any) -> list[str]:
     from detect import history
     from detect.pipeline import RUNS
 
-    notes = list(history.recover(Path(data_dir)))
+    notes = list(history.recover(Path(data_dir), entity))
     runs = Path(data_dir) / RUNS
     for partial in sorted(runs.glob("*.partial")) if runs.is_dir() else []:
         if _run_entity(partial) not in (entity, None):

@@ -95,21 +95,26 @@ def test_kill_before_commit_discards_and_after_commit_completes(tmp_path: Path) 
                 raise Killed(step)
         return checkpoint
 
+    # another entity's merge in progress is not touched by Musterstadt's recovery
+    other = tmp_path / "var/history/Nebenstadt/fiscal_year=2024/data.parquet.Nebenstadt.x.new"
+    other.parent.mkdir(parents=True)
+    other.write_bytes(b"in progress")
     # killed after writing one partition: nothing is visible, recovery discards the file
     with pytest.raises(Killed):
         run(tmp_path, "r2", update, kill_at("history_partition_written"))
     assert read(glob).equals(before)
-    assert list((tmp_path / "var/history").glob("*/*/*.new"))
-    assert history.recover(tmp_path / "var") == [
+    assert list((tmp_path / "var/history/Musterstadt").glob("*/*.new"))
+    assert history.recover(tmp_path / "var", "Musterstadt") == [
         "history: discarded 1 uncommitted partition file(s)"]
-    assert not list((tmp_path / "var/history").glob("*/*/*.new"))
+    assert not list((tmp_path / "var/history/Musterstadt").glob("*/*.new"))
     # killed right after the commit point: recovery finishes both swaps
     with pytest.raises(Killed):
         run(tmp_path, "r3", update, kill_at("history_committed"))
-    assert history.recover(tmp_path / "var") == [
+    assert history.recover(tmp_path / "var", "Musterstadt") == [
         "history: completed an interrupted merge of 2 partition(s)"]
     assert read(glob)["amount"].to_list() == [Decimal("9.00"), Decimal("9.00")]
-    assert not (tmp_path / "var/history" / history.JOURNAL).exists()
+    assert other.read_bytes() == b"in progress"
+    assert not list((tmp_path / "var/history").glob("MERGE*"))
 
 
 def test_entities_get_their_own_folders(tmp_path: Path) -> None:
