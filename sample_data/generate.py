@@ -24,6 +24,8 @@ import argparse
 import shutil
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -81,60 +83,75 @@ def _finalize(w: World, month: int, h: pl.DataFrame, l: pl.DataFrame,
     ).sort("posting_date", "journal_id", "line_no")
 
 
-def build(lines: int, seed: int, year: int = YEAR):
+@dataclass
+class _State:
+    """What carries over from one month to the next."""
+
+    counters: dict[int, int] = field(default_factory=dict)
+    carry: pl.DataFrame | None = None
+    """Payments due in a later month."""
+    pool: pl.DataFrame | None = None
+    """Earlier months' G/L journals that a late reversal may reverse."""
+    next_jk: int = 1
+
+
+def _month(w: World, month: int, plan: lg.MonthPlan, counts: dict[str, int],
+           st: _State) -> pl.DataFrame:
+    """One finalised month. A function of its own, so every intermediate frame is freed
+    before the writers run (memory is bounded by one month)."""
+    gen = lg.MonthGen(w, month, st.next_jk)
+    hs, ls, contracts = gen.recurring()
+    parts = [gen.contract_invoices(contracts), gen.invoices(plan.invoices)]
+    inv_h = pl.concat([x[0] for x in parts])
+    inv_l = pl.concat([x[1] for x in parts])
+    rev = gen.revenue(plan.revenue)
+    cash = gen.cash(plan.cash)
+    gl = gen.gl(plan.gl)
+    rv = gen.reversals(inv_h, inv_l, plan.reversals)
+    m = an.Month(gen, pl.concat([*hs, inv_h, rev[0], cash[0], gl[0], rv[0]]),
+                 pl.concat([*ls, inv_l, rev[1], cash[1], gl[1], rv[1]]), counts, st.pool)
+    del hs, ls, parts, inv_h, inv_l, rev, cash, gl, rv
+    an.before_payments(m)
+    # the payment run pays the month's invoices (not reversed, not paid by an anomaly)
+    reversed_ = m.h["reversal_of_jk"].drop_nulls()
+    inv = m.h.filter((pl.col("kind") == "invoice") & ~pl.col("jk").is_in(reversed_.implode())
+                     & ~pl.col("jk").is_in(pl.Series(m.skip_payment, dtype=pl.Int64)
+                                           .implode()))
+    due = lg.schedule_payments(w, inv, m.l.filter(pl.col("jk").is_in(inv["jk"].implode())),
+                               gen.rng)
+    if st.carry is not None:
+        due = pl.concat([st.carry, due])
+    in_year = pl.col("pay_date").dt.year() == w.year
+    now = due.filter(in_year & (pl.col("pay_date").dt.month() == month))
+    st.carry = due.filter(in_year & (pl.col("pay_date").dt.month() > month))
+    pay = lg.payments(gen, now.sort("pay_date", "vendor_id", "reference", "cents",
+                                    "posting_date", "gl_account"))
+    m.add(pay[0], pay[1], None)
+    an.after_payments(m)
+    st.next_jk = gen.jk
+    frame = _finalize(w, month, m.h, m.l, st.counters)
+    gl_pool = frame.filter((pl.col("kind") == "gl") & pl.col("scenario").is_null()
+                           & pl.col("reversal_of").is_null())
+    keep = gl_pool["journal_id"].unique().sort().head(400)
+    new_pool = gl_pool.filter(pl.col("journal_id").is_in(keep.implode())).select(
+        "journal_id", "line_no", "gl_account", "cents", "cost_center", "vendor_id",
+        "bank_account", "description", "anchor", "reference", "header_description")
+    pool = new_pool if st.pool is None else pl.concat([st.pool, new_pool]).tail(3000)
+    reversed_ids = frame["reversal_of"].drop_nulls().unique().implode()
+    st.pool = pool.filter(~pl.col("journal_id").is_in(reversed_ids))  # reverse only once
+    return frame
+
+
+def build(lines: int, seed: int, year: int = YEAR) -> Iterator[tuple[World, int, pl.DataFrame]]:
     """Yield ``(world, month, frame)`` for each month; ``frame`` is the finalised month."""
     alloc = an.allocate(seed, lines)
     w = World(seed, year, lines, n_rare=int(alloc["rare_user"].sum()) + 2)
     plans = lg.plan(lines)
-    counters: dict[int, int] = {}
-    carry = None
-    pool: pl.DataFrame | None = None
-    next_jk = 1
+    st = _State()
     for month in range(1, 13):
-        gen = lg.MonthGen(w, month, next_jk)
-        p = plans[month - 1]
-        hs, ls, contracts = gen.recurring()
-        parts = [gen.contract_invoices(contracts), gen.invoices(p.invoices)]
-        inv_h = pl.concat([x[0] for x in parts])
-        inv_l = pl.concat([x[1] for x in parts])
-        rev = gen.revenue(p.revenue)
-        cash = gen.cash(p.cash)
-        gl = gen.gl(p.gl)
-        rv = gen.reversals(inv_h, inv_l, p.reversals)
-        h = pl.concat([*hs, inv_h, rev[0], cash[0], gl[0], rv[0]])
-        l = pl.concat([*ls, inv_l, rev[1], cash[1], gl[1], rv[1]])
         counts = {s: int(alloc[s][month - 1]) for s in SCENARIOS}
         counts["_rare_used"] = int(sum(alloc["rare_user"][:month - 1]))
-        m = an.Month(gen, h, l, counts, pool)
-        an.before_payments(m)
-        # the payment run pays the month's invoices (not reversed, not paid by an anomaly)
-        reversed_ = m.h["reversal_of_jk"].drop_nulls()
-        inv = m.h.filter((pl.col("kind") == "invoice") & ~pl.col("jk").is_in(reversed_.implode())
-                         & ~pl.col("jk").is_in(pl.Series(m.skip_payment, dtype=pl.Int64)
-                                               .implode()))
-        due = lg.schedule_payments(w, inv, m.l.filter(pl.col("jk").is_in(inv["jk"].implode())),
-                                   gen.rng)
-        if carry is not None:
-            due = pl.concat([carry, due])
-        in_year = pl.col("pay_date").dt.year() == year
-        now = due.filter(in_year & (pl.col("pay_date").dt.month() == month))
-        carry = due.filter(in_year & (pl.col("pay_date").dt.month() > month))
-        pay = lg.payments(gen, now.sort("pay_date", "vendor_id", "reference", "cents",
-                                        "posting_date", "gl_account"))
-        m.add(pay[0], pay[1], None)
-        an.after_payments(m)
-        next_jk = gen.jk
-        frame = _finalize(w, month, m.h, m.l, counters)
-        gl_pool = frame.filter((pl.col("kind") == "gl") & pl.col("scenario").is_null()
-                               & pl.col("reversal_of").is_null())
-        keep = gl_pool["journal_id"].unique().sort().head(400)
-        new_pool = gl_pool.filter(pl.col("journal_id").is_in(keep.implode())).select(
-            "journal_id", "line_no", "gl_account", "cents", "cost_center", "vendor_id",
-            "bank_account", "description", "anchor", "reference", "header_description")
-        pool = new_pool if pool is None else pl.concat([pool, new_pool]).tail(3000)
-        reversed_ids = frame["reversal_of"].drop_nulls().unique().implode()
-        pool = pool.filter(~pl.col("journal_id").is_in(reversed_ids))  # reverse only once
-        yield w, month, frame
+        yield w, month, _month(w, month, plans[month - 1], counts, st)
 
 
 def master_data(w: World) -> MasterData:
@@ -184,6 +201,7 @@ def generate(lines: int, seed: int, out: str | Path,
         n_journals += frame["journal_id"].n_unique()
         debit += int(frame.filter(pl.col("cents") > 0)["cents"].sum())
         credit += int(frame.filter(pl.col("cents") < 0)["cents"].sum())
+        del frame  # not alive while the next month is built
     assert w is not None
     master = master_data(w)
     for name, wr in zip(names, writers, strict=True):
