@@ -62,7 +62,7 @@ def test_bilingual_texts_load_per_language(tmp_path: Path) -> None:
     assert rule.why_text("en") == "Big amounts matter."
     assert rule.falsepositives_list("de") == ["Jahresabschlussbuchungen", "Zuschüsse"]
     assert rule.falsepositives_list("en") == ["Year-end entries", "Grants"]
-    assert rule.has_language("de") and rule.has_language("en")
+    assert rule.has_language("en") and not rule.has_language("de")   # the param doc is English
     text = describe_rule(rule, "de")
     assert "Warum:\n  Große Beträge verdienen einen Blick." in text
     assert "Bekannte Fehlalarme:\n  - Jahresabschlussbuchungen\n  - Zuschüsse" in text
@@ -82,6 +82,25 @@ def test_plain_english_form_is_accepted_and_shown_as_english_only(tmp_path: Path
     assert "Bekannte Fehlalarme (nur auf Englisch):\n  - Year-end entries" in german
     english = describe_rule(rule, "en")
     assert "Why:\n  Big amounts matter." in english and "Englisch" not in english
+
+
+def test_parameter_docs_in_both_languages_or_plain_english(tmp_path: Path) -> None:
+    path = write(tmp_path, BILINGUAL_WHY, BILINGUAL_FP)
+    plain = load_rule(path)
+    assert plain.params[0].doc == {"en": "flag above this"}
+    assert plain.params[0].doc_text("de") == "flag above this"           # English fallback
+    assert not plain.has_language("de")                                  # the doc is English only
+    path.write_text(path.read_text(encoding="utf-8").replace(
+        'doc: "flag above this"', 'doc: {de: "markiert darüber", en: "flag above this"}'),
+        encoding="utf-8")
+    rule = load_rule(path)
+    assert rule.params[0].doc_text("de") == "markiert darüber" and rule.has_language("de")
+    assert "  limit = 1000  – markiert darüber" in describe_rule(rule, "de")
+    assert "  limit = 1000  – flag above this" in describe_rule(rule, "en")
+    path.write_text(path.read_text(encoding="utf-8").replace('de: "markiert darüber", ', ""),
+                    encoding="utf-8")
+    with pytest.raises(RuleError, match="param 'limit' doc needs non-empty texts for both"):
+        load_rule(path)
 
 
 @pytest.mark.parametrize(("why", "fps", "message"), [

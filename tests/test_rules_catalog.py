@@ -48,7 +48,8 @@ def test_rule_metadata_is_complete(rule) -> None:
                                                                  "basis", "basis_en"}
     declared = {p.name for p in rule.params} | set(rule.config_params)
     assert set(query_params(rule.query)) == declared, "every parameter is used by the query"
-    assert all(p.doc for p in rule.params), "every parameter says what it does"
+    assert all(p.doc.get("de") and p.doc.get("en") for p in rule.params), \
+        "every parameter says what it does, as doc: {de: ..., en: ...}"
     assert any(c.flags for c in rule.cases) and any(not c.flags for c in rule.cases)
     assert re.search(r"\bjournal_id\b", rule.query)
 
@@ -86,6 +87,9 @@ def test_cli_list_show_and_test(capsys: pytest.CaptureFixture[str]) -> None:
     assert "TIM002 holiday-posting: Manuelle Buchung an einem Feiertag" in out
     assert "Bekannte Fehlalarme:" in out and "manual_sources = [manual," in out
     assert "Gesetzliche Feiertage" in out and "Notdienste an Feiertagen" in out
+    assert main(["rules", "show", "PAY001"]) == 0
+    out = capsys.readouterr().out
+    assert "window_days = 365  – so viele Tage zurück nach der ersten Buchung suchen" in out
     assert "Public holidays" not in out and "(nur auf Englisch)" not in out
     assert main(["rules", "show", "TIM002", "--lang", "en"]) == 0
     out = capsys.readouterr().out

@@ -8,7 +8,7 @@ import textwrap
 from typing import Any
 
 from detect.config import Settings
-from detect.rules.model import Rule
+from detect.rules.model import Param, Rule
 from detect.rules.params import CONFIG_PARAMS
 
 HEADINGS = {
@@ -77,7 +77,8 @@ def describe_rule(rule: Rule, lang: str = "de") -> str:
     if not rule.params and not rule.config_params:
         out.append(f"  ({h['none']})")
     for p in rule.params:
-        out.append(f"  {p.name} = {_value(p.default)}" + (f"  – {p.doc}" if p.doc else ""))
+        doc = p.doc_text(lang)
+        out.append(f"  {p.name} = {_value(p.default)}" + (f"  – {doc}" if doc else ""))
     for name in rule.config_params:
         where, read = CONFIG_PARAMS[name]
         out.append(f"  {name} = {_value(read(settings))}  – {h['config']}: {where}")
@@ -204,8 +205,8 @@ level: line                     # line | journal (journal hits have line_no null
 tags: [payments, isa-240]
 requires: [vendor_id, reference, amount]     # canonical columns
 requires_master: []             # accounts | vendors | vendor_changes | users | cost_centers
-params:
-  window_days: {default: 365, doc: "look back this many days"}
+params:                         # doc in both languages (or a plain English text)
+  window_days: {default: 365, doc: {de: "so viele Tage zurück", en: "look back this many days"}}
 config_params: [materiality]    # shared values from belegwacht.toml
 scenarios: [duplicate_payment]  # sample-ledger scenarios the rule is meant to catch
 why:                            # plain language for auditors, German and English
@@ -245,11 +246,11 @@ the file and each problem. This page is generated: `python -m detect.rules.doc` 
 refreshes the catalog table in README.md between `<!-- rules:begin -->` and
 `<!-- rules:end -->`; `--check` fails when either file is out of date).
 
-Languages: `title` and `explain` always need both `de` and `en`. `why` and `falsepositives`
-may instead be a plain text / plain list - that form counts as **English only** and is meant
-for third-party rule files: German output (`rules show`, the app) then shows the English
-text, and `rules show` marks it "(nur auf Englisch)". Every rule shipped in `rules/` has both
-languages (the test suite enforces it).
+Languages: `title` and `explain` always need both `de` and `en`. `why`, `falsepositives` and
+a parameter's `doc` may instead be a plain text / plain list - that form counts as **English
+only** and is meant for third-party rule files: German output (`rules show`, the app) then
+shows the English text, and `rules show` marks the why and the false positives "(nur auf
+Englisch)". Every rule shipped in `rules/` has both languages (the test suite enforces it).
 
 ## Known limits
 
@@ -288,6 +289,13 @@ def catalog_table_markdown(catalog: list[Rule], link: str = "") -> str:
     return "\n".join(out) + "\n"
 
 
+def _param_doc_md(param: Param) -> str:
+    """" - English doc / *German doc*" (either part only when present)."""
+    parts = [param.doc["en"]] if param.doc.get("en") else []
+    parts += [f"*{param.doc['de']}*"] if param.doc.get("de") else []
+    return (" - " + " / ".join(parts)) if parts else ""
+
+
 def catalog_markdown(catalog: list[Rule]) -> str:
     """docs/rules.md: usage, the catalog table and one section per rule, generated from the files.
 
@@ -311,8 +319,7 @@ def catalog_markdown(catalog: list[Rule]) -> str:
                 f"Erklärung: „{r.explain['de']}“"]
         if r.scenarios:
             out += ["", f"Scenarios: {', '.join(r.scenarios)}"]
-        params = [f"`{p.name}` = `{_value(p.default)}`" + (f" - {p.doc}" if p.doc else "")
-                  for p in r.params]
+        params = [f"`{p.name}` = `{_value(p.default)}`" + _param_doc_md(p) for p in r.params]
         params += [f"`{n}` = `{_value(CONFIG_PARAMS[n][1](settings))}` - from "
                    f"`{CONFIG_PARAMS[n][0].split(':')[0]}`" for n in r.config_params]
         if params:

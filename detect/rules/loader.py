@@ -160,10 +160,22 @@ def _params(value: Any, problems: list[str]) -> list[Param]:
             if "default" not in spec:
                 problems.append(f"param {name!r} needs a default")
                 continue
-            out.append(Param(str(name), spec["default"], str(spec.get("doc", "")).strip()))
+            out.append(Param(str(name), spec["default"], _param_doc(name, spec.get("doc"),
+                                                                    problems)))
         else:
             out.append(Param(str(name), spec))
     return out
+
+
+def _param_doc(name: str, value: Any, problems: list[str]) -> dict[str, str]:
+    """``{de: ..., en: ...}``, or a plain text that counts as English only."""
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        _no_other_languages(value, f"param {name!r} doc", problems)
+        return _bilingual(value, f"param {name!r} doc", problems)
+    text = str(value).strip()
+    return {"en": text} if text else {}
 
 
 def _rows(value: Any, where: str, problems: list[str]) -> list[dict[str, Any]]:

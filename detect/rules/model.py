@@ -36,7 +36,12 @@ LANGUAGES: tuple[str, ...] = ("de", "en")
 class Param:
     name: str
     default: Any
-    doc: str = ""
+    doc: dict[str, str] = field(default_factory=dict)
+    """What the parameter does, per language ("de", "en"); only "en" for a plain-English doc."""
+
+    def doc_text(self, lang: str = "de") -> str:
+        """The doc in ``lang``, or the English text when not translated ("" when undocumented)."""
+        return self.doc.get(lang) or self.doc.get("en", "")
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,8 @@ class Rule:
         return list(self.falsepositives.get(lang) or self.falsepositives.get("en", []))
 
     def has_language(self, lang: str) -> bool:
-        """Whether all texts (title, explain, why, false positives) exist in ``lang``."""
+        """Whether all texts (title, explain, why, false positives, parameter docs) exist in
+        ``lang``."""
         return all(lang in texts for texts in (self.title, self.explain, self.why,
-                                               self.falsepositives))
+                                               self.falsepositives)) \
+            and all(lang in p.doc for p in self.params)
