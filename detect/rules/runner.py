@@ -165,13 +165,39 @@ def _parquet_source(paths: str | Path | list[str | Path]) -> str:
     return f"read_parquet([{listed}], union_by_name = true, hive_partitioning = false)"
 
 
+DUCKDB_THREADS = 2
+DUCKDB_MEMORY_LIMIT = "3GB"
+"""The nightly job must stay under 6 GB on a 2-core machine shared with other work: DuckDB
+spills to ``temp_directory`` beyond this instead of taking all memory and every core."""
+
+
+def duckdb_config(temp_dir: Path) -> dict[str, Any]:
+    """Connection settings for the rule catalog (threads, memory limit, where to spill)."""
+    temp_dir.mkdir(parents=True, exist_ok=True)
+    return {"threads": DUCKDB_THREADS, "memory_limit": DUCKDB_MEMORY_LIMIT,
+            "temp_directory": str(temp_dir)}
+
+
+def materialise_inputs(con: duckdb.DuckDBPyConnection) -> None:
+    """Scan the history once: every rule reads ``bookings`` (Parquet scan, casts, placeholder
+    dates nulled) and the hit filter reads ``delivery_journals``; as views each rule would redo
+    that work, as temp tables it is done once (the biggest saving of the catalog at 1M lines)."""
+    con.execute("CREATE OR REPLACE TEMP TABLE _bookings AS SELECT * FROM bookings")
+    con.execute("CREATE OR REPLACE VIEW bookings AS SELECT * FROM _bookings")
+    con.execute("CREATE OR REPLACE TEMP TABLE _delivery AS SELECT * FROM delivery")
+    con.execute("CREATE OR REPLACE VIEW delivery AS SELECT * FROM _delivery")
+    con.execute("CREATE OR REPLACE TEMP TABLE _delivery_journals AS "
+                "SELECT DISTINCT entity, fiscal_year, journal_id FROM _delivery")
+    con.execute("CREATE OR REPLACE VIEW delivery_journals AS SELECT * FROM _delivery_journals")
+
+
 def connect(ctx: Any, history_glob: str | Path | list[str | Path]) -> duckdb.DuckDBPyConnection:
     """An in-process DuckDB with the views the rules read (see ``setup_views``).
 
     ``history_glob`` is the entity's booking history (path, glob or list); the delivery keys
     come from ``ctx.run_dir / "bookings.parquet"``, master data from ``ctx.run_dir / "master"``.
     """
-    con = duckdb.connect()
+    con = duckdb.connect(config=duckdb_config(Path(ctx.run_dir) / "tmp" / "duckdb"))
     source = _parquet_source(history_glob)
     cols = _columns_of(con, source)
     if "fiscal_year" not in cols:  # history partitioned by fiscal_year=<y> folders only
@@ -331,6 +357,7 @@ def run_catalog(con: duckdb.DuckDBPyConnection, settings: Settings, catalog: lis
                 delivery_only: bool = True, log: Any = None) -> RuleRunResult:
     """Run every enabled, runnable rule; never a Python loop over rows, one query per rule."""
     check_rule_settings(settings, catalog, log)
+    materialise_inputs(con)
     # many journal-level rules read `journals`: aggregate the history once, not once per rule
     con.execute(f"CREATE OR REPLACE TEMP TABLE _journals AS {JOURNALS_SELECT}")
     con.execute("CREATE OR REPLACE VIEW journals AS SELECT * FROM _journals")
