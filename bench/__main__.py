@@ -98,13 +98,25 @@ def detection(run_dir: Path, labels_path: Path, naive_path: Path | None) -> dict
     return result
 
 
+def stage_cpu(log_path: Path) -> dict[str, float]:
+    """CPU seconds per stage from the run's structured log (``step_done`` events)."""
+    out: dict[str, float] = {}
+    if not log_path.exists():
+        return out
+    for line in log_path.read_text("utf-8").splitlines():
+        event = json.loads(line)
+        if event.get("event") == "step_done" and "cpu_seconds" in event:
+            out[event["step"]] = out.get(event["step"], 0.0) + event["cpu_seconds"]
+    return out
+
+
 def run_once(csv: Path, folder: Path, work: Path, naive: bool) -> dict[str, Any]:
     py = sys.executable
     out: dict[str, Any] = {}
     m = run_measured([py, "-m", "bench.floor", str(csv), str(work / "floor.parquet")])
     if m.returncode:
         raise RuntimeError(f"floor failed: {m.stderr[-2000:]}")
-    out["floor"] = {"seconds": m.seconds, "peak_rss_mb": m.peak_rss_mb}
+    out["floor"] = {"seconds": m.seconds, "cpu_s": m.cpu_seconds, "peak_rss_mb": m.peak_rss_mb}
 
     data_dir = work / "var"
     shutil.rmtree(data_dir, ignore_errors=True)
@@ -114,15 +126,16 @@ def run_once(csv: Path, folder: Path, work: Path, naive: bool) -> dict[str, Any]
         raise RuntimeError(f"belegwacht run failed: {m.stderr[-3000:]}")
     run_dir = data_dir / "runs" / (data_dir / "CURRENT").read_text().strip()
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    out["job"] = {"seconds": m.seconds, "peak_rss_mb": m.peak_rss_mb,
+    out["job"] = {"seconds": m.seconds, "cpu_s": m.cpu_seconds, "peak_rss_mb": m.peak_rss_mb,
                   "stages": manifest.get("durations", {}),
+                  "stages_cpu": stage_cpu(run_dir / "run.log.jsonl"),
                   "items": manifest.get("findings", {}).get("items"),
                   "run_dir": str(run_dir)}
     if naive:
         m = run_measured([py, "-m", "bench.naive", str(csv), str(work / "naive.parquet")])
         if m.returncode:
             raise RuntimeError(f"naive baseline failed: {m.stderr[-2000:]}")
-        out["naive"] = {"seconds": m.seconds, "peak_rss_mb": m.peak_rss_mb}
+        out["naive"] = {"seconds": m.seconds, "cpu_s": m.cpu_seconds, "peak_rss_mb": m.peak_rss_mb}
     return out
 
 
@@ -147,19 +160,22 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"### {result['lines']:,} lines · {result['date']} · {result['machine']}",
         "",
-        "| step | median s | × floor | peak RSS MB |",
-        "|---|---:|---:|---:|",
-        f"| floor: Polars CSV → Parquet | {floor} | 1.0 | {s['floor_rss_mb']} |",
+        "| step | median wall s | × floor | CPU s | peak RSS MB |",
+        "|---|---:|---:|---:|---:|",
+        f"| floor: Polars CSV → Parquet | {floor} | 1.0 | {s.get('floor_cpu_s', '')} | "
+        f"{s['floor_rss_mb']} |",
     ]
     for stage in STAGES:
         if stage in s["stages"]:
+            cpu = s.get("stages_cpu", {}).get(stage, "")
             lines.append(f"| job: {stage} | {s['stages'][stage]} | "
-                         f"{s['stages'][stage] / floor:.1f} | |")
+                         f"{s['stages'][stage] / floor:.1f} | {cpu} | |")
     lines.append(f"| **whole nightly job** (process) | **{s['job_s']}** | "
-                 f"**{s['job_s'] / floor:.1f}** | {s['job_rss_mb']} |")
+                 f"**{s['job_s'] / floor:.1f}** | {s.get('job_cpu_s', '')} | {s['job_rss_mb']} |")
     if "naive_s" in s:
         lines.append(f"| naive baseline (pandas + IsolationForest) | {s['naive_s']} | "
-                     f"{s['naive_s'] / floor:.1f} | {s['naive_rss_mb']} |")
+                     f"{s['naive_s'] / floor:.1f} | {s.get('naive_cpu_s', '')} | "
+                     f"{s['naive_rss_mb']} |")
     if s["stages"].get("validate") is not None:
         share = s["stages"]["validate"] / s["job_s"]
         lines.append(f"\nValidation share of the whole job: {share:.0%}.")
@@ -203,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, Any] = {
         "floor_s": _median([r["floor"]["seconds"] for r in runs]),
         "floor_rss_mb": round(max(r["floor"]["peak_rss_mb"] for r in runs)),
+        "floor_cpu_s": _median([r["floor"].get("cpu_s", 0.0) for r in runs]),
+        "job_cpu_s": _median([r["job"].get("cpu_s", 0.0) for r in runs]),
+        "stages_cpu": {st: _median([r["job"].get("stages_cpu", {}).get(st, 0.0) for r in runs])
+                       for st in STAGES},
         "job_s": _median([r["job"]["seconds"] for r in runs]),
         "job_rss_mb": round(max(r["job"]["peak_rss_mb"] for r in runs)),
         "stages": {st: _median([r["job"]["stages"].get(st, 0.0) for r in runs])
@@ -211,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_naive:
         summary["naive_s"] = _median([r["naive"]["seconds"] for r in runs])
         summary["naive_rss_mb"] = round(max(r["naive"]["peak_rss_mb"] for r in runs))
+        summary["naive_cpu_s"] = _median([r["naive"].get("cpu_s", 0.0) for r in runs])
     result = {
         "lines": args.lines, "seed": args.seed, "repeat": args.repeat,
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import threading
 import time
@@ -16,6 +17,9 @@ class Measured:
     seconds: float
     peak_rss_mb: float
     returncode: int
+    cpu_seconds: float
+    """User + system CPU of the process and its waited-for children (all threads): on a shared
+    machine wall time depends on the neighbours, CPU time much less."""
     stdout: str
     stderr: str
 
@@ -38,6 +42,7 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None,
                  interval: float = 0.05) -> Measured:
     """Start ``cmd``, sample the RSS of it and its children every ``interval`` seconds."""
     start = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})})
     ps = psutil.Process(proc.pid)
@@ -55,4 +60,6 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None,
     out, err = proc.communicate()
     stop.set()
     sampler.join()
-    return Measured(time.perf_counter() - start, peak / 2**20, proc.returncode, out, err)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return Measured(time.perf_counter() - start, peak / 2**20, proc.returncode, cpu, out, err)

@@ -47,7 +47,7 @@ class StepLog:
     def step(self, name: str, label: str | None = None) -> Iterator[None]:
         """Time a stage; the duration lands in ``durations`` and the JSON log."""
         label = label or name
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         self.event("step_start", step=name)
         status = None
         if not self.quiet and self.console.is_terminal:
@@ -65,6 +65,8 @@ class StepLog:
                 status.stop()
         seconds = time.perf_counter() - start
         self.durations[name] = self.durations.get(name, 0.0) + seconds
-        self.event("step_done", step=name, seconds=round(seconds, 3))
+        # CPU seconds of all threads: wall time on a shared machine says little about cost
+        self.event("step_done", step=name, seconds=round(seconds, 3),
+                   cpu_seconds=round(time.process_time() - cpu_start, 3))
         if not self.quiet:
             self.console.print(f"  {label}: {seconds:.2f} s", markup=False)
