@@ -9,6 +9,9 @@ Usage (the numbers in docs/models_scoring.md come from this)::
     .venv/bin/python -m bench.detection                  # demo ledger if present, else synthetic
     .venv/bin/python -m bench.detection --synthetic 20000 # synthetic ledger with N journals
     .venv/bin/python -m bench.detection --scale 1000000   # time + peak memory of models on 1M lines
+    .venv/bin/python -m bench.detection --ledger /tmp/q99/ads   # another labelled export
+        (/tmp/q99 from: python -m sample_data.generate --lines 50000 --seed 99 --out /tmp/q99
+         --formats parquet,ads; labels default to DIR/../labels.csv)
 """
 
 from __future__ import annotations
@@ -219,16 +222,20 @@ def _fmt(table: pl.DataFrame) -> str:
 DEMO = Path(__file__).resolve().parents[1] / "sample_data"
 
 
-def _run_demo(tmp: Path) -> tuple[Path, str]:
-    """Run the real pipeline (ingest, validate, history, rules, models, scoring) on the demo."""
+def _run_demo(tmp: Path, ledger: Path | None = None, fmt: str = "ads",
+              entity: str = "Musterstadt") -> tuple[Path, str]:
+    """Run the real pipeline (ingest, validate, history, rules, models, scoring) on the demo
+    or on another labelled export (``ledger``, e.g. a generator run with another seed)."""
     from detect.config import load_settings
     from detect.pipeline import run_delivery
     from detect.runlog import StepLog
 
-    settings = load_settings(None, entity="Musterstadt")
-    summary = run_delivery([DEMO / "demo"], fmt="ads", settings=settings, data_dir=tmp / "var",
+    settings = load_settings(None, entity=entity)
+    source = ledger or DEMO / "demo"
+    summary = run_delivery([source], fmt=fmt, settings=settings, data_dir=tmp / "var",
                            log=StepLog(quiet=True))
-    return summary.run_dir, "demo ledger sample_data/demo (ADS) through `belegwacht run`"
+    name = "demo ledger sample_data/demo" if ledger is None else f"ledger {source}"
+    return summary.run_dir, f"{name} ({fmt.upper()}) through `belegwacht run`"
 
 
 def demo_rankings(tmp: Path) -> tuple[dict[str, pl.DataFrame], pl.DataFrame, pl.DataFrame]:
@@ -285,7 +292,8 @@ def _journal_max(scores: pl.DataFrame, col: str = "model_score") -> pl.DataFrame
     return scores.group_by(JOURNAL).agg(pl.col(col).max().alias("score"))
 
 
-def quality(synthetic: int, seed: int, json_out: Path | None) -> int:
+def quality(synthetic: int, seed: int, json_out: Path | None, ledger: Path | None = None,
+            labels_csv: Path | None = None, fmt: str = "ads") -> int:
     """Rules only / models only / combined, and each detector alone vs the ensemble."""
     import copy
     import shutil
@@ -298,11 +306,14 @@ def quality(synthetic: int, seed: int, json_out: Path | None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="bw-bench-"))
     try:
-        if not synthetic and (DEMO / "demo_labels.csv").exists() and (DEMO / "demo").is_dir():
-            run_dir, what = _run_demo(tmp)
-            labels = pl.read_csv(DEMO / "demo_labels.csv", schema_overrides={
-                "fiscal_year": pl.Int32, "journal_id": pl.String})
-            ctx = _ctx(run_dir, Settings(entity="Musterstadt"))
+        labels_csv = labels_csv or DEMO / "demo_labels.csv"
+        if ledger is not None or (not synthetic and labels_csv.exists()
+                                  and (DEMO / "demo").is_dir()):
+            labels = pl.read_csv(labels_csv, schema_overrides={
+                "fiscal_year": pl.Int32, "journal_id": pl.String, "entity": pl.String})
+            entity = labels.get_column("entity")[0] if labels.height else "Musterstadt"
+            run_dir, what = _run_demo(tmp, ledger, fmt, entity)
+            ctx = _ctx(run_dir, Settings(entity=entity))
             bookings = pl.read_parquet(run_dir / "bookings.parquet")
             hits = pl.read_parquet(run_dir / "rule_hits.parquet")
             scores = pl.read_parquet(run_dir / "model_scores.parquet")
@@ -427,10 +438,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=int, default=0, help="time the models on N lines")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the metrics as JSON")
+    parser.add_argument("--ledger", type=Path,
+                        help="another labelled export instead of the demo (e.g. a generator run "
+                             "with another seed: sample_data.generate --out DIR --formats ads)")
+    parser.add_argument("--labels", type=Path, help="its labels.csv (default: DIR/../labels.csv)")
+    parser.add_argument("--format", default="ads", help="format of --ledger (default ads)")
     args = parser.parse_args(argv)
     if args.scale:
         return scale(args.scale, args.seed)
-    return quality(args.synthetic, args.seed, args.json)
+    labels = args.labels
+    if args.ledger is not None and labels is None:
+        labels = args.ledger.resolve().parent / "labels.csv"
+    return quality(args.synthetic, args.seed, args.json, args.ledger, labels, args.format)
 
 
 if __name__ == "__main__":
