@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/belegwacht run sample_data/demo --data-dir var
+	$(BIN)/belegwacht run sample_data/demo --entity Musterstadt --data-dir var
 	@echo
 	@echo "Next: $(BIN)/belegwacht users add auditor --role auditor && $(BIN)/belegwacht app"
 
