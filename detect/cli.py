@@ -289,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("belegwacht: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `belegwacht rules list | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
