@@ -26,6 +26,8 @@ from typing import Any
 
 import polars as pl
 
+from detect.fsutil import fsync_path
+
 from detect.schema import BOOKING_KEY, BOOKING_SCHEMA
 
 HISTORY = "history"
@@ -55,18 +57,10 @@ def partition_path(data_dir: Path, entity: str, fiscal_year: int) -> Path:
     return entity_root(data_dir, entity) / f"fiscal_year={int(fiscal_year)}" / PART_FILE
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_durable(frame: pl.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.write_parquet(path, statistics=True)
-    _fsync(path)
+    fsync_path(path)
 
 
 def _journal(root: Path, owner: str) -> Path:
@@ -95,9 +89,9 @@ def recover(data_dir: Path, owner: str) -> list[str]:
             if (root / new).exists():
                 os.replace(root / new, root / final)
         for new, final in swaps:
-            _fsync((root / final).parent)
+            fsync_path((root / final).parent)
         journal.unlink()
-        _fsync(root)
+        fsync_path(root)
         done.append(f"history: completed an interrupted merge of {len(swaps)} partition(s)")
     leftovers = sorted(root.glob(f"*/*/{PART_FILE}.{entity_dirname(owner)}.*.new"))
     for path in leftovers:
@@ -151,9 +145,9 @@ def merge(ctx: Any, clean_bookings_path: Path,
         journal = _journal(root, ctx.entity)
         tmp = journal.with_name(journal.name + ".tmp")
         tmp.write_text(json.dumps({"run_id": ctx.run_id, "swaps": swaps}), "utf-8")
-        _fsync(tmp)
+        fsync_path(tmp)
         os.replace(tmp, journal)  # commit point
-        _fsync(root)
+        fsync_path(root)
         if checkpoint:
             checkpoint("history_committed")
         recover(data_dir, ctx.entity)

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from detect.errors import RunLocked, UserError
+from detect.fsutil import fsync_path
 
 LOCKS = "locks"
 RUN_INFO = "RUN_INFO.json"
@@ -260,7 +261,7 @@ def finish_publish(data_dir: Path, entity: str, run_id: str, counts: dict[str, A
 
     Idempotent, so recovery can call it for a run killed anywhere after the store commit.
     """
-    from detect.pipeline import RUNS, _fsync_dir, write_manifest
+    from detect.pipeline import RUNS, write_manifest
 
     runs = Path(data_dir) / RUNS
     partial, final = runs / f"{run_id}.partial", runs / run_id
@@ -274,7 +275,7 @@ def finish_publish(data_dir: Path, entity: str, run_id: str, counts: dict[str, A
         write_manifest(partial, manifest)
         crash_point("store_committed")
         os.replace(partial, final)
-        _fsync_dir(runs)
+        fsync_path(runs)
     crash_point("renamed")
     publish_pointers(data_dir, entity, run_id)
     crash_point("current_switched")

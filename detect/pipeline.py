@@ -23,6 +23,7 @@ import duckdb
 import polars as pl
 
 from detect.config import Settings
+from detect.fsutil import fsync_path
 from detect.errors import AlreadyProcessed, UserError
 from detect.ingest import IngestResult, ingest
 from detect.runlog import StepLog
@@ -72,15 +73,7 @@ def switch_current(data_dir: Path, run_id: str) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, data_dir / CURRENT)
-    _fsync_dir(data_dir)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(data_dir)
 
 
 def _versions() -> dict[str, str]:
