@@ -110,7 +110,8 @@ def stage_cpu(log_path: Path) -> dict[str, float]:
     return out
 
 
-def run_once(csv: Path, folder: Path, work: Path, naive: bool) -> dict[str, Any]:
+def run_once(csv: Path, folder: Path, work: Path, naive: bool,
+             max_rss_mb: float | None = None) -> dict[str, Any]:
     py = sys.executable
     out: dict[str, Any] = {}
     m = run_measured([py, "-m", "bench.floor", str(csv), str(work / "floor.parquet")])
@@ -121,7 +122,12 @@ def run_once(csv: Path, folder: Path, work: Path, naive: bool) -> dict[str, Any]
     data_dir = work / "var"
     shutil.rmtree(data_dir, ignore_errors=True)
     m = run_measured([py, "-m", "detect", "run", str(folder / "ads"), "--data-dir",
-                      str(data_dir), "-q"])
+                      str(data_dir), "-q"], max_rss_mb=max_rss_mb)
+    if m.killed_over_mb:
+        logs = sorted((data_dir / "runs").glob("*/run.log.jsonl"))
+        reached = stage_cpu(logs[-1]) if logs else {}
+        raise RuntimeError(f"belegwacht run killed after {m.seconds:.0f} s: process tree above "
+                           f"{max_rss_mb:.0f} MB (stages done: {reached})")
     if m.returncode:
         raise RuntimeError(f"belegwacht run failed: {m.stderr[-3000:]}")
     run_dir = data_dir / "runs" / (data_dir / "CURRENT").read_text().strip()
@@ -201,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
+    ap.add_argument("--max-rss-mb", type=float, default=None,
+                    help="kill the nightly job if its process tree exceeds this (shared machines)")
     ap.add_argument("--report-items", type=int, default=100_000,
                     help="time the monthly report with this many items (0 = skip)")
     args = ap.parse_args(argv)
@@ -212,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         for i in range(args.repeat):
             print(f"repeat {i + 1}/{args.repeat} …", file=sys.stderr)
-            runs.append(run_once(csv, folder, work, naive=not args.no_naive))
+            runs.append(run_once(csv, folder, work, naive=not args.no_naive,
+                                 max_rss_mb=args.max_rss_mb))
         last_run = Path(runs[-1]["job"]["run_dir"])
         quality = detection(last_run, folder / "labels.csv",
                             None if args.no_naive else work / "naive.parquet")

@@ -18,6 +18,15 @@ from typing import Any, Iterator
 from rich.console import Console
 
 
+def _max_rss_mb() -> int | None:
+    """Peak resident memory of this process so far (which step raised it shows in the log)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+
+
 @dataclass
 class StepLog:
     json_path: Path | None = None
@@ -67,6 +76,7 @@ class StepLog:
         self.durations[name] = self.durations.get(name, 0.0) + seconds
         # CPU seconds of all threads: wall time on a shared machine says little about cost
         self.event("step_done", step=name, seconds=round(seconds, 3),
-                   cpu_seconds=round(time.process_time() - cpu_start, 3))
+                   cpu_seconds=round(time.process_time() - cpu_start, 3),
+                   max_rss_mb=_max_rss_mb())
         if not self.quiet:
             self.console.print(f"  {label}: {seconds:.2f} s", markup=False)
