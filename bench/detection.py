@@ -269,10 +269,10 @@ def demo_rankings(tmp: Path) -> tuple[dict[str, pl.DataFrame], pl.DataFrame, pl.
     rules_only.scoring.model_tail_share = 0.0
     rankings = {
         "rules only": scoring.rank_items(bookings.lazy(), hits, None, _ctx(tmp, rules_only))
-        .rename({"risk_score": "score"}),
+        .pipe(queue_order),
         "models only": _journal_max(scores),
         "combined": scoring.rank_items(bookings.lazy(), hits, scores, ctx)
-        .rename({"risk_score": "score"}),
+        .pipe(queue_order),
     }
     labels = pl.read_csv(DEMO / "demo_labels.csv", schema_overrides={
         "fiscal_year": pl.Int32, "journal_id": pl.String})
@@ -286,6 +286,13 @@ def _ctx(run_dir: Path, settings: object) -> object:
     return SimpleNamespace(run_dir=run_dir, run_id="bench", entity=getattr(settings, "entity"),
                            settings=settings, log=StepLog(quiet=True), rescore_history=False,
                            data_dir=run_dir)
+
+
+def queue_order(items: pl.DataFrame) -> pl.DataFrame:
+    """A findings frame as a ranking: ``score`` follows the queue's ``rank`` (risk score, then
+    number of rules, then model score), i.e. the order a reviewer works through. The risk score
+    alone is rounded to 0.01 and ties at the review budget would be broken by journal number."""
+    return items.with_columns((pl.len() - pl.col("rank") + 1).cast(pl.Float64).alias("score"))
 
 
 def _journal_max(scores: pl.DataFrame, col: str = "model_score") -> pl.DataFrame:
@@ -346,9 +353,9 @@ def quality(synthetic: int, seed: int, json_out: Path | None, ledger: Path | Non
         r_items = scoring.rank_items(bookings.lazy(), hits, None,
                                      _ctx(Path(ctx.run_dir), rules_only))
         results: dict[str, pl.DataFrame] = {
-            "rules only": evaluate(r_items.rename({"risk_score": "score"}), labels, journals),
+            "rules only": evaluate(queue_order(r_items), labels, journals),
             "models only": evaluate(_journal_max(scores), labels, journals),
-            "combined": evaluate(combined.rename({"risk_score": "score"}), labels, journals),
+            "combined": evaluate(queue_order(combined), labels, journals),
         }
         print(f"rules {t_rules:.1f} s ({hits.height} hits), models {t_models:.1f} s, "
               f"items {combined.height}, features used {len(meta['features'])}, "
