@@ -301,3 +301,33 @@ def test_file_ending_inside_a_quoted_text_is_truncated(tmp_path: Path) -> None:
         datev.read([path], Settings(), tmp_path)
     assert err.value.line == 5
     assert "file ends inside a quoted field" in err.value.message
+
+
+def test_all_eight_beleginfo_pairs_and_reference_from_belegfeld_2(tmp_path: Path) -> None:
+    df, result = _read([FIX / "beleginfo" / "EXTF_Buchungsstapel_2025_02.csv"], tmp_path)
+    assert df.height == 8 and df["ingest_issue"].null_count() == 8
+    cols = ["journal_id", "posting_date", "document_date", "entered_by", "approved_by",
+            "entered_at", "source", "document_type", "reference", "reversal_of"]
+    rows = {r[0]: r[1:] for r in df.filter(pl.col("line_no") % 2 == 1).select(cols).iter_rows()}
+    # Quelle, Belegart, Erfasst am, Belegdatum, Genehmiger, User, Storno zu, Referenz in pairs 1-8
+    assert rows["RE-3001"] == (date(2025, 2, 3), date(2025, 1, 28), "mmueller", "kschmidt",
+                               datetime(2025, 2, 3, 7, 15), "Schnittstelle", "ER",
+                               "INV-2025-000123456", "RE-0999")
+    # no Beleginfo: Belegfeld 2 is the reference; user and source from the header
+    assert rows["RE-3002"] == (date(2025, 2, 4), date(2025, 2, 4), "AB", None, None, "RE", None,
+                               "R8812", None)
+    assert rows["K-30"][7] is None  # Belegfeld 1 is the journal id, not a reference
+    # pairs 6-8 only
+    assert rows["K-31"][2:5] == ("lwagner", "kschmidt", datetime(2025, 2, 5, 16, 45, 10))
+    # both lines of a row carry the row's attributes
+    assert df.filter(pl.col("journal_id") == "RE-3001")["reference"].to_list() \
+        == ["INV-2025-000123456"] * 2
+
+
+def test_beleginfo_names_are_matched_like_column_names() -> None:
+    art = pl.DataFrame({"a": ["Erfasst am", "ERFASSUNGSDATUM", "Storno-zu", "Freigegeben von",
+                              "Benutzer", "Belegart ", "unbekannt"]})
+    out = art.select(datev._norm_expr(pl.col("a")))["a"].to_list()
+    target = {n: t for t, names in datev.BELEGINFO_MAP.items() for n in names}
+    assert [target.get(n) for n in out] == ["entered_at", "entered_at", "reversal_of",
+                                            "approved_by", "entered_by", "document_type", None]

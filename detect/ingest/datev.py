@@ -9,6 +9,8 @@ Journal and line mapping (stable, documented in docs/ingest_datev_sap.md):
 
 - ``journal_id`` = ``Belegfeld 1`` when filled, else ``<erzeugt am>-<row>`` (the header's creation
   stamp and the 1-based data row), so rows without a voucher number stay separate journals;
+- ``reference`` = Beleginfo "Referenz", else ``Belegfeld 2`` - never Belegfeld 1, which is the
+  journal id already;
 - ``line_no`` = ``MMDD`` of the Belegdatum * 100000 + position: the k-th row of a journal on
   that day (file order, then row) gives positions ``2k-1`` (Konto side) and ``2k`` (Gegenkonto
   side), e.g. 11500001/11500002 for the first row on 15 January. An invoice number reused by
@@ -344,7 +346,9 @@ def _batch_frame(header: ExtfHeader, file_idx: int, settings: Settings, workdir:
                     pl.lit(header.origin or None, pl.String)).alias("source"),
         pl.col("_bi_document_type").alias("document_type"),
         t("kost1").alias("cost_center"),
-        pl.coalesce(pl.col("_bi_reference"), belegfeld1, t("belegfeld2")).alias("reference"),
+        # not Belegfeld 1: it is the journal id (and reused by the payment), so a reference
+        # equal to it would blind the duplicate-invoice rules
+        pl.coalesce(pl.col("_bi_reference"), t("belegfeld2")).alias("reference"),
         pl.coalesce(pl.col("_bi_reversal_of"), pl.when(
             t("gu").is_in(["1", "X", "x"])).then(belegfeld1)).alias("reversal_of"),
         t("gp_bank").alias("_gp_bank"),
