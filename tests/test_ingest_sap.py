@@ -214,3 +214,27 @@ def test_locale_from_values_day_first_slashes_and_pm_times(tmp_path: Path) -> No
     assert df["posting_date"][0] == date(2025, 3, 25)
     assert df["document_date"][0] is None
     assert df["entered_at"][0] == datetime(2025, 3, 25, 20, 15)
+
+
+def test_park_and_post_keeps_the_approver_even_when_it_is_the_parker(tmp_path: Path) -> None:
+    """PPNAM empty: entered by USNAM, no approver. PPNAM set: entered by PPNAM, approved by
+    USNAM - also when both are the same user, the self-approval rule USR003 looks for."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "BKPF.csv").write_text(
+        "BUKRS;BELNR;GJAHR;BUDAT;USNAM;PPNAM\n"
+        "1000;0100000001;2025;15.01.2025;SCHMIDT;SCHMIDT\n"     # parked and posted by one user
+        "1000;0100000002;2025;15.01.2025;MUELLER;\n"            # posted directly
+        "1000;0100000003;2025;15.01.2025;MUELLER;SCHMIDT\n",    # four eyes
+        encoding="utf-8")
+    (folder / "BSEG.csv").write_text(
+        "BUKRS;BELNR;GJAHR;BUZEI;HKONT;SHKZG;DMBTR\n"
+        + "".join(f"1000;010000000{d};2025;{i};400000;{sh};10,00\n"
+                  for d in (1, 2, 3) for i, sh in ((1, "S"), (2, "H"))),
+        encoding="utf-8")
+    df, _ = _read(folder, tmp_path / "work")
+    users = df.group_by("journal_id").agg(pl.col("entered_by", "approved_by").unique()) \
+        .sort("journal_id").rows()
+    assert users == [("100000001", ["SCHMIDT"], ["SCHMIDT"]),
+                     ("100000002", ["MUELLER"], [None]),
+                     ("100000003", ["SCHMIDT"], ["MUELLER"])]

@@ -7,7 +7,9 @@ called. The locale (decimal mark, date order) is read from the values of each fi
 
 Mapping (see docs/ingest_datev_sap.md): BUKRS -> entity (unless ``settings.entity`` is set),
 GJAHR, MONAT, BELNR -> journal_id (leading zeros removed), BUZEI -> line_no, BUDAT, BLDAT,
-CPUDT+CPUTM -> entered_at, USNAM (PPNAM when the document was parked) -> entered_by, HKONT,
+CPUDT+CPUTM -> entered_at, USNAM (PPNAM when the document was parked) -> entered_by, the
+posting USNAM of a parked document -> approved_by (also when it is the parker: that is the
+self-approval the audit rules look for), HKONT,
 DMBTR signed by SHKZG (S = debit +, H = credit -), HWAER/WAERS, SGTXT, BKTXT, BLART, TCODE,
 KOSTL, LIFNR, XBLNR (else ZUONR) -> reference, STBLG -> reversal_of (on the reversing document).
 """
@@ -220,6 +222,7 @@ def _headers(table: SapTable, workdir: Path) -> pl.LazyFrame:
         f.integer("MONAT").cast(pl.Int32).alias("_monat_h"),
         f.timestamp("CPUDT", "CPUTM").alias("_cpu_h"),
         pl.coalesce(ppnam, usnam).alias("_usnam_h"),
+        # parked (PPNAM set): the poster approved it, even when it is the parker himself
         pl.when(ppnam.is_not_null()).then(usnam).alias("_approved_h"),
         f.text("HWAER", "WAERS").alias("_waers_h"),
         f.text("BKTXT").alias("header_description"),
