@@ -294,7 +294,9 @@ def validate(ingested: IngestResult, ctx: RunContext) -> ValidationResult:
         if c["severity"] != "critical" and c["failing_rows"]:
             warnings_.append(f"{c['reason']}: {c['failing_rows']:,} rows (kept; check {c['key']})")
     q_rows = frame.join(rows.select(ROW, "expectation", "reason"), on=ROW, how="inner")
-    clean = frame.join(rows.select(ROW), on=ROW, how="anti")
+    # no quarantine (the usual night): the clean rows are the frame itself, not a full copy
+    clean = frame.filter(~pl.col(ROW).is_in(rows.get_column(ROW).implode())) \
+        if rows.height else frame
     clean_out = clean.select(pl.col(c).cast(t) for c, t in BOOKING_SCHEMA.items())
     q_out = q_rows.select(QUARANTINE_LEAD + [c for c in q_rows.columns
                                              if c not in QUARANTINE_LEAD and c != ROW])
