@@ -115,8 +115,25 @@ def _delivery_hashes(ingested: IngestResult) -> tuple[list[str], list[str]]:
 def _load(ingested: IngestResult) -> pl.DataFrame:
     """Materialise once, in delivered order (Polars may stream rows out of order)."""
     frame = ingested.bookings.collect()
-    return frame.sort("source_file", "source_line", nulls_last=True).with_row_index(ROW).with_columns(
-        pl.col(ROW).cast(pl.Int64))
+    if not _in_delivered_order(frame):  # sorting copies the whole delivery: only when needed
+        frame = frame.sort("source_file", "source_line", nulls_last=True)
+    return frame.with_row_index(ROW).with_columns(pl.col(ROW).cast(pl.Int64))
+
+
+def _in_delivered_order(frame: pl.DataFrame) -> bool:
+    """True when rows are already sorted by (source_file, source_line), checked without a copy."""
+    if frame.height < 2:
+        return True
+    files = frame.get_column("source_file")
+    lines = frame.get_column("source_line")
+    if files.null_count() or lines.null_count():
+        return False
+    if files.n_unique() == 1:
+        return lines.is_sorted()
+    return bool(frame.select(
+        ((pl.col("source_file") > pl.col("source_file").shift(1))
+         | ((pl.col("source_file") == pl.col("source_file").shift(1))
+            & (pl.col("source_line") >= pl.col("source_line").shift(1)))).slice(1).all()).item())
 
 
 def _pseudonymise_master(master: dict[str, pl.DataFrame], key: bytes, run_dir: Path) -> None:
