@@ -331,3 +331,18 @@ def test_beleginfo_names_are_matched_like_column_names() -> None:
     target = {n: t for t, names in datev.BELEGINFO_MAP.items() for n in names}
     assert [target.get(n) for n in out] == ["entered_at", "entered_at", "reversal_of",
                                             "approved_by", "entered_by", "document_type", None]
+
+
+def test_unparseable_beleginfo_dates_are_row_issues(tmp_path: Path) -> None:
+    data = (FIX / "beleginfo" / "EXTF_Buchungsstapel_2025_02.csv").read_bytes()
+    path = tmp_path / "bad_info.csv"
+    path.write_bytes(data.replace(b'"28.01.2025"', b'"31.02.2025"')
+                     .replace(b'"03.02.2025 07:15:00"', b'"gestern"'))
+    df, _ = _read([path], tmp_path)
+    row = df.filter(pl.col("journal_id") == "RE-3001")
+    issue = row["ingest_issue"][0]
+    assert "Beleginfo Belegdatum: '31.02.2025' is not a date" in issue
+    assert "Beleginfo Erfassungsdatum: 'gestern' is not a timestamp" in issue
+    assert row["document_date"][0] == date(2025, 2, 3)  # falls back to the posting date
+    assert row["entered_at"][0] is None
+    assert df.filter(pl.col("journal_id") != "RE-3001")["ingest_issue"].null_count() == 6
