@@ -1,0 +1,64 @@
+"""The CLI as a user runs it: `python -m detect ...` in a subprocess, exit codes and output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DELIVERY = ROOT / "tests" / "fixtures" / "ads" / "delivery"
+
+
+def belegwacht(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "detect", *args], capture_output=True,
+                          text=True, cwd=cwd, env={"BELEGWACHT_GX_PRELOAD": "0",
+                                                   "PATH": "/usr/bin:/bin"}, timeout=300)
+
+
+def test_run_prints_what_was_read_written_and_timed(tmp_path: Path) -> None:
+    data_dir = tmp_path / "var"
+    result = belegwacht("run", str(DELIVERY), "--data-dir", str(data_dir), "-q")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "6 lines, 3 journals, debit 1.834,46, credit 1.834,46" in out
+    assert "master data users: 3 rows" in out
+    assert "control totals log_file.csv: 3 journals checked, 0 do not reconcile" in out
+    assert "time: ingest" in out and "total" in out
+
+    run_id = (data_dir / "CURRENT").read_text().strip()
+    manifest = json.loads((data_dir / "runs" / run_id / "manifest.json").read_text())
+    assert manifest["run_id"] == run_id and manifest["outcome"] == "published"
+    gl = next(i for i in manifest["inputs"] if i["path"].endswith(".csv") and "GL_Detail" in i["path"])
+    assert len(gl["sha256"]) == 64
+    assert manifest["per_input"][0]["lines"] == 6
+
+
+def test_same_delivery_again_is_recognised_and_does_nothing(tmp_path: Path) -> None:
+    data_dir = tmp_path / "var"
+    assert belegwacht("run", str(DELIVERY), "--data-dir", str(data_dir), "-q").returncode == 0
+    first = (data_dir / "CURRENT").read_text()
+    again = belegwacht("run", str(DELIVERY), "--data-dir", str(data_dir), "-q")
+    assert again.returncode == 0
+    assert "already processed" in again.stdout + again.stderr
+    assert (data_dir / "CURRENT").read_text() == first
+
+
+def test_user_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    result = belegwacht("run", str(empty), "--data-dir", str(tmp_path / "var"))
+    assert result.returncode == 2
+    assert "empty.csv" in result.stderr and "empty" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    missing = belegwacht("run", str(tmp_path / "nope.csv"), "--data-dir", str(tmp_path / "var"))
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+def test_data_dir_is_created_on_first_use(tmp_path: Path) -> None:
+    result = belegwacht("verify-log", "--data-dir", str(tmp_path / "fresh"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "fresh").is_dir()
