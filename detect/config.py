@@ -159,7 +159,7 @@ class Settings:
     generic_users: list[str] = field(default_factory=lambda: ["ADMIN", "SYSTEM", "BATCH", "TEST"])
     manual_sources: list[str] = field(default_factory=lambda: [
         "manual", "manuell", "man", "dialog", "hand", "fb01", "fb50", "fb60", "fb70", "f-02",
-        "f-43", "f-53"])
+        "f-43", "f-53", "fbcj", "fb08"])
     """Values of ``source`` (case-insensitive) that mean a person keyed the entry in."""
     description_keywords: list[str] = field(default_factory=lambda: [
         "privat", "bar", "sonstig", "korrektur", "storno", "diverse", "test", "misc", "cash",
