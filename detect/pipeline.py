@@ -260,7 +260,12 @@ def _run_stages(ctx: RunContext, sources: list[Path], fmt: str, control_totals: 
     lifecycle.crash_point("models_done")
     with log.step("scoring", "Ranking review items"):
         hits = pl.concat([rule_result.hits, checked.review_hits()])  # + control-total findings
-        findings = scoring.build_items(pl.scan_parquet(history_glob), hits, model_scores, ctx)
+        # rule rates over the whole history: a delta scores a journal as a re-export would
+        rates = getattr(rule_result, "history_rates", None)
+        extra = ({"history_rates": rates(), "history_journals": rule_result.history_population}
+                 if callable(rates) else {})
+        findings = scoring.build_items(pl.scan_parquet(history_glob), hits, model_scores, ctx,
+                                       **extra)
     lifecycle.crash_point("scored")
     shutil.rmtree(partial / "tmp", ignore_errors=True)
     with log.step("publish", "Publishing"):

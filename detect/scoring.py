@@ -62,9 +62,15 @@ def _delivery_journals(ctx: Any, lines: pl.DataFrame) -> pl.DataFrame:
 
 
 def _rule_table(hits: pl.DataFrame | None, journals: pl.DataFrame, cfg: Any,
-                n_journals: int) -> pl.DataFrame:
+                n_journals: int, history_rates: dict[str, float] | None = None,
+                history_journals: int | None = None) -> pl.DataFrame:
     """One row per (journal, rule): points with diminishing returns and the rule's specificity
-    (a rule that flags many journals says less about each), first explanation."""
+    (a rule that flags many journals says less about each), first explanation.
+
+    With ``history_rates`` (share of the history's journals each rule flags, out of
+    ``history_journals``) a rule's rate comes from the whole history, so a journal scores the
+    same in a 300-journal nightly delta as in a full re-export; rules without a history rate
+    (control-total findings) fall back to their rate in this delivery."""
     cols = ["rule_id", "family", "severity", "line_no", "explanation_de", "explanation_en"]
     if hits is None or hits.is_empty():
         return pl.DataFrame(schema={**{c: pl.String for c in JOURNAL}, "fiscal_year": pl.Int32,
@@ -90,9 +96,18 @@ def _rule_table(hits: pl.DataFrame | None, journals: pl.DataFrame, cfg: Any,
     prior = cfg.rule_rate_prior_journals
     rate = ((pl.len().over("rule_id").cast(pl.Float64) + cfg.rule_specific_share * prior)
             / (n_journals + prior))
+    if history_rates and history_journals:
+        known = pl.DataFrame({"rule_id": list(history_rates),
+                              "_h_rate": list(history_rates.values())},
+                             schema={"rule_id": pl.String, "_h_rate": pl.Float64})
+        per_rule = per_rule.join(known, on="rule_id", how="left", maintain_order="left")
+        h_rate = ((pl.col("_h_rate") * history_journals + cfg.rule_specific_share * prior)
+                  / (history_journals + prior))
+        rate = pl.when(pl.col("_h_rate").is_not_null()).then(h_rate).otherwise(rate)
     spec = ((cfg.rule_specific_share / rate) ** cfg.rule_specificity_power).clip(
         cfg.rule_specificity_floor, 1.0) if cfg.rule_specificity_power > 0 else pl.lit(1.0)
-    return per_rule.with_columns(spec.alias("specificity")).with_columns(
+    return per_rule.with_columns(spec.alias("specificity")).drop(
+        "_h_rate", strict=False).with_columns(
         (pts * (1 - d ** pl.col("hits").cast(pl.Float64)) / (1 - d) * pl.col("specificity"))
         .alias("points"),
         pl.col("severity").replace_strict(SEVERITY_ORDER, default=0, return_dtype=pl.Int32)
@@ -100,9 +115,15 @@ def _rule_table(hits: pl.DataFrame | None, journals: pl.DataFrame, cfg: Any,
 
 
 def build_items(bookings: pl.LazyFrame, rule_hits: pl.DataFrame | None,
-                model_scores: pl.DataFrame | None, ctx: Any) -> pl.DataFrame:
-    """Pipeline stage: review items of this delivery, ranked; writes ``findings.parquet``."""
-    items = rank_items(bookings, rule_hits, model_scores, ctx)
+                model_scores: pl.DataFrame | None, ctx: Any, *,
+                history_rates: dict[str, float] | None = None,
+                history_journals: int | None = None) -> pl.DataFrame:
+    """Pipeline stage: review items of this delivery, ranked; writes ``findings.parquet``.
+
+    ``history_rates``/``history_journals``: ``RuleRunResult.history_rates()`` and
+    ``.history_population`` (see ``_rule_table``); without them rates come from the delivery."""
+    items = rank_items(bookings, rule_hits, model_scores, ctx, history_rates=history_rates,
+                       history_journals=history_journals)
     items.write_parquet(Path(ctx.run_dir) / "findings.parquet")
     cap = int(items.get_column("above_capacity").sum()) if items.height else 0
     ctx.log.info(f"{items.height} review items; {cap} within the review capacity, "
@@ -112,7 +133,9 @@ def build_items(bookings: pl.LazyFrame, rule_hits: pl.DataFrame | None,
 
 
 def rank_items(bookings: pl.LazyFrame, rule_hits: pl.DataFrame | None,
-               model_scores: pl.DataFrame | None, ctx: Any) -> pl.DataFrame:
+               model_scores: pl.DataFrame | None, ctx: Any, *,
+               history_rates: dict[str, float] | None = None,
+               history_journals: int | None = None) -> pl.DataFrame:
     """Compute the findings frame (see module docstring) without writing it."""
     cfg = ctx.settings.scoring
     schema = bookings.collect_schema()
@@ -129,7 +152,7 @@ def rank_items(bookings: pl.LazyFrame, rule_hits: pl.DataFrame | None,
         pl.len().alias("n_lines"),
         pl.col("amount").filter(pl.col("amount") > 0).sum().alias("journal_amount"))
 
-    rules = _rule_table(rule_hits, journals, cfg, n_journals)
+    rules = _rule_table(rule_hits, journals, cfg, n_journals, history_rates, history_journals)
     families = (rules.group_by(JOURNAL + ["family"]).agg(pl.col("specificity").max())
                 .group_by(JOURNAL).agg(pl.col("specificity").sum().alias("_fam_weight"),
                                        pl.col("specificity").max().alias("_fam_max")))

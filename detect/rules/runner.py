@@ -298,6 +298,19 @@ class RuleRunResult:
     """Rules whose hits were dropped because they flag a large share of all journals."""
     durations: dict[str, float] = field(default_factory=dict)
     path: Path | None = None
+    history_journals: dict[str, int] = field(default_factory=dict)
+    """Journals of the whole history each rule that ran flags (before the delivery filter)."""
+    history_population: int = 0
+    """Journals in the whole history: the denominator of ``history_journals``."""
+
+    def history_rates(self) -> dict[str, float]:
+        """Share of the history's journals each rule flags. Scoring weighs a rule's hits by
+        this instead of the delivery's rate, so a nightly delta of 300 journals scores a
+        journal as the full re-export would."""
+        if self.history_population <= 0:
+            return {}
+        return {rule_id: n / self.history_population
+                for rule_id, n in sorted(self.history_journals.items())}
 
     def hits_per_rule(self) -> dict[str, int]:
         if self.hits.is_empty():
@@ -331,6 +344,8 @@ class RuleRunResult:
             "hits": self.hits.height,
             "journals_hit": journals,
             "hits_per_rule": self.hits_per_rule(),
+            "history_population": self.history_population,
+            "history_journals": dict(sorted(self.history_journals.items())),
             "durations": {k: round(v, 3) for k, v in self.durations.items()},
         }
 
@@ -363,7 +378,7 @@ def run_catalog(con: duckdb.DuckDBPyConnection, settings: Settings, catalog: lis
     con.execute("CREATE OR REPLACE VIEW journals AS SELECT * FROM _journals")
     available = Availability.probe(con)
     population = con.execute("SELECT count(*) FROM _journals").fetchall()[0][0]
-    result = RuleRunResult(hits=pl.DataFrame(schema=HIT_SCHEMA))
+    result = RuleRunResult(hits=pl.DataFrame(schema=HIT_SCHEMA), history_population=population)
     frames: list[pl.DataFrame] = []
     for rule in catalog:
         if not settings.rule_enabled(rule.id):
@@ -378,6 +393,7 @@ def run_catalog(con: duckdb.DuckDBPyConnection, settings: Settings, catalog: lis
         try:
             hits, journals = run_rule_counted(con, rule, params, delivery_only)
             result.ran.append(rule.id)
+            result.history_journals[rule.id] = int(journals)
             limit = float(settings.rules.get(rule.id, {}).get("max_hit_share", MAX_HIT_SHARE))
             # judged on the whole history, so a delivery of weekend entries still gets reported
             if population >= MIN_POPULATION and journals > limit * population:
