@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -177,7 +176,10 @@ def cmd_app(args: argparse.Namespace) -> int:
            "--server.enableXsrfProtection", "true", "--browser.gatherUsageStats", "false",
            "--client.toolbarMode", "minimal", "--client.showErrorDetails", "none",
            "--server.address", args.address]
-    return subprocess.call(cmd, env=env)
+    # Replace this process with Streamlit: signals (Ctrl-C, systemd stop, a test's SIGTERM)
+    # reach the server directly and no orphaned server outlives its launcher.
+    os.execve(sys.executable, cmd, env)
+    return 0  # not reached
 
 
 # --- parser ------------------------------------------------------------------------------------
