@@ -15,6 +15,8 @@ Formats are recognised by content, never only by file name.
 from __future__ import annotations
 
 import importlib
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -121,6 +123,18 @@ def detect_format(files: list[Path]) -> str:
     return best
 
 
+def materialise(bookings: pl.LazyFrame, workdir: Path) -> pl.LazyFrame:
+    """Parse the delivery once, streaming, into ``workdir/ingested-*.parquet``; later stages scan
+    that file instead of re-running the text parsers (and ingest pays for its own parsing)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    # a fresh name per call: a LazyFrame handed out earlier may still read its own file
+    fd, name = tempfile.mkstemp(dir=workdir, prefix="ingested-", suffix=".parquet")
+    os.close(fd)
+    path = Path(name)
+    bookings.sink_parquet(path, compression="lz4", maintain_order=True)
+    return pl.scan_parquet(path)
+
+
 def ingest(sources: list[Path], fmt: str, settings: Settings, workdir: Path) -> IngestResult:
     """Read a delivery (files and/or folders) into canonical bookings."""
     files = expand_sources(sources)
@@ -135,6 +149,7 @@ def ingest(sources: list[Path], fmt: str, settings: Settings, workdir: Path) -> 
         name = "csv"
     result = format_module(name).read(files, settings, workdir)
     result.format = name
+    result.bookings = materialise(result.bookings, workdir)
     hashed = {i.path for i in result.inputs}
     for f in files:
         if str(f) not in hashed:
