@@ -189,6 +189,12 @@ def test_decision_survives_deltas_and_full_reexport(scenario: Scenario) -> None:
     assert now["journal_id"] == decided["journal_id"]
     assert store.decision_log().height == scenario.decisions_before == 1
     assert store.verify_log().ok
+    # the deltas never touched the decided journal (it is not in their deliveries)
+    before = scenario.before_reexport
+    assert before is not None
+    row = before.filter(pl.col("item_id") == decided["item_id"]).row(0, named=True)
+    assert row["status"] == "confirmed" and row["changed_since_decision"] is False
+    assert row["last_run"] == decided["last_run"]
 
 
 def test_full_reexport_replaces_keys_and_adds_no_duplicate_items(scenario: Scenario) -> None:
