@@ -14,8 +14,8 @@ likely to be worth a look than one that trips the same rule five times, so
 
 Rule points are weighted by the rule's specificity, from its hit rate over the entity's whole
 history (``RuleRunResult.history_rates``), so a journal scores the same in a nightly delta as in
-a full re-export. All constants live in ``[scoring]`` (``detect.config.ScoringSettings``). A journal with only a
-model score becomes an item only if it is in the top ``model_tail_share`` of this delivery's
+a full re-export. All constants live in ``[scoring]`` (``detect.config.ScoringSettings``).
+A journal with only a model score becomes an item only if it is in the top ``model_tail_share`` of this delivery's
 journals by model score and above ``model_floor``; otherwise the queue floods.
 """
 
