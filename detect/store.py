@@ -122,6 +122,10 @@ ITEM_FIELDS: dict[str, tuple[Any, pl.DataType]] = {
     "n_rules": (sa.Integer, pl.Int64()),
     "n_lines": (sa.Integer, pl.Int64()),
 }
+EVIDENCE_FIELDS: tuple[str, ...] = ("line_no", "posting_date", "gl_account", "amount",
+                                     "journal_amount", "rule_ids", "vendor_id", "n_lines")
+"""What an auditor decided on: a change here marks a decided item ``changed_since_decision``.
+Scores, ranks and reason wording move with every refit and history growth; they do not."""
 KEY_FIELDS: dict[str, pl.DataType] = {"entity": pl.String(), "fiscal_year": pl.Int64(),
                                       "journal_id": pl.String()}
 
@@ -487,7 +491,7 @@ class ReviewStore:
                           on="item_id", how="left")
         is_new = pl.col("flagged").is_null()
         content_changed = pl.any_horizontal(
-            [pl.col(c).ne_missing(pl.col(f"{c}__old")) for c in ITEM_FIELDS])
+            [pl.col(c).ne_missing(pl.col(f"{c}__old")) for c in EVIDENCE_FIELDS])
         joined = joined.with_columns(
             is_new.alias("_new"),
             content_changed.alias("_content"),

@@ -122,6 +122,19 @@ def test_rerunning_the_same_delivery_changes_nothing(tmp_path: Path,
         assert (snapshot(store, "items"), snapshot(store, "decisions")) == before
 
 
+def test_new_scores_alone_do_not_mark_a_decided_item_changed(tmp_path: Path,
+                                                             store: ReviewStore) -> None:
+    store.publish_run(ctx(tmp_path, "r1"), findings(["J1"]))
+    j1 = item_id("Musterstadt", 2024, "J1")
+    store.record_decision(j1, "confirmed", "Doppelzahlung", "anna")
+    refit = findings(["J1"]).with_columns(pl.lit(71.5).alias("risk_score"),
+                                          pl.lit("Grund\nanders formuliert").alias("reasons"))
+    store.publish_run(ctx(tmp_path, "r2"), refit)
+    row = store.items().row(0, named=True)
+    assert row["risk_score"] == 71.5                       # the item shows the new score
+    assert row["changed_since_decision"] is False          # but the evidence is the same
+
+
 def test_changed_content_after_a_decision_is_flagged(tmp_path: Path, store: ReviewStore) -> None:
     store.publish_run(ctx(tmp_path, "r1"), findings(["J1"]))
     j1 = item_id("Musterstadt", 2024, "J1")
