@@ -192,13 +192,29 @@ def read_gl(path: Path, settings: Settings, workdir: Path) -> tuple[pl.LazyFrame
     if "entity" in profile.columns:
         # One entity per journal: the first business unit named on any of its lines.
         key = ["source_file", "journal_id"]
-        first_bu = (frame.filter(pl.col("entity").is_not_null()).group_by(key)
-                    .agg(pl.col("entity").sort_by("source_line").first().alias("__bu")))
-        frame = (frame.join(first_bu, on=key, how="left", maintain_order="left",
-                            nulls_equal=True)
-                 .with_columns(pl.coalesce("__bu", pl.lit(settings.entity)).alias("entity"))
-                 .drop("__bu"))
+        if _one_unit_per_journal(frame, key):
+            # the usual export: the line's own unit is the journal's; no join, so the ingest
+            # sink streams (the join kept the parsed file in memory: 5.8 GB at 10M lines)
+            frame = frame.with_columns(pl.coalesce("entity", pl.lit(settings.entity)))
+        else:
+            first_bu = (frame.filter(pl.col("entity").is_not_null()).group_by(key)
+                        .agg(pl.col("entity").sort_by("source_line").first().alias("__bu")))
+            frame = (frame.join(first_bu, on=key, how="left", maintain_order="left",
+                                nulls_equal=True)
+                     .with_columns(pl.coalesce("__bu", pl.lit(settings.entity)).alias("entity"))
+                     .drop("__bu"))
     return frame, placeholder_warnings(raw, profile, settings, path)
+
+
+def _one_unit_per_journal(frame: pl.LazyFrame, key: list[str]) -> bool:
+    """True when no journal names two business units or leaves the unit empty on some lines
+    only (one aggregate pass over two columns, one row per journal)."""
+    per_journal = (frame.select(*key, "entity").group_by(key)
+                   .agg(pl.col("entity").n_unique().alias("units"),
+                        pl.col("entity").null_count().alias("empty"), pl.len().alias("n")))
+    mixed = per_journal.filter((pl.col("units") > 1)
+                               | ((pl.col("empty") > 0) & (pl.col("empty") < pl.col("n"))))
+    return mixed.select(pl.len()).collect().item() == 0
 
 
 def placeholder_warnings(raw: pl.LazyFrame, profile: Profile, settings: Settings,
