@@ -37,7 +37,7 @@ from sklearn.base import BaseEstimator
 
 from detect import explain
 from detect.errors import UserError
-from detect.features import DIRECTIONS, KEY, active_features, build_features, to_matrix
+from detect.features import DIRECTIONS, JOURNAL, KEY, active_features, build_features, to_matrix
 
 MODEL_SCORE_SCHEMA = pl.Schema({
     "entity": pl.String(), "fiscal_year": pl.Int32(), "journal_id": pl.String(),
@@ -256,10 +256,38 @@ def empty_scores() -> pl.DataFrame:
     return pl.DataFrame(schema=MODEL_SCORE_SCHEMA)
 
 
+def explain_mask(scores: pl.DataFrame, settings: Any,
+                 journals: pl.DataFrame | None = None) -> pl.Series:
+    """Which scored lines get reason texts: the lines at their journal's top model score, for
+    journals that can show them.
+
+    Why: scoring and the app read only a journal's top line (ties included, as either may be
+    shown), and scoring prints the model's words only for journals at or above
+    ``[scoring] model_floor``; the app also shows them for every item, i.e. for journals with
+    rule hits (``journals``). Composing the texts for every line cost ~7 CPU s per 1M lines.
+    ``journals=None`` explains the top line(s) of every journal."""
+    top = pl.col("model_score") == pl.col("model_score").max().over(JOURNAL)
+    if journals is None:
+        return scores.select(top.alias("explain")).to_series()
+    floor = min(max(settings.scoring.model_floor, 0.0), 0.999)
+    wanted = (journals.select(JOURNAL).with_columns(pl.col("fiscal_year").cast(pl.Int32))
+              .unique().with_columns(pl.lit(True).alias("_hit")))
+    flagged = scores.select(JOURNAL + ["model_score"]).join(
+        wanted, on=JOURNAL, how="left", maintain_order="left")
+    keep = top & ((pl.col("model_score").max().over(JOURNAL) >= floor)
+                  | pl.col("_hit").fill_null(False))
+    return flagged.select(keep.alias("explain")).to_series()
+
+
 def fit_and_score(bookings: pl.LazyFrame, settings: Any, *, targets: pl.DataFrame | None = None,
-                  vendors: pl.DataFrame | None = None, log: Any = None
+                  vendors: pl.DataFrame | None = None, log: Any = None,
+                  explain_journals: pl.DataFrame | None = None
                   ) -> tuple[pl.DataFrame, BookingOutlierEnsemble | None, dict[str, Any]]:
-    """Features -> fit on a sample of the history -> score ``targets`` (keys) or all lines."""
+    """Features -> fit on a sample of the history -> score ``targets`` (keys) or all lines.
+
+    Every scored line gets ``model_score``; only the lines chosen by ``explain_mask`` (with
+    ``explain_journals``, e.g. the journals with rule hits) get reason texts and
+    ``top_features``, the others null."""
     cfg = settings.models
     clock = time.perf_counter()
     ff = build_features(bookings, settings, vendors)
@@ -282,29 +310,39 @@ def fit_and_score(bookings: pl.LazyFrame, settings: Any, *, targets: pl.DataFram
         batch_size=cfg.batch_size, random_state=cfg.seed).fit(to_matrix(sample, used))
     del sample
     meta["seconds"]["fit"] = round(time.perf_counter() - clock, 2)
-    clock, explaining = time.perf_counter(), 0.0
-    scored = frame if targets is None else frame.join(targets, on=KEY, how="semi")
-    parts = []
+    clock = time.perf_counter()
+    # only the key and the used features are copied for the delivery, not the context columns
+    scored = (frame.select(KEY + used) if targets is None
+              else frame.select(KEY + used).join(targets, on=KEY, how="semi"))
+    score = np.empty(scored.height)
     for start in range(0, scored.height, cfg.batch_size):
         part = scored.slice(start, cfg.batch_size)
-        X = to_matrix(part, used)
-        score = model.decision_function(X)
-        tick = time.perf_counter()
-        text = explain.explain(part, model.tail_scores(X), used, cfg.top_features, settings)
-        explaining += time.perf_counter() - tick
-        parts.append(part.select(KEY).with_columns(pl.Series("model_score", score))
-                     .hstack(text))
-    out = pl.concat(parts) if parts else empty_scores()
-    meta["seconds"]["score"] = round(time.perf_counter() - clock - explaining, 2)
-    meta["seconds"]["explain"] = round(explaining, 2)
+        score[start:start + part.height] = model.decision_function(to_matrix(part, used))
+    keys = scored.select(KEY).with_columns(pl.Series("model_score", score))
+    del scored
+    meta["seconds"]["score"] = round(time.perf_counter() - clock, 2)
+    clock = time.perf_counter()
+    picked = keys.filter(explain_mask(keys, settings, explain_journals)).select(KEY)
+    sub = frame.join(picked, on=KEY, how="semi")
+    text = explain.explain(sub, model.tail_scores(to_matrix(sub, used)), used,
+                           cfg.top_features, settings)
+    out = keys.join(sub.select(KEY).hstack(text), on=KEY, how="left", maintain_order="left")
+    meta["explained_lines"] = sub.height
+    meta["seconds"]["explain"] = round(time.perf_counter() - clock, 2)
     return out.select(list(MODEL_SCORE_SCHEMA)).cast(dict(MODEL_SCORE_SCHEMA)), model, meta
 
 
-def score_lines(bookings: pl.LazyFrame, ctx: Any) -> pl.DataFrame:
-    """Pipeline stage: writes ``model_scores.parquet`` and ``models/`` into the run folder."""
+def score_lines(bookings: pl.LazyFrame, ctx: Any,
+                explain_journals: pl.DataFrame | None = None) -> pl.DataFrame:
+    """Pipeline stage: writes ``model_scores.parquet`` and ``models/`` into the run folder.
+
+    ``explain_journals``: frame with the journal key columns (e.g. the rule hits) whose top
+    line gets reason texts even below ``[scoring] model_floor``; None explains every journal's
+    top line."""
     run_dir = Path(ctx.run_dir)
     scores, model, meta = fit_and_score(bookings, ctx.settings, targets=_delivery_keys(ctx),
-                                        vendors=_vendors(ctx), log=ctx.log)
+                                        vendors=_vendors(ctx), log=ctx.log,
+                                        explain_journals=explain_journals)
     meta["run_id"] = ctx.run_id
     meta["entity"] = ctx.entity
     meta["scored_lines"] = scores.height

@@ -255,11 +255,13 @@ def _run_stages(ctx: RunContext, sources: list[Path], fmt: str, control_totals: 
         rule_result = rules.run_rules(con, ctx)
         con.close()
     lifecycle.crash_point("rules_done")
+    hits = pl.concat([rule_result.hits, checked.review_hits()])  # + control-total findings
     with log.step("models", "Scoring with outlier models"):
-        model_scores = models.score_lines(pl.scan_parquet(history_glob), ctx)
+        # reason texts only for the top lines of journals that can show them (rule hits, tail)
+        model_scores = models.score_lines(pl.scan_parquet(history_glob), ctx,
+                                          explain_journals=hits)
     lifecycle.crash_point("models_done")
     with log.step("scoring", "Ranking review items"):
-        hits = pl.concat([rule_result.hits, checked.review_hits()])  # + control-total findings
         # rule rates over the whole history: a delta scores a journal as a re-export would
         rates = getattr(rule_result, "history_rates", None)
         extra = ({"history_rates": rates(), "history_journals": rule_result.history_population}

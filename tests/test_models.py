@@ -43,6 +43,12 @@ def _line(scores: pl.DataFrame, jid: str, line: int = 1) -> dict:
     return scores.filter(hit).row(0, named=True)
 
 
+def _top(scores: pl.DataFrame, jid: str) -> dict:
+    """The journal's top line by model score: the one scoring and the app show."""
+    return (scores.filter(pl.col("journal_id") == jid)
+            .sort(["model_score", "line_no"], descending=[True, False]).row(0, named=True))
+
+
 def test_amount_20x_is_explained_by_its_amount(scored) -> None:
     _, scores = scored
     r = _line(scores, "J00100")
@@ -184,11 +190,34 @@ def test_new_vendor_and_one_off_bank_account_are_explained() -> None:
     f = set_line(f, "J01400", None, vendor_id="V_NEW", entered_at=datetime(2025, 10, 8, 10, 0),
                  posting_date=date(2025, 10, 8), document_date=date(2025, 10, 5))
     scores, _, _ = fit_and_score(f.lazy(), Settings())
-    bank = _line(scores, v1[-1])
+    bank = _top(scores, v1[-1])
     assert parse_top_features(bank["top_features"])[0]["feature"] == "bank_rarity"
     n = v1.len()
     assert f"Bankverbindung von Kreditor V1 nur in 1 von {n} Zahlungen verwendet" \
         in bank["model_reasons_de"]
-    new = _line(scores, "J01400")
+    new = _top(scores, "J01400")
     assert parse_top_features(new["top_features"])[0]["feature"] == "vendor_new"
     assert new["model_reasons_en"].startswith("vendor V_NEW is new (0 days since creation")
+
+
+def test_only_top_lines_of_journals_that_can_be_shown_are_explained(scored) -> None:
+    f, _ = scored
+    s = Settings()
+    hits = pl.DataFrame({"entity": ["Testdorf"], "fiscal_year": [2025], "journal_id": ["J00005"]})
+    scores, _, meta = fit_and_score(f.lazy(), s, explain_journals=hits)
+    explained = scores.filter(pl.col("top_features").is_not_null())
+    assert meta["explained_lines"] == explained.height
+    # each explained line is its journal's top line
+    top = scores.group_by("journal_id").agg(pl.col("model_score").max().alias("m"))
+    assert explained.join(top, on="journal_id").filter(
+        pl.col("model_score") < pl.col("m")).height == 0
+    jids = set(explained["journal_id"].to_list())
+    assert "J00005" in jids                         # a rule-hit journal, whatever its score
+    assert {"J00100", "J00101", "J00102"} <= jids   # manipulated: above the model floor
+    # a journal below the floor without rule hits is not explained
+    low = (scores.group_by("journal_id").agg(pl.col("model_score").max())
+           .filter(pl.col("model_score") < s.scoring.model_floor)["journal_id"].to_list())
+    assert set(low) - {"J00005"} and not (set(low) - {"J00005"}) & jids
+    assert explained.height < scores.height / 10
+    assert scores.filter(pl.col("top_features").is_null())["model_reasons_de"].null_count() \
+        == scores.height - explained.height
