@@ -187,7 +187,7 @@ def stages(monkeypatch: pytest.MonkeyPatch) -> Stages:
         pl.DataFrame().write_parquet(Path(ctx.run_dir) / "rule_hits.parquet")
         return FakeRules()
 
-    def score_lines(bookings: pl.LazyFrame, ctx: Any) -> pl.DataFrame:
+    def score_lines(bookings: pl.LazyFrame, ctx: Any, **_options: Any) -> pl.DataFrame:
         state.maybe_fail("models")
         return pl.DataFrame()
 
