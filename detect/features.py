@@ -160,7 +160,12 @@ def build_features(bookings: pl.LazyFrame, settings: Settings,
         biggest("vendor_id", pl.col("vendor_id").is_not_null()).alias("vendor_j"),
         biggest("bank_account", pl.col("bank_account").is_not_null()).alias("_bank_j"),
     )
-    df = df.join(jctx, on="_jk", how="left", maintain_order="left").with_columns(
+    # journal n is jctx's row n-1: a gather adds the four columns without the full-width copy
+    # that a join makes
+    at = (df.get_column("_jk") - 1).cast(pl.Int64)
+    df = df.with_columns([jctx.get_column(c).gather(at) for c in jctx.columns if c != "_jk"])
+    del jctx, at
+    df = df.with_columns(
         pl.when(pl.col("amount_f") > 0).then(pl.col("_top_credit"))
         .otherwise(pl.col("_top_debit")).alias("contra_account"),
         pl.coalesce(pl.col("entered_at").dt.date(), pl.col("posting_date")).alias("day"),
@@ -170,10 +175,13 @@ def build_features(bookings: pl.LazyFrame, settings: Settings,
     first_seen = pl.col("posting_date").min().over("vendor_j")
     hist_start = pl.col("posting_date").min()
     if vendors is not None and vendors.height and "created_at" in vendors.columns:
-        created = vendors.select(pl.col("vendor_id").alias("vendor_j"),
+        created = vendors.select(pl.col("vendor_id").cast(pl.String).alias("vendor_j"),
                                  pl.col("created_at").cast(pl.Date).alias("_created"))
-        created = created.unique("vendor_j", keep="first")
-        df = df.join(created, on="vendor_j", how="left", maintain_order="left")
+        created = created.drop_nulls("vendor_j").unique("vendor_j", keep="first",
+                                                        maintain_order=True)
+        df = df.with_columns(pl.col("vendor_j").replace_strict(   # a lookup, not a full join
+            created.get_column("vendor_j"), created.get_column("_created"), default=None,
+            return_dtype=pl.Date).alias("_created"))
     else:
         df = df.with_columns(pl.lit(None, dtype=pl.Date).alias("_created"))
     # a vendor first seen in the first 90 days of the history may simply predate it: unknown

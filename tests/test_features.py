@@ -116,3 +116,16 @@ def test_features_are_deterministic_whatever_the_input_order(ledger: pl.DataFram
     a = build_features(ledger.lazy(), Settings()).frame
     b = build_features(ledger.reverse().lazy(), Settings()).frame
     assert a.equals(b)
+
+
+def test_vendor_master_creation_date_sets_the_vendor_age() -> None:
+    f = tiny_ledger(300)
+    first = f.filter(pl.col("vendor_id") == "V1")["posting_date"].min()
+    vendors = pl.DataFrame({"vendor_id": ["V1", "V1", None, "V_UNUSED"],
+                            "created_at": [first - timedelta(days=10), first, first, first]})
+    frame = build_features(f.lazy(), Settings(), vendors).frame
+    v1 = frame.filter((pl.col("vendor_j") == "V1") & (pl.col("day") == first))
+    assert v1.height > 0 and v1["vendor_age_days"].unique().to_list() == [10]
+    assert v1["vendor_new"].unique().to_list() == [pytest.approx(1 - 10 / 90)]
+    # a vendor without a master entry, first seen at the start of the history: age unknown
+    assert frame.filter(pl.col("vendor_j") == "V2")["vendor_age_days"].null_count() > 0
