@@ -114,6 +114,30 @@ def _journal_counts(cols: list[str], name: str) -> pl.Expr:
     return pl.col("_jk").n_unique().over(cols).alias(name)
 
 
+def _journal_pick(df: pl.DataFrame, col: str, cond: pl.Expr, name: str) -> pl.Series:
+    """``col`` of the journal's line with the largest |amount| among the lines where ``cond``
+    holds (first such line on ties), repeated on every line of the journal; null if none.
+
+    ``df`` is sorted by KEY and ``_jk`` numbers its journals 1, 2, ... in that order."""
+    n = df.height
+    if n == 0:
+        return pl.Series(name, [], dtype=df.schema[col])
+    jk = df.get_column("_jk").to_numpy().astype(np.int64) - 1
+    ok = df.select(cond.fill_null(False)).to_series().to_numpy()
+    size = np.abs(df.get_column("amount_f").to_numpy())
+    score = np.where(ok, size, -1.0)
+    starts = np.flatnonzero(np.r_[True, jk[1:] != jk[:-1]])
+    best = np.maximum.reduceat(score, starts)
+    winner = ok & (score == best[jk])
+    rows = np.flatnonzero(winner)
+    first_journals, first = np.unique(jk[rows], return_index=True)
+    pick = np.full(len(starts), -1, dtype=np.int64)
+    pick[first_journals] = rows[first]
+    idx = pl.Series(pick).replace(-1, None)
+    per_journal = df.get_column(col).gather(idx)
+    return per_journal.gather(pl.Series(jk)).alias(name)
+
+
 def build_features(bookings: pl.LazyFrame, settings: Settings,
                    vendors: pl.DataFrame | None = None) -> FeatureFrame:
     """Features for every line of ``bookings`` (canonical schema), sorted by the line key."""
@@ -150,21 +174,14 @@ def build_features(bookings: pl.LazyFrame, settings: Settings,
 
     # journal context: main debit and credit account, journal vendor and bank account
     # the line with the largest |amount| (lowest line_no on ties: rows are sorted by KEY) per
-    # journal, by arg_max within each group: no sorted copy of the lines
-    def biggest(col: str, cond: pl.Expr) -> pl.Expr:
-        return pl.col(col).filter(cond).get(abs_amt.filter(cond).arg_max(), null_on_oob=True)
-
-    jctx = df.group_by("_jk", maintain_order=True).agg(
-        biggest("gl_account", pl.col("amount_f") > 0).alias("_top_debit"),
-        biggest("gl_account", pl.col("amount_f") < 0).alias("_top_credit"),
-        biggest("vendor_id", pl.col("vendor_id").is_not_null()).alias("vendor_j"),
-        biggest("bank_account", pl.col("bank_account").is_not_null()).alias("_bank_j"),
-    )
-    # journal n is jctx's row n-1: a gather adds the four columns without the full-width copy
-    # that a join makes
-    at = (df.get_column("_jk") - 1).cast(pl.Int64)
-    df = df.with_columns([jctx.get_column(c).gather(at) for c in jctx.columns if c != "_jk"])
-    del jctx, at
+    # journal, found with numpy over the runs of the sorted journal number: no sorted copy of the
+    # lines and no group-by (a group-by here held ~300 MB per 1M lines)
+    df = df.with_columns(_journal_pick(df, "gl_account", pl.col("amount_f") > 0, "_top_debit"),
+                         _journal_pick(df, "gl_account", pl.col("amount_f") < 0, "_top_credit"),
+                         _journal_pick(df, "vendor_id", pl.col("vendor_id").is_not_null(),
+                                       "vendor_j"),
+                         _journal_pick(df, "bank_account", pl.col("bank_account").is_not_null(),
+                                       "_bank_j"))
     df = df.with_columns(
         pl.when(pl.col("amount_f") > 0).then(pl.col("_top_credit"))
         .otherwise(pl.col("_top_debit")).alias("contra_account"),
