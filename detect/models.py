@@ -306,8 +306,10 @@ def fit_and_score(bookings: pl.LazyFrame, settings: Any, *, targets: pl.DataFram
         if log is not None:
             log.warn(f"outlier models skipped: {meta['skipped']}")
         return empty_scores(), None, meta
-    sample = frame.sample(n=min(cfg.fit_sample, frame.height), seed=cfg.seed) \
-        if frame.height > cfg.fit_sample else frame
+    fit_cols = frame.select(used)  # the sample copies only the features, not the context
+    sample = fit_cols.sample(n=min(cfg.fit_sample, frame.height), seed=cfg.seed) \
+        if frame.height > cfg.fit_sample else fit_cols
+    del fit_cols
     meta["fit_lines"] = sample.height
     clock = time.perf_counter()
     model = BookingOutlierEnsemble(
