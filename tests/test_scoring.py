@@ -174,3 +174,21 @@ def test_only_delivery_journals_become_items(ledger, ctx) -> None:
 def test_no_signals_no_items(ledger, ctx) -> None:
     items = rank_items(ledger.lazy(), None, None, ctx)
     assert items.height == 0 and items.columns == FINDINGS_COLUMNS
+
+
+def test_model_words_come_from_the_top_line_when_other_lines_have_none(ledger, ctx) -> None:
+    """``model_scores.parquet`` fills reason texts only on a journal's top line(s)."""
+    scores = model_frame(ledger, {"J00005": 0.9999}).with_columns(
+        pl.when(pl.col("model_score") > 0.99).then(pl.col(c)).otherwise(None).alias(c)
+        for c in ("model_reasons_de", "model_reasons_en", "top_features"))
+    assert scores["model_reasons_de"].null_count() == scores.height - 1
+    cfg = ctx.settings.scoring
+    cfg.model_tail_share, cfg.model_floor = 0.01, 0.95
+    items = rank_items(ledger.lazy(), hits_frame([hit("J00001", "PAY001", "payments", "high")]),
+                       scores, ctx)
+    by = {r["journal_id"]: r for r in items.iter_rows(named=True)}
+    assert by["J00005"]["reasons"].startswith("Modell (ungewöhnlicher als 99,9 % der Zeilen): "
+                                              "Betrag auffällig")
+    assert by["J00005"]["reasons_en"].endswith("of lines): amount unusual")
+    assert by["J00005"]["line_no"] == 1
+    assert "Modell" not in by["J00001"]["reasons"]   # 0.5 is below the floor: no model words
