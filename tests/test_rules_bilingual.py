@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from test_rules import GOOD_RULE
 
 from detect.rules import RuleError, catalog_table_markdown, describe_rule, load_catalog
 from detect.rules.doc import BEGIN, END, main as doc_main, readme_with_table
@@ -13,30 +14,10 @@ from detect.rules.loader import load_rule
 
 ROOT = Path(__file__).resolve().parents[1]
 
-RULE = """
-id: TST001
-name: big-amount
-title: {de: Großer Betrag, en: Big amount}
-severity: low
-level: line
-requires: [amount]
-params:
-  limit: {default: 1000, doc: "flag above this"}
-WHY
-explain: {de: "Betrag {amount} über {limit}", en: "Amount {amount} above {limit}"}
-FALSEPOSITIVES
-query: |
-  SELECT entity, fiscal_year, journal_id, line_no, amount FROM bookings WHERE amount > $limit
-cases:
-  - name: flags
-    columns: [journal_id, amount]
-    rows: [[J1, 5000.00]]
-    expect: [[J1, 1]]
-  - name: passes
-    columns: [journal_id, amount]
-    rows: [[J1, 50.00]]
-    expect: []
-"""
+# the engine tests' minimal rule, with its why and false positives left to each test
+RULE = (GOOD_RULE.replace("why: Big amounts matter.", "WHY")
+        .replace("falsepositives: [none]", "FALSEPOSITIVES"))
+assert "WHY" in RULE and "FALSEPOSITIVES" in RULE
 
 BILINGUAL_WHY = """why:
   de: >
