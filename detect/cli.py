@@ -68,7 +68,7 @@ def cmd_export_findings(args: argparse.Namespace) -> int:
     from detect.export import export_findings
 
     rows = export_findings(_data_dir(args), args.run, Path(args.output), lang=args.lang,
-                           store_url=_settings(args).store_url)
+                           store_url=_settings(args).store_url, pseudonymise=args.pseudonymise)
     print(f"wrote {rows} findings to {args.output}")
     return 0
 
@@ -214,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--run", help="run id (default: CURRENT)")
     e.add_argument("-o", "--output", required=True)
     e.add_argument("--lang", default="de", choices=["de", "en"])
+    e.add_argument("--pseudonymise", action="store_true",
+                   help="replace employee and private payee names by pseudonyms (for readers "
+                        "who need no names, e.g. finance managers)")
     common(e)
     e.set_defaults(func=cmd_export_findings)
 

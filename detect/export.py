@@ -99,14 +99,28 @@ def findings_frame(data_dir: Path, run_id: str | None, lang: str = "de",
                   nulls_last=True))
 
 
+def pseudonymised(frame: pl.DataFrame, data_dir: Path, run_id: str | None) -> pl.DataFrame:
+    """Employee names and private payees replaced by the same keyed pseudonyms the app shows,
+    in name columns and inside the reason and booking texts."""
+    from detect.app.data import personal_values  # the app's list of personal values
+    from detect.privacy import Masker, load_key
+
+    masker = Masker.build(personal_values(data_dir, resolve_run(data_dir, run_id)),
+                          load_key(data_dir))
+    return masker.frame(frame, ["entered_by", "assignee", "last_decision_by"],
+                        ["reasons", "description", "last_comment"])
+
+
 def export_findings(data_dir: Path, run_id: str | None, out: Path, lang: str = "de",
-                    store_url: str = "") -> int:
+                    store_url: str = "", pseudonymise: bool = False) -> int:
     """Write the findings of ``run_id`` (default CURRENT) to ``out``; return the row count."""
     suffix = out.suffix.lower()
     if suffix not in FORMATS:
         raise ExportError(f"unknown export format {out.suffix or '(none)'!r}", file=str(out),
                           hint="use a file name ending in .csv, .parquet or .xlsx")
     frame = findings_frame(data_dir, run_id, lang, store_url)
+    if pseudonymise:
+        frame = pseudonymised(frame, data_dir, run_id)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     if suffix == ".parquet":

@@ -154,3 +154,23 @@ def test_cli_export_and_access_log(data_dir: Path, tmp_path: Path,
     assert f"wrote {len(HOSTILE)} findings" in capsys.readouterr().out
     log = ReviewStore.for_data_dir(data_dir).access_log()
     assert log[0]["action"] == "export_findings" and "cli.xlsx" in log[0]["detail"]
+
+
+def test_pseudonymised_export_hides_employee_names_everywhere(demo_data_dir: Path,
+                                                              tmp_path: Path) -> None:
+    clear_out, masked_out = tmp_path / "clear.parquet", tmp_path / "masked.parquet"
+    export_findings(demo_data_dir, None, clear_out)
+    export_findings(demo_data_dir, None, masked_out, pseudonymise=True)
+    clear, masked = pl.read_parquet(clear_out), pl.read_parquet(masked_out)
+    assert clear.height == masked.height
+    names = set(clear["entered_by"].drop_nulls())
+    assert names and not names & set(masked["entered_by"].drop_nulls())
+    assert masked["entered_by"].drop_nulls().str.starts_with("P-").all()
+    # the same person gets the same pseudonym in every row, and names vanish from the texts
+    pairs = pl.DataFrame({"clear": clear["entered_by"], "masked": masked["entered_by"]}).unique()
+    assert pairs["clear"].n_unique() == pairs.height
+    in_texts = [n for n in names if clear["reasons"].str.contains(n, literal=True).any()]
+    assert in_texts, "some reasons name the entering user (e.g. USR006)"
+    for name in in_texts:
+        assert not masked["reasons"].str.contains(name, literal=True).any(), name
+    assert masked["amount"].to_list() == clear["amount"].to_list()
