@@ -92,10 +92,27 @@ def _rarity(count: pl.Expr, total: pl.Expr) -> pl.Expr:
     return -(count.cast(pl.Float64) / total.cast(pl.Float64)).log10()
 
 
-def _robust_z(x: pl.Expr, by: list[str], floor: float) -> pl.Expr:
-    med = x.median().over(by)
-    mad = (x - med).abs().median().over(by)
-    return (x - med) / (1.4826 * mad + floor)
+def _per_group(df: pl.DataFrame, keys: list[str], **aggs: pl.Expr) -> list[pl.Series]:
+    """Aggregates per group as a small table (group_by), looked up for every line.
+
+    Why not ``expr.over(keys)``: a window expression groups the whole frame inside one wide
+    ``with_columns`` and all its groupings live at once; an aggregate table has one row per
+    group and only the key columns are copied for the lookup. Null keys form a group of their
+    own, as in a window expression (``nulls_equal``)."""
+    table = df.lazy().group_by(keys).agg(**aggs).collect()
+    looked = df.select(keys).join(table, on=keys, how="left", nulls_equal=True,
+                                  maintain_order="left")
+    return [looked.get_column(name) for name in aggs]
+
+
+def _robust_z_cols(df: pl.DataFrame, x: str, by: list[str], floor: float) -> pl.Series:
+    """(x - median) / (1.4826 MAD + floor) within ``by``, from two aggregate tables."""
+    (med,) = _per_group(df, by, _med=pl.col(x).median())
+    work = df.select(by + [x]).with_columns(med)
+    (mad,) = _per_group(work.with_columns((pl.col(x) - pl.col("_med")).abs().alias("_dev")),
+                        by, _mad=pl.col("_dev").median())
+    return work.with_columns(mad).select(
+        (pl.col(x) - pl.col("_med")) / (1.4826 * pl.col("_mad") + floor)).to_series()
 
 
 def _holidays(settings: Settings, years: list[int]) -> list[date]:
@@ -109,9 +126,9 @@ def _holidays(settings: Settings, years: list[int]) -> list[date]:
     return sorted(cal.keys())
 
 
-def _journal_counts(cols: list[str], name: str) -> pl.Expr:
+def _journal_counts(df: pl.DataFrame, cols: list[str], name: str) -> pl.Series:
     """Distinct journals per group (``_jk``: the journal's number in the sorted lines)."""
-    return pl.col("_jk").n_unique().over(cols).alias(name)
+    return _per_group(df, cols, **{name: pl.col("_jk").n_unique()})[0]
 
 
 def _journal_pick(df: pl.DataFrame, col: str, cond: pl.Expr, name: str) -> pl.Series:
@@ -186,10 +203,11 @@ def build_features(bookings: pl.LazyFrame, settings: Settings,
         pl.when(pl.col("amount_f") > 0).then(pl.col("_top_credit"))
         .otherwise(pl.col("_top_debit")).alias("contra_account"),
         pl.coalesce(pl.col("entered_at").dt.date(), pl.col("posting_date")).alias("day"),
-    )
+    ).drop("_top_debit", "_top_credit", "amount", "vendor_id", "bank_account")
 
     # vendor age: master created_at when known, else first appearance in the history
-    first_seen = pl.col("posting_date").min().over("vendor_j")
+    df = df.with_columns(_per_group(df, ["vendor_j"], _first_seen=pl.col("posting_date").min()))
+    first_seen = pl.col("_first_seen")
     hist_start = pl.col("posting_date").min()
     if vendors is not None and vendors.height and "created_at" in vendors.columns:
         created = vendors.select(pl.col("vendor_id").cast(pl.String).alias("vendor_j"),
@@ -206,7 +224,8 @@ def build_features(bookings: pl.LazyFrame, settings: Settings,
                     .when(first_seen - hist_start >= pl.duration(days=NEW_VENDOR_DAYS))
                     .then(first_seen).otherwise(None))
     df = df.with_columns(
-        (pl.col("posting_date") - vendor_since).dt.total_days().alias("vendor_age_days"))
+        (pl.col("posting_date") - vendor_since).dt.total_days().alias("vendor_age_days")
+    ).drop("_first_seen", "_created")
 
     hours = (pl.col("entered_at").dt.hour().cast(pl.Float64)
              + pl.col("entered_at").dt.minute().cast(pl.Float64) / 60.0)
@@ -220,49 +239,61 @@ def build_features(bookings: pl.LazyFrame, settings: Settings,
     digits = pl.concat_str([euros.cast(pl.String),
                             pl.when(cents % 100 != 0).then((cents % 100).cast(pl.String)
                                                            .str.zfill(2)).otherwise(pl.lit(""))])
-    user_day = pl.len().over(["entered_by", "day"]).cast(pl.Float64)
-
+    # per-group counts as aggregate tables, one at a time (see _per_group)
+    (account_lines,) = _per_group(df, ["gl_account"], account_lines=pl.len())
+    (user_lines,) = _per_group(df, ["entered_by"], user_lines=pl.len())
+    (user_day,) = _per_group(df, ["entered_by", "day"], user_day_lines=pl.len())
     df = df.with_columns(
-        pl.len().over("gl_account").alias("account_lines"),
-        _journal_counts(["gl_account", "contra_account"], "pair_journals"),
-        _journal_counts(["gl_account"], "_acct_journals"),
-        _journal_counts(["entered_by", "gl_account"], "_ua_journals"),
-        pl.len().over("entered_by").alias("user_lines"),
-        _journal_counts(["vendor_j", "gl_account"], "_va_journals"),
-        _journal_counts(["vendor_j"], "_v_journals"),
-        _journal_counts(["vendor_j", "_bank_j"], "bank_journals"),
-        user_day.alias("user_day_lines"),
-        ((abs_amt.rank("min").over("gl_account") - 1) / pl.len().over("gl_account"))
+        account_lines,
+        _journal_counts(df, ["gl_account", "contra_account"], "pair_journals"),
+        _journal_counts(df, ["gl_account"], "_acct_journals"),
+        _journal_counts(df, ["entered_by", "gl_account"], "_ua_journals"),
+        user_lines,
+        _journal_counts(df, ["vendor_j", "gl_account"], "_va_journals"),
+        _journal_counts(df, ["vendor_j"], "_v_journals"),
+        _journal_counts(df, ["vendor_j", "_bank_j"], "bank_journals"),
+        user_day.cast(pl.Float64),
+    )
+    df = df.with_columns(
+        _robust_z_cols(df.with_columns(amount_log=log_abs), "amount_log", ["gl_account"],
+                       MAD_FLOOR).alias("amount_z_account"))
+    df = df.with_columns(
+        ((abs_amt.rank("min").over("gl_account") - 1) / pl.col("account_lines"))
         .alias("amount_pct_account"),
         ((abs_amt.rank("min") - 1) / n_total).alias("amount_pct_all"),
-        hours.alias("_hours"),
         pl.col("entered_at").dt.strftime("%H:%M").alias("entry_time"),
         (pl.col("posting_date") - pl.col("document_date")).dt.total_days().alias("doc_post"),
         (pl.col("posting_date") - pl.col("entered_at").dt.date()).dt.total_days()
         .alias("entry_post"),
-        amount_log=log_abs,
-        amount_z_account=_robust_z(log_abs, ["gl_account"], MAD_FLOOR),
         _off=off,
         _nonwork=(non_work(pl.col("day")) | non_work(pl.col("posting_date"))).cast(pl.Float64),
         round_zeros=pl.sum_horizontal([(cents % (10 ** k) == 0) & (cents > 0)
                                        for k in range(1, 9)]),
         trailing_nines=digits.str.extract(r"(9+)$").str.len_chars(),
     )
-    vb_journals = pl.col("_jk").filter(pl.col("_bank_j").is_not_null()).n_unique().over("vendor_j")
     has_user = pl.col("entered_by").is_not_null()
     has_vendor = pl.col("vendor_j").is_not_null()
     # the user's own habits: share of their lines off hours / on non-workdays (null user: all)
-    user_share = lambda col: pl.when(has_user).then(  # noqa: E731
-        (pl.col(col) > 0).mean().over("entered_by")).otherwise((pl.col(col) > 0).mean())
+    off_share, nonwork_share, day_median = _per_group(
+        df, ["entered_by"], _off_share=(pl.col("_off") > 0).mean(),
+        _nonwork_share=(pl.col("_nonwork") > 0).mean(),
+        user_day_median=pl.col("user_day_lines").log1p().median())
+    (vb_journals,) = _per_group(df, ["vendor_j"], vendor_bank_journals=pl.col("_jk").filter(
+        pl.col("_bank_j").is_not_null()).n_unique())
+    df = df.with_columns(off_share, nonwork_share, vb_journals, day_median,
+                         _robust_z_cols(df.with_columns(pl.col("user_day_lines").log1p()
+                                                        .alias("_udl")),
+                                        "_udl", ["entered_by"], 0.1).alias("_user_day_z"))
     df = df.with_columns(
-        user_share("_off").alias("user_off_share"),
-        user_share("_nonwork").alias("user_nonwork_share"),
-        vb_journals.alias("vendor_bank_journals"),
+        pl.when(has_user).then(pl.col("_off_share"))
+        .otherwise((pl.col("_off") > 0).mean()).alias("user_off_share"),
+        pl.when(has_user).then(pl.col("_nonwork_share"))
+        .otherwise((pl.col("_nonwork") > 0).mean()).alias("user_nonwork_share"),
         (pl.col("_ua_journals") - 1).alias("ua_other"),
         (pl.col("_va_journals") - 1).alias("va_other"),
-        pl.col("user_day_lines").log1p().median().over("entered_by").exp().sub(1)
-        .alias("user_day_median"),
-    ).with_columns(
+        pl.col("user_day_median").exp().sub(1),
+    )
+    computed = dict(
         account_rarity=_rarity(pl.col("account_lines"), n_total),
         pair_rarity=pl.when(pl.col("contra_account").is_not_null())
         .then(_rarity(pl.col("pair_journals"), pl.col("_acct_journals"))),
@@ -281,11 +312,13 @@ def build_features(bookings: pl.LazyFrame, settings: Settings,
         doc_post_days=pl.col("doc_post").cast(pl.Float64),
         entry_post_days=pl.col("entry_post").cast(pl.Float64),
         user_day_z=pl.when(has_user & pl.col("entered_at").is_not_null())
-        .then(_robust_z(pl.col("user_day_lines").log1p(), ["entered_by"], 0.1)),
+        .then(pl.col("_user_day_z")),
     )
     # Float32: half the memory of the frame's biggest block; the detectors see the same rounded
-    # values at fit and at scoring time, and 7 significant digits are far finer than any tail
-    feats = [pl.col(n).cast(pl.Float64).fill_nan(None).fill_null(0.0).cast(pl.Float32).alias(n)
+    # values at fit and at scoring time, and 7 significant digits are far finer than any tail.
+    # Cast inside the final select: the Float64 features are never a column of the wide frame
+    exprs = {n: computed.get(n, pl.col(n)) for n in FEATURE_NAMES}
+    feats = [exprs[n].cast(pl.Float64).fill_nan(None).fill_null(0.0).cast(pl.Float32).alias(n)
              for n in FEATURE_NAMES]
     out = df.select(KEY + feats + CONTEXT)
     return FeatureFrame(out, notes)
