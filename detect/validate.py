@@ -34,7 +34,8 @@ from detect.validation import (
     filecheck, gxrun, journals, prepare, quarantine, reconcile, rowchecks, state,
 )
 from detect.validation.gxrun import ROW, GxRunner
-from detect.validation.gxrun import sample as gx_sample
+from detect.validation.gxrun import sample_lazy as gx_sample_lazy
+from detect.validation.suites import Check
 from detect.validation.suites import load_suite, suites_dir
 
 if TYPE_CHECKING:
@@ -112,28 +113,34 @@ def _delivery_hashes(ingested: IngestResult) -> tuple[list[str], list[str]]:
     return [i.sha256 for i in used], [Path(i.path).name for i in used]
 
 
-def _load(ingested: IngestResult) -> pl.DataFrame:
-    """Materialise once, in delivered order (Polars may stream rows out of order)."""
-    frame = ingested.bookings.collect()
-    if not _in_delivered_order(frame):  # sorting copies the whole delivery: only when needed
-        frame = frame.sort("source_file", "source_line", nulls_last=True)
-    return frame.with_row_index(ROW).with_columns(pl.col(ROW).cast(pl.Int64))
+def _source(ingested: IngestResult) -> pl.LazyFrame:
+    """The delivery as a lazy scan with a row id, in delivered order. Nothing is materialised:
+    every later step is a query over the ingested Parquet that returns a small result, so
+    validation's memory does not grow with the delivery (issue #10)."""
+    lazy = ingested.bookings.lazy()
+    if not _in_delivered_order(lazy):  # rare (files out of order): sorted per query
+        lazy = lazy.sort("source_file", "source_line", nulls_last=True, maintain_order=True)
+    return lazy.with_row_index(ROW).with_columns(pl.col(ROW).cast(pl.Int64))
 
 
-def _in_delivered_order(frame: pl.DataFrame) -> bool:
-    """True when rows are already sorted by (source_file, source_line), checked without a copy."""
-    if frame.height < 2:
-        return True
-    files = frame.get_column("source_file")
-    lines = frame.get_column("source_line")
-    if files.null_count() or lines.null_count():
-        return False
-    if files.n_unique() == 1:
-        return lines.is_sorted()
-    return bool(frame.select(
-        ((pl.col("source_file") > pl.col("source_file").shift(1))
-         | ((pl.col("source_file") == pl.col("source_file").shift(1))
-            & (pl.col("source_line") >= pl.col("source_line").shift(1)))).slice(1).all()).item())
+def _in_delivered_order(lazy: pl.LazyFrame) -> bool:
+    """True when rows are already sorted by (source_file, source_line): one aggregate over the
+    two columns."""
+    same = pl.col("source_file") == pl.col("source_file").shift(1)
+    ok = ((pl.col("source_file") > pl.col("source_file").shift(1))
+          | (same & (pl.col("source_line") >= pl.col("source_line").shift(1))))
+    nulls, good = lazy.select(
+        (pl.col("source_file").null_count() + pl.col("source_line").null_count()).alias("n"),
+        ok.slice(1).all().alias("ok")).collect().row(0)
+    return bool(nulls == 0 and good)
+
+
+def _failing(flagged: pl.LazyFrame, checks: list[Check], flags: dict[str, str]) -> pl.DataFrame:
+    """The rows failing any quarantining check, in row order: the only rows collected whole."""
+    used = [flags[c.key] for c in checks if c.key in flags and c.quarantines]
+    if not used:
+        return flagged.head(0).collect()
+    return flagged.filter(pl.any_horizontal(used)).sort(ROW).collect()
 
 
 def _pseudonymise_master(master: dict[str, pl.DataFrame], key: bytes, run_dir: Path) -> None:
@@ -210,12 +217,13 @@ def validate(ingested: IngestResult, ctx: RunContext) -> ValidationResult:
                 file=names[0] if names else None,
                 hint="set [validation] reprocess = true to process it again")
 
-    frame = _load(ingested)
+    frame = _source(ingested)  # lazy: each step below collects only its small result
+    rows_in = int(frame.select(pl.len()).collect().item())
     clock.lap("load")
-    filecheck.check_not_empty(frame, ingested)
-    filecheck.check_required(frame, ingested)
+    filecheck.check_not_empty(frame, ingested, rows_in)
+    filecheck.check_required(frame, ingested, rows_in)
     filecheck.check_truncated(frame, ingested)
-    payload: dict[str, Any] = {"run_id": ctx.run_id, "entity": ctx.entity, "rows_in": frame.height}
+    payload: dict[str, Any] = {"run_id": ctx.run_id, "entity": ctx.entity, "rows_in": rows_in}
 
     # file level: journal numbering and control totals (on every delivered line)
     ids, ranges, backwards = _journal_order(frame, ctx)
@@ -250,11 +258,11 @@ def validate(ingested: IngestResult, ctx: RunContext) -> ValidationResult:
     clock.lap("pseudonymise")
 
     # placeholders and derived columns
-    reports = prepare.placeholder_reports(frame, settings)
+    reports = prepare.placeholder_reports(frame, settings, rows_in)
     unreliable = {r.column for r in reports if r.unreliable}
     for r in reports:
         if r.unreliable:
-            warnings_.append(r.message(frame.height, ingested.format))
+            warnings_.append(r.message(rows_in, ingested.format))
     warnings_ += prepare.currency_warnings(frame, settings)
     view = prepare.add_derived(frame, settings, unreliable)
     clock.lap("prepare")
@@ -273,9 +281,9 @@ def validate(ingested: IngestResult, ctx: RunContext) -> ValidationResult:
     flagged, flags, row_checks = rowchecks.row_masks(view, suite, params)
     clock.lap("row_checks")
     key = ["entity", "fiscal_year", "journal_id"]
-    gx_part = gx_sample(flagged, vs.gx_rows, key)
-    label = ("all rows" if gx_part.height == frame.height else
-             f"sample of {gx_part.height:,} of {frame.height:,} rows")
+    gx_part = gx_sample_lazy(flagged, rows_in, vs.gx_rows, key)
+    label = ("all rows" if gx_part.height == rows_in else
+             f"sample of {gx_part.height:,} of {rows_in:,} rows")
     runner: GxRunner | None = None
     gx_results: dict[str, Any] = {}
     master_checks: list[dict[str, Any]] = []
@@ -298,27 +306,32 @@ def validate(ingested: IngestResult, ctx: RunContext) -> ValidationResult:
                                               gx_results)
     warnings_ += disagree
 
-    fails = quarantine.failures(flagged, suite.checks, flags)
+    # only the rows failing some check are collected (with the columns their reasons show)
+    base = frame.collect_schema().names()
+    bad = _failing(flagged, suite.checks, flags)
+    fails = quarantine.failures(bad, suite.checks, flags)
     rows = quarantine.per_row(fails)
     reasons = quarantine.counts(rows)
-    if frame.height and rows.height / frame.height >= QUARANTINE_SHARE_WARN:
+    if rows_in and rows.height / rows_in >= QUARANTINE_SHARE_WARN:
         top, n = next(iter(reasons.items()))
         warnings_.append(
-            f"{rows.height / frame.height:.0%} of the rows were quarantined, {n:,} of them for "
+            f"{rows.height / rows_in:.0%} of the rows were quarantined, {n:,} of them for "
             f"'{top}': that many usually means a wrong mapping or setting (date format, fiscal "
             "year start, column), not bad bookings; check quarantine.parquet")
     for c in checks:
         if c["severity"] != "critical" and c["failing_rows"]:
             warnings_.append(f"{c['reason']}: {c['failing_rows']:,} rows (kept; check {c['key']})")
-    q_rows = frame.join(rows.select(ROW, "expectation", "reason"), on=ROW, how="inner")
-    # no quarantine (the usual night): the clean rows are the frame itself, not a full copy
+    q_rows = (bad.select(base).join(rows.select(ROW, "expectation", "reason"), on=ROW,
+                                    how="inner").sort(ROW))
+    # the clean file streams from the scan, minus the (few) quarantined row ids
     clean = frame.filter(~pl.col(ROW).is_in(rows.get_column(ROW).implode())) \
         if rows.height else frame
-    clean_out = clean.select(pl.col(c).cast(t) for c, t in BOOKING_SCHEMA.items())
     q_out = q_rows.select(QUARANTINE_LEAD + [c for c in q_rows.columns
                                              if c not in QUARANTINE_LEAD and c != ROW])
     clean_path, q_path = run_dir / "bookings.parquet", run_dir / "quarantine.parquet"
-    clean_out.write_parquet(clean_path)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    clean.select(pl.col(c).cast(t) for c, t in BOOKING_SCHEMA.items()) \
+        .sink_parquet(clean_path, maintain_order=True)
     q_out.write_parquet(q_path)
     clock.lap("write")
 
@@ -340,8 +353,8 @@ def validate(ingested: IngestResult, ctx: RunContext) -> ValidationResult:
     clock.lap("data_docs")
 
     result = ValidationResult(
-        clean_path=clean_path, quarantine_path=q_path, rows_in=frame.height,
-        rows_clean=clean_out.height, rows_quarantined=q_out.height,
+        clean_path=clean_path, quarantine_path=q_path, rows_in=rows_in,
+        rows_clean=rows_in - q_out.height, rows_quarantined=q_out.height,
         quarantine_reasons=reasons, warnings=warnings_, journal_findings=findings,
         control_totals=recon.reports, docs_index=docs_index,
         unreliable_columns=sorted(unreliable),

@@ -1,5 +1,6 @@
 """Checks that reject the whole delivery (``DeliveryRejected``): no rows, required columns empty,
-a truncated file. Cheap and done before anything expensive."""
+a truncated file. Cheap and done before anything expensive: each is one aggregate or filtered
+query over the (lazy) delivery that returns a handful of rows."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from detect.errors import DeliveryRejected
 from detect.ingest import IngestResult
 from detect.ingest.textio import ends_with_newline
 from detect.schema import REQUIRED_BOOKING_COLUMNS
+from detect.validation.gxrun import ROW
 
 TEXT_SUFFIXES = {".csv", ".txt", ".tsv", ".dat", ".tab", ""}
 
@@ -20,26 +22,36 @@ def _first_booking_file(ingested: IngestResult) -> str | None:
     return files[0] if files else None
 
 
-def check_not_empty(frame: pl.DataFrame, ingested: IngestResult) -> None:
-    if frame.height == 0:
+def _height(frame: pl.DataFrame | pl.LazyFrame) -> int:
+    return frame.height if isinstance(frame, pl.DataFrame) else \
+        int(frame.select(pl.len()).collect().item())
+
+
+def check_not_empty(frame: pl.DataFrame | pl.LazyFrame, ingested: IngestResult,
+                    height: int | None = None) -> None:
+    if (_height(frame) if height is None else height) == 0:
         raise DeliveryRejected(
             "the delivery holds no booking lines (only a header, or every line was filtered)",
             file=_first_booking_file(ingested),
             hint="check that the export covers the intended period")
 
 
-def check_required(frame: pl.DataFrame, ingested: IngestResult) -> None:
+def check_required(frame: pl.DataFrame | pl.LazyFrame, ingested: IngestResult,
+                   height: int | None = None) -> None:
     """A required column that is null in every row means the mapping found nothing to map."""
-    nulls = frame.select(pl.col(c).null_count() for c in REQUIRED_BOOKING_COLUMNS).row(0)
-    empty = [c for c, n in zip(REQUIRED_BOOKING_COLUMNS, nulls) if n == frame.height]
+    height = _height(frame) if height is None else height
+    nulls = frame.lazy().select(pl.col(c).null_count() for c in REQUIRED_BOOKING_COLUMNS) \
+        .collect().row(0)
+    empty = [c for c, n in zip(REQUIRED_BOOKING_COLUMNS, nulls) if n == height]
     if not empty:
         return
-    example = frame.select(pl.col("ingest_issue").drop_nulls().first()).item()
-    first = frame.select(pl.col("source_file").drop_nulls().first()).item()
+    example, first = frame.lazy().select(
+        pl.col("ingest_issue").drop_nulls().first(),
+        pl.col("source_file").drop_nulls().first()).collect().row(0)
     hint = ("map a source column to it (mapping profile) or check the export's columns"
             + (f"; first problem the ingest saw: {example}" if example else ""))
     raise DeliveryRejected(
-        f"required column(s) {', '.join(empty)} empty in all {frame.height:,} lines",
+        f"required column(s) {', '.join(empty)} empty in all {height:,} lines",
         file=first or _first_booking_file(ingested), column=empty[0], hint=hint)
 
 
@@ -53,10 +65,13 @@ def _resolve(name: str, ingested: IngestResult) -> Path | None:
     return None
 
 
-def check_truncated(frame: pl.DataFrame, ingested: IngestResult) -> None:
+def check_truncated(frame: pl.DataFrame | pl.LazyFrame, ingested: IngestResult) -> None:
     """A text file whose last line is cut off (no line end, and that line did not parse), or a
     row the ingest itself marked as truncated."""
-    marked = frame.filter(pl.col("ingest_issue").str.contains("(?i)truncat"))
+    lazy = frame.lazy()
+    order = [ROW] if ROW in lazy.collect_schema().names() else ["source_file", "source_line"]
+    marked = lazy.filter(pl.col("ingest_issue").str.contains("(?i)truncat")).sort(order)
+    marked = marked.head(1).collect()
     if marked.height:
         row = marked.row(0, named=True)
         issue = str(row["ingest_issue"])
@@ -65,8 +80,12 @@ def check_truncated(frame: pl.DataFrame, ingested: IngestResult) -> None:
                                file=row["source_file"], line=row["source_line"],
                                hint="ask for the export to be transferred again")
     incomplete = pl.any_horizontal(pl.col(c).is_null() for c in REQUIRED_BOOKING_COLUMNS)
-    is_last = pl.col("source_line") == pl.col("source_line").max().over("source_file")
-    last = frame.filter(is_last).filter(pl.col("ingest_issue").is_not_null() | incomplete)
+    # each file's last line: a small per-file aggregate joined back (no window over all rows)
+    ends = lazy.group_by("source_file").agg(pl.col("source_line").max())
+    last = (lazy.join(ends, on=["source_file", "source_line"], how="semi", nulls_equal=True)
+            .filter(pl.col("ingest_issue").is_not_null() | incomplete)
+            .sort(order).unique(subset=["source_file"], keep="first", maintain_order=True)
+            .collect())
     for row in last.iter_rows(named=True):  # one row per file
         path = _resolve(row["source_file"], ingested)
         if path is None or path.suffix.lower() not in TEXT_SUFFIXES:

@@ -186,6 +186,20 @@ def sample(frame: pl.DataFrame, rows: int, key: list[str]) -> pl.DataFrame:
     return frame.filter(pick)
 
 
+def sample_lazy(frame: pl.LazyFrame, height: int, rows: int, key: list[str]) -> pl.DataFrame:
+    """``sample`` over a lazy delivery of ``height`` rows: only the picked rows are collected,
+    in row order."""
+    if rows <= 0 or height <= rows:
+        picked = frame
+    else:
+        buckets = math.ceil(height / rows)
+        pick = pl.concat_str([pl.col(c).cast(pl.String) for c in key], separator="\x1f",
+                             ignore_nulls=True).hash(seed=11) % buckets == 0
+        picked = frame.filter(pick)
+    return picked.sort(ROW).collect() if ROW in frame.collect_schema().names() \
+        else picked.collect()
+
+
 def split(frame: pl.DataFrame, batch_rows: int, key: list[str] | None) -> list[pl.DataFrame]:
     """Batches of about ``batch_rows`` rows; rows sharing ``key`` stay together."""
     n = max(1, math.ceil(frame.height / max(1, batch_rows)))

@@ -47,20 +47,23 @@ def hits(frame: pl.DataFrame, rule_id: str, severity: str, de: pl.Expr, en: pl.E
     ).cast(dict(HIT_SCHEMA))  # type: ignore[arg-type]
 
 
-def unbalanced(clean: pl.DataFrame, quarantined: pl.DataFrame, tolerance: float) -> pl.DataFrame:
-    """Journals whose signed amounts do not sum to zero (beyond ``tolerance``)."""
+def unbalanced(clean: pl.DataFrame | pl.LazyFrame, quarantined: pl.DataFrame,
+               tolerance: float) -> pl.DataFrame:
+    """Journals whose signed amounts do not sum to zero (beyond ``tolerance``); ``clean`` may be
+    a scan: only the per-journal sums and the few unbalanced journals are collected."""
     key = ["entity", "fiscal_year", "journal_id"]
-    off = (clean.group_by(key).agg(pl.col("amount").sum().alias("difference"))
-           .filter(pl.col("difference").abs() > tolerance))
+    lazy = clean.lazy()
+    off = (lazy.group_by(key).agg(pl.col("amount").sum().alias("difference"))
+           .filter(pl.col("difference").abs() > tolerance).select(key).collect())
     if off.height == 0:
         return empty_hits()
     # details only for the few unbalanced journals (per-group string work is costly)
-    sums = (clean.join(off.select(key), on=key, how="semi").group_by(key).agg(
+    sums = (lazy.join(off.lazy(), on=key, how="semi").group_by(key).agg(
         pl.col("amount").filter(pl.col("amount") > 0).sum().alias("debit"),
         (-pl.col("amount").filter(pl.col("amount") < 0).sum()).alias("credit"),
         pl.col("amount").sum().alias("difference"),
         pl.len().alias("lines"),
-        pl.col("currency").unique().sort().str.join(",").alias("currencies")))
+        pl.col("currency").unique().sort().str.join(",").alias("currencies")).collect())
     q = quarantined.group_by(key).agg(pl.len().alias("quarantined_lines"))
     sums = (sums.join(q, on=key, how="left")
             .with_columns(pl.col("quarantined_lines").fill_null(0))
@@ -80,7 +83,7 @@ def unbalanced(clean: pl.DataFrame, quarantined: pl.DataFrame, tolerance: float)
                 ["debit", "credit", "difference", "lines", "currencies", "quarantined_lines"])
 
 
-def numeric_ids(frame: pl.DataFrame) -> pl.DataFrame:
+def numeric_ids(frame: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     """Distinct numeric journal ids: fiscal_year, journal_id, num, entity (of its first line)."""
     return (frame.lazy().group_by("fiscal_year", "journal_id").agg(pl.col("entity").first())
             .filter(pl.col("journal_id").str.contains(NUMERIC_ID)

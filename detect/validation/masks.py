@@ -73,6 +73,26 @@ def _pair(check: Check, params: dict[str, Any]) -> pl.Expr:
     return ~skip & ~ok.fill_null(False)
 
 
+def uniqueness(check: Check) -> tuple[list[str], pl.Expr] | None:
+    """For uniqueness checks: the key columns and the rows that take no part (GX's
+    ``ignore_row_if``); None for other checks. Lets ``rowchecks`` find duplicates with an
+    aggregate instead of a window over every row."""
+    kw, t = check.kwargs, check.type
+    if kw.get("row_condition"):
+        return None
+    if t == "expect_compound_columns_to_be_unique":
+        cols = list(kw["column_list"])
+        ignore = kw.get("ignore_row_if", "all_values_are_missing")
+        missing = [pl.col(c).is_null() for c in cols]
+        skip = (pl.all_horizontal(missing) if ignore == "all_values_are_missing"
+                else pl.any_horizontal(missing) if ignore == "any_value_is_missing"
+                else pl.lit(False))
+        return cols, skip
+    if t == "expect_column_values_to_be_unique" and "column" in kw:
+        return [kw["column"]], pl.col(kw["column"]).is_null()
+    return None
+
+
 def fails(check: Check, params: dict[str, Any], schema: pl.Schema) -> pl.Expr:
     """True where a row fails ``check`` (nulls pass value checks, as in GX)."""
     kw, t = check.kwargs, check.type
@@ -81,12 +101,7 @@ def fails(check: Check, params: dict[str, Any], schema: pl.Schema) -> pl.Expr:
     if t.startswith("expect_column_pair_values"):
         return _pair(check, params)
     if t == "expect_compound_columns_to_be_unique":
-        cols = list(kw["column_list"])
-        ignore = kw.get("ignore_row_if", "all_values_are_missing")
-        missing = [pl.col(c).is_null() for c in cols]
-        skip = (pl.all_horizontal(missing) if ignore == "all_values_are_missing"
-                else pl.any_horizontal(missing) if ignore == "any_value_is_missing"
-                else pl.lit(False))
+        cols, skip = uniqueness(check)  # type: ignore[misc]
         # skipped rows take no part in the comparison at all
         key = pl.when(~skip).then(pl.struct(cols))
         return ~skip & key.is_duplicated()

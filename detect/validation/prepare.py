@@ -81,17 +81,21 @@ def _date_of(column: str) -> pl.Expr:
     return expr.dt.date() if column == "entered_at" else expr
 
 
-def placeholder_reports(frame: pl.DataFrame, settings: Settings) -> list[PlaceholderReport]:
-    """One report per date column that holds any placeholder value."""
+def placeholder_reports(frame: pl.DataFrame | pl.LazyFrame, settings: Settings,
+                        total: int | None = None) -> list[PlaceholderReport]:
+    """One report per date column that holds any placeholder value (aggregate queries that
+    return only the counts, so ``frame`` may be a scan of the whole delivery)."""
     vs = settings.validation
     placeholders = _dates(vs.placeholder_dates)
-    total = frame.height
+    lazy = frame.lazy()
+    if total is None:
+        total = int(lazy.select(pl.len()).collect().item())
     first, last = fiscal_year_bounds(settings)
     reports = []
     for column in DATE_COLUMNS:
         is_ph = _date_of(column).is_in(placeholders)
-        counts = (frame.filter(is_ph).group_by(_date_of(column).alias("v")).len()
-                  .sort("len", descending=True))
+        counts = (lazy.filter(is_ph).group_by(_date_of(column).alias("v")).len()
+                  .sort(["len", "v"], descending=[True, False]).collect())
         if counts.height == 0:
             continue
         rows = int(counts["len"].sum())
@@ -101,31 +105,32 @@ def placeholder_reports(frame: pl.DataFrame, settings: Settings) -> list[Placeho
                                 unreliable=share >= vs.placeholder_share_warn)
         if rep.unreliable and column == "posting_date":
             inside = _date_of(column).is_between(first, last)
-            rep.outside_fiscal_year = frame.select(
-                (~is_ph & ~inside & pl.col(column).is_not_null()).sum()).item()
-            rep.alternatives = _alternatives(frame.filter(is_ph), column, placeholders, first, last)
+            rep.outside_fiscal_year = lazy.select(
+                (~is_ph & ~inside & pl.col(column).is_not_null()).sum()).collect().item()
+            rep.alternatives = _alternatives(lazy.filter(is_ph), column, placeholders, first,
+                                             last)
         reports.append(rep)
     return reports
 
 
-def _alternatives(rows: pl.DataFrame, column: str, placeholders: list[date], first: pl.Expr,
+def _alternatives(rows: pl.LazyFrame, column: str, placeholders: list[date], first: pl.Expr,
                   last: pl.Expr) -> list[tuple[str, float]]:
     """Share of ``rows`` where each other date column is filled, real and in the fiscal year."""
-    if rows.height == 0:
-        return []
-    exprs = []
+    exprs = [pl.len().alias("_n")]
     for other in DATE_COLUMNS:
         if other == column:
             continue
         d = _date_of(other)
         ok = d.is_not_null() & ~d.is_in(placeholders) & d.is_between(first, last)
         exprs.append(ok.mean().alias(other))
-    shares = rows.select(exprs).row(0, named=True)
+    shares = rows.select(exprs).collect().row(0, named=True)
+    if not shares.pop("_n"):
+        return []
     return sorted(((c, float(s)) for c, s in shares.items() if s and s >= 0.5),
                   key=lambda cs: -cs[1])
 
 
-def add_derived(frame: pl.DataFrame, settings: Settings, unreliable: set[str]) -> pl.DataFrame:
+def add_derived(frame: pl.DataFrame | pl.LazyFrame, settings: Settings, unreliable: set[str]) -> pl.DataFrame:
     """The ``v_`` columns the booking suite compares (see its ``notes``)."""
     vs = settings.validation
     first, last = fiscal_year_bounds(settings)
@@ -146,10 +151,10 @@ def add_derived(frame: pl.DataFrame, settings: Settings, unreliable: set[str]) -
     )
 
 
-def currency_warnings(frame: pl.DataFrame, settings: Settings) -> list[str]:
+def currency_warnings(frame: pl.DataFrame | pl.LazyFrame, settings: Settings) -> list[str]:
     """Mixed currencies are valid but change what sums mean: say so, with the counts."""
-    counts = (frame.filter(pl.col("currency").is_not_null()).group_by("currency").len()
-              .sort(["len", "currency"], descending=[True, False]))
+    counts = (frame.lazy().filter(pl.col("currency").is_not_null()).group_by("currency").len()
+              .sort(["len", "currency"], descending=[True, False]).collect())
     if counts.height == 0:
         return []
     listing = ", ".join(f"{c} {n:,}" for c, n in counts.head(5).iter_rows())

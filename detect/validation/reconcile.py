@@ -42,12 +42,13 @@ class Reconciliation:
     headline: list[str] = field(default_factory=list)
 
 
-def delivered_per_journal(frame: pl.DataFrame) -> pl.DataFrame:
-    return frame.group_by("journal_id").agg(
+def delivered_per_journal(frame: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+    """Per-journal sums, one streaming aggregate (``frame`` may be a scan of the delivery)."""
+    return frame.lazy().group_by("journal_id").agg(
         pl.col("amount").filter(pl.col("amount") > 0).sum().cast(MONEY).alias("debit"),
         (-pl.col("amount").filter(pl.col("amount") < 0).sum()).cast(MONEY).alias("credit"),
         pl.len().cast(pl.Int64).alias("lines"),
-        pl.col("entity").first(), pl.col("fiscal_year").first())
+        pl.col("entity").first(), pl.col("fiscal_year").first()).collect()
 
 
 def _control_per_journal(per_journal: pl.DataFrame) -> pl.DataFrame:
@@ -128,19 +129,18 @@ def _findings(mismatch: pl.DataFrame, source: str) -> pl.DataFrame:
                  "lines_control", "debit_difference", "credit_difference"])
 
 
-def _overall(frame: pl.DataFrame, totals: ControlTotals, tolerance: float) -> list[str]:
+def _overall(frame: pl.DataFrame | pl.LazyFrame, totals: ControlTotals, tolerance: float) -> list[str]:
     """Overall figures that differ, in words."""
     if totals.per_journal is not None:
         return []  # the per-journal comparison covers counts and sums, and names the journals
     stated = totals.overall or {}
-    facts: dict[str, Any] = {
-        "line_count": frame.height,
-        "journal_count": frame.select(pl.col("journal_id").n_unique()).item(),
-    }
-    sums = frame.select(
+    # one aggregate pass over the (possibly lazy) delivery
+    lines, journals, debit, credit = frame.lazy().select(
+        pl.len(), pl.col("journal_id").n_unique(),
         pl.col("amount").filter(pl.col("amount") > 0).sum().alias("debit"),
-        (-pl.col("amount").filter(pl.col("amount") < 0).sum()).alias("credit")).row(0)
-    facts["debit"], facts["credit"] = sums
+        (-pl.col("amount").filter(pl.col("amount") < 0).sum()).alias("credit")).collect().row(0)
+    facts: dict[str, Any] = {"line_count": lines, "journal_count": journals,
+                             "debit": debit, "credit": credit}
     out = []
     for name, actual in facts.items():
         if name not in stated or stated[name] is None:
@@ -156,7 +156,7 @@ def _overall(frame: pl.DataFrame, totals: ControlTotals, tolerance: float) -> li
     return out
 
 
-def reconcile(frame: pl.DataFrame, control_totals: list[ControlTotals], policy: str,
+def reconcile(frame: pl.DataFrame | pl.LazyFrame, control_totals: list[ControlTotals], policy: str,
               tolerance: float) -> Reconciliation:
     """Compare every set of control totals with the delivered lines."""
     result = Reconciliation()

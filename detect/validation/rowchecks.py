@@ -39,31 +39,50 @@ def master_checks(runner: GxRunner, master: dict[str, pl.DataFrame], directory: 
     return checks, warns
 
 
-def row_masks(view: pl.DataFrame, suite: Suite, params: dict[str, Any]
-               ) -> tuple[pl.DataFrame, dict[str, str], set[str]]:
-    """Evaluate every row-level check of the suite as a boolean column ``_fail_<key>``."""
+def row_masks(view: pl.DataFrame | pl.LazyFrame, suite: Suite, params: dict[str, Any]
+               ) -> tuple[Any, dict[str, str], set[str]]:
+    """Evaluate every row-level check of the suite as a boolean column ``_fail_<key>`` (lazily
+    when ``view`` is a LazyFrame: the masks are then computed per query, never stored)."""
     flags, exprs = {}, []
+    schema = view.collect_schema() if isinstance(view, pl.LazyFrame) else view.schema
     for check in suite.checks:
-        unknown = [c for c in check.columns if c not in view.columns]
+        unknown = [c for c in check.columns if c not in schema]
         if unknown:
             raise ConfigError(f"expectation {check.key} names unknown column(s) "
                               f"{', '.join(unknown)}", file=str(suite.path),
-                              hint=f"columns: {', '.join(c for c in view.columns if c != ROW)}")
+                              hint=f"columns: {', '.join(c for c in schema if c != ROW)}")
         try:
-            expr = masks.fails(check, params, view.schema)
+            expr = masks.fails(check, params, schema)
         except masks.Unsupported:
             continue  # table-level: GX only
+        if isinstance(view, pl.LazyFrame) and ROW in schema and masks.uniqueness(check):
+            expr = _duplicate_rows(view, *masks.uniqueness(check))  # type: ignore[misc]
         flags[check.key] = f"_fail_{check.key}"
         exprs.append(expr.fill_null(False).alias(flags[check.key]))
     return view.with_columns(exprs), flags, set(flags)
 
 
-def check_report(suite: Suite, flagged: pl.DataFrame, gx_part: pl.DataFrame,
+def _duplicate_rows(view: pl.LazyFrame, cols: list[str], skip: pl.Expr) -> pl.Expr:
+    """Rows whose key occurs more than once, as ``_row in (ids)``: a streaming count per key hash
+    finds the candidates, the exact comparison runs on those few rows only (same result as
+    ``is_duplicated`` over the whole delivery, without holding its key columns)."""
+    key_hash = pl.struct(cols).hash(seed=3)
+    candidates = (view.filter(~skip).group_by(key_hash.alias("_h")).len()
+                  .filter(pl.col("len") > 1).select("_h").collect().get_column("_h"))
+    if candidates.is_empty():
+        return pl.lit(False)
+    rows = (view.filter(~skip & key_hash.is_in(candidates.implode())).select(ROW, *cols)
+            .collect())
+    ids = rows.filter(pl.struct(cols).is_duplicated()).get_column(ROW)
+    return pl.col(ROW).is_in(ids.implode())
+
+
+def check_report(suite: Suite, flagged: pl.DataFrame | pl.LazyFrame, gx_part: pl.DataFrame,
                   flags: dict[str, str], row_checks: set[str],
                   gx_results: dict[str, CheckResult]) -> tuple[list[dict[str, Any]], list[str]]:
     """Per check: failing rows (all data), GX's counts on its rows, and whether they agree."""
-    totals = flagged.select(pl.col(f).sum().alias(k) for k, f in flags.items()).row(0, named=True) \
-        if flags else {}
+    totals = flagged.lazy().select(pl.col(f).sum().alias(k) for k, f in flags.items()) \
+        .collect().row(0, named=True) if flags else {}
     on_gx = gx_part.select(pl.col(f).sum().alias(k) for k, f in flags.items()).row(0, named=True) \
         if flags and gx_part.height else {}
     report, problems = [], []
