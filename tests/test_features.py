@@ -129,3 +129,25 @@ def test_vendor_master_creation_date_sets_the_vendor_age() -> None:
     assert v1["vendor_new"].unique().to_list() == [pytest.approx(1 - 10 / 90)]
     # a vendor without a master entry, first seen at the start of the history: age unknown
     assert frame.filter(pl.col("vendor_j") == "V2")["vendor_age_days"].null_count() > 0
+
+
+def test_lines_without_user_or_vendor_are_counted_as_their_own_group(ledger: pl.DataFrame) -> None:
+    """The per-group tables keep null keys as one group (as a window expression did): lines
+    without a user share the counts and the median of the other user-less lines."""
+    blank = ledger.with_columns(
+        pl.when(pl.col("journal_id") < "J00010").then(None).otherwise(pl.col("entered_by"))
+        .alias("entered_by"),
+        pl.when(pl.col("journal_id") < "J00004").then(None).otherwise(pl.col("vendor_id"))
+        .alias("vendor_id"))
+    ff = build_features(blank.lazy(), Settings(entity="Testdorf")).frame
+    no_user = ff.filter(pl.col("entered_by").is_null())
+    assert no_user.height == 20
+    assert no_user.get_column("user_lines").unique().to_list() == [20]
+    assert no_user.get_column("user_rarity").unique().to_list() == [0.0]   # null user: no rarity
+    assert no_user.get_column("user_day_z").unique().to_list() == [0.0]
+    no_vendor = ff.filter(pl.col("vendor_j").is_null())
+    assert no_vendor.height == 8
+    assert no_vendor.get_column("vendor_account_rarity").unique().to_list() == [0.0]
+    user0 = ff.filter(pl.col("entered_by") == "USER0")
+    expected = blank.filter(pl.col("entered_by") == "USER0").height
+    assert user0.get_column("user_lines").unique().to_list() == [expected]
