@@ -29,9 +29,8 @@ import polars as pl
 from detect.errors import AlreadyProcessed, DeliveryRejected
 from detect.ingest import IngestResult
 from detect.privacy import load_key, pseudonymise_iban
-from detect.schema import BOOKING_SCHEMA
 from detect.validation import (
-    filecheck, gxrun, journals, prepare, quarantine, reconcile, rowchecks, state,
+    filecheck, gxrun, journals, output, prepare, quarantine, reconcile, rowchecks, state,
 )
 from detect.validation.gxrun import ROW, GxRunner
 from detect.validation.gxrun import sample_lazy as gx_sample_lazy
@@ -138,9 +137,13 @@ def _in_delivered_order(lazy: pl.LazyFrame) -> bool:
 def _failing(flagged: pl.LazyFrame, checks: list[Check], flags: dict[str, str]) -> pl.DataFrame:
     """The rows failing any quarantining check, in row order: the only rows collected whole."""
     used = [flags[c.key] for c in checks if c.key in flags and c.quarantines]
-    if not used:
+    # first the ids (a narrow query: only the checks' columns are read), then the full rows of
+    # just those ids; filtering the full-width scan directly read the whole delivery into memory
+    ids = (flagged.filter(pl.any_horizontal(used)).select(ROW).collect().get_column(ROW)
+           if used else pl.Series(ROW, [], dtype=pl.Int64))
+    if ids.is_empty():
         return flagged.head(0).collect()
-    return flagged.filter(pl.any_horizontal(used)).sort(ROW).collect()
+    return flagged.filter(pl.col(ROW).is_in(ids.implode())).sort(ROW).collect()
 
 
 def _pseudonymise_master(master: dict[str, pl.DataFrame], key: bytes, run_dir: Path) -> None:
@@ -305,10 +308,12 @@ def validate(ingested: IngestResult, ctx: RunContext) -> ValidationResult:
     checks, disagree = rowchecks.check_report(suite, flagged, gx_part, flags, row_checks,
                                               gx_results)
     warnings_ += disagree
+    clock.lap("check_counts")
 
     # only the rows failing some check are collected (with the columns their reasons show)
     base = frame.collect_schema().names()
     bad = _failing(flagged, suite.checks, flags)
+    clock.lap("failing_rows")
     fails = quarantine.failures(bad, suite.checks, flags)
     rows = quarantine.per_row(fails)
     reasons = quarantine.counts(rows)
@@ -323,15 +328,14 @@ def validate(ingested: IngestResult, ctx: RunContext) -> ValidationResult:
             warnings_.append(f"{c['reason']}: {c['failing_rows']:,} rows (kept; check {c['key']})")
     q_rows = (bad.select(base).join(rows.select(ROW, "expectation", "reason"), on=ROW,
                                     how="inner").sort(ROW))
-    # the clean file streams from the scan, minus the (few) quarantined row ids
+    # the clean file is written slice by slice from the scan, minus the quarantined row ids
     clean = frame.filter(~pl.col(ROW).is_in(rows.get_column(ROW).implode())) \
         if rows.height else frame
     q_out = q_rows.select(QUARANTINE_LEAD + [c for c in q_rows.columns
                                              if c not in QUARANTINE_LEAD and c != ROW])
     clean_path, q_path = run_dir / "bookings.parquet", run_dir / "quarantine.parquet"
     run_dir.mkdir(parents=True, exist_ok=True)
-    clean.select(pl.col(c).cast(t) for c, t in BOOKING_SCHEMA.items()) \
-        .sink_parquet(clean_path, maintain_order=True)
+    output.write_clean(frame, rows.get_column(ROW), clean_path, rows_in)
     q_out.write_parquet(q_path)
     clock.lap("write")
 
