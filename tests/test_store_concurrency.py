@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import sys
 import time
+import types
 from pathlib import Path
 from types import SimpleNamespace
 
 import polars as pl
+import pytest
 
 from detect.store import ReviewStore, item_id
 
@@ -44,7 +47,11 @@ def _decider(data_dir: str, start: mp.Barrier, done: mp.Event) -> None:
     done.set()
 
 
-def test_publish_while_another_process_records_200_decisions(tmp_path: Path) -> None:
+def test_publish_while_another_process_records_200_decisions(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # spawned children re-run the parent's __main__; in a test worker that may be the last
+    # Streamlit page an AppTest ran, so give them an empty one
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))
     store = ReviewStore.for_data_dir(tmp_path)
     store.publish_run(SimpleNamespace(entity="M", run_id="r1", run_dir=tmp_path / "x",
                                       rescore_history=True), _findings(0))
