@@ -255,12 +255,7 @@ def _batch_frame(header: ExtfHeader, file_idx: int, settings: Settings, workdir:
                  warnings: list[str]) -> pl.LazyFrame:
     """One Buchungsstapel -> canonical lines (two per row), plus helper columns ``_ord``,
     ``_side``, ``_gp_bank``."""
-    idx = match_columns(header, BOOKING_FIELDS, REQUIRED, warnings)
-    n_fields = max(len(header.columns), max(idx.values()) + 1)
-    check_last_line(header.path, header.encoding, SEP, n_fields)
-    source = utf8_source(header.path, header.encoding, workdir)
-    lf = scan_strings(source, SEP, n_fields, skip_lines=header.data_line - 1,
-                      first_line_no=header.data_line)
+    idx, lf = _scan_table(header, BOOKING_FIELDS, REQUIRED, workdir, warnings)
     start, end = _period(header)
     label = {k: f.label for k, f in BOOKING_FIELDS.items()}
     # stage 1: trimmed text per field, normalised Beleginfo types (small plans, each once)
@@ -362,14 +357,20 @@ def _batch_frame(header: ExtfHeader, file_idx: int, settings: Settings, workdir:
 
 # --- master files --------------------------------------------------------------------------------
 
-def _master_rows(header: ExtfHeader, fields: dict[str, Field], required: tuple[str, ...],
-                 workdir: Path, warnings: list[str]) -> pl.DataFrame:
+def _scan_table(header: ExtfHeader, fields: dict[str, Field], required: tuple[str, ...],
+                workdir: Path, warnings: list[str]) -> tuple[dict[str, int], pl.LazyFrame]:
+    """Column positions of ``fields`` and a string scan of the data rows (cut files refused)."""
     idx = match_columns(header, fields, required, warnings)
     n_fields = max(len(header.columns), max(idx.values()) + 1)
     check_last_line(header.path, header.encoding, SEP, n_fields)
     source = utf8_source(header.path, header.encoding, workdir)
-    lf = scan_strings(source, SEP, n_fields, skip_lines=header.data_line - 1,
-                      first_line_no=header.data_line)
+    return idx, scan_strings(source, SEP, n_fields, skip_lines=header.data_line - 1,
+                             first_line_no=header.data_line)
+
+
+def _master_rows(header: ExtfHeader, fields: dict[str, Field], required: tuple[str, ...],
+                 workdir: Path, warnings: list[str]) -> pl.DataFrame:
+    idx, lf = _scan_table(header, fields, required, workdir, warnings)
     return lf.select([strip_or_null(pl.col(f"c{i}")).alias(k) for k, i in idx.items()]
                      + [pl.col(LINE)]).collect().sort(LINE)
 
