@@ -146,6 +146,19 @@ def _failing(flagged: pl.LazyFrame, checks: list[Check], flags: dict[str, str]) 
     return flagged.filter(pl.col(ROW).is_in(ids.implode())).sort(ROW).collect()
 
 
+def _pseudonymise_bank_accounts(frame: pl.LazyFrame, key: bytes) -> pl.LazyFrame:
+    """``privacy.pseudonymise_iban`` applied to the distinct delivered values only (cleaning
+    with a regex and upper-casing every row cost 0.3 s per 1M lines); each row then gets one
+    lookup of its raw value. Same result by construction."""
+    column = "bank_account"
+    raw = frame.select(pl.col(column).unique().drop_nulls()).collect().get_column(column)
+    if raw.is_empty():
+        return frame
+    pseudonyms = pseudonymise_iban(raw.to_frame(), column, key).get_column(column)
+    return frame.with_columns(pl.col(column).replace_strict(
+        raw, pseudonyms, default=None, return_dtype=pl.String))
+
+
 def _pseudonymise_master(master: dict[str, pl.DataFrame], key: bytes, run_dir: Path) -> None:
     """IBANs in master data are pseudonymised like the bookings' (so rules can compare them),
     in memory and in ``master/*.parquet`` already written by the pipeline."""
@@ -256,7 +269,7 @@ def validate(ingested: IngestResult, ctx: RunContext) -> ValidationResult:
 
     # pseudonymise before anything is written (and before GX sees the values)
     key = load_key(ctx.data_dir)
-    frame = pseudonymise_iban(frame, "bank_account", key)
+    frame = _pseudonymise_bank_accounts(frame, key)
     _pseudonymise_master(ingested.master, key, run_dir)
     clock.lap("pseudonymise")
 
