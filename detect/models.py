@@ -10,7 +10,7 @@ which other lines are scored in the same batch), and the percentiles are average
 ECOD here is ``TailECOD``, an inductive variant of PyOD's ECOD: PyOD recomputes the empirical
 CDFs on training + scored rows at every ``decision_function`` call, which makes a score depend
 on the batch and costs memory proportional to both. ``TailECOD`` keeps the sorted training
-columns and looks values up (``searchsorted``); its per-feature tail scores
+columns as lookup tables over their distinct values (``searchsorted``); its per-feature tail scores
 ``-log P(tail)`` are also the explanations.
 
 Persistence: ``models/ensemble.joblib`` (PyOD's versioned envelope) with ``ensemble.json``
@@ -72,28 +72,52 @@ class TailECOD(ECOD):
     def fit(self, X: np.ndarray, y: Any = None) -> "TailECOD":
         X = np.asarray(X, dtype=np.float64)
         self._set_n_classes(y)
-        self.sorted_ = np.sort(X, axis=0)
         self.n_features_in_ = X.shape[1]
+        self.n_train_ = X.shape[0]
         dirs = self.directions if self.directions is not None else (0,) * X.shape[1]
         self.directions_ = np.asarray(dirs, dtype=np.int8)
+        self.values_, self.tails_ = [], []
+        for j in range(X.shape[1]):
+            values, tails = self._tail_table(X[:, j], int(self.directions_[j]))
+            self.values_.append(values)
+            self.tails_.append(tails)
         self.decision_scores_ = self.decision_function(X)
         self._process_decision_scores()
         return self
 
+    def _tail_table(self, col: np.ndarray, direction: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ECDF of one training column as a lookup table over its distinct values.
+
+        ``tails[2k + 1]`` is the tail score of a value equal to ``values[k]``, ``tails[2k]``
+        of a value strictly between ``values[k-1]`` and ``values[k]`` (``tails[2m]``: above
+        the largest). Identical to searching the sorted training column, but the search runs
+        over the distinct values (most features have < 2,000; they stay in the CPU cache) and
+        the probabilities and logs are computed once per table entry instead of per line:
+        scoring 1M lines x 15 features took 1.3 s that way, 0.35 s with the tables."""
+        values, counts = np.unique(col, return_counts=True)
+        n = self.n_train_
+        below = np.concatenate([[0], np.cumsum(counts)])   # training values < values[k]
+        upper_gap = (n - below + 1) / (n + 1)
+        upper_hit = (n - below[:-1] + 1) / (n + 1)
+        if direction > 0:
+            p_gap, p_hit = upper_gap, upper_hit
+        else:
+            p_gap = np.minimum(np.minimum(upper_gap, (below + 1) / (n + 1)) * 2, 1.0)
+            p_hit = np.minimum(np.minimum(upper_hit, (below[1:] + 1) / (n + 1)) * 2, 1.0)
+        tails = np.empty(2 * len(values) + 1)
+        tails[0::2] = -np.log(np.minimum(p_gap, 1.0))
+        tails[1::2] = -np.log(np.minimum(p_hit, 1.0))
+        return values, tails
+
     def tail_scores(self, X: np.ndarray) -> np.ndarray:
         """-log P(a training value is at least as extreme), per feature; 0 = typical."""
-        X = np.asarray(X, dtype=np.float64)
-        n = self.sorted_.shape[0]
-        out = np.empty_like(X)
+        X = np.asarray(X)
+        out = np.empty(X.shape, dtype=np.float64)
         for j in range(X.shape[1]):  # loop over features (~16), vectorised over rows
-            col = self.sorted_[:, j]
-            upper = (n - np.searchsorted(col, X[:, j], "left") + 1) / (n + 1)
-            if self.directions_[j] > 0:
-                p = upper
-            else:
-                lower = (np.searchsorted(col, X[:, j], "right") + 1) / (n + 1)
-                p = np.minimum(np.minimum(upper, lower) * 2, 1.0)
-            out[:, j] = -np.log(np.minimum(p, 1.0))
+            values, col = self.values_[j], X[:, j].astype(np.float64, copy=False)
+            k = np.searchsorted(values, col, "left")
+            hit = values.take(k, mode="clip") == col
+            out[:, j] = self.tails_[j].take(2 * k + hit)
         return out
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
@@ -145,8 +169,11 @@ class BookingOutlierEnsemble(BaseEstimator):
         if not names:
             raise UserError("[models] detectors is empty", hint="e.g. [\"iforest\", \"hbos\"]")
         self.detectors_ = {name: self._make(name, len(X)).fit(X) for name in names}
-        self.train_scores_ = {name: np.sort(det.decision_scores_)
-                              for name, det in self.detectors_.items()}
+        # distinct training scores and how many lie below each: one search per scored line
+        self.train_scores_ = {}
+        for name, det in self.detectors_.items():
+            values, counts = np.unique(det.decision_scores_, return_counts=True)
+            self.train_scores_[name] = (values, np.concatenate([[0], np.cumsum(counts)]))
         self.explainer_ = (self.detectors_["ecod"] if "ecod" in self.detectors_
                            else TailECOD(directions=self.directions,
                                          aggregate=self.ecod_aggregate).fit(X))
@@ -154,10 +181,12 @@ class BookingOutlierEnsemble(BaseEstimator):
         return self
 
     def _percentile(self, name: str, raw: np.ndarray) -> np.ndarray:
-        ref = self.train_scores_[name]
-        lo = np.searchsorted(ref, raw, "left")
-        hi = np.searchsorted(ref, raw, "right")
-        return (lo + hi) / (2.0 * len(ref))
+        """Mid-rank of ``raw`` among the training scores, in [0, 1]."""
+        values, below = self.train_scores_[name]
+        k = np.searchsorted(values, raw, "left")
+        hit = values.take(k, mode="clip") == raw
+        return (2 * below[k] + hit * (below.take(k + 1, mode="clip") - below[k])) \
+            / (2.0 * below[-1])
 
     def detector_scores(self, X: np.ndarray) -> dict[str, np.ndarray]:
         """Each detector's percentile score (0..1), scored in batches of ``batch_size``."""
@@ -243,8 +272,35 @@ def _delivery_keys(ctx: Any) -> pl.DataFrame | None:
     path = Path(ctx.run_dir) / "bookings.parquet"
     if getattr(ctx, "rescore_history", False) or not path.exists():
         return None
-    return pl.read_parquet(path, columns=KEY).unique().with_columns(
+    return pl.read_parquet(path, columns=KEY).with_columns(
         pl.col("fiscal_year").cast(pl.Int32), pl.col("line_no").cast(pl.Int32))
+
+
+def _key_hash(frame: pl.DataFrame) -> pl.Series:
+    return frame.select(pl.struct(pl.col("entity").cast(pl.String),
+                                  pl.col("fiscal_year").cast(pl.Int32),
+                                  pl.col("journal_id").cast(pl.String),
+                                  pl.col("line_no").cast(pl.Int32)).hash(seed=7)).to_series()
+
+
+def _target_rows(frame: pl.DataFrame, targets: pl.DataFrame | None) -> np.ndarray | None:
+    """Row positions of ``frame`` whose key is in ``targets`` (None = all rows).
+
+    Why hashes: a semi join over the four key columns (two strings) cost ~0.3 s per 1M lines,
+    a 64-bit hash of each key and ``is_in`` a tenth of that. Exactness: the delivery's lines
+    are all in the history (it was merged into it), so the hash matches are exactly the
+    delivery unless two keys collide; a collision shows as more matches than distinct
+    delivery hashes, and then the exact semi join is used."""
+    if targets is None:
+        return None
+    wanted = _key_hash(targets).unique()
+    hit = _key_hash(frame).is_in(wanted.implode())
+    rows = np.flatnonzero(hit.to_numpy())
+    if len(rows) == len(wanted):  # every delivery key is in the history: no collision
+        return rows
+    exact = frame.select(KEY).with_row_index("_row").join(
+        targets.select(KEY).unique(), on=KEY, how="semi")
+    return np.sort(exact.get_column("_row").to_numpy())
 
 
 def _vendors(ctx: Any) -> pl.DataFrame | None:
@@ -318,22 +374,31 @@ def fit_and_score(bookings: pl.LazyFrame, settings: Any, *, targets: pl.DataFram
     del sample
     meta["seconds"]["fit"] = round(time.perf_counter() - clock, 2)
     clock = time.perf_counter()
-    # only the key and the used features are copied for the delivery, not the context columns
-    scored = (frame.select(KEY + used) if targets is None
-              else frame.select(KEY + used).join(targets, on=KEY, how="semi"))
-    score = np.empty(scored.height)
-    for start in range(0, scored.height, cfg.batch_size):
-        part = scored.slice(start, cfg.batch_size)
-        score[start:start + part.height] = model.decision_function(to_matrix(part, used))
-    keys = scored.select(KEY).with_columns(pl.Series("model_score", score))
-    del scored
+    # the lines to score as row positions in the (key-sorted) frame: gathers instead of
+    # joins over the four string key columns
+    rows = _target_rows(frame, targets)
+    keys = frame.select(KEY) if rows is None else frame.select(KEY)[rows]
+    score = np.empty(keys.height)
+    for start in range(0, keys.height, cfg.batch_size):
+        part = frame.select(used).slice(start, cfg.batch_size) if rows is None \
+            else frame.select(used)[rows[start:start + cfg.batch_size]]
+        # Float32 as stored: TailECOD widens one column at a time (no 1M x 15 float64 copy)
+        score[start:start + part.height] = model.decision_function(
+            part.to_numpy() if set(model.detectors_) == {"ecod"} else to_matrix(part, used))
+    keys = keys.with_columns(pl.Series("model_score", score))
     meta["seconds"]["score"] = round(time.perf_counter() - clock, 2)
     clock = time.perf_counter()
-    picked = keys.filter(explain_mask(keys, settings, explain_journals)).select(KEY)
-    sub = frame.join(picked, on=KEY, how="semi")
-    text = explain.explain(sub, model.tail_scores(to_matrix(sub, used)), used,
+    mask = explain_mask(keys, settings, explain_journals).to_numpy()
+    picked = np.flatnonzero(mask)
+    sub = frame[picked if rows is None else rows[picked]]
+    text = explain.explain(sub, model.tail_scores(sub.select(used).to_numpy()), used,
                            cfg.top_features, settings)
-    out = keys.join(sub.select(KEY).hstack(text), on=KEY, how="left", maintain_order="left")
+    # texts only on the picked lines: scattered into null columns by position, not joined
+    idx = pl.Series(picked, dtype=pl.Int64)
+    out = keys.with_columns(
+        pl.repeat(None, keys.height, dtype=pl.String, eager=True).alias(c)
+        .scatter(idx, text.get_column(c))
+        for c in text.columns)
     meta["explained_lines"] = sub.height
     meta["seconds"]["explain"] = round(time.perf_counter() - clock, 2)
     return out.select(list(MODEL_SCORE_SCHEMA)).cast(dict(MODEL_SCORE_SCHEMA)), model, meta
