@@ -17,7 +17,10 @@
 
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import date
@@ -32,21 +35,19 @@ from detect.privacy import load_key, pseudonymise_iban
 from detect.validation import (
     filecheck, gxrun, journals, output, prepare, quarantine, reconcile, rowchecks, state,
 )
-from detect.validation.gxrun import ROW, GxRunner
-from detect.validation.gxrun import sample_lazy as gx_sample_lazy
-from detect.validation.suites import Check
+from detect.validation.gxrun import ROW, CheckResult, GxJob, GxRunner
+from detect.validation.suites import Check, Suite
 from detect.validation.suites import load_suite, suites_dir
 
 if TYPE_CHECKING:
     from detect.pipeline import RunContext
-
-gxrun.preload()  # the pipeline imports this module before ingesting: overlap the GX import
 
 # re-exported so the pipeline can ask before ingesting
 already_processed = state.already_processed
 remember_delivery = state.remember_delivery
 
 QUARANTINE_LEAD = ["source_file", "source_line", "expectation", "reason"]
+JOURNAL = ["entity", "fiscal_year", "journal_id"]
 QUARANTINE_SHARE_WARN = 0.2
 """Quarantining this share of a delivery or more earns a warning to check the mapping."""
 REVIEW_RULES = {"VAL-CTRL"}
@@ -55,21 +56,53 @@ REVIEW_RULES = {"VAL-CTRL"}
 
 @dataclass
 class ValidationResult:
+    """What the gate decided. ``checks``, ``warnings``, ``docs_index``, ``headline`` and
+    ``summary()`` include Great Expectations' part, which runs in the background after
+    ``validate`` returned (``wait_for_gx``): reading them waits for it, once."""
+
     clean_path: Path
     quarantine_path: Path
     rows_in: int
     rows_clean: int
     rows_quarantined: int
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
+    _warnings: list[str] = field(default_factory=list)
     journal_findings: pl.DataFrame = field(default_factory=journals.empty_hits)
     control_totals: list[dict[str, Any]] = field(default_factory=list)
-    docs_index: Path | None = None
+    _docs_index: Path | None = None
     unreliable_columns: list[str] = field(default_factory=list)
     """Columns flagged as mostly placeholders: kept, but date-based rules should not trust them."""
-    checks: list[dict[str, Any]] = field(default_factory=list)
+    _checks: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
-    headline: list[str] = field(default_factory=list)
+    _headline: list[str] = field(default_factory=list)
+    _pending: _GxPending | None = field(default=None, repr=False)
+
+    @property
+    def warnings(self) -> list[str]:
+        self.wait_for_gx()
+        return self._warnings
+
+    @property
+    def checks(self) -> list[dict[str, Any]]:
+        self.wait_for_gx()
+        return self._checks
+
+    @property
+    def docs_index(self) -> Path | None:
+        self.wait_for_gx()
+        return self._docs_index
+
+    @property
+    def headline(self) -> list[str]:
+        self.wait_for_gx()
+        return self._headline
+
+    def wait_for_gx(self) -> None:
+        """Merge Great Expectations' results (cross-check, master-data checks, Data Docs) into
+        this result and ``validation.json``; waits for the background job if it still runs."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.finish(self)
 
     def review_hits(self) -> pl.DataFrame:
         """Findings the rule catalog does not produce itself (control-total differences), in
@@ -79,21 +112,144 @@ class ValidationResult:
 
     def summary(self) -> dict[str, Any]:
         """JSON-able digest for the run manifest."""
+        self.wait_for_gx()
+        return self._summary()
+
+    def _summary(self) -> dict[str, Any]:
         by_rule = (self.journal_findings.group_by("rule_id").len().sort("rule_id").rows()
                    if self.journal_findings.height else [])
         return {
             "rows_in": self.rows_in, "rows_clean": self.rows_clean,
             "rows_quarantined": self.rows_quarantined,
             "quarantine_reasons": self.quarantine_reasons,
-            "warnings": self.warnings,
+            "warnings": self._warnings,
             "journal_findings": {rule: int(n) for rule, n in by_rule},
             "control_totals": [{k: v for k, v in r.items() if k != "journals"}
                                for r in self.control_totals],
             "unreliable_columns": self.unreliable_columns,
-            "data_docs": "data_docs/index.html" if self.docs_index else None,
+            "data_docs": "data_docs/index.html" if self._docs_index else None,
             "timings": self.timings,
-            "headline": self.headline,
+            "headline": self._headline,
         }
+
+
+@dataclass
+class _GxOutcome:
+    """What the background job found: GX's results on the booking sample, the master-data
+    checks, the Data Docs site (built in a temporary folder) and what went wrong."""
+
+    results: dict[str, CheckResult] = field(default_factory=dict)
+    master_checks: list[dict[str, Any]] = field(default_factory=list)
+    master_warnings: list[str] = field(default_factory=list)
+    docs_index: Path | None = None
+    error: str | None = None
+    docs_error: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+_unclaimed_docs: set[Path] = set()
+
+
+@atexit.register
+def _remove_unclaimed_docs() -> None:
+    """Data Docs of runs that failed before their GX results were collected."""
+    for path in list(_unclaimed_docs):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _gx_work(suite: Suite, sample: pl.DataFrame, params: dict[str, Any], ctx: RunContext,
+             master: dict[str, pl.DataFrame], directory: Path, label: str,
+             docs_dir: Path | None) -> _GxOutcome:
+    """Great Expectations' part of the gate, run by ``GxJob`` in the background: the booking
+    suite on its sample, the master-data suites, Data Docs. It decides nothing (the masks did);
+    any failure becomes a warning."""
+    vs, out, clock = ctx.settings.validation, _GxOutcome(), _Clock()
+    runner: GxRunner | None = None
+    try:
+        runner = GxRunner(docs_dir, ctx.run_id)
+        clock.lap("gx_setup")  # mostly the import of GX
+        out.results = {r.key: r for r in runner.validate(suite, sample, params, vs.batch_rows,
+                                                         batch_key=JOURNAL, label=label)}
+        clock.lap("gx_bookings")
+        out.master_checks, out.master_warnings = rowchecks.master_checks(
+            runner, master, directory, vs.batch_rows)
+        clock.lap("gx_master")
+    except Exception as exc:  # noqa: BLE001 - GX cross-checks and documents; the masks decide
+        runner = None
+        out.error = (f"Great Expectations could not validate this delivery "
+                     f"({type(exc).__name__}: {exc}); the vectorised checks decided alone "
+                     "and there are no Data Docs")
+    if runner is not None:
+        try:
+            out.docs_index = runner.build_docs()
+        except Exception as exc:  # noqa: BLE001 - the run's data are complete without the HTML
+            out.docs_error = f"Data Docs could not be built ({type(exc).__name__}: {exc})"
+        clock.lap("data_docs")
+    out.timings = clock.times
+    return out
+
+
+@dataclass
+class _GxPending:
+    """Everything needed to finish a result once GX is done (see ``wait_for_gx``)."""
+
+    job: GxJob[_GxOutcome]
+    suite: Suite
+    totals: dict[str, int]
+    on_gx: dict[str, int]
+    gx_rows: int
+    row_checks: set[str]
+    warnings_before: list[str]
+    warnings_after: list[str]
+    control_headline: list[str]
+    skipped: set[str]
+    json_head: dict[str, Any]
+    json_tail: dict[str, Any]
+    docs_dir: Path | None
+    ctx: RunContext
+
+    def finish(self, result: ValidationResult) -> None:
+        started = time.perf_counter()
+        try:
+            gx = self.job.result()
+        except BaseException as exc:  # noqa: BLE001 - GX decides nothing
+            gx = _GxOutcome(error=f"Great Expectations could not validate this delivery "
+                                  f"({type(exc).__name__}: {exc}); the vectorised checks "
+                                  "decided alone and there are no Data Docs")
+        waited = time.perf_counter() - started
+        checks, disagree = rowchecks.check_report(self.suite, self.totals, self.on_gx,
+                                                  self.gx_rows, self.row_checks, gx.results)
+        gx_warnings = gx.master_warnings + disagree + ([gx.error] if gx.error else [])
+        late = [gx.docs_error] if gx.docs_error else []
+        result._warnings = self.warnings_before + gx_warnings + self.warnings_after + late
+        result._checks = checks + gx.master_checks
+        run_dir = Path(self.ctx.run_dir)
+        if self.docs_dir is not None:
+            _unclaimed_docs.discard(self.docs_dir)
+            target = run_dir / "data_docs"
+            if gx.docs_index is not None and run_dir.is_dir() and not target.exists():
+                shutil.move(str(self.docs_dir), str(target))
+                result._docs_index = target / "index.html"
+            shutil.rmtree(self.docs_dir, ignore_errors=True)
+        result.timings.update(gx.timings)
+        result.timings["gx_wait"] = round(waited, 3)
+        result._headline = _headline(result, self.control_headline, self.skipped)
+        for text in gx_warnings + late:
+            self.ctx.log.warn(text)
+        if run_dir.is_dir():
+            _write_json(run_dir, _passed_json(result, self.json_head, self.json_tail,
+                                              "failed" if gx.error else "done"))
+
+
+def _passed_json(result: ValidationResult, head: dict[str, Any], tail: dict[str, Any],
+                 gx_status: str) -> dict[str, Any]:
+    """``validation.json`` of a delivery that passed. ``great_expectations`` says whether GX's
+    results are in it yet ("running": written when ``validate`` returns, rewritten with them
+    before the run is published)."""
+    return {**head, "outcome": "passed", **result._summary(), "skipped_checks": tail["skipped"],
+            "placeholders": tail["placeholders"], "checks": result._checks,
+            "control_totals": tail["control_totals"], "journal_ranges": tail["journal_ranges"],
+            "great_expectations": gx_status}
 
 
 class _Clock:
@@ -134,16 +290,34 @@ def _in_delivered_order(lazy: pl.LazyFrame) -> bool:
     return bool(nulls == 0 and good)
 
 
-def _failing(flagged: pl.LazyFrame, checks: list[Check], flags: dict[str, str]) -> pl.DataFrame:
-    """The rows failing any quarantining check, in row order: the only rows collected whole."""
-    used = [flags[c.key] for c in checks if c.key in flags and c.quarantines]
-    # first the ids (a narrow query: only the checks' columns are read), then the full rows of
-    # just those ids; filtering the full-width scan directly read the whole delivery into memory
-    ids = (flagged.filter(pl.any_horizontal(used)).select(ROW).collect().get_column(ROW)
-           if used else pl.Series(ROW, [], dtype=pl.Int64))
+def _collect_rows(flagged: pl.LazyFrame, suite: Suite, flags: dict[str, str], height: int,
+                  gx_rows: int) -> tuple[dict[str, int], pl.DataFrame, pl.DataFrame]:
+    """Every check's failing-row count, the rows failing a quarantining check (whole, in row
+    order) and GX's sample of whole journals (row id, flags and the suite's columns).
+
+    One narrow query (row id, the check flags, the suite's columns, the sample pick) keeps the
+    rows failing any check or picked for GX; the counts are its column sums (a row failing a
+    check is always kept). Only if some row is to be quarantined, a second query fetches the full
+    rows of just those ids; filtering the full-width scan by the checks directly read the whole
+    delivery into memory. (Before, counts, failing ids, their rows and the sample were four
+    passes over the delivery, one of them over every column.)"""
+    quarantining = [flags[c.key] for c in suite.checks if c.key in flags and c.quarantines]
+    is_bad = pl.any_horizontal(quarantining) if quarantining else pl.lit(False)
+    pick = gxrun.sample_pick(height, gx_rows, JOURNAL)
+    if pick is None:  # GX validates every row (small delivery, or gx_rows = 0)
+        everything = flagged.sort(ROW).collect()
+        return rowchecks.flag_counts(everything, flags), everything.filter(is_bad), everything
+    names = flagged.collect_schema().names()
+    columns = [c for c in dict.fromkeys([*suite.columns(), *JOURNAL]) if c in names]
+    narrow = (flagged.select(ROW, *flags.values(), *columns, pick.alias("_gx"))
+              .filter(pl.any_horizontal([*flags.values(), "_gx"])).sort(ROW).collect())
+    totals = rowchecks.flag_counts(narrow, flags)
+    sample = narrow.filter(pl.col("_gx")).drop("_gx")
+    ids = narrow.filter(is_bad).get_column(ROW)
     if ids.is_empty():
-        return flagged.head(0).collect()
-    return flagged.filter(pl.col(ROW).is_in(ids.implode())).sort(ROW).collect()
+        return totals, flagged.head(0).collect(), sample
+    bad = flagged.filter(pl.col(ROW).is_in(ids.implode())).sort(ROW).collect()
+    return totals, bad, sample
 
 
 def _pseudonymise_bank_accounts(frame: pl.LazyFrame, key: bytes) -> pl.LazyFrame:
@@ -296,49 +470,29 @@ def validate(ingested: IngestResult, ctx: RunContext) -> ValidationResult:
                                        .unique().sort().to_list())
     flagged, flags, row_checks = rowchecks.row_masks(view, suite, params)
     clock.lap("row_checks")
-    key = ["entity", "fiscal_year", "journal_id"]
-    gx_part = gx_sample_lazy(flagged, rows_in, vs.gx_rows, key)
+
+    # only the rows failing some check are collected (with the columns their reasons show),
+    # together with GX's sample
+    base = frame.collect_schema().names()
+    totals, bad, gx_part = _collect_rows(flagged, suite, flags, rows_in, vs.gx_rows)
+    on_gx = rowchecks.flag_counts(gx_part, flags)
     label = ("all rows" if gx_part.height == rows_in else
              f"sample of {gx_part.height:,} of {rows_in:,} rows")
-    runner: GxRunner | None = None
-    gx_results: dict[str, Any] = {}
-    master_checks: list[dict[str, Any]] = []
-    try:
-        runner = GxRunner(run_dir / "data_docs" if vs.data_docs else None, ctx.run_id)
-        clock.lap("gx_setup")
-        gx_results = {r.key: r for r in runner.validate(suite, gx_part, params, vs.batch_rows,
-                                                        batch_key=key, label=label)}
-        clock.lap("gx_bookings")
-        master_checks, master_warnings = rowchecks.master_checks(
-            runner, ingested.master, directory, vs.batch_rows)
-        warnings_ += master_warnings
-        clock.lap("gx_master")
-    except Exception as exc:  # noqa: BLE001 - GX cross-checks and documents; the masks decide
-        runner = None
-        warnings_.append(f"Great Expectations could not validate this delivery "
-                         f"({type(exc).__name__}: {exc}); the vectorised checks decided alone "
-                         "and there are no Data Docs")
-    checks, disagree = rowchecks.check_report(suite, flagged, gx_part, flags, row_checks,
-                                              gx_results)
-    warnings_ += disagree
-    clock.lap("check_counts")
-
-    # only the rows failing some check are collected (with the columns their reasons show)
-    base = frame.collect_schema().names()
-    bad = _failing(flagged, suite.checks, flags)
     clock.lap("failing_rows")
     fails = quarantine.failures(bad, suite.checks, flags)
     rows = quarantine.per_row(fails)
     reasons = quarantine.counts(rows)
+    later: list[str] = []  # warnings after GX's in the list (the order they always had)
     if rows_in and rows.height / rows_in >= QUARANTINE_SHARE_WARN:
         top, n = next(iter(reasons.items()))
-        warnings_.append(
+        later.append(
             f"{rows.height / rows_in:.0%} of the rows were quarantined, {n:,} of them for "
             f"'{top}': that many usually means a wrong mapping or setting (date format, fiscal "
             "year start, column), not bad bookings; check quarantine.parquet")
+    checks, _ = rowchecks.check_report(suite, totals, on_gx, gx_part.height, row_checks, {})
     for c in checks:
         if c["severity"] != "critical" and c["failing_rows"]:
-            warnings_.append(f"{c['reason']}: {c['failing_rows']:,} rows (kept; check {c['key']})")
+            later.append(f"{c['reason']}: {c['failing_rows']:,} rows (kept; check {c['key']})")
     q_rows = (bad.select(base).join(rows.select(ROW, "expectation", "reason"), on=ROW,
                                     how="inner").sort(ROW))
     # the clean file is written slice by slice from the scan, minus the quarantined row ids
@@ -361,30 +515,32 @@ def validate(ingested: IngestResult, ctx: RunContext) -> ValidationResult:
     findings.write_parquet(run_dir / "validation_findings.parquet")
     clock.lap("journal_findings")
 
-    docs_index = None
-    if runner is not None:
-        try:
-            docs_index = runner.build_docs()
-        except Exception as exc:  # noqa: BLE001 - the run's data are complete without the HTML
-            warnings_.append(f"Data Docs could not be built ({type(exc).__name__}: {exc})")
-    clock.lap("data_docs")
-
+    # Great Expectations: cross-checks the masks on its sample, checks the master data, writes
+    # the Data Docs. It decides nothing, so it runs in the background while the next stages
+    # work; the result waits for it when read (the pipeline: when it publishes the run).
+    docs_dir = None
+    if vs.data_docs:  # built outside the run folder, moved in when collected
+        docs_dir = Path(tempfile.mkdtemp(prefix=f"belegwacht-gxdocs-{ctx.run_id}-"))
+        _unclaimed_docs.add(docs_dir)
+    job = GxJob(lambda: _gx_work(suite, gx_part, params, ctx, ingested.master, directory,
+                                 label, docs_dir))
     result = ValidationResult(
         clean_path=clean_path, quarantine_path=q_path, rows_in=rows_in,
         rows_clean=rows_in - q_out.height, rows_quarantined=q_out.height,
-        quarantine_reasons=reasons, warnings=warnings_, journal_findings=findings,
-        control_totals=recon.reports, docs_index=docs_index,
-        unreliable_columns=sorted(unreliable),
-        checks=checks + master_checks,
-        timings=clock.times)
-    result.headline = _headline(result, recon.headline, skipped)
-    for text in warnings_:
+        quarantine_reasons=reasons, _warnings=warnings_ + later, journal_findings=findings,
+        control_totals=recon.reports, unreliable_columns=sorted(unreliable),
+        _checks=checks, timings=clock.times)
+    result._headline = _headline(result, recon.headline, skipped)
+    for text in warnings_ + later:
         ctx.log.warn(text)
-    _write_json(run_dir, {**payload, "outcome": "passed", **result.summary(),
-                          "skipped_checks": sorted(skipped),
-                          "placeholders": [vars(r) for r in reports],
-                          "checks": result.checks, "control_totals": recon.reports,
-                          "journal_ranges": ranges.to_dicts()})
+    tail = {"skipped": sorted(skipped), "placeholders": [vars(r) for r in reports],
+            "control_totals": recon.reports, "journal_ranges": ranges.to_dicts()}
+    _write_json(run_dir, _passed_json(result, payload, tail, "running"))
+    result._pending = _GxPending(
+        job=job, suite=suite, totals=totals, on_gx=on_gx, gx_rows=gx_part.height,
+        row_checks=row_checks, warnings_before=warnings_, warnings_after=later,
+        control_headline=recon.headline, skipped=skipped, json_head=payload, json_tail=tail,
+        docs_dir=docs_dir, ctx=ctx)
     state.remember_delivery(ctx.data_dir, ctx.entity, shas, ctx.run_id, names)
     state.remember_ranges(ctx.data_dir, ctx.entity, ctx.run_id, ranges)
     clock.lap("state")
@@ -403,15 +559,15 @@ def _headline(result: ValidationResult, control: list[str], skipped: set[str]) -
     if result.journal_findings.height:
         names = {"VAL-UNBAL": "unbalanced journals", "VAL-GAP": "gaps in journal numbering",
                  "VAL-CTRL": "journals not matching control totals"}
-        counts = result.summary()["journal_findings"]
+        counts = result._summary()["journal_findings"]
         lines.append("journal findings: " + ", ".join(
             f"{n:,} {names.get(rule, rule)}" for rule, n in counts.items()))
     lines += control
     if skipped:
         lines.append(f"skipped checks (no master data): {', '.join(sorted(skipped))}")
-    for text in result.warnings:
+    for text in result._warnings:
         if not text.startswith("control totals"):  # already summarised above
             lines.append("warning: " + text.split("; ")[0].split(". ")[0])
-    if result.docs_index:
+    if result._docs_index:
         lines.append("data docs: data_docs/index.html")
     return lines

@@ -6,6 +6,10 @@ Arrow-backed DataFrame (only the columns the suite reads, plus ``_row``). Delive
 ``validation.batch_rows`` rows keep the lines of a journal together, so uniqueness stays exact.
 One ephemeral context per run; a Checkpoint per suite; Data Docs are built once at the end into
 the run folder. The rows to quarantine come from ``masks`` (same suite, vectorised).
+
+GX decides nothing, so ``detect.validate`` runs it off the critical path: ``GxJob`` imports GX
+(1.2 CPU s on top of what the pipeline imports anyway) and validates in a background thread
+once the gate's own work is done, and the run collects the outcome before it is published.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Generic, TypeVar
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
@@ -27,6 +31,7 @@ import polars as pl  # noqa: E402
 from detect.validation.suites import Suite  # noqa: E402
 
 ROW = "_row"
+T = TypeVar("T")
 
 
 @dataclass
@@ -51,15 +56,61 @@ _preloader: threading.Thread | None = None
 
 
 def preload() -> None:
-    """Import Great Expectations in the background (it takes seconds), so the import overlaps
-    with reading the delivery instead of adding to the validation step. Idempotent; set
-    ``BELEGWACHT_GX_PRELOAD=0`` to switch it off."""
+    """Import Great Expectations in a background thread now. No longer called on import of
+    ``detect.validate`` (the import competed with the ingest for the two cores; ``GxJob``
+    imports GX when it is needed). Idempotent; ``BELEGWACHT_GX_PRELOAD=0`` switches it off."""
     global _preloader
     if _preloader is not None or os.environ.get("BELEGWACHT_GX_PRELOAD") == "0":
         return
     _preloader = threading.Thread(target=importlib.import_module, args=("great_expectations",),
                                   name="gx-preload", daemon=True)
     _preloader.start()
+
+
+class GxJob(Generic[T]):
+    """``work()`` in a daemon thread; ``result()`` waits for it and returns its value (or raises
+    its exception). Used for Great Expectations: pure Python under the GIL, so it overlaps the
+    Polars/DuckDB work of the next stages (which release the GIL) instead of adding to them.
+
+    The thread runs at a lower CPU priority (``BELEGWACHT_GX_NICE``, default 10; Linux nice
+    values are per thread), so on a busy machine it takes the idle core time first; ``result()``
+    puts it back at normal priority when someone waits for it."""
+
+    def __init__(self, work: Callable[[], T], name: str = "gx-validate") -> None:
+        self._work = work
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self._tid: int | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        self._tid = threading.get_native_id()
+        _renice(self._tid, int(os.environ.get("BELEGWACHT_GX_NICE", "10") or 0))
+        try:
+            self._value = self._work()
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for the result
+            self._error = exc
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def result(self) -> T:
+        if self._thread.is_alive() and self._tid is not None:
+            _renice(self._tid, 0)  # someone waits: no reason to be polite any more
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
+
+def _renice(tid: int, nice: int) -> None:
+    """Set one thread's nice value (Linux: per thread). Lowering it again needs privileges:
+    where that is refused the thread just stays polite."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, nice)
+    except (AttributeError, OSError):
+        pass
 
 
 def _quiet_gx() -> None:
@@ -176,26 +227,27 @@ def _merge(target: CheckResult, res: Any) -> None:
     target.rows.extend(int(item[ROW]) for item in r.get("unexpected_index_list") or [])
 
 
+def sample_pick(height: int, rows: int, key: list[str]) -> pl.Expr | None:
+    """True for the rows of about ``rows`` rows of whole journals, chosen by a hash of ``key``
+    (deterministic); None when GX validates all ``height`` rows."""
+    if rows <= 0 or height <= rows:
+        return None
+    buckets = math.ceil(height / rows)
+    return pl.concat_str([pl.col(c).cast(pl.String) for c in key], separator="\x1f",
+                         ignore_nulls=True).hash(seed=11) % buckets == 0
+
+
 def sample(frame: pl.DataFrame, rows: int, key: list[str]) -> pl.DataFrame:
     """About ``rows`` rows of whole journals, chosen by a hash of ``key`` (deterministic)."""
-    if rows <= 0 or frame.height <= rows:
-        return frame
-    buckets = math.ceil(frame.height / rows)
-    pick = pl.concat_str([pl.col(c).cast(pl.String) for c in key], separator="\x1f",
-                         ignore_nulls=True).hash(seed=11) % buckets == 0
-    return frame.filter(pick)
+    pick = sample_pick(frame.height, rows, key)
+    return frame if pick is None else frame.filter(pick)
 
 
 def sample_lazy(frame: pl.LazyFrame, height: int, rows: int, key: list[str]) -> pl.DataFrame:
     """``sample`` over a lazy delivery of ``height`` rows: only the picked rows are collected,
     in row order."""
-    if rows <= 0 or height <= rows:
-        picked = frame
-    else:
-        buckets = math.ceil(height / rows)
-        pick = pl.concat_str([pl.col(c).cast(pl.String) for c in key], separator="\x1f",
-                             ignore_nulls=True).hash(seed=11) % buckets == 0
-        picked = frame.filter(pick)
+    pick = sample_pick(height, rows, key)
+    picked = frame if pick is None else frame.filter(pick)
     return picked.sort(ROW).collect() if ROW in frame.collect_schema().names() \
         else picked.collect()
 

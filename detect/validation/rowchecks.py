@@ -77,14 +77,18 @@ def _duplicate_rows(view: pl.LazyFrame, cols: list[str], skip: pl.Expr) -> pl.Ex
     return pl.col(ROW).is_in(ids.implode())
 
 
-def check_report(suite: Suite, flagged: pl.DataFrame | pl.LazyFrame, gx_part: pl.DataFrame,
-                  flags: dict[str, str], row_checks: set[str],
-                  gx_results: dict[str, CheckResult]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Per check: failing rows (all data), GX's counts on its rows, and whether they agree."""
-    totals = flagged.lazy().select(pl.col(f).sum().alias(k) for k, f in flags.items()) \
-        .collect().row(0, named=True) if flags else {}
-    on_gx = gx_part.select(pl.col(f).sum().alias(k) for k, f in flags.items()).row(0, named=True) \
-        if flags and gx_part.height else {}
+def flag_counts(frame: pl.DataFrame, flags: dict[str, str]) -> dict[str, int]:
+    """Failing rows per check key in ``frame`` (which holds the ``_fail_<key>`` columns)."""
+    if not flags or frame.height == 0:
+        return {}
+    return frame.select(pl.col(f).sum().alias(k) for k, f in flags.items()).row(0, named=True)
+
+
+def check_report(suite: Suite, totals: dict[str, int], on_gx: dict[str, int], gx_rows: int,
+                 row_checks: set[str], gx_results: dict[str, CheckResult]
+                 ) -> tuple[list[dict[str, Any]], list[str]]:
+    """Per check: failing rows (all data: ``totals``), GX's counts on the ``gx_rows`` rows it
+    saw, and whether they agree with the masks' counts on those rows (``on_gx``)."""
     report, problems = [], []
     for check in suite.checks:
         gx_res = gx_results.get(check.key)
@@ -94,12 +98,12 @@ def check_report(suite: Suite, flagged: pl.DataFrame | pl.LazyFrame, gx_part: pl
             "row_level": check.key in row_checks,
             "failing_rows": int(totals.get(check.key) or 0),
             "gx": gx_res.summary() if gx_res else None}
-        if check.key in row_checks and gx_res is not None and gx_part.height:
+        if check.key in row_checks and gx_res is not None and gx_rows:
             entry["agrees_with_gx"] = int(on_gx.get(check.key) or 0) == gx_res.unexpected_count
             if not entry["agrees_with_gx"]:
                 problems.append(
                     f"check {check.key}: Great Expectations counts {gx_res.unexpected_count:,} "
-                    f"failing rows on its {gx_part.height:,} rows, the vectorised check "
+                    f"failing rows on its {gx_rows:,} rows, the vectorised check "
                     f"{on_gx.get(check.key) or 0:,}; please report this")
         elif check.key not in row_checks and gx_res is not None and not gx_res.success:
             problems.append(f"table check {check.key} failed on the validated rows "
