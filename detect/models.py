@@ -37,7 +37,8 @@ from sklearn.base import BaseEstimator
 
 from detect import explain
 from detect.errors import UserError
-from detect.features import DIRECTIONS, JOURNAL, KEY, active_features, build_features, to_matrix
+from detect.features import (DIRECTIONS, JOURNAL, KEY, active_features, amount_percentiles,
+                             build_features, to_matrix)
 
 MODEL_SCORE_SCHEMA = pl.Schema({
     "entity": pl.String(), "fiscal_year": pl.Int32(), "journal_id": pl.String(),
@@ -107,6 +108,9 @@ class TailECOD(ECOD):
         tails = np.empty(2 * len(values) + 1)
         tails[0::2] = -np.log(np.minimum(p_gap, 1.0))
         tails[1::2] = -np.log(np.minimum(p_hit, 1.0))
+        narrow = values.astype(np.float32)
+        if np.array_equal(narrow, values):  # the features are Float32: search in half the bytes
+            values = narrow
         return values, tails
 
     def tail_scores(self, X: np.ndarray) -> np.ndarray:
@@ -114,7 +118,9 @@ class TailECOD(ECOD):
         X = np.asarray(X)
         out = np.empty(X.shape, dtype=np.float64)
         for j in range(X.shape[1]):  # loop over features (~16), vectorised over rows
-            values, col = self.values_[j], X[:, j].astype(np.float64, copy=False)
+            values, col = self.values_[j], X[:, j]
+            if col.dtype != values.dtype:  # compare in float64 (exact for float32 values)
+                values, col = values.astype(np.float64), col.astype(np.float64)
             k = np.searchsorted(values, col, "left")
             hit = values.take(k, mode="clip") == col
             out[:, j] = self.tails_[j].take(2 * k + hit)
@@ -284,7 +290,8 @@ def _key_hash(frame: pl.DataFrame) -> pl.Series:
 
 
 def _target_rows(frame: pl.DataFrame, targets: pl.DataFrame | None) -> np.ndarray | None:
-    """Row positions of ``frame`` whose key is in ``targets`` (None = all rows).
+    """Row positions of ``frame`` whose key is in ``targets`` (None = all rows: the
+    delivery is the whole history, as on a first run).
 
     Why hashes: a semi join over the four key columns (two strings) cost ~0.3 s per 1M lines,
     a 64-bit hash of each key and ``is_in`` a tenth of that. Exactness: the delivery's lines
@@ -297,7 +304,7 @@ def _target_rows(frame: pl.DataFrame, targets: pl.DataFrame | None) -> np.ndarra
     hit = _key_hash(frame).is_in(wanted.implode())
     rows = np.flatnonzero(hit.to_numpy())
     if len(rows) == len(wanted):  # every delivery key is in the history: no collision
-        return rows
+        return None if len(rows) == frame.height else rows
     exact = frame.select(KEY).with_row_index("_row").join(
         targets.select(KEY).unique(), on=KEY, how="semi")
     return np.sort(exact.get_column("_row").to_numpy())
@@ -325,9 +332,13 @@ def explain_mask(scores: pl.DataFrame, settings: Any,
     KEY (``fit_and_score``'s are)."""
     # ``scores`` is sorted by KEY: a journal is a run of equal keys, numbered without a
     # group-by over the string key (that held ~250 MB per 1M lines)
-    new = pl.any_horizontal([pl.col(c).ne_missing(pl.col(c).shift()) for c in JOURNAL])
-    work = scores.select(JOURNAL + ["model_score"]).with_columns(new.alias("_new")) \
-        .with_columns(pl.col("_new").cum_sum().alias("_jn"))
+    if "_jk" in scores.columns:  # the feature frame's journal number: no string comparisons
+        new = pl.col("_jk").ne_missing(pl.col("_jk").shift())
+    else:
+        new = pl.any_horizontal([pl.col(c).ne_missing(pl.col(c).shift()) for c in JOURNAL])
+    work = scores.select(JOURNAL + ["model_score"] + (["_jk"] if "_jk" in scores.columns
+                                                      else [])) \
+        .with_columns(new.alias("_new")).with_columns(pl.col("_new").cum_sum().alias("_jn"))
     best = pl.col("model_score").max().over("_jn")
     top = pl.col("model_score") == best
     if journals is None:
@@ -350,13 +361,14 @@ def fit_and_score(bookings: pl.LazyFrame, settings: Any, *, targets: pl.DataFram
     ``explain_journals``, e.g. the journals with rule hits) get reason texts and
     ``top_features``, the others null."""
     cfg = settings.models
-    clock = time.perf_counter()
-    ff = build_features(bookings, settings, vendors)
+    clock, cpu = time.perf_counter(), time.process_time()
+    ff = build_features(bookings, settings, vendors, percentiles=False)
     frame = ff.frame
     used, dropped = active_features(frame)
     meta: dict[str, Any] = {"features": used, "dropped_features": dropped, "notes": ff.notes,
                             "history_lines": frame.height, "seed": cfg.seed,
-                            "seconds": {"features": round(time.perf_counter() - clock, 2)}}
+                            "seconds": {"features": round(time.perf_counter() - clock, 2)},
+                            "cpu_seconds": {"features": round(time.process_time() - cpu, 2)}}
     if frame.height < MIN_LINES or not used:
         meta["skipped"] = f"history has {frame.height} lines and {len(used)} usable features"
         if log is not None:
@@ -367,17 +379,19 @@ def fit_and_score(bookings: pl.LazyFrame, settings: Any, *, targets: pl.DataFram
         if frame.height > cfg.fit_sample else fit_cols
     del fit_cols
     meta["fit_lines"] = sample.height
-    clock = time.perf_counter()
+    clock, cpu = time.perf_counter(), time.process_time()
     model = BookingOutlierEnsemble(
         detectors=tuple(cfg.detectors), directions=tuple(DIRECTIONS[n] for n in used),
         batch_size=cfg.batch_size, random_state=cfg.seed).fit(to_matrix(sample, used))
     del sample
     meta["seconds"]["fit"] = round(time.perf_counter() - clock, 2)
-    clock = time.perf_counter()
+    meta["cpu_seconds"]["fit"] = round(time.process_time() - cpu, 2)
+    clock, cpu = time.perf_counter(), time.process_time()
     # the lines to score as row positions in the (key-sorted) frame: gathers instead of
     # joins over the four string key columns
     rows = _target_rows(frame, targets)
-    keys = frame.select(KEY) if rows is None else frame.select(KEY)[rows]
+    head = KEY + (["_jk"] if "_jk" in frame.columns else [])
+    keys = frame.select(head) if rows is None else frame.select(head)[rows]
     score = np.empty(keys.height)
     for start in range(0, keys.height, cfg.batch_size):
         part = frame.select(used).slice(start, cfg.batch_size) if rows is None \
@@ -387,10 +401,12 @@ def fit_and_score(bookings: pl.LazyFrame, settings: Any, *, targets: pl.DataFram
             part.to_numpy() if set(model.detectors_) == {"ecod"} else to_matrix(part, used))
     keys = keys.with_columns(pl.Series("model_score", score))
     meta["seconds"]["score"] = round(time.perf_counter() - clock, 2)
-    clock = time.perf_counter()
+    meta["cpu_seconds"]["score"] = round(time.process_time() - cpu, 2)
+    clock, cpu = time.perf_counter(), time.process_time()
     mask = explain_mask(keys, settings, explain_journals).to_numpy()
     picked = np.flatnonzero(mask)
-    sub = frame[picked if rows is None else rows[picked]]
+    lines = picked if rows is None else rows[picked]
+    sub = frame[lines].hstack(amount_percentiles(frame, lines))
     text = explain.explain(sub, model.tail_scores(sub.select(used).to_numpy()), used,
                            cfg.top_features, settings)
     # texts only on the picked lines: scattered into null columns by position, not joined
@@ -401,6 +417,7 @@ def fit_and_score(bookings: pl.LazyFrame, settings: Any, *, targets: pl.DataFram
         for c in text.columns)
     meta["explained_lines"] = sub.height
     meta["seconds"]["explain"] = round(time.perf_counter() - clock, 2)
+    meta["cpu_seconds"]["explain"] = round(time.process_time() - cpu, 2)
     return out.select(list(MODEL_SCORE_SCHEMA)).cast(dict(MODEL_SCORE_SCHEMA)), model, meta
 
 
