@@ -411,8 +411,8 @@ def validate(ingested: IngestResult, ctx: RunContext) -> ValidationResult:
     rows_in = int(frame.select(pl.len()).collect().item())
     clock.lap("load")
     filecheck.check_not_empty(frame, ingested, rows_in)
-    filecheck.check_required(frame, ingested, rows_in)
-    filecheck.check_truncated(frame, ingested)
+    nulls = filecheck.check_required(frame, ingested, rows_in)
+    filecheck.check_truncated(frame, ingested, nulls, rows_in)
     payload: dict[str, Any] = {"run_id": ctx.run_id, "entity": ctx.entity, "rows_in": rows_in}
 
     # file level: journal numbering and control totals (on every delivered line)

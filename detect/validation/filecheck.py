@@ -37,14 +37,17 @@ def check_not_empty(frame: pl.DataFrame | pl.LazyFrame, ingested: IngestResult,
 
 
 def check_required(frame: pl.DataFrame | pl.LazyFrame, ingested: IngestResult,
-                   height: int | None = None) -> None:
-    """A required column that is null in every row means the mapping found nothing to map."""
+                   height: int | None = None) -> dict[str, int]:
+    """A required column that is null in every row means the mapping found nothing to map.
+    Returns the null counts of the required columns and of ``ingest_issue`` (one aggregate),
+    which tell ``check_truncated`` whether any row can be a cut-off line at all."""
     height = _height(frame) if height is None else height
-    nulls = frame.lazy().select(pl.col(c).null_count() for c in REQUIRED_BOOKING_COLUMNS) \
-        .collect().row(0)
-    empty = [c for c, n in zip(REQUIRED_BOOKING_COLUMNS, nulls) if n == height]
+    columns = [*REQUIRED_BOOKING_COLUMNS, "ingest_issue"]
+    nulls = dict(zip(columns, frame.lazy().select(pl.col(c).null_count() for c in columns)
+                     .collect().row(0)))
+    empty = [c for c in REQUIRED_BOOKING_COLUMNS if nulls[c] == height]
     if not empty:
-        return
+        return nulls
     example, first = frame.lazy().select(
         pl.col("ingest_issue").drop_nulls().first(),
         pl.col("source_file").drop_nulls().first()).collect().row(0)
@@ -65,10 +68,16 @@ def _resolve(name: str, ingested: IngestResult) -> Path | None:
     return None
 
 
-def check_truncated(frame: pl.DataFrame | pl.LazyFrame, ingested: IngestResult) -> None:
+def check_truncated(frame: pl.DataFrame | pl.LazyFrame, ingested: IngestResult,
+                    nulls: dict[str, int] | None = None, height: int | None = None) -> None:
     """A text file whose last line is cut off (no line end, and that line did not parse), or a
-    row the ingest itself marked as truncated."""
+    row the ingest itself marked as truncated. With the null counts of ``check_required``
+    (``nulls``, over ``height`` rows), a delivery without any parse problem or missing required
+    value (the usual case) needs no query at all."""
     lazy = frame.lazy()
+    if nulls is not None and height is not None and nulls["ingest_issue"] == height \
+            and not any(nulls[c] for c in REQUIRED_BOOKING_COLUMNS):
+        return
     order = [ROW] if ROW in lazy.collect_schema().names() else ["source_file", "source_line"]
     marked = lazy.filter(pl.col("ingest_issue").str.contains("(?i)truncat")).sort(order)
     marked = marked.head(1).collect()
@@ -82,8 +91,9 @@ def check_truncated(frame: pl.DataFrame | pl.LazyFrame, ingested: IngestResult) 
     incomplete = pl.any_horizontal(pl.col(c).is_null() for c in REQUIRED_BOOKING_COLUMNS)
     # each file's last line: a small per-file aggregate joined back (no window over all rows)
     ends = lazy.group_by("source_file").agg(pl.col("source_line").max())
-    last = (lazy.join(ends, on=["source_file", "source_line"], how="semi", nulls_equal=True)
-            .filter(pl.col("ingest_issue").is_not_null() | incomplete)
+    # the few incomplete rows first, then which of them are a file's last line
+    last = (lazy.filter(pl.col("ingest_issue").is_not_null() | incomplete)
+            .join(ends, on=["source_file", "source_line"], how="semi", nulls_equal=True)
             .sort(order).unique(subset=["source_file"], keep="first", maintain_order=True)
             .collect())
     for row in last.iter_rows(named=True):  # one row per file
