@@ -15,8 +15,13 @@ likely to be worth a look than one that trips the same rule five times, so
 Rule points are weighted by the rule's specificity, from its hit rate over the entity's whole
 history (``RuleRunResult.history_rates``), so a journal scores the same in a nightly delta as in
 a full re-export. All constants live in ``[scoring]`` (``detect.config.ScoringSettings``).
-A journal with only a model score becomes an item only if it is in the top ``model_tail_share`` of this delivery's
-journals by model score and above ``model_floor``; otherwise the queue floods.
+A journal with only a model score becomes an item only if it is in the top ``model_tail_share``
+of this delivery's journals by model score and above ``model_floor``; otherwise the queue floods.
+
+Cost: only journals with a signal (rule hits, or the model's top tail) are looked at line by
+line; their lines are fetched from the history by a hashed-key filter, the model's tail is found
+among the top-scoring lines (see ``_model_journals``). 1M lines: 0.5 s wall / 0.8 CPU s (was
+1.7 / 3.0).
 """
 
 from __future__ import annotations
@@ -56,11 +61,32 @@ def item_ids(frame: pl.DataFrame) -> pl.Series:
     return keys.join(hashed, on="k", how="left", maintain_order="left").get_column("item_id")
 
 
-def _delivery_journals(ctx: Any, lines: pl.DataFrame) -> pl.DataFrame:
+def _delivery_journals(ctx: Any, bookings: pl.LazyFrame) -> pl.DataFrame:
+    """The journals this run scores: the delivery's (``run_dir/bookings.parquet``), or every
+    journal of ``bookings`` (the history) when rescoring or without a delivery file."""
     path = Path(ctx.run_dir) / "bookings.parquet"
-    if getattr(ctx, "rescore_history", False) or not path.exists():
-        return lines.select(JOURNAL).unique()
-    return pl.read_parquet(path, columns=JOURNAL).unique()
+    source = (bookings if getattr(ctx, "rescore_history", False) or not path.exists()
+              else pl.scan_parquet(path))
+    return (source.select(JOURNAL).with_columns(pl.col("fiscal_year").cast(pl.Int32))
+            .unique().collect())
+
+
+def _journal_hash() -> pl.Expr:
+    """64-bit hash of a row's journal key (the same on every frame, whatever its dtypes)."""
+    return pl.struct(pl.col("entity").cast(pl.String), pl.col("fiscal_year").cast(pl.Int32),
+                     pl.col("journal_id").cast(pl.String)).hash(seed=11)
+
+
+def _rows_of(frame: pl.DataFrame | pl.LazyFrame, journals: pl.DataFrame) -> pl.DataFrame:
+    """The rows of ``frame`` (``fiscal_year`` as Int32) whose journal is in ``journals``.
+
+    Why two steps: a semi join on the three key columns (two strings) costs ~0.3 s per 1M
+    rows; ``is_in`` on a 64-bit hash of the key a tenth of that. The hash filter keeps every
+    wanted row (and, on a collision, a stray one), the exact semi join on the few rows left
+    removes the strays."""
+    wanted = journals.select(_journal_hash()).to_series().unique().implode()
+    near = frame.lazy().filter(_journal_hash().is_in(wanted)).collect()
+    return near.join(journals, on=JOURNAL, how="semi")
 
 
 def _rule_table(hits: pl.DataFrame | None, journals: pl.DataFrame, cfg: Any,
@@ -142,17 +168,9 @@ def rank_items(bookings: pl.LazyFrame, rule_hits: pl.DataFrame | None,
     cfg = ctx.settings.scoring
     schema = bookings.collect_schema()
     want = KEY + [c for c in LINE_COLS if c in schema]
-    head = bookings.select(JOURNAL).unique().collect()
-    journals = _delivery_journals(ctx, head).with_columns(pl.col("fiscal_year").cast(pl.Int32))
-    lines = (bookings.select(want).with_columns(pl.col("fiscal_year").cast(pl.Int32))
-             .join(journals.lazy(), on=JOURNAL, how="semi").collect().sort(KEY))
-    for c in LINE_COLS:
-        if c not in lines.columns:
-            lines = lines.with_columns(pl.lit(None).alias(c))
-    n_journals = lines.select(JOURNAL).unique().height
-    per_journal = lines.group_by(JOURNAL).agg(
-        pl.len().alias("n_lines"),
-        pl.col("amount").filter(pl.col("amount") > 0).sum().alias("journal_amount"))
+    journals = _delivery_journals(ctx, bookings)
+    # the delivery was merged into the history, so all its journals are in ``bookings``
+    n_journals = journals.height
 
     rules = _rule_table(rule_hits, journals, cfg, n_journals, history_rates, history_journals)
     families = (rules.group_by(JOURNAL + ["family"]).agg(pl.col("specificity").max())
@@ -167,26 +185,24 @@ def rank_items(bookings: pl.LazyFrame, rule_hits: pl.DataFrame | None,
         pl.col("line_no").sort_by("points").last().alias("rule_line"),
     )
 
-    if model_scores is not None and model_scores.height:
-        ms = (model_scores.with_columns(pl.col("fiscal_year").cast(pl.Int32),
-                                        pl.col("line_no").cast(pl.Int32))
-              .join(journals, on=JOURNAL, how="semi")
-              .sort(JOURNAL + ["model_score", "line_no"], descending=[False] * 3 + [True, False]))
-        model_j = ms.group_by(JOURNAL, maintain_order=True).agg(
-            pl.col("model_score").first(), pl.col("line_no").first().alias("model_line"),
-            pl.col("model_reasons_de").first(), pl.col("model_reasons_en").first())
-    else:
-        model_j = pl.DataFrame(schema={"entity": pl.String, "fiscal_year": pl.Int32,
-                                       "journal_id": pl.String, "model_score": pl.Float64,
-                                       "model_line": pl.Int32, "model_reasons_de": pl.String,
-                                       "model_reasons_en": pl.String})
     tail_k = math.ceil(cfg.model_tail_share * n_journals) if cfg.model_tail_share > 0 else 0
     floor = min(max(cfg.model_floor, 0.0), 0.999)
+    model_j = _model_journals(model_scores, journals, rule_j.select(JOURNAL), tail_k)
     model_j = model_j.with_columns(
-        (pl.col("model_score").rank("ordinal", descending=True) <= tail_k).alias("model_tail"),
+        (pl.col("model_tail") & (pl.col("model_score") >= floor)).alias("model_tail"),
         (100 * ((pl.col("model_score") - floor) / (1 - floor)).clip(0, 1)).alias("model_points"))
-    model_j = model_j.with_columns(
-        (pl.col("model_tail") & (pl.col("model_score") >= floor)).alias("model_tail"))
+
+    # only journals with a signal can become items: read just their lines from the history
+    candidates = pl.concat([rule_j.select(JOURNAL),
+                            model_j.filter("model_tail").select(JOURNAL)]).unique()
+    lines = _rows_of(bookings.select(want).with_columns(pl.col("fiscal_year").cast(pl.Int32)),
+                     candidates).sort(KEY)
+    for c in LINE_COLS:
+        if c not in lines.columns:
+            lines = lines.with_columns(pl.lit(None).alias(c))
+    per_journal = lines.group_by(JOURNAL).agg(
+        pl.len().alias("n_lines"),
+        pl.col("amount").filter(pl.col("amount") > 0).sum().alias("journal_amount"))
 
     j = (per_journal.join(rule_j, on=JOURNAL, how="left").join(model_j, on=JOURNAL, how="left")
          .join(families, on=JOURNAL, how="left")
@@ -226,6 +242,67 @@ def rank_items(bookings: pl.LazyFrame, rule_hits: pl.DataFrame | None,
     return j.select(FINDINGS_COLUMNS).with_columns(
         pl.col("risk_score").cast(pl.Float64), pl.col("n_rules").cast(pl.Int32),
         pl.col("n_lines").cast(pl.Int32), pl.col("rank").cast(pl.Int32))
+
+
+def _top_lines(scores: pl.DataFrame) -> pl.DataFrame:
+    """One row per journal, sorted by journal: its highest-scoring line (ties: lowest line
+    number; a null score sorts first, as ``sort`` puts nulls first)."""
+    order = JOURNAL + ["model_score", "line_no"]
+    return (scores.sort(order, descending=[False] * 3 + [True, False])
+            .group_by(JOURNAL, maintain_order=True)
+            .agg(pl.col("model_score").first(), pl.col("line_no").first().alias("model_line"),
+                 pl.col("model_reasons_de").first(), pl.col("model_reasons_en").first()))
+
+
+def _in_tail(per_journal: pl.DataFrame, tail_k: int) -> pl.DataFrame:
+    """``model_tail``: among the top ``tail_k`` journals by score (``per_journal`` sorted by
+    journal, so ties go to the lower journal key)."""
+    return per_journal.with_columns(
+        (pl.col("model_score").rank("ordinal", descending=True) <= tail_k).fill_null(False)
+        .alias("model_tail"))
+
+
+def _model_journals(model_scores: pl.DataFrame | None, journals: pl.DataFrame,
+                    rule_journals: pl.DataFrame, tail_k: int) -> pl.DataFrame:
+    """Model score, line and reasons of the journals that need them: those with rule hits and
+    the top ``tail_k`` of the delivery's journals by their highest line score (``model_tail``).
+
+    Why not every journal: grouping a million scored lines by journal cost ~1 s. The top
+    journals are found among the top-scoring lines instead: every journal whose best line
+    beats the lowest of the top ``m`` lines is complete there, and once ``tail_k`` of them are
+    found the tail is exact; otherwise ``m`` grows (up to all lines)."""
+    empty = pl.DataFrame(schema={"entity": pl.String, "fiscal_year": pl.Int32,
+                                 "journal_id": pl.String, "model_score": pl.Float64,
+                                 "model_line": pl.Int32, "model_reasons_de": pl.String,
+                                 "model_reasons_en": pl.String, "model_tail": pl.Boolean})
+    if model_scores is None or not model_scores.height:
+        return empty
+    ms = model_scores.select(
+        *JOURNAL, "model_score", "line_no", "model_reasons_de", "model_reasons_en"
+    ).with_columns(pl.col("fiscal_year").cast(pl.Int32), pl.col("line_no").cast(pl.Int32),
+                   pl.col("model_score").cast(pl.Float64))
+    tail = empty.select(JOURNAL)
+    if tail_k > 0:
+        score = ms.get_column("model_score")
+        m = max(8 * tail_k, 4096)
+        while True:
+            if m >= ms.height or score.null_count() or score.is_nan().any():
+                top = _in_tail(_top_lines(ms.join(journals, on=JOURNAL, how="semi")), tail_k)
+                break
+            best = ms.top_k(m, by="model_score")
+            cutoff = best.get_column("model_score").min()
+            sure = _top_lines(best.join(journals, on=JOURNAL, how="semi")).filter(
+                pl.col("model_score") > cutoff)
+            if sure.height >= tail_k:
+                top = _in_tail(sure, tail_k)
+                break
+            m *= 4
+        tail = top.filter("model_tail")
+    rows = _top_lines(_rows_of(ms, rule_journals)) if rule_journals.height else empty.drop(
+        "model_tail")
+    rows = rows.join(tail.select(*JOURNAL, pl.lit(True).alias("model_tail")), on=JOURNAL,
+                     how="left").with_columns(pl.col("model_tail").fill_null(False))
+    return pl.concat([rows, tail.join(rows, on=JOURNAL, how="anti")], how="vertical_relaxed")
 
 
 def _corroboration(cfg: Any) -> pl.Expr:
