@@ -431,7 +431,8 @@ class ReviewStore:
             new = _apply_suppressions(new, active)
             entities = {entity, *new["entity"].to_list()}
             if scope_keys is not None:
-                entities |= set(scope_keys["entity"].to_list())
+                entities |= set(scope_keys.select(pl.col("entity").unique()).collect()
+                                .get_column("entity").to_list())
             old = self._entity_items(conn, sorted(entities))
             counts = self._upsert(conn, run_id, new, old, scope_keys)
             counts["log_head"] = conn.execute(
@@ -459,31 +460,42 @@ class ReviewStore:
         return counts
 
     def _scope(self, ctx: Any, new: pl.DataFrame,
-               scope: pl.DataFrame | None) -> pl.DataFrame | None:
-        """Journal keys in scope of this run, or None for 'every item of the entity'."""
+               scope: pl.DataFrame | None) -> pl.LazyFrame | None:
+        """Journal keys in scope of this run (lazy; keys may repeat), or None for 'every item of
+        the entity'. Lazy because only the few items that lose their flag are looked up in it:
+        de-duplicating a 1M-line delivery's keys up front cost ~0.3 s."""
         if getattr(ctx, "rescore_history", False):
             return None
         if scope is None:
             delivery = Path(ctx.run_dir) / "bookings.parquet"
             if not delivery.exists():
-                return new.select(list(KEY_FIELDS))
-            scope = pl.scan_parquet(delivery).select(list(KEY_FIELDS)).unique().collect()
-        return pl.concat([scope.select([pl.col(k).cast(t) for k, t in KEY_FIELDS.items()]),
-                          new.select(list(KEY_FIELDS))]).unique()
+                return new.lazy().select(list(KEY_FIELDS))
+            source = pl.scan_parquet(delivery)
+        else:
+            source = scope.lazy()
+        return pl.concat([source.select([pl.col(k).cast(t) for k, t in KEY_FIELDS.items()]),
+                          new.lazy().select(list(KEY_FIELDS))])
 
     def _entity_items(self, conn: Connection, entities: list[str]) -> pl.DataFrame:
         cols = ["item_id", *KEY_FIELDS, *ITEM_FIELDS, "flagged", "suppressed_by",
                 "last_decision_id", "changed_since_decision"]
-        rows = conn.execute(sa.select(*[items.c[c] for c in cols])
-                            .where(items.c.entity.in_(entities))).all()
+        query = (sa.select(*[items.c[c] for c in cols]).where(items.c.entity.in_(entities))
+                 .compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True}))
+        # the driver's rows as they come (no per-value result processing: ~10x faster for
+        # 28k items); booleans arrive as 0/1 on SQLite and are cast below
+        params = (tuple(query.params[k] for k in query.positiontup or ()) if query.positional
+                  else query.params)
+        rows = conn.exec_driver_sql(query.string, params).cursor.fetchall()
         schema = {"item_id": pl.String(), **KEY_FIELDS,
                   **{k: t for k, (_, t) in ITEM_FIELDS.items()}, "flagged": pl.Boolean(),
                   "suppressed_by": pl.String(), "last_decision_id": pl.Int64(),
                   "changed_since_decision": pl.Boolean()}
-        return pl.DataFrame([tuple(r) for r in rows], schema=schema, orient="row")
+        raw = {k: (pl.Int64() if t == pl.Boolean() else t) for k, t in schema.items()}
+        columns = list(zip(*rows)) if rows else [[] for _ in raw]  # by column: ~4x faster
+        return pl.DataFrame(dict(zip(raw, columns)), schema=raw).cast(schema)  # type: ignore
 
     def _upsert(self, conn: Connection, run_id: str, new: pl.DataFrame,
-                old: pl.DataFrame, scope: pl.DataFrame | None) -> dict[str, Any]:
+                old: pl.DataFrame, scope: pl.LazyFrame | None) -> dict[str, Any]:
         compare = [*ITEM_FIELDS, "suppressed_by"]
         joined = new.join(old.select("item_id", "flagged", "last_decision_id",
                                      "changed_since_decision",
@@ -504,26 +516,29 @@ class ReviewStore:
             .alias("changed_since_decision"))
         item_cols = ["item_id", *KEY_FIELDS, *ITEM_FIELDS, "suppressed_by"]
         if inserts.height:
-            conn.execute(items.insert(), [
-                {**row, "first_run": run_id, "last_run": run_id, "flagged": True,
-                 "status": "open", "changed_since_decision": False}
-                for row in inserts.select(item_cols).to_dicts()])
+            _executemany(conn, items.insert(), inserts.select(item_cols).with_columns(
+                pl.lit(run_id).alias("first_run"), pl.lit(run_id).alias("last_run"),
+                pl.lit(True).alias("flagged"), pl.lit("open").alias("status"),
+                pl.lit(False).alias("changed_since_decision")))
         if updates.height:
             set_cols = [*ITEM_FIELDS, "suppressed_by", "changed_since_decision"]
             stmt = items.update().where(items.c.item_id == sa.bindparam("_id")).values(
                 {c: sa.bindparam(c) for c in set_cols} | {"flagged": True, "last_run": run_id})
-            conn.execute(stmt, [{"_id": r.pop("item_id"), **r} for r in
-                                updates.select("item_id", *set_cols).to_dicts()])
+            _executemany(conn, stmt, updates.select(pl.col("item_id").alias("_id"), *set_cols))
         # items in scope that this run no longer flags
         candidates = old.filter(pl.col("flagged")).join(new.select("item_id"), on="item_id",
                                                         how="anti")
-        if scope is not None:
-            candidates = candidates.join(scope, on=list(KEY_FIELDS), how="semi")
+        if scope is not None and candidates.height:
+            # the scope's keys of the candidates only (the small side builds the join)
+            keys = list(KEY_FIELDS)
+            in_scope = scope.join(candidates.lazy().select(keys), on=keys, how="semi").select(
+                keys).unique().collect()
+            candidates = candidates.join(in_scope, on=keys, how="semi")
         gone = candidates["item_id"].to_list()
         if gone:
-            conn.execute(items.update().where(items.c.item_id == sa.bindparam("_id"))
+            _executemany(conn, items.update().where(items.c.item_id == sa.bindparam("_id"))
                          .values(flagged=False, last_run=run_id),
-                         [{"_id": i} for i in gone])
+                         candidates.select(pl.col("item_id").alias("_id")))
         return {"items": new.height, "new": inserts.height,
                 "still_flagged": new.height - inserts.height,
                 "changed": updates.filter(pl.col("_content")).height,
@@ -814,6 +829,26 @@ class ReviewStore:
 
 
 # --- helpers -----------------------------------------------------------------------------------
+
+def _executemany(conn: Connection, stmt: Any, rows: pl.DataFrame) -> None:
+    """Run ``stmt`` for every row of ``rows`` (columns named like its parameters) as ONE
+    driver-level ``executemany``.
+
+    Why: SQLAlchemy's ``execute(stmt, [dict, ...])`` builds and processes a parameter dict per
+    row (~35 µs a row: 1 s for the 28k items of a 1M-line delivery). The statement is compiled
+    once instead and the rows go to the driver as Polars gives them; every item column is a
+    plain str/int/float/bool/None, which SQLite and psycopg bind natively. Values the statement
+    carries itself (``.values(flagged=True)``) are filled in per row."""
+    names = [c for c in rows.columns if c in stmt.table.c] if stmt.is_insert else None
+    compiled = stmt.compile(dialect=conn.dialect, column_keys=names)
+    fixed = {k: b.effective_value for k, b in compiled.binds.items() if k not in rows.columns}
+    rows = rows.with_columns(pl.lit(v).alias(k) for k, v in fixed.items())
+    if compiled.positional:
+        params: Any = rows.select(list(compiled.positiontup or ())).rows()
+    else:
+        params = rows.select(list(compiled.binds)).to_dicts()
+    conn.exec_driver_sql(compiled.string, params)
+
 
 def anchors_from_runs(data_dir: Path) -> dict[str, str]:
     """Head hashes recorded in the published runs' manifests (outside the database)."""
