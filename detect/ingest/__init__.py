@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -76,6 +77,14 @@ class IngestResult:
     control_totals: list[ControlTotals] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    deferred_checks: list[Callable[[], object]] = field(default_factory=list)
+    """Full-read checks of the text files behind ``bookings`` (``mapped.DelimitedScan.check``):
+    ``materialise`` runs them only when reading fails, so that a malformed file is reported
+    with its file and line instead of Polars' message, without a second read of good files."""
+    finishers: list[Callable[[pl.LazyFrame], pl.LazyFrame]] = field(default_factory=list)
+    """Steps that need the whole file (per-journal checks, column statistics), run in order on
+    the materialised bookings: a few columns of Parquet instead of another parse of the text.
+    ``bookings`` may carry helper columns named ``__ingest_*`` for them; they are dropped."""
 
 
 def format_module(name: str) -> ModuleType:
@@ -123,16 +132,28 @@ def detect_format(files: list[Path]) -> str:
     return best
 
 
-def materialise(bookings: pl.LazyFrame, workdir: Path) -> pl.LazyFrame:
+def materialise(bookings: pl.LazyFrame, workdir: Path,
+                checks: list[Callable[[], object]] | None = None) -> pl.LazyFrame:
     """Parse the delivery once, streaming, into ``workdir/ingested-*.parquet``; later stages scan
-    that file instead of re-running the text parsers (and ingest pays for its own parsing)."""
+    that file instead of re-running the text parsers (and ingest pays for its own parsing).
+
+    When the read fails, ``checks`` (see ``IngestResult.deferred_checks``) name the culprit."""
     workdir.mkdir(parents=True, exist_ok=True)
     # a fresh name per call: a LazyFrame handed out earlier may still read its own file
     fd, name = tempfile.mkstemp(dir=workdir, prefix="ingested-", suffix=".parquet")
     os.close(fd)
     path = Path(name)
-    bookings.sink_parquet(path, compression="lz4", maintain_order=True)
+    try:
+        bookings.sink_parquet(path, compression="lz4", maintain_order=True)
+    except pl.exceptions.ComputeError:
+        for check in checks or []:
+            check()   # raises IngestError (file, line) for a malformed file
+        raise
     return pl.scan_parquet(path)
+
+
+def helper_columns(frame: pl.LazyFrame) -> list[str]:
+    return [c for c in frame.collect_schema().names() if c.startswith("__ingest_")]
 
 
 def ingest(sources: list[Path], fmt: str, settings: Settings, workdir: Path) -> IngestResult:
@@ -149,7 +170,10 @@ def ingest(sources: list[Path], fmt: str, settings: Settings, workdir: Path) -> 
         name = "csv"
     result = format_module(name).read(files, settings, workdir)
     result.format = name
-    result.bookings = materialise(result.bookings, workdir)
+    bookings = materialise(result.bookings, workdir, result.deferred_checks)
+    for finish in result.finishers:
+        bookings = finish(bookings)
+    result.bookings = bookings.drop(helper_columns(bookings))
     hashed = {i.path for i in result.inputs}
     for f in files:
         if str(f) not in hashed:

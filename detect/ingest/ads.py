@@ -18,16 +18,18 @@ Mapping decisions (see docs/ingest_formats.md):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
 from detect.config import Settings
 from detect.errors import IngestError
-from detect.ingest import IngestResult, InputFile
+from detect.ingest import IngestResult, InputFile, materialise
 from detect.ingest.mapped import (
     LINE, AmountSpec, Profile, SourceOptions, check_not_blank, find_column, normalise_name,
-    scan_delimited, to_bookings,
+    open_delimited, scan_delimited, to_bookings,
 )
 from detect.ingest.parsing import parse_date, parse_datetime, parse_decimal, strip_or_null
 from detect.ingest.textio import decode_head, read_head, sha256_of
@@ -181,34 +183,98 @@ def _required_column_error(path: Path, err: IngestError) -> IngestError:
     return IngestError(err.message, file=str(path), column=err.column, hint=err.hint)
 
 
-def read_gl(path: Path, settings: Settings, workdir: Path) -> tuple[pl.LazyFrame, list[str]]:
-    raw = scan_delimited(path, workdir=workdir)
+PLACEHOLDER_FLAG = "__ingest_posting_placeholder"
+"""Helper column: the delivered posting-date text is a placeholder (for the warning)."""
+
+
+@dataclass
+class GLFile:
+    """One GL_Detail file as read lazily, plus what its whole-file steps need."""
+
+    frame: pl.LazyFrame
+    check: Callable[[], object]
+    path: Path
+    posting_column: str
+    """The source column of posting_date (named in the placeholder warning)."""
+    others: list[str]
+    """Alternative date columns in the file, suggested by the placeholder warning."""
+    unit_column: bool
+    """entity comes from the file's Business_Unit_Code (one unit per journal, see below)."""
+
+
+def read_gl(path: Path, settings: Settings, workdir: Path) -> GLFile:
+    """The GL detail as canonical bookings (lazy), without reading the file yet.
+
+    What needs the whole file (is there one business unit per journal? how many placeholder
+    posting dates?) is answered by ``finish_gl`` on the materialised bookings.
+    """
+    scan = open_delimited(path, workdir=workdir)
+    raw = scan.frame
     names = [n for n in raw.collect_schema().names() if n != LINE]
     try:
         profile = gl_profile(names, settings)
     except IngestError as err:
         raise _required_column_error(path, err) from None
-    frame = to_bookings(raw, profile, settings, str(path))
-    if "entity" in profile.columns:
-        # One entity per journal: the first business unit named on any of its lines.
-        key = ["source_file", "journal_id"]
-        if _one_unit_per_journal(frame, key):
-            # the usual export: the line's own unit is the journal's; no join, so the ingest
-            # sink streams (the join kept the parsed file in memory: 5.8 GB at 10M lines)
-            frame = frame.with_columns(pl.coalesce("entity", pl.lit(settings.entity)))
-        else:
-            first_bu = (frame.filter(pl.col("entity").is_not_null()).group_by(key)
-                        .agg(pl.col("entity").sort_by("source_line").first().alias("__bu")))
-            frame = (frame.join(first_bu, on=key, how="left", maintain_order="left",
-                                nulls_equal=True)
-                     .with_columns(pl.coalesce("__bu", pl.lit(settings.entity)).alias("entity"))
-                     .drop("__bu"))
-    return frame, placeholder_warnings(raw, profile, settings, path)
+    col = profile.columns["posting_date"][0]
+    placeholders = [p.replace("-", "") for p in settings.validation.placeholder_dates] \
+        + list(settings.validation.placeholder_dates)
+    frame = to_bookings(raw, profile, settings, str(path), scan.sample, extra={
+        PLACEHOLDER_FLAG: pl.col(col).str.strip_chars().is_in(placeholders)})
+    others = [c for c in ("Entered_Date", "Document_Date") if find_column(names, c)]
+    return GLFile(frame, scan.check, path, col, others, "entity" in profile.columns)
+
+
+def finish_gl(bookings: pl.LazyFrame, gl_files: list[GLFile], settings: Settings,
+              workdir: Path, warnings: list[str], warn_at: list[int]) -> pl.LazyFrame:
+    """Whole-file steps on the materialised bookings (Parquet: a few columns, cheap).
+
+    - One entity per journal: the first business unit named on any of its lines. In the usual
+      export every line names its journal's unit, and entity is just the line's own unit (or
+      the default); otherwise the first unit by line is joined on and the bookings are written
+      again (rare; a lazy join here would keep the parsed file in memory: 5.8 GB at 10M lines).
+    - The placeholder warning per file, inserted where the reader met the file (``warn_at``).
+    """
+    counts = {r["source_file"]: (r["n"], r["p"]) for r in bookings.group_by("source_file")
+              .agg(pl.len().alias("n"), pl.col(PLACEHOLDER_FLAG).sum().alias("p"))
+              .collect().iter_rows(named=True)}
+    # from the back, so that earlier positions stay valid
+    for gl, at in reversed(list(zip(gl_files, warn_at, strict=True))):
+        n, p = counts.get(str(gl.path), (0, 0))
+        warnings[at:at] = placeholder_warnings(gl, n, p, settings)
+    if not any(gl.unit_column for gl in gl_files):
+        return bookings
+    key = ["source_file", "journal_id"]
+    if _one_unit_per_journal(bookings, key):
+        return bookings.with_columns(pl.coalesce("entity", pl.lit(settings.entity)))
+    first_bu = (bookings.filter(pl.col("entity").is_not_null()).group_by(key)
+                .agg(pl.col("entity").sort_by("source_line").first().alias("__bu")))
+    joined = (bookings.join(first_bu, on=key, how="left", maintain_order="left",
+                            nulls_equal=True)
+              .with_columns(pl.coalesce("__bu", pl.lit(settings.entity)).alias("entity"))
+              .drop("__bu"))
+    return materialise(joined, workdir)
 
 
 def _one_unit_per_journal(frame: pl.LazyFrame, key: list[str]) -> bool:
     """True when no journal names two business units or leaves the unit empty on some lines
-    only (one aggregate pass over two columns, one row per journal)."""
+    only.
+
+    Exports list a journal's lines together: then comparing each line with the one before
+    suffices (one pass over three columns). Whether they do is one count: runs of the same key
+    == distinct keys (counted by hash: a collision can only lower the distinct count and so
+    send us to the exact aggregate, never skip it). Otherwise one aggregate per journal.
+    """
+    file, journal, unit = (pl.col(c) for c in (*key, "entity"))
+    same = file.eq_missing(file.shift(1)) & journal.eq_missing(journal.shift(1))
+    height, runs, distinct, differs = frame.select(
+        pl.len().alias("height"), ((~same).slice(1).sum() + 1).alias("runs"),
+        pl.struct(key).hash().n_unique().alias("distinct"),
+        (same & ~unit.eq_missing(unit.shift(1))).slice(1).any().alias("differs"),
+    ).collect().row(0)
+    if height == 0:
+        return True
+    if runs == distinct:
+        return not differs
     per_journal = (frame.select(*key, "entity").group_by(key)
                    .agg(pl.col("entity").n_unique().alias("units"),
                         pl.col("entity").null_count().alias("empty"), pl.len().alias("n")))
@@ -217,21 +283,12 @@ def _one_unit_per_journal(frame: pl.LazyFrame, key: list[str]) -> bool:
     return mixed.select(pl.len()).collect().item() == 0
 
 
-def placeholder_warnings(raw: pl.LazyFrame, profile: Profile, settings: Settings,
-                         path: Path) -> list[str]:
+def placeholder_warnings(gl: GLFile, n: int, p: int, settings: Settings) -> list[str]:
     """Tell the user when the posting-date column is mostly a placeholder, and what to do."""
-    col = profile.columns["posting_date"][0]
-    placeholders = [p.replace("-", "") for p in settings.validation.placeholder_dates] \
-        + list(settings.validation.placeholder_dates)
-    stats = raw.select(pl.len().alias("n"),
-                       pl.col(col).str.strip_chars().is_in(placeholders).sum().alias("p")) \
-        .collect()
-    n, p = stats["n"][0], stats["p"][0]
     if n == 0 or p / n < settings.validation.placeholder_share_warn:
         return []
-    others = [c for c in ("Entered_Date", "Document_Date") if find_column(
-        raw.collect_schema().names(), c)]
-    return [f"{path.name}: posting_date comes from {col!r}, which holds a placeholder date on "
+    col, others = gl.posting_column, gl.others
+    return [f"{gl.path.name}: posting_date comes from {col!r}, which holds a placeholder date on "
             f"{p:,} of {n:,} rows ({p / n:.0%}). Kept as delivered; to take posting_date from "
             f"another column set posting_date_column = \"{(others or ['Entered_Date'])[0]}\" "
             f"in belegwacht.toml (candidates: {', '.join(others) or 'none found'})."]
@@ -287,7 +344,8 @@ def read_master(path: Path, name: str, workdir: Path) -> tuple[pl.DataFrame, lis
 def read(files: list[Path], settings: Settings, workdir: Path) -> IngestResult:
     from detect.ingest.control import read_control_totals  # control imports mapped, as we do
 
-    gl_frames: list[pl.LazyFrame] = []
+    gl_files: list[GLFile] = []
+    warn_at: list[int] = []
     result = IngestResult(NAME, pl.LazyFrame())
     masters: dict[str, list[pl.DataFrame]] = {}
     for path in files:
@@ -298,9 +356,8 @@ def read(files: list[Path], settings: Settings, workdir: Path) -> IngestResult:
             continue
         digest = InputFile(str(path), sha256_of(path), path.stat().st_size)
         if role == "gl":
-            frame, warnings = read_gl(path, settings, workdir)
-            gl_frames.append(frame)
-            result.warnings.extend(warnings)
+            gl_files.append(read_gl(path, settings, workdir))
+            warn_at.append(len(result.warnings))
         elif role == "control":
             result.control_totals.append(read_control_totals(path))
             digest.role = "control_totals"
@@ -311,9 +368,12 @@ def read(files: list[Path], settings: Settings, workdir: Path) -> IngestResult:
             digest.role = f"master:{role}"
             digest.rows = frame.height
         result.inputs.append(digest)
-    if not gl_frames:
+    if not gl_files:
         raise IngestError("no ADS GL_Detail file (header with Journal_ID, GL_Account_Number, "
                           "Amount) in the delivery", file=", ".join(str(f) for f in files[:3]))
-    result.bookings = pl.concat(gl_frames, how="vertical")
+    result.bookings = pl.concat([gl.frame for gl in gl_files], how="vertical")
+    result.deferred_checks = [gl.check for gl in gl_files]
+    result.finishers.append(lambda bookings: finish_gl(
+        bookings, gl_files, settings, workdir, result.warnings, warn_at))
     result.master = {k: pl.concat(v, how="vertical") for k, v in masters.items()}
     return result

@@ -37,8 +37,10 @@ Profile (all sections but ``[columns]`` optional)::
 from __future__ import annotations
 
 import csv
+import io
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,11 +51,11 @@ from detect.config import Settings
 from detect.errors import ConfigError, IngestError
 from detect.ingest import INGEST_SCHEMA, IngestResult, InputFile
 from detect.ingest.parsing import (
-    combine_time, gather_issues, parse_date, parse_datetime, parse_decimal, parse_int,
+    _issue, combine_time, date_parts, decimal_parts, detect_format, gather_issues, int_parts,
     strip_or_null,
 )
 from detect.ingest.textio import (
-    as_utf8, count_lines, detect_encoding, ends_with_newline, read_head, sha256_of,
+    as_utf8, contains_byte, count_lines, detect_encoding, ends_with_newline, read_head, sha256_of,
 )
 from detect.schema import AMOUNT, BOOKING_SCHEMA, MASTER_SCHEMAS, conform
 
@@ -273,6 +275,21 @@ def _locate_ragged(path: Path, delimiter: str, quote: str, skip_rows: int) -> tu
     return 0, 0, expected
 
 
+@dataclass
+class DelimitedScan:
+    """A delimited file ready to read (``frame``), with what a reader needs besides it."""
+
+    frame: pl.LazyFrame
+    """All-String source columns plus ``__line`` (and ``__issue`` for a cut-off last row)."""
+    check: Callable[[], None]
+    """Reads every field once and raises the ``IngestError`` that a malformed file deserves
+    (a row with too many fields, broken quoting), naming file and line. A well-formed file
+    passes; the caller may run it up front or only when reading ``frame`` fails."""
+    sample: pl.DataFrame | None
+    """The first few hundred rows as text (source column names), to pick parse formats;
+    None when the head cannot be read on its own."""
+
+
 def scan_delimited(path: Path, *, encoding: str = "auto", delimiter: str | None = None,
                    quote: str = '"', skip_rows: int = 0, workdir: Path | None = None,
                    has_header: bool = True, column_names: list[str] | None = None,
@@ -281,7 +298,26 @@ def scan_delimited(path: Path, *, encoding: str = "auto", delimiter: str | None 
 
     Header = line ``skip_rows + 1``; the first data row is the next line. Quoted fields with
     embedded line breaks shift the following rows' line numbers accordingly; blank lines are
-    counted and dropped.
+    counted and dropped. A malformed file raises here (``DelimitedScan.check`` runs up front);
+    big tables use ``open_delimited`` and check only when the read fails.
+    """
+    scan = open_delimited(path, encoding=encoding, delimiter=delimiter, quote=quote,
+                          skip_rows=skip_rows, workdir=workdir, has_header=has_header,
+                          column_names=column_names, eol=eol, check_now=True)
+    return scan.frame
+
+
+def open_delimited(path: Path, *, encoding: str = "auto", delimiter: str | None = None,
+                   quote: str = '"', skip_rows: int = 0, workdir: Path | None = None,
+                   has_header: bool = True, column_names: list[str] | None = None,
+                   eol: str = "\n", check_now: bool = False) -> DelimitedScan:
+    """``scan_delimited`` without the up-front full read (unless ``check_now``).
+
+    The check reads the whole file once (about 1 s per 1M lines); the read of the bookings
+    fails on the same rows anyway (a blank-line filter touches every column), so
+    ``materialise`` runs the check only then, to turn Polars' error into ours. Line numbers
+    need the record count only when the file has quote characters (only a quoted field can
+    hold a line break); that count is Polars' fast row count, not a parse.
     """
     check_not_blank(path)
     enc = resolve_encoding(path, encoding)
@@ -304,27 +340,38 @@ def scan_delimited(path: Path, *, encoding: str = "auto", delimiter: str | None 
         raise IngestError(f"row has {len(first)} fields, {len(column_names or [])} columns "
                           "are described", file=str(path), line=1,
                           hint="the table description and the file disagree") from exc
-    try:
-        # Touch every field once (streaming, bounded memory): ragged rows fail here, not later.
-        n_records = scan.select(pl.len().alias("__n"), pl.all().exclude("__record").null_count()) \
-            .collect(engine="streaming")["__n"][0]
-    except pl.exceptions.ComputeError as exc:
-        line, got, expected = _locate_ragged(utf8, sep, quote, skip_rows)
-        if line:
-            first = "the header" if has_header else "the first row"
-            raise IngestError(f"row has {got} fields, {first} has {expected}",
-                              file=str(path), line=line,
-                              hint="check the delimiter and quoting of that line") from exc
-        raise IngestError(f"cannot read as delimited text: {exc}".splitlines()[0],
-                          file=str(path)) from exc
+
+    def check() -> int:
+        try:
+            # Touch every field once (streaming, bounded memory): ragged rows fail here.
+            return scan.select(pl.len().alias("__n"),
+                               pl.all().exclude("__record").null_count()) \
+                .collect(engine="streaming")["__n"][0]
+        except pl.exceptions.ComputeError as exc:
+            line, got, expected = _locate_ragged(utf8, sep, quote, skip_rows)
+            if line:
+                first = "the header" if has_header else "the first row"
+                raise IngestError(f"row has {got} fields, {first} has {expected}",
+                                  file=str(path), line=line,
+                                  hint="check the delimiter and quoting of that line") from exc
+            raise IngestError(f"cannot read as delimited text: {exc}".splitlines()[0],
+                              file=str(path)) from exc
+
+    n_records = check() if check_now else None
     if has_header and not names:
         raise IngestError("file has no header line", file=str(path))
     first_data_line = skip_rows + (2 if has_header else 1)
-    # Physical lines = records + header + skipped (+ 1 for a missing final newline); any
-    # surplus comes from line breaks inside quoted fields, which we then count per record.
-    physical = count_lines(utf8) + (0 if ends_with_newline(utf8) else 1)
     frame = scan
-    if physical > n_records + first_data_line - 1:
+    if quote and (n_records is not None or contains_byte(utf8, quote.encode())):
+        if n_records is None:
+            n_records = scan.select(pl.len()).collect().item()
+        # Physical lines = records + header + skipped (+ 1 for a missing final newline); any
+        # surplus comes from line breaks inside quoted fields, which we then count per record.
+        physical = count_lines(utf8) + (0 if ends_with_newline(utf8) else 1)
+        embedded_breaks = physical > n_records + first_data_line - 1
+    else:
+        embedded_breaks = False   # without quoting no field can hold a line break
+    if embedded_breaks:
         embedded = pl.sum_horizontal([pl.col(n).str.count_matches("\n").fill_null(0)
                                       for n in names])
         frame = frame.sort("__record").with_columns(
@@ -340,8 +387,28 @@ def scan_delimited(path: Path, *, encoding: str = "auto", delimiter: str | None 
         frame = frame.with_columns(pl.when(pl.col(LINE) == pl.col(LINE).max()).then(pl.lit(
             f"truncated: the file ends inside this row ({cut} of {len(names)} fields, "
             "no line end)")).alias(ISSUE))
-        return frame.select([*names, LINE, ISSUE])
-    return frame.select([*names, LINE])
+        frame = frame.select([*names, LINE, ISSUE])
+    else:
+        frame = frame.select([*names, LINE])
+    sample = _head_sample(utf8, names, separator=sep, quote_char=quote or None,
+                          has_header=has_header, skip_rows=skip_rows, eol_char=eol,
+                          new_columns=column_names)
+    return DelimitedScan(frame, lambda: None if check_now else check(), sample)
+
+
+def _head_sample(path: Path, names: list[str], size: int = 128 * 1024,
+                 **options: Any) -> pl.DataFrame | None:
+    """The complete lines in the first ``size`` bytes, read with the scan's options."""
+    with open(path, "rb") as fh:
+        head = fh.read(size)
+    if len(head) == size:
+        head = head[: head.rfind(b"\n") + 1]
+    try:
+        df = pl.read_csv(io.BytesIO(head), infer_schema=False, truncate_ragged_lines=True,
+                         raise_if_empty=False, **options)
+    except Exception:  # noqa: BLE001 - a sample is an optimisation, never an error source
+        return None
+    return df if df.columns == names else None
 
 
 def _truncated_tail(path: Path, sep: str, quote: str, expected: int) -> int:
@@ -361,13 +428,21 @@ def _truncated_tail(path: Path, sep: str, quote: str, expected: int) -> int:
 
 def read_table(path: Path, source: SourceOptions, workdir: Path | None) -> pl.LazyFrame:
     """Any supported table file as a LazyFrame with its source columns and ``__line``."""
+    table = open_table(path, source, workdir)
+    table.check()
+    return table.frame
+
+
+def open_table(path: Path, source: SourceOptions, workdir: Path | None) -> DelimitedScan:
+    """``read_table`` with the full-read check of delimited text left to the caller."""
     suffix = path.suffix.lower()
     if path.stat().st_size == 0:
         raise IngestError("file is empty", file=str(path))
     if suffix == ".parquet":
         frame = pl.scan_parquet(path).with_row_index("__record")
-        return frame.with_columns((pl.col("__record").cast(pl.Int64) + 1).alias(LINE)) \
-            .drop("__record")
+        return DelimitedScan(frame.with_columns(
+            (pl.col("__record").cast(pl.Int64) + 1).alias(LINE)).drop("__record"),
+            lambda: None, None)
     if suffix in (".xlsx", ".xlsm", ".xls"):
         try:
             df = pl.read_excel(path, sheet_name=source.sheet, engine="calamine",
@@ -381,10 +456,10 @@ def read_table(path: Path, source: SourceOptions, workdir: Path | None) -> pl.La
         # Spreadsheet row of each record: header row (1-based) + 1 + index; blank rows are
         # kept until numbered, then dropped.
         blank = pl.all_horizontal([pl.col(c).is_null() for c in df.columns])
-        return df.lazy().with_row_index("__record").with_columns(
+        return DelimitedScan(df.lazy().with_row_index("__record").with_columns(
             (pl.col("__record").cast(pl.Int64) + source.skip_rows + 2).alias(LINE)
-        ).filter(~blank).drop("__record")
-    return scan_delimited(path, encoding=source.encoding, delimiter=source.delimiter,
+        ).filter(~blank).drop("__record"), lambda: None, None)
+    return open_delimited(path, encoding=source.encoding, delimiter=source.delimiter,
                           quote=source.quote, skip_rows=source.skip_rows, workdir=workdir)
 
 
@@ -434,8 +509,11 @@ def derive_period(date: pl.Expr, start_month: int) -> pl.Expr:
 class Mapper:
     """Turns one raw table into canonical booking expressions, collecting parse issues."""
 
-    def __init__(self, schema: pl.Schema, profile: Profile, source_file: str) -> None:
+    def __init__(self, schema: pl.Schema, profile: Profile, source_file: str,
+                 sample: pl.DataFrame | None = None) -> None:
         self.schema = schema
+        self.sample = sample
+        """First rows of the source (text), to pick the date format tried first."""
         self.names = [n for n in schema.names() if n not in (LINE, ISSUE)]
         self.profile = profile
         self.source_file = source_file
@@ -446,11 +524,21 @@ class Mapper:
 
     def stage(self, value: pl.Expr, raw: pl.Expr, empty: pl.Expr, label: str,
               what: str) -> pl.Expr:
-        name = f"__v{len(self.staged)}"
+        """Stage ``value`` and ``empty`` side by side (they share subexpressions) and record
+        the issue for cells that are neither empty nor parseable."""
+        name, empty_name = f"__v{len(self.staged)}", f"__e{len(self.staged)}"
         self.staged[name] = value
-        self.issues.append(pl.when(~empty & pl.col(name).is_null()).then(pl.format(
-            "{}: '{}' is not {}", pl.lit(label), raw.str.slice(0, 40), pl.lit(what))))
+        self.staged[empty_name] = empty
+        self.issues.append(_issue(label, raw, ~pl.col(empty_name) & pl.col(name).is_null(),
+                                  what))
         return pl.col(name)
+
+    def preferred_format(self, column: str, formats: list[str],
+                         dtype: pl.DataType) -> str | None:
+        """The format most of the sample's ``column`` is written in (None: no sample)."""
+        if self.sample is None or column not in self.sample.columns:
+            return None
+        return detect_format(self.sample[column], formats, dtype)
 
     def column(self, wanted: str, role: str) -> str:
         found = find_column(self.names, wanted)
@@ -484,23 +572,24 @@ class Mapper:
             return strip_or_null(_text(expr, dtype))
         text = _text(expr, dtype)
         placeholders = self._placeholders()["placeholders"]
-        empty = text.str.strip_chars().is_null() | text.str.strip_chars().is_in(placeholders)
         if target == pl.Date:
             if dtype in (pl.Date,) or isinstance(dtype, pl.Datetime):
                 return expr.cast(pl.Date)
-            value, _ = parse_date(text, label, src.date_formats, placeholders=placeholders)
+            prefer = self.preferred_format(label, src.date_formats, pl.Date())
+            value, empty = date_parts(text, src.date_formats, placeholders, pl.Date(), prefer)
             what = f"a date ({' or '.join(src.date_formats)})"
         elif isinstance(target, pl.Datetime):
             if dtype == pl.Date or isinstance(dtype, pl.Datetime):
                 return expr.cast(pl.Datetime("us"))
             formats = src.datetime_formats + src.date_formats
-            value, _ = parse_datetime(text, label, formats, placeholders=placeholders)
+            prefer = self.preferred_format(label, formats, pl.Datetime("us"))
+            value, empty = date_parts(text, formats, placeholders, pl.Datetime("us"), prefer)
             what = f"a timestamp ({' or '.join(formats)})"
         elif target.is_integer():
             if dtype.is_integer():
                 return expr.cast(target)
-            value = parse_int(text, label)[0].cast(target, strict=False)
-            empty, what = _blank(text), "a whole number"
+            value, empty = int_parts(text)
+            value, what = value.cast(target, strict=False), "a whole number"
         else:
             raise AssertionError(f"no parser for {target}")
         return self.stage(value, text, empty, label, what)
@@ -517,8 +606,8 @@ class Mapper:
                 else pl.col(column).cast(AMOUNT)
         src = self.profile.source
         text = pl.col(column).cast(pl.String)
-        value, _ = parse_decimal(text, label, decimal=src.decimal, thousands=src.thousands)
-        return self.stage(value, text, _blank(text), label, "a valid amount")
+        value, blank = decimal_parts(text, decimal=src.decimal, thousands=src.thousands)
+        return self.stage(value, text, blank, label, "a valid amount")
 
     def amount(self) -> pl.Expr:
         spec = self.profile.amount
@@ -534,13 +623,21 @@ class Mapper:
         if spec.kind == "signed":
             return value
         dc = self.column(spec.dc_column or "", "debit/credit indicator")
-        code = strip_or_null(_text(pl.col(dc), self.schema[dc])).str.to_uppercase()
+        text = _text(pl.col(dc), self.schema[dc])
         debit = [c.upper() for c in spec.debit_codes]
         credit = [c.upper() for c in spec.credit_codes]
+        # Cells that already are a code as configured (upper case, no blanks) are looked up as
+        # they are; only the others are trimmed and upper-cased first. Staged: used 3 times.
+        exact = [c for c in debit + credit if c and c == c.strip()]
+        name = f"__dc{len(self.staged)}"
+        self.staged[name] = pl.when(text.is_in(exact)).then(text).otherwise(
+            strip_or_null(pl.when(text.is_in(exact).not_()).then(text)).str.to_uppercase())
+        code = pl.col(name)
         unknown = code.is_not_null() & ~code.is_in(debit + credit)
-        self.issues.append(pl.when(unknown).then(pl.format(
-            "{}: '{}' is not a debit/credit code ({} / {})", pl.lit(dc), code,
-            pl.lit(", ".join(spec.debit_codes)), pl.lit(", ".join(spec.credit_codes)))))
+        self.issues.append(pl.format(   # built for unknown codes only (null parts -> null)
+            "{}: '{}' is not a debit/credit code ({} / {})", pl.lit(dc),
+            pl.when(unknown).then(code), pl.lit(", ".join(spec.debit_codes)),
+            pl.lit(", ".join(spec.credit_codes))))
         # Amount is unsigned with the indicator: take its magnitude. No indicator: keep the sign.
         return (pl.when(code.is_in(debit)).then(value.abs())
                 .when(code.is_in(credit)).then(-value.abs())
@@ -548,10 +645,16 @@ class Mapper:
 
 
 def to_bookings(raw: pl.LazyFrame, profile: Profile, settings: Settings,
-                source_file: str) -> pl.LazyFrame:
-    """Map a raw table (source columns + ``__line``) to ``INGEST_SCHEMA`` with the profile."""
+                source_file: str, sample: pl.DataFrame | None = None,
+                extra: dict[str, pl.Expr] | None = None) -> pl.LazyFrame:
+    """Map a raw table (source columns + ``__line``) to ``INGEST_SCHEMA`` with the profile.
+
+    ``sample`` (the table's first rows as text) only picks the date format tried first;
+    ``extra`` adds Boolean helper columns computed from the raw columns (after the schema's,
+    see ``IngestResult.finishers``)."""
+    extra = extra or {}
     schema = raw.collect_schema()
-    m = Mapper(schema, profile, source_file)
+    m = Mapper(schema, profile, source_file, sample)
     out: dict[str, pl.Expr] = {}
     for name in MAPPABLE:
         if name in ("entity", "currency"):
@@ -582,10 +685,10 @@ def to_bookings(raw: pl.LazyFrame, profile: Profile, settings: Settings,
     frame = raw.with_columns(**m.staged).with_columns(
         [e.alias(k) for k, e in out.items()]
         + [pl.lit(source_file).alias("source_file"), pl.col(LINE).alias("source_line"),
-           gather_issues(issues)]
-    ).select([*out, "source_file", "source_line", "ingest_issue"])
+           gather_issues(issues)] + [e.alias(k) for k, e in extra.items()]
+    ).select([*out, "source_file", "source_line", "ingest_issue", *extra])
     frame = fill_derived(frame, settings)
-    return conform(frame, INGEST_SCHEMA)
+    return conform(frame, pl.Schema({**INGEST_SCHEMA, **{k: pl.Boolean() for k in extra}}))
 
 
 def fill_derived(frame: pl.LazyFrame, settings: Settings) -> pl.LazyFrame:
@@ -625,20 +728,24 @@ def profile_for(settings: Settings) -> Profile:
 def read(files: list[Path], settings: Settings, workdir: Path) -> IngestResult:
     profile = profile_for(settings)
     frames, inputs, ignored = [], [], []
+    checks: list[Callable[[], Any]] = []
     for path in files:
         if path.suffix.lower() not in TABLE_SUFFIXES:
             ignored.append(str(path))
             continue
-        raw = read_table(path, profile.source, workdir)
-        frames.append(to_bookings(raw, profile, settings, str(path)))
+        table = open_table(path, profile.source, workdir)
+        checks.append(table.check)   # run by ``materialise`` if the read fails
+        frames.append(to_bookings(table.frame, profile, settings, str(path), table.sample))
         inputs.append(InputFile(str(path), sha256_of(path), path.stat().st_size))
     if not frames:
         raise IngestError("no CSV, Parquet or XLSX file in the delivery",
                           file=", ".join(str(f) for f in files[:3]))
     return IngestResult(NAME, pl.concat(frames, how="vertical"), inputs=inputs, ignored=ignored,
-                        warnings=[f"mapped with profile {profile.name}"])
+                        warnings=[f"mapped with profile {profile.name}"],
+                        deferred_checks=checks)
 
 
 __all__ = ["NAME", "Profile", "SourceOptions", "AmountSpec", "load_profile", "profile_from_dict",
-           "read", "read_table", "scan_delimited", "sniff", "to_bookings", "find_column",
+           "read", "read_table", "open_table", "scan_delimited", "open_delimited", "sniff",
+           "to_bookings", "find_column",
            "normalise_name", "strftime_format"]

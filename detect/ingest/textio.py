@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import os
 import tempfile
 from pathlib import Path
 
@@ -19,12 +20,33 @@ CHUNK = 16 * 1024 * 1024
 _CP1252_UNDEFINED = {0x81, 0x8D, 0x8F, 0x90, 0x9D}
 
 
+_HASHES: dict[tuple, str] = {}
+"""sha256 by file identity (see ``_identity``): the run's ``lifecycle.fingerprint`` hashes every
+delivered file just before ingest records the same hashes in ``IngestResult.inputs``; the second
+call is served from here instead of reading the file again (0.15-0.35 s per 171 MB)."""
+
+
+def _identity(path: Path) -> tuple:
+    """What changes when a file's content can have changed: device, inode, size, mtime, ctime.
+
+    A rewrite in place bumps mtime/ctime (nanoseconds), a replacement changes the inode."""
+    st = os.stat(path)
+    return (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+            st.st_ctime_ns)
+
+
 def sha256_of(path: Path) -> str:
+    key = _identity(path)
+    if (cached := _HASHES.get(key)) is not None:
+        return cached
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(CHUNK):
             digest.update(chunk)
-    return digest.hexdigest()
+    if len(_HASHES) > 4096:  # a long-lived process (the app) must not grow without bound
+        _HASHES.clear()
+    _HASHES[key] = digest.hexdigest()
+    return _HASHES[key]
 
 
 def read_head(path: Path, size: int = 64 * 1024) -> bytes:
@@ -63,8 +85,14 @@ def detect_encoding(path: Path) -> str:
 
 
 def _check_decodes(path: Path, encoding: str, skip: int) -> None:
+    """Raise ``IngestError`` (file, line) at the first byte that ``encoding`` does not accept.
+
+    Fast path: a chunk of pure ASCII is valid in both encodings and needs no decoding; only
+    chunks with other bytes are decoded (and then thrown away). Lines are counted only when
+    there is an error to report, by counting line breaks up to its byte offset.
+    """
     decoder = codecs.getincrementaldecoder(encoding)()
-    line = 1
+    offset = skip   # file offset of the current chunk
     with open(path, "rb") as fh:
         fh.seek(skip)
         while chunk := fh.read(CHUNK):
@@ -72,22 +100,43 @@ def _check_decodes(path: Path, encoding: str, skip: int) -> None:
                 bad = next((i for i, b in enumerate(chunk) if b in _CP1252_UNDEFINED), None) \
                     if any(b in chunk for b in (b"\x81", b"\x8d", b"\x8f", b"\x90", b"\x9d")) else None
                 if bad is not None:
-                    line += chunk[:bad].count(b"\n")
                     raise IngestError(
                         f"byte 0x{chunk[bad]:02X} is valid in neither UTF-8 nor Windows-1252",
-                        file=str(path), line=line,
+                        file=str(path), line=_line_at(path, skip, offset + bad),
                         hint="re-export the file as UTF-8 or Windows-1252 (ANSI)")
-            try:
-                decoder.decode(chunk)
-            except UnicodeDecodeError as exc:
-                line += chunk[: exc.start].count(b"\n")
-                raise IngestError(f"not valid {encoding}", file=str(path), line=line) from exc
-            line += chunk.count(b"\n")
+            if not (chunk.isascii() and not decoder.getstate()[0]):
+                try:
+                    decoder.decode(chunk)
+                except UnicodeDecodeError as exc:
+                    raise IngestError(f"not valid {encoding}", file=str(path),
+                                      line=_line_at(path, skip, offset + exc.start)) from exc
+            offset += len(chunk)
         try:
             decoder.decode(b"", final=True)
         except UnicodeDecodeError as exc:
             raise IngestError(f"file ends inside a {encoding} character (truncated?)",
-                              file=str(path), line=line) from exc
+                              file=str(path), line=_line_at(path, skip, offset)) from exc
+
+
+def _line_at(path: Path, start: int, offset: int) -> int:
+    """1-based line of byte ``offset``, counting line breaks from ``start`` (error path only)."""
+    line = 1
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        left = offset - start
+        while left > 0 and (chunk := fh.read(min(CHUNK, left))):
+            line += chunk.count(b"\n")
+            left -= len(chunk)
+    return line
+
+
+def contains_byte(path: Path, byte: bytes) -> bool:
+    """Whether ``byte`` occurs anywhere in the file (a memchr-speed scan, ~0.05 s per 171 MB)."""
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            if byte in chunk:
+                return True
+    return False
 
 
 def as_utf8(path: Path, encoding: str | None = None, workdir: Path | None = None) -> Path:
