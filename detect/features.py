@@ -296,7 +296,7 @@ def build_features(bookings: pl.LazyFrame, settings: Settings,
     df = lf.with_columns(
         pl.col("fiscal_year").cast(pl.Int32), pl.col("line_no").cast(pl.Int32),
         pl.col("amount").cast(pl.Float64).fill_null(0.0).alias("amount_f"),
-    ).collect()
+    ).collect().rechunk()  # one chunk per column: gathers over many files' chunks are slow
     # the history is usually stored sorted: a full sort copy of the lines is only paid when not
     # (the sort held ~2.5x the frame at its peak)
     if not _is_sorted(df):
@@ -310,6 +310,7 @@ def build_features(bookings: pl.LazyFrame, settings: Settings,
     if empty and df.height:
         notes.append("column(s) entirely empty, dependent features are constant: "
                      + ", ".join(empty))
+    df = df.drop("amount")  # Decimal, 16 bytes a line; amount_f carries it
     office = settings.office_hours
     years = df.get_column("fiscal_year").drop_nulls().unique().to_list()
     hol = _holidays(settings, sorted(set(years) | {y + 1 for y in years}))
@@ -331,7 +332,7 @@ def build_features(bookings: pl.LazyFrame, settings: Settings,
         pl.when(pl.col("amount_f") > 0).then(pl.col("_top_credit"))
         .otherwise(pl.col("_top_debit")).alias("contra_account"),
         pl.coalesce(pl.col("entered_at").dt.date(), pl.col("posting_date")).alias("day"),
-    ).drop("_top_debit", "_top_credit", "amount", "vendor_id", "bank_account")
+    ).drop("_top_debit", "_top_credit", "vendor_id", "bank_account")
 
     jk = df.get_column("_jk").to_numpy()
     codes = Codes(df, np.r_[True, jk[1:] != jk[:-1]] if len(jk) else np.zeros(0, dtype=bool))
