@@ -204,3 +204,29 @@ def test_hash_cache_sees_a_rewritten_file(tmp_path: Path) -> None:
     st = f.stat()
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
     assert sha256_of(f) != first
+
+
+def _long_ascii_start(rows: int = 40_000) -> bytes:
+    """More than the first MiB (``textio.HEAD_CHECK``) of plain ASCII rows."""
+    return b"".join(b"1,%d,20240201,2024,4000,1,D,A\n" % i for i in range(1, rows))
+
+
+def test_cp1252_after_the_first_mib_is_read_again_as_cp1252(tmp_path: Path) -> None:
+    f = tmp_path / "gl.csv"
+    body = _long_ascii_start()
+    f.write_bytes(HEADER.replace("\n", ",JE_Line_Description\n").encode()
+                  + body.replace(b",A\n", b",A,x\n") + "2,1,20240201,2024,4000,1,D,A,Büro\n"
+                  .encode("cp1252"))
+    df = ingest([f], "auto", Settings(), tmp_path / "work").bookings.collect()
+    assert df.filter(pl.col("journal_id") == "2")["description"].to_list() == ["Büro"]
+    assert df["ingest_issue"].null_count() == df.height
+
+
+def test_bad_byte_after_the_first_mib_names_its_line(tmp_path: Path) -> None:
+    f = tmp_path / "gl.csv"
+    body = _long_ascii_start()
+    f.write_bytes(HEADER.encode() + body + b"2,1,20240201,2024,\x81\x8d,1,D,A\n")
+    with pytest.raises(IngestError) as err:
+        ingest([f], "auto", Settings(), tmp_path / "work")
+    assert err.value.line == body.count(b"\n") + 2
+    assert "neither UTF-8 nor Windows-1252" in str(err.value)

@@ -26,7 +26,7 @@ import polars as pl
 
 from detect.config import Settings
 from detect.errors import IngestError
-from detect.ingest.textio import decode_head, read_head, sha256_of
+from detect.ingest.textio import EncodingChanged, decode_head, read_head, sha256_of
 from detect.schema import BOOKING_SCHEMA
 
 FORMAT_MODULES: dict[str, str] = {
@@ -169,8 +169,14 @@ def ingest(sources: list[Path], fmt: str, settings: Settings, workdir: Path) -> 
             raise
         name = "csv"
     result = format_module(name).read(files, settings, workdir)
+    try:
+        bookings = materialise(result.bookings, workdir, result.deferred_checks)
+    except EncodingChanged:
+        # a file's first MiB was UTF-8, the rest is not (a cp1252 export): read again, now
+        # with the encoding found by the full check (remembered by textio)
+        result = format_module(name).read(files, settings, workdir)
+        bookings = materialise(result.bookings, workdir, result.deferred_checks)
     result.format = name
-    bookings = materialise(result.bookings, workdir, result.deferred_checks)
     for finish in result.finishers:
         bookings = finish(bookings)
     result.bookings = bookings.drop(helper_columns(bookings))

@@ -55,7 +55,8 @@ from detect.ingest.parsing import (
     strip_or_null,
 )
 from detect.ingest.textio import (
-    as_utf8, contains_byte, count_lines, detect_encoding, ends_with_newline, read_head, sha256_of,
+    EncodingChanged, as_utf8, contains_byte, count_lines, detect_encoding, ends_with_newline,
+    read_head, sha256_of,
 )
 from detect.schema import AMOUNT, BOOKING_SCHEMA, MASTER_SCHEMAS, conform
 
@@ -212,14 +213,20 @@ def load_profile(path: Path) -> Profile:
 
 # --- reading raw tables ------------------------------------------------------------------------
 
-def resolve_encoding(path: Path, wanted: str) -> str:
-    """The encoding to decode ``path`` with; 'auto' checks the whole file (bounded memory)."""
+def resolve_encoding(path: Path, wanted: str, *, trust_head: bool = False) -> str:
+    """The encoding to decode ``path`` with; 'auto' checks the whole file (bounded memory).
+
+    ``trust_head``: a UTF-8 file is only checked as far as ``textio.detect_encoding`` says;
+    the caller must run the full check (without it) if reading the file fails.
+    """
     enc = ENCODINGS.get(wanted.lower(), "?")
     if enc == "?":
         raise IngestError(f"unknown encoding {wanted!r}", file=str(path),
                           hint="use auto, utf-8 or cp1252")
     if enc is None:
-        return detect_encoding(path)
+        return detect_encoding(path, trust_head=trust_head)
+    if enc.startswith("utf-8") and trust_head:
+        return "utf-8-sig" if read_head(path, 3) == b"\xef\xbb\xbf" else "utf-8"
     if enc.startswith("utf-8"):
         # polars would fail later with no line number: check now, naming the first bad line
         from detect.ingest.textio import _check_decodes
@@ -317,10 +324,13 @@ def open_delimited(path: Path, *, encoding: str = "auto", delimiter: str | None 
     fails on the same rows anyway (a blank-line filter touches every column), so
     ``materialise`` runs the check only then, to turn Polars' error into ours. Line numbers
     need the record count only when the file has quote characters (only a quoted field can
-    hold a line break); that count is Polars' fast row count, not a parse.
+    hold a line break); that count is Polars' fast row count, not a parse. The encoding, too,
+    is checked in full only then (Polars rejects invalid UTF-8 itself): a file whose first MiB
+    is UTF-8 is read as UTF-8, and if it is not, the check raises ``EncodingChanged`` and
+    ``ingest`` reads the delivery again with the encoding the full check found.
     """
     check_not_blank(path)
-    enc = resolve_encoding(path, encoding)
+    enc = resolve_encoding(path, encoding, trust_head=not check_now)
     utf8 = to_utf8(path, enc, workdir)
     header = _first_line(utf8) if has_header and skip_rows == 0 else ""
     if has_header and skip_rows:
@@ -342,6 +352,8 @@ def open_delimited(path: Path, *, encoding: str = "auto", delimiter: str | None 
                           hint="the table description and the file disagree") from exc
 
     def check() -> int:
+        if not check_now and resolve_encoding(path, encoding) != enc:
+            raise EncodingChanged(str(path))   # e.g. cp1252 after a UTF-8 first MiB
         try:
             # Touch every field once (streaming, bounded memory): ragged rows fail here.
             return scan.select(pl.len().alias("__n"),

@@ -66,11 +66,47 @@ def decode_head(head: bytes) -> str:
         return head.decode("cp1252", errors="replace")
 
 
-def detect_encoding(path: Path) -> str:
+HEAD_CHECK = 1024 * 1024
+"""Bytes a provisional encoding check reads (``detect_encoding(trust_head=True)``)."""
+
+_ENCODINGS: dict[tuple, str] = {}
+"""Results of full encoding checks by file identity (see ``sha256_of``)."""
+
+
+class EncodingChanged(Exception):  # noqa: N818 - a signal to re-read, not an error to report
+    """A file read with a provisional encoding turned out to be another one: read it again
+    (``detect.ingest.ingest`` does, once; the full result is remembered)."""
+
+
+def detect_encoding(path: Path, *, trust_head: bool = False) -> str:
     """'utf-8-sig', 'utf-8' or 'cp1252', checked over the whole file in chunks.
 
     Raises ``IngestError`` naming the line of the first byte that no supported encoding accepts.
+
+    ``trust_head``: when the first MiB is UTF-8, say so without reading the rest. For a reader
+    that lets Polars validate the rest anyway (it rejects invalid UTF-8) and calls the full
+    check only when that read fails (``mapped.open_delimited``): 0.25 s less per 171 MB.
     """
+    key = _identity(path)
+    if (known := _ENCODINGS.get(key)) is not None:
+        return known
+    if trust_head:
+        head = read_head(path, HEAD_CHECK)
+        bom = head.startswith(codecs.BOM_UTF8)
+        body = head[3:] if bom else head
+        try:
+            body.decode("utf-8")
+            ok = True
+        except UnicodeDecodeError as exc:   # fine if only a character cut at the end
+            ok = len(head) == HEAD_CHECK and exc.start > len(body) - 4 \
+                and exc.reason == "unexpected end of data"
+        if ok:
+            return "utf-8-sig" if bom else "utf-8"
+    _ENCODINGS[key] = _full_encoding_check(path)
+    return _ENCODINGS[key]
+
+
+def _full_encoding_check(path: Path) -> str:
     with open(path, "rb") as fh:
         first = fh.read(3)
         if first == codecs.BOM_UTF8:
@@ -131,10 +167,12 @@ def _line_at(path: Path, start: int, offset: int) -> int:
 
 
 def contains_byte(path: Path, byte: bytes) -> bool:
-    """Whether ``byte`` occurs anywhere in the file (a memchr-speed scan, ~0.05 s per 171 MB)."""
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            if byte in chunk:
+    """Whether ``byte`` occurs anywhere in the file: one reused buffer, memchr-speed search
+    (not mmap: its pages would count as resident memory of the run, 1.8 GB at 10M lines)."""
+    buf = bytearray(CHUNK)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            if buf.find(byte, 0, n) >= 0:
                 return True
     return False
 
