@@ -41,21 +41,40 @@ _DUCK_TYPES = {
     pl.Datetime("us"): "TIMESTAMP", pl.Boolean(): "BOOLEAN", pl.Decimal(18, 2): "DECIMAL(18,2)",
 }
 
-JOURNALS_SELECT = """
-SELECT entity, fiscal_year, journal_id,
-       min(posting_date) AS posting_date, max(posting_date) AS last_posting_date,
-       min(document_date) AS document_date, min(entered_at) AS entered_at,
-       max(period) AS period,
-       arg_min(entered_by, line_no) AS entered_by, max(approved_by) AS approved_by,
-       arg_min(source, line_no) AS source, arg_min(document_type, line_no) AS document_type,
-       max(reversal_of) AS reversal_of,
-       arg_min(description, line_no) AS description,
-       count(*) AS n_lines,
-       coalesce(sum(amount) FILTER (WHERE amount > 0), 0) AS debit_total,
-       coalesce(sum(amount), 0) AS balance
-FROM bookings GROUP BY ALL
-"""
-"""One row per journal; many journal-level rules read this instead of aggregating again."""
+JOURNAL_AGGREGATES: dict[str, tuple[str, str]] = {
+    "posting_date": ("min(posting_date)", "DATE"),
+    "last_posting_date": ("max(posting_date)", "DATE"),
+    "document_date": ("min(document_date)", "DATE"),
+    "entered_at": ("min(entered_at)", "TIMESTAMP"),
+    "period": ("max(period)", "INTEGER"),
+    "entered_by": ("arg_min(entered_by, line_no)", "VARCHAR"),
+    "approved_by": ("max(approved_by)", "VARCHAR"),
+    "source": ("arg_min(source, line_no)", "VARCHAR"),
+    "document_type": ("arg_min(document_type, line_no)", "VARCHAR"),
+    "reversal_of": ("max(reversal_of)", "VARCHAR"),
+    "description": ("arg_min(description, line_no)", "VARCHAR"),
+    "n_lines": ("count(*)", ""),
+    "debit_total": ("coalesce(sum(amount) FILTER (WHERE amount > 0), 0)", ""),
+    "balance": ("coalesce(sum(amount), 0)", ""),
+}
+"""Columns of ``journals`` (besides the keys) and how they aggregate the lines; the type is that
+of the typed null that stands in for a column no rule reads (empty: always computed)."""
+
+
+def journals_select(columns: set[str] | None = None) -> str:
+    """One row per journal; many journal-level rules read this instead of aggregating again.
+
+    ``columns`` (see ``catalog_columns``) leaves out the aggregates no rule reads (the
+    ``arg_min`` over texts are the dear part); they stay as typed nulls in the same shape."""
+    parts = [f"{expr} AS {name}" if columns is None or not dtype or name in columns
+             else f"CAST(NULL AS {dtype}) AS {name}"
+             for name, (expr, dtype) in JOURNAL_AGGREGATES.items()]
+    return ("SELECT entity, fiscal_year, journal_id,\n       " + ",\n       ".join(parts)
+            + "\nFROM bookings GROUP BY entity, fiscal_year, journal_id\n")
+
+
+JOURNALS_SELECT = journals_select()
+"""All of ``journals`` (the view of ``setup_views``; cases and tests read it)."""
 
 
 MAX_HIT_SHARE = 0.2
@@ -183,32 +202,49 @@ def duckdb_config(temp_dir: Path) -> dict[str, Any]:
             "temp_directory": str(temp_dir)}
 
 
-def _reads_all_columns(query: str) -> bool:
-    """Whether the query selects ``*`` straight from ``bookings`` (``SELECT * FROM bookings``,
+def _reads_all_columns(query: str, table: str) -> bool:
+    """Whether the query selects ``*`` straight from ``table`` (``SELECT * FROM bookings``,
     ``b.*`` of ``bookings b``): its output then depends on every column."""
     q = re.sub(r"--[^\n]*", "", query.lower())
-    if re.search(r"\bselect\s+(?:distinct\s+)?\*\s*(?:exclude\s*\([^)]*\)\s*)?from\s+bookings\b", q):
-        return True
-    aliases = set(re.findall(r"\bbookings\s+(?:as\s+)?([a-z_]\w*)", q)) | {"bookings"}
+    for star in re.finditer(r"\bselect\s+(?:distinct\s+)?\*", q):
+        # the rest of this SELECT at its own parenthesis depth: FROM ... JOIN ... WHERE ...
+        depth, level = 0, []
+        for ch in q[star.end():]:
+            depth += (ch == "(") - (ch == ")")
+            if depth < 0:
+                break
+            level.append(ch if depth == 0 and ch != ")" else " ")
+        clause = re.split(r"\bfrom\b", "".join(level), maxsplit=1)
+        if len(clause) == 2 and re.search(rf"(?<![.\w]){table}\b", clause[1]):
+            return True
+    aliases = set(re.findall(rf"\b{table}\s+(?:as\s+)?([a-z_]\w*)", q)) | {table}
     return any(re.search(rf"\b{re.escape(a)}\s*\.\s*\*", q) for a in aliases)
 
 
-def catalog_columns(catalog: list[Rule]) -> set[str] | None:
-    """Booking columns the catalog can see: named in a query (or ``requires``), plus what
-    ``journals`` aggregates; None (all) when a rule selects ``*`` from ``bookings``.
+def _named(texts: list[str], names: list[str]) -> set[str]:
+    return {n for n in names if any(re.search(rf"\b{n}\b", t, re.IGNORECASE) for t in texts)}
 
-    Columns no rule names (``source_file``, ``source_line`` ...) then need not be copied for
-    every line of the history. Derived from the rule files, so a new rule needs no change here.
+
+def catalog_columns(catalog: list[Rule]) -> tuple[set[str] | None, set[str] | None]:
+    """(booking columns, journal columns) the catalog can see: those a query names (or
+    ``requires``); None (all) when a rule selects ``*`` from that view.
+
+    Columns no rule names (``source_file``, ``source_line``, the journal's ``description`` ...)
+    then need not be copied or aggregated for the whole history. Derived from the rule files,
+    so a new rule needs no change here.
     """
-    names = list(BOOKING_SCHEMA.names())
-    used = set(KEY_COLUMNS)
-    for text in [JOURNALS_SELECT] + [r.query for r in catalog]:
-        if text is not JOURNALS_SELECT and _reads_all_columns(text):
-            return None
-        used |= {n for n in names if re.search(rf"\b{n}\b", text, re.IGNORECASE)}
+    queries = [re.sub(r"--[^\n]*", "", r.query) for r in catalog]
+    journal_queries = [q for q in queries if re.search(r"\bjournals\b", q, re.IGNORECASE)]
+    journal_cols: set[str] | None = _named(journal_queries, list(JOURNAL_AGGREGATES))
+    if any(_reads_all_columns(q, "journals") for q in journal_queries):
+        journal_cols = None
+    if any(_reads_all_columns(q, "bookings") for q in queries):
+        return None, journal_cols
+    booking_cols = set(KEY_COLUMNS) | _named(queries + [journals_select(journal_cols)],
+                                             list(BOOKING_SCHEMA.names()))
     for rule in catalog:
-        used |= set(rule.requires)
-    return used
+        booking_cols |= set(rule.requires)
+    return booking_cols, journal_cols
 
 
 def materialise_inputs(con: duckdb.DuckDBPyConnection, columns: set[str] | None = None) -> None:
@@ -423,10 +459,11 @@ def run_catalog(con: duckdb.DuckDBPyConnection, settings: Settings, catalog: lis
                 delivery_only: bool = True, log: Any = None) -> RuleRunResult:
     """Run every enabled, runnable rule; never a Python loop over rows, one query per rule."""
     check_rule_settings(settings, catalog, log)
-    enabled = [r for r in catalog if settings.rule_enabled(r.id)]
-    materialise_inputs(con, catalog_columns(enabled))
+    booking_cols, journal_cols = catalog_columns(
+        [r for r in catalog if settings.rule_enabled(r.id)])
+    materialise_inputs(con, booking_cols)
     # many journal-level rules read `journals`: aggregate the history once, not once per rule
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _journals AS {JOURNALS_SELECT}")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _journals AS {journals_select(journal_cols)}")
     con.execute("CREATE OR REPLACE VIEW journals AS SELECT * FROM _journals")
     available = Availability.probe(con)
     population = con.execute("SELECT count(*) FROM _journals").fetchall()[0][0]
