@@ -10,13 +10,19 @@ lines in delivery order. Merging the same delivery twice gives the same history,
 (the same rows in the same order, and the Parquet sink writes the same bytes for them), which
 makes a rerun after a crash safe.
 
-Streaming, so memory does not grow with the history (10M lines: ~1.7 GB peak for a delta, the
-delivery's key columns and the sink's buffers, instead of the whole partition sorted in memory):
-a delivery of one partition that is new, or that replaces every line of the partition (a full
-re-export), becomes the partition as it is: a hard link to the run's clean bookings, no rewrite.
-Otherwise the kept lines (an anti-join on the delivery's keys) and the delivery are streamed
-into a new file. No sort: downstream readers do not depend on the row order (rules aggregate in
-SQL, models and scoring sort where order matters).
+Streaming, so memory does not grow with the partition's width (the old merge collected and
+sorted the whole delivery and partition: killed above 9 GB at 10M lines). A delivery of one
+partition that is new, or that replaces every line of the partition (a full re-export), becomes
+the partition as it is: a hard link to the run's clean bookings, no rewrite. Otherwise an
+anti-join on the key columns alone finds the row numbers of the old lines that stay, and those
+lines plus the delivery are streamed into a new file. No sort: downstream readers do not depend
+on the row order (rules aggregate in SQL, models and scoring sort where order matters; the 1M
+sample gives the same hits, scores and items as with the sorted history).
+
+Measured (``/tmp`` harness calling ``merge``; 10M-line partition, 2 cores): new partition
+1.6 CPU s / 0.6 GB peak (the duplicate-key check); 1M-line delta into it 12 CPU s / 1.1 GB
+(rewriting 10M lines); full re-export 4.6 CPU s / 1.1 GB (key anti-join, then a link);
+re-export without 200k old lines 18 CPU s / 1.3 GB. 1M-line sample, new partition: 0.1 s.
 
 Atomic across partitions: every touched partition is first written as
 ``data.parquet.<owner>.<run>.new`` (the reader glob ``*.parquet`` ignores it), then a journal
@@ -196,14 +202,20 @@ def merge(ctx: Any, clean_bookings_path: Path,
         new = final.with_name(_new_name(ctx.entity, ctx.run_id))
         new.parent.mkdir(parents=True, exist_ok=True)
         old_rows = gone = 0
+        kept: pl.LazyFrame | None = None
         if final.exists():
+            # which old lines stay: an anti-join on the key columns only (entity and fiscal
+            # year are the partition's), giving row numbers, so the wide rows stream only once
             old = pl.scan_parquet(final).select(_CASTS)
-            # entity and fiscal year are the partition's: the rest of the key identifies a line
-            keys = part.select(_LINE_KEY)
             old_rows = _rows(final)
-            gone = old.join(keys, on=_LINE_KEY, how="semi").select(pl.len()).collect().item()
-        if gone < old_rows:  # kept lines first (in their order), then the delivery's
-            kept = old.join(keys, on=_LINE_KEY, how="anti", maintain_order="left")
+            stay = (old.select(_LINE_KEY).with_row_index("_row")
+                    .join(part.select(_LINE_KEY), on=_LINE_KEY, how="anti")
+                    .select("_row").collect().get_column("_row"))
+            gone = old_rows - stay.len()
+            if stay.len():
+                kept = (old.with_row_index("_row").filter(pl.col("_row").is_in(stay.implode()))
+                        .drop("_row"))
+        if kept is not None:  # kept lines first (in their order), then the delivery's
             _sink_durable(pl.concat([kept, part], how="vertical"), new)
         elif as_is:
             _link_durable(source, new)
