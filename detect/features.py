@@ -75,6 +75,8 @@ CONTEXT = ["gl_account", "amount_f", "amount_pct_account", "amount_pct_all", "ac
            "user_nonwork_share"]
 """Columns kept next to the features so explanations can quote values in words."""
 
+CATEGORY_COLUMNS = ["entered_by", "gl_account", "vendor_id", "bank_account"]
+
 MAD_FLOOR = 0.05
 """Floor for the MAD in log10 units (~12 %): accounts with constant amounts (rent) would
 otherwise turn a 1 % change into an enormous z-score."""
@@ -114,30 +116,30 @@ class Codes:
         """Codes of the combination of ``cols`` (0..n_groups-1 up to unused gaps), n_groups."""
         if cols in self._cache:
             return self._cache[cols]
-        if len(cols) == 1:
+        if len(cols) == 1:  # kept for reuse, as int32 (combinations are used once, not kept)
             s = self.df.get_column(cols[0])
             if s.dtype == pl.Date:
                 phys = s.to_physical()
                 low = phys.min()
                 phys = phys - (low if low is not None else 0)
+            elif s.dtype == pl.Categorical:  # build_features' own mapping: dense enough
+                phys = s.to_physical()
             else:  # a fresh category mapping: codes 0..k-1 in order of appearance
                 phys = s.cast(pl.String).cast(pl.Categorical(pl.Categories.random())) \
                     .to_physical()
             top = phys.max()
             size = int(top) + 1 if top is not None else 0
-            code = phys.fill_null(size).to_numpy().astype(np.int64)
-            out = (code, size + 1)
-        else:
-            code, size = self.of(*cols[:-1])
-            last, last_size = self.of(cols[-1])
-            code = code * last_size + last
-            size = size * last_size
-            if size > max(4 * self.n, 1 << 20):  # keep the count arrays small: renumber
-                uniq, code = np.unique(code, return_inverse=True)
-                size = len(uniq)
-            out = (code, size)
-        self._cache[cols] = out
-        return out
+            code = phys.fill_null(size).to_numpy().astype(np.int32)
+            self._cache[cols] = (code, size + 1)
+            return code, size + 1
+        code, size = self.of(*cols[:-1])
+        last, last_size = self.of(cols[-1])
+        code = code.astype(np.int64) * last_size + last
+        size = size * last_size
+        if size > max(4 * self.n, 1 << 20):  # keep the count arrays small: renumber densely
+            code = (pl.Series(code).rank("dense").to_numpy() - 1).astype(np.int64)
+            size = int(code.max(initial=-1)) + 1
+        return code, size
 
     def lines(self, *cols: str) -> np.ndarray:
         """Lines per group, on every line."""
@@ -153,12 +155,12 @@ class Codes:
         if per_journal:
             first = self.journal_start.copy()
         else:
-            first = self._first_in_journal(code, size)
+            first = self._first_in_journal(code)
         if where is not None:
             first &= where
         return np.bincount(code[first], minlength=size)[code]
 
-    def _first_in_journal(self, code: np.ndarray, size: int) -> np.ndarray:
+    def _first_in_journal(self, code: np.ndarray) -> np.ndarray:
         """First line of each (journal, group) pair. Journals are runs of rows and short: a
         line is a repeat if a line up to ``d`` rows earlier in the same journal has its code,
         checked for d = 1, 2, ... on the ever fewer rows whose journal is that long (the row
@@ -173,7 +175,8 @@ class Codes:
                 self._pairs.append(rows)
                 rows = rows[rows >= d + 1]
         if len(self._pairs) > 32:
-            return pl.Series(self.jk * size + code).is_first_distinct().to_numpy()
+            return pl.DataFrame({"j": self.jk, "c": code}).select(
+                pl.struct("j", "c").is_first_distinct()).to_series().to_numpy()
         dup = np.zeros(self.n, dtype=bool)
         for d, rows in enumerate(self._pairs, start=1):
             dup[rows[code[rows] == code[rows - d]]] = True
@@ -293,6 +296,11 @@ def build_features(bookings: pl.LazyFrame, settings: Settings,
     cols = ["entity", "fiscal_year", "journal_id", "line_no", "posting_date", "document_date",
             "entered_at", "entered_by", "gl_account", "amount", "vendor_id", "bank_account"]
     lf = bookings.select([pl.col(c) if c in schema else pl.lit(None).alias(c) for c in cols])
+    # the grouping columns as categories (4 bytes a line instead of a 16-byte string view, for
+    # them and the journal context picked from them); one named mapping per column, so codes
+    # stay dense and two feature frames of the process compare equal
+    lf = lf.with_columns(pl.col(c).cast(pl.String).cast(
+        pl.Categorical(pl.Categories(f"belegwacht_features_{c}"))) for c in CATEGORY_COLUMNS)
     df = lf.with_columns(
         pl.col("fiscal_year").cast(pl.Int32), pl.col("line_no").cast(pl.Int32),
         pl.col("amount").cast(pl.Float64).fill_null(0.0).alias("amount_f"),
@@ -347,7 +355,7 @@ def build_features(bookings: pl.LazyFrame, settings: Settings,
                                  pl.col("created_at").cast(pl.Date).alias("_created"))
         created = created.drop_nulls("vendor_j").unique("vendor_j", keep="first",
                                                         maintain_order=True)
-        df = df.with_columns(pl.col("vendor_j").replace_strict(   # a lookup, not a full join
+        df = df.with_columns(pl.col("vendor_j").cast(pl.String).replace_strict(  # a lookup
             created.get_column("vendor_j"), created.get_column("_created"), default=None,
             return_dtype=pl.Date).alias("_created"))
     else:
@@ -357,7 +365,8 @@ def build_features(bookings: pl.LazyFrame, settings: Settings,
                     .when(first_seen - hist_start >= pl.duration(days=NEW_VENDOR_DAYS))
                     .then(first_seen).otherwise(None))
     df = df.with_columns(
-        (pl.col("posting_date") - vendor_since).dt.total_days().alias("vendor_age_days")
+        (pl.col("posting_date") - vendor_since).dt.total_days().cast(pl.Int32)
+        .alias("vendor_age_days")
     ).drop("_first_seen", "_created")
 
     hours = (pl.col("entered_at").dt.hour().cast(pl.Float64)
@@ -389,9 +398,10 @@ def build_features(bookings: pl.LazyFrame, settings: Settings,
             ((abs_amt.rank("min") - 1) / n_total).alias("amount_pct_all"))
     df = df.with_columns(
         pl.col("entered_at").dt.strftime("%H:%M").alias("entry_time"),
-        (pl.col("posting_date") - pl.col("document_date")).dt.total_days().alias("doc_post"),
+        (pl.col("posting_date") - pl.col("document_date")).dt.total_days().cast(pl.Int32)
+        .alias("doc_post"),
         (pl.col("posting_date") - pl.col("entered_at").dt.date()).dt.total_days()
-        .alias("entry_post"),
+        .cast(pl.Int32).alias("entry_post"),
         _off=off,
         _nonwork=(non_work(pl.col("day")) | non_work(pl.col("posting_date"))).cast(pl.Float64),
         **_amount_digits(df.select(cents.fill_null(0)).to_series().to_numpy()),
