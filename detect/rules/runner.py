@@ -161,8 +161,12 @@ def setup_views(con: duckdb.DuckDBPyConnection, bookings_source: str, delivery_s
                 "CAST(entity AS VARCHAR) AS entity, CAST(fiscal_year AS INTEGER) AS fiscal_year, "
                 "CAST(journal_id AS VARCHAR) AS journal_id, CAST(line_no AS INTEGER) AS line_no "
                 f"FROM {delivery_source}")
-    con.execute("CREATE OR REPLACE VIEW delivery_journals AS "
-                "SELECT DISTINCT entity, fiscal_year, journal_id FROM delivery")
+    con.execute("CREATE OR REPLACE VIEW delivery_journals AS SELECT DISTINCT "
+                "CAST(entity AS VARCHAR) AS entity, CAST(fiscal_year AS INTEGER) AS fiscal_year, "
+                f"CAST(journal_id AS VARCHAR) AS journal_id FROM {delivery_source}")
+    # kept for ``materialise_inputs``, which replaces delivery_journals by its copy
+    con.execute("CREATE OR REPLACE VIEW _delivery_journals_source AS "
+                "SELECT * FROM delivery_journals")
     con.execute(f"CREATE OR REPLACE VIEW journals AS {JOURNALS_SELECT}")
     for name in MASTER_NAMES:
         schema = MASTER_SCHEMAS[name]
@@ -264,7 +268,7 @@ def materialise_inputs(con: duckdb.DuckDBPyConnection, columns: set[str] | None 
     # no rule reads ``delivery`` line by line: it stays a view; the hit filter's journal keys
     # are one pass over the delivery's key columns
     con.execute("CREATE OR REPLACE TEMP TABLE _delivery_journals AS "
-                "SELECT DISTINCT entity, fiscal_year, journal_id FROM delivery")
+                "SELECT * FROM _delivery_journals_source")
     con.execute("CREATE OR REPLACE VIEW delivery_journals AS SELECT * FROM _delivery_journals")
 
 
