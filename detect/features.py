@@ -122,7 +122,7 @@ class Codes:
                 phys = s.to_physical()
                 low = phys.min()
                 phys = phys - (low if low is not None else 0)
-            elif s.dtype == pl.Categorical:  # build_features' own mapping: dense enough
+            elif isinstance(s.dtype, pl.Categorical):  # build_features' own mapping: dense
                 phys = s.to_physical()
             else:  # a fresh category mapping: codes 0..k-1 in order of appearance
                 phys = s.cast(pl.String).cast(pl.Categorical(pl.Categories.random())) \
