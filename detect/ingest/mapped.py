@@ -533,6 +533,8 @@ class Mapper:
         self.staged: dict[str, pl.Expr] = {}
         """Parsed values computed once as temporary columns; issues then test those columns
         (building the issue from the parse expression would parse every cell twice)."""
+        self.trimmed: dict[str, pl.Expr] = {}
+        """Trimmed text columns, computed before ``staged`` (see ``typed``)."""
 
     def stage(self, value: pl.Expr, raw: pl.Expr, empty: pl.Expr, label: str,
               what: str) -> pl.Expr:
@@ -581,7 +583,11 @@ class Mapper:
         expr, dtype, label = got
         src = self.profile.source
         if target == pl.String:
-            return strip_or_null(_text(expr, dtype))
+            # trimmed once as its own column: inside one expression Polars' streaming engine
+            # trims twice (test and value), 0.3 CPU s per 1M lines over 15 text columns
+            name = f"__s{len(self.trimmed)}"
+            self.trimmed[name] = _text(expr, dtype).str.strip_chars()
+            return pl.when(pl.col(name) == "").then(None).otherwise(pl.col(name))
         text = _text(expr, dtype)
         placeholders = self._placeholders()["placeholders"]
         if target == pl.Date:
@@ -694,7 +700,7 @@ def to_bookings(raw: pl.LazyFrame, profile: Profile, settings: Settings,
     issues = list(m.issues)
     if ISSUE in schema.names():
         issues.insert(0, pl.col(ISSUE))
-    frame = raw.with_columns(**m.staged).with_columns(
+    frame = raw.with_columns(**m.trimmed).with_columns(**m.staged).with_columns(
         [e.alias(k) for k, e in out.items()]
         + [pl.lit(source_file).alias("source_file"), pl.col(LINE).alias("source_line"),
            gather_issues(issues)] + [e.alias(k) for k, e in extra.items()]
