@@ -509,7 +509,8 @@ def validate(ingested: IngestResult, ctx: RunContext) -> ValidationResult:
     # journal-level findings
     findings = pl.concat([
         journals.unbalanced(clean, q_rows, vs.balance_tolerance),
-        journals.gaps(ids, state.previous_ranges(ctx.data_dir, ctx.entity), vs.journal_gap_max),
+        journals.gaps(ids, state.previous_ranges(ctx.data_dir, ctx.entity), vs.journal_gap_max,
+                      frame),
         recon.findings,
     ])
     findings.write_parquet(run_dir / "validation_findings.parquet")

@@ -95,13 +95,26 @@ def unbalanced(clean: pl.DataFrame | pl.LazyFrame, quarantined: pl.DataFrame,
 
 
 def numeric_ids(frame: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
-    """Distinct numeric journal ids: fiscal_year, journal_id, num, entity (of its first line)."""
-    return (frame.lazy().group_by("fiscal_year", "journal_id").agg(pl.col("entity").first())
+    """Distinct numeric journal ids: fiscal_year, journal_id, num. (The entity of a journal is
+    looked up by ``gaps`` for the few journals it reports: taking every journal's first entity
+    in this aggregate tripled its cost, 0.34 -> 0.1 s at 1M lines.)"""
+    return (frame.lazy().select("fiscal_year", "journal_id").unique()
             .filter(pl.col("journal_id").str.contains(NUMERIC_ID)
                     & pl.col("fiscal_year").is_not_null())
             .with_columns(pl.col("journal_id").cast(pl.Int64).alias("num"))
-            .sort("fiscal_year", "num")
-            .collect())
+            .collect()
+            # two stable one-key sorts: half the cost of one two-key sort
+            .sort("num").sort("fiscal_year", maintain_order=True))
+
+
+def _first_entity(frame: pl.DataFrame | pl.LazyFrame, wanted: pl.DataFrame) -> pl.DataFrame:
+    """Entity of the first line (in row order) of each journal in ``wanted`` (fiscal_year,
+    journal_id): a filter keeps the row order, so ``first`` is the journal's first line."""
+    jids = wanted.get_column("journal_id").unique().implode()
+    return (frame.lazy().select("fiscal_year", "journal_id", "entity")
+            .filter(pl.col("journal_id").is_in(jids))
+            .group_by("fiscal_year", "journal_id").agg(pl.col("entity").first())
+            .collect().join(wanted, on=["fiscal_year", "journal_id"], how="semi"))
 
 
 def number_ranges(ids: pl.DataFrame, gap_max: int) -> pl.DataFrame:
@@ -115,9 +128,12 @@ def number_ranges(ids: pl.DataFrame, gap_max: int) -> pl.DataFrame:
             .drop("range").sort(*key, "lo"))
 
 
-def gaps(ids: pl.DataFrame, previous: pl.DataFrame, gap_max: int) -> pl.DataFrame:
+def gaps(ids: pl.DataFrame, previous: pl.DataFrame, gap_max: int,
+         frame: pl.DataFrame | pl.LazyFrame | None = None) -> pl.DataFrame:
     """Missing numbers inside a range, and between the previous run's highest number and this
-    delivery's lowest of the same range, as findings on the journal after the gap."""
+    delivery's lowest of the same range, as findings on the journal after the gap. ``ids``
+    from ``numeric_ids``; the reported journals' entity comes from ``frame`` (the delivery)
+    unless ``ids`` has an ``entity`` column."""
     key = ["fiscal_year"]
     # Only a journal more than one number above its predecessor (or the first of its fiscal
     # year) can follow a gap, also one reaching back to the previous run. Those journals and
@@ -145,8 +161,14 @@ def gaps(ids: pl.DataFrame, previous: pl.DataFrame, gap_max: int) -> pl.DataFram
     if found.height == 0:
         return empty_hits()
     # the stored id may be zero-padded; name the journal as it was delivered
-    found = found.drop("journal_id").join(ids.select(*key, "num", "journal_id", "entity"),
-                                          on=[*key, "num"])
+    found = found.drop("journal_id").join(
+        ids.select(*key, "num", "journal_id", *(["entity"] if "entity" in ids.columns else [])),
+        on=[*key, "num"])
+    if "entity" not in found.columns:
+        if frame is None:
+            raise ValueError("gaps() needs the delivery to name the entity of its journals")
+        found = found.join(_first_entity(frame, found.select(*key, "journal_id").unique()),
+                           on=[*key, "journal_id"], how="left")
     de = pl.format("Lücke in der Belegnummerierung vor Beleg {}: {} Nummer(n) fehlen ({} bis {}).",
                    pl.col("journal_id"), pl.col("missing"), pl.col("missing_from"),
                    pl.col("missing_to"))
