@@ -18,7 +18,8 @@ from detect.rules import HIT_SCHEMA, RuleError, connect, find_rule, load_catalog
 from detect.rules.cases import case_bookings
 from detect.rules.loader import load_rule
 from detect.rules.render import template_sql
-from detect.rules.runner import run_catalog, setup_views
+from detect.rules.runner import (catalog_columns, delivery_is_whole_history, run_catalog,
+                                 setup_views)
 from detect.schema import BOOKING_SCHEMA, MASTER_SCHEMAS, conform
 
 GOOD_RULE = """
@@ -294,6 +295,52 @@ def test_a_rule_flagging_most_journals_is_dropped_as_too_broad() -> None:
     kept = run_catalog(con, Settings(rules={"TXT001": {"max_hit_share": 1.0}}), load_catalog())
     assert kept.hits.filter(pl.col("rule_id") == "TXT001").height == 500
     assert "TXT001" not in {n["rule_id"] for n in kept.noisy}
+
+
+def test_only_columns_rules_name_are_copied_unless_a_rule_selects_star(tmp_path: Path) -> None:
+    booking_cols, journal_cols = catalog_columns(load_catalog())
+    assert booking_cols is not None and {"amount", "description", "reference"} <= booking_cols
+    assert not {"source_file", "source_line", "cost_center"} & booking_cols
+    assert journal_cols is not None and "n_lines" in journal_cols
+    assert "description" not in journal_cols  # no rule reads the journal's first text
+    write_rule(tmp_path, "amounts", "TST001", GOOD_RULE.replace(
+        "SELECT entity, fiscal_year, journal_id, line_no, amount FROM bookings",
+        "SELECT * FROM bookings"))
+    star = load_catalog(tmp_path)
+    assert catalog_columns(star)[0] is None
+    con = duckdb.connect()
+    con.register("b", bookings([dict(journal_id="1", line_no=1, amount=5000,
+                                     posting_date="2025-01-10")]))
+    setup_views(con, "b", "b", {}, Settings())
+    result = run_catalog(con, Settings(), star)
+    assert json.loads(result.hits["evidence"][0])["source_file"] == "t.csv"
+    # a second run on the same connection copies from the source again, not from the copy
+    narrow = run_catalog(con, Settings(), load_catalog())
+    assert con.execute("SELECT source_file FROM bookings").fetchall() == [(None,)]
+    again = run_catalog(con, Settings(), star)
+    assert json.loads(again.hits["evidence"][0])["source_file"] == "t.csv"
+    assert narrow.history_population == 1
+
+
+def test_delivery_of_the_whole_history_gives_the_same_hits_without_the_filter(
+        tmp_path: Path) -> None:
+    hist, run_dir = write_history(tmp_path)
+    pl.concat([pl.read_parquet(hist / "d1.parquet"), pl.read_parquet(hist / "d2.parquet")]
+              ).write_parquet(run_dir / "bookings.parquet")
+    ctx = Ctx(run_dir)
+    con = connect(ctx, str(hist / "*.parquet"))
+    whole = run_catalog(con, Settings(), load_catalog())
+    assert delivery_is_whole_history(con)
+    everything = run_catalog(con, Settings(), load_catalog(), delivery_only=False)
+    assert whole.hits.equals(everything.hits)
+    assert {"100", "101", "200"} <= set(whole.hits["journal_id"].to_list())
+    # a nightly delta: only its journals are reported, as before
+    (tmp_path / "run2").mkdir()
+    pl.read_parquet(hist / "d2.parquet").write_parquet(tmp_path / "run2" / "bookings.parquet")
+    con2 = connect(Ctx(tmp_path / "run2"), str(hist / "*.parquet"))
+    partial = run_catalog(con2, Settings(), load_catalog())
+    assert not delivery_is_whole_history(con2)
+    assert set(partial.hits["journal_id"].to_list()) == {"200"}
 
 
 def test_placeholder_dates_are_unknown_to_the_rules() -> None:
