@@ -117,10 +117,10 @@ def fails(check: Check, params: dict[str, Any], schema: pl.Schema) -> pl.Expr:
         return _between(col, dtype, kw, params)
     if t == "expect_column_values_to_be_in_set":
         values = [_literal(v, dtype) for v in resolve(kw["value_set"], params)]
-        return col.is_not_null() & ~col.is_in(pl.Series(values, dtype=dtype, strict=False))
+        return col.is_not_null() & ~col.is_in(pl.Series(values, dtype=dtype, strict=False).implode())
     if t == "expect_column_values_to_not_be_in_set":
         values = [_literal(v, dtype) for v in resolve(kw["value_set"], params)]
-        return col.is_not_null() & col.is_in(pl.Series(values, dtype=dtype, strict=False))
+        return col.is_not_null() & col.is_in(pl.Series(values, dtype=dtype, strict=False).implode())
     if t == "expect_column_values_to_match_regex":
         return col.is_not_null() & ~col.cast(pl.String).str.contains(resolve(kw["regex"], params))
     if t == "expect_column_values_to_not_match_regex":
