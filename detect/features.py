@@ -284,6 +284,33 @@ def _is_sorted(df: pl.DataFrame) -> bool:
     return bool(df.select(later.slice(1).all()).item())
 
 
+def _key_order(df: pl.DataFrame) -> np.ndarray:
+    """The permutation that sorts the lines by KEY.
+
+    The history is stored in delivery order (the merge does not sort): journals are runs of
+    rows with their lines in order, only the journals are out of order. Then sorting the
+    journals' first rows and expanding each to its run gives the same permutation at half
+    the cost (1M lines: 0.2 instead of 0.5 CPU s); otherwise the lines are sorted."""
+    n = df.height
+    nulls = df.select(pl.any_horizontal(pl.col(c).is_null().any() for c in KEY)).item()
+    if not nulls and n:
+        new = df.select(pl.any_horizontal(pl.col(c).ne_missing(pl.col(c).shift())
+                                          for c in JOURNAL)).to_series().to_numpy()
+        line = df.get_column("line_no").to_numpy()
+        if bool(((line[1:] > line[:-1]) | new[1:]).all()):  # lines ascend within each run
+            starts = np.flatnonzero(new)
+            sizes = np.diff(np.r_[starts, n])
+            heads = df[starts].select(JOURNAL)
+            by_key = heads.select(pl.arg_sort_by(JOURNAL)).to_series().to_numpy()
+            repeated = heads[by_key].select(pl.all_horizontal(
+                pl.col(c).eq_missing(pl.col(c).shift()) for c in JOURNAL).any()).item()
+            if not repeated:  # each journal is one run
+                starts, sizes = starts[by_key], sizes[by_key]
+                offset = starts - np.r_[0, np.cumsum(sizes)[:-1]]
+                return np.repeat(offset, sizes) + np.arange(n)
+    return df.select(pl.arg_sort_by(KEY)).to_series().to_numpy()
+
+
 def build_features(bookings: pl.LazyFrame, settings: Settings,
                    vendors: pl.DataFrame | None = None, *,
                    percentiles: bool = True) -> FeatureFrame:
@@ -308,7 +335,7 @@ def build_features(bookings: pl.LazyFrame, settings: Settings,
     # the history is usually stored sorted: a full sort copy of the lines is only paid when not
     # (the sort held ~2.5x the frame at its peak)
     if not _is_sorted(df):
-        df = df[df.select(pl.arg_sort_by(KEY).alias("_o")).to_series().to_numpy()]
+        df = df[_key_order(df)]
     # journal number: rows are sorted, so a journal is a run of equal keys; an integer key makes
     # the per-journal group-bys, joins and distinct counts far lighter than the string key
     new_journal = pl.any_horizontal([pl.col(c).ne_missing(pl.col(c).shift()) for c in JOURNAL])
