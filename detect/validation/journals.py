@@ -63,18 +63,18 @@ def unbalanced(clean: pl.DataFrame | pl.LazyFrame, quarantined: pl.DataFrame,
                   .select("_h").collect().get_column("_h"))
     if candidates.is_empty():
         return empty_hits()
-    lazy = clean.lazy().filter(key_hash.is_in(candidates.implode()))
-    off = (lazy.group_by(key).agg(pl.col("amount").sum().alias("difference"))
-           .filter(pl.col("difference").abs() > tolerance).select(key).collect())
-    if off.height == 0:
-        return empty_hits()
-    # details only for the few unbalanced journals (per-group string work is costly)
-    sums = (lazy.join(off.lazy(), on=key, how="semi").group_by(key).agg(
+    # the lines of the candidate journals (few), once; exact sums and details from them
+    lines = (clean.lazy().filter(key_hash.is_in(candidates.implode()))
+             .select(*key, "amount", "currency").collect())
+    sums = (lines.group_by(key).agg(
         pl.col("amount").filter(pl.col("amount") > 0).sum().alias("debit"),
         (-pl.col("amount").filter(pl.col("amount") < 0).sum()).alias("credit"),
         pl.col("amount").sum().alias("difference"),
         pl.len().alias("lines"),
-        pl.col("currency").unique().sort().str.join(",").alias("currencies")).collect())
+        pl.col("currency").unique().sort().str.join(",").alias("currencies"))
+        .filter(pl.col("difference").abs() > tolerance))
+    if sums.height == 0:
+        return empty_hits()
     q = quarantined.group_by(key).agg(pl.len().alias("quarantined_lines"))
     sums = (sums.join(q, on=key, how="left")
             .with_columns(pl.col("quarantined_lines").fill_null(0))
