@@ -498,22 +498,27 @@ def amount_percentiles(frame: pl.DataFrame, rows: np.ndarray) -> pl.DataFrame:
     within each account, and each line's global rank (position of its first equal value) turns
     (account, |amount|) into one increasing integer key to search the lines' keys in."""
     n = frame.height
+    index = np.int32 if n < np.iinfo(np.int32).max else np.int64  # halves the 10M arrays
     amount = np.abs(frame.get_column("amount_f").to_numpy())
     phys = frame.get_column("gl_account").cast(pl.String) \
         .cast(pl.Categorical(pl.Categories.random())).to_physical()
     top = phys.max()
-    account = phys.fill_null(int(top) + 1 if top is not None else 0).to_numpy().astype(np.int64)
-    order = np.argsort(amount, kind="stable")
+    account = phys.fill_null(int(top) + 1 if top is not None else 0).to_numpy().astype(index)
+    del phys
+    order = np.argsort(amount, kind="stable").astype(index)
     ordered = amount[order]
-    position = np.arange(n, dtype=np.int64)
-    new_value = np.r_[True, ordered[1:] != ordered[:-1]] if n else np.zeros(0, dtype=bool)
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.maximum.accumulate(np.where(new_value, position, 0))
-    small = np.int16 if account.max(initial=0) < np.iinfo(np.int16).max else np.int64
-    by_account = order[np.argsort(account[order].astype(small), kind="stable")]
-    key = account[by_account] * n + rank[by_account]
     below_all = np.searchsorted(ordered, amount[rows], "left")
-    base = account[rows] * n
+    new_value = np.r_[True, ordered[1:] != ordered[:-1]] if n else np.zeros(0, dtype=bool)
+    del amount, ordered
+    rank = np.empty(n, dtype=index)
+    rank[order] = np.maximum.accumulate(np.where(new_value, np.arange(n, dtype=index), 0))
+    del new_value
+    small = np.int16 if account.max(initial=0) < np.iinfo(np.int16).max else index
+    by_account = order[np.argsort(account[order].astype(small), kind="stable")]
+    del order
+    key = account[by_account].astype(np.int64) * n + rank[by_account]
+    del by_account, rank
+    base = account[rows].astype(np.int64) * n
     below_account = np.searchsorted(key, base + below_all, "left") \
         - np.searchsorted(key, base, "left")
     lines = frame.get_column("account_lines").to_numpy()[rows]

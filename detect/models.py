@@ -274,6 +274,15 @@ def load_ensemble(folder: Path) -> tuple[BookingOutlierEnsemble, dict[str, Any]]
 
 # --------------------------------------------------------------------------- pipeline stage
 
+def _peak_rss_mb() -> int:
+    """The process's peak RSS so far (MB), recorded after each phase: shows which phase set it."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return -1
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+
+
 def _delivery_keys(ctx: Any) -> pl.DataFrame | None:
     path = Path(ctx.run_dir) / "bookings.parquet"
     if getattr(ctx, "rescore_history", False) or not path.exists():
@@ -378,7 +387,8 @@ def fit_and_score(bookings: pl.LazyFrame, settings: Any, *, targets: pl.DataFram
     meta: dict[str, Any] = {"features": used, "dropped_features": dropped, "notes": ff.notes,
                             "history_lines": frame.height, "seed": cfg.seed,
                             "seconds": {"features": round(time.perf_counter() - clock, 2)},
-                            "cpu_seconds": {"features": round(time.process_time() - cpu, 2)}}
+                            "cpu_seconds": {"features": round(time.process_time() - cpu, 2)},
+                            "peak_rss_mb": {"features": _peak_rss_mb()}}
     if frame.height < MIN_LINES or not used:
         meta["skipped"] = f"history has {frame.height} lines and {len(used)} usable features"
         if log is not None:
@@ -396,6 +406,7 @@ def fit_and_score(bookings: pl.LazyFrame, settings: Any, *, targets: pl.DataFram
     del sample
     meta["seconds"]["fit"] = round(time.perf_counter() - clock, 2)
     meta["cpu_seconds"]["fit"] = round(time.process_time() - cpu, 2)
+    meta["peak_rss_mb"]["fit"] = _peak_rss_mb()
     clock, cpu = time.perf_counter(), time.process_time()
     # the lines to score as row positions in the (key-sorted) frame: gathers instead of
     # joins over the four string key columns
@@ -412,6 +423,7 @@ def fit_and_score(bookings: pl.LazyFrame, settings: Any, *, targets: pl.DataFram
     keys = keys.with_columns(pl.Series("model_score", score))
     meta["seconds"]["score"] = round(time.perf_counter() - clock, 2)
     meta["cpu_seconds"]["score"] = round(time.process_time() - cpu, 2)
+    meta["peak_rss_mb"]["score"] = _peak_rss_mb()
     clock, cpu = time.perf_counter(), time.process_time()
     mask = explain_mask(keys, settings, explain_journals).to_numpy()
     picked = np.flatnonzero(mask)
@@ -428,6 +440,7 @@ def fit_and_score(bookings: pl.LazyFrame, settings: Any, *, targets: pl.DataFram
     meta["explained_lines"] = sub.height
     meta["seconds"]["explain"] = round(time.perf_counter() - clock, 2)
     meta["cpu_seconds"]["explain"] = round(time.process_time() - cpu, 2)
+    meta["peak_rss_mb"]["explain"] = _peak_rss_mb()
     return out.select(list(MODEL_SCORE_SCHEMA)).cast(dict(MODEL_SCORE_SCHEMA)), model, meta
 
 
