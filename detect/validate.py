@@ -165,6 +165,7 @@ def _gx_work(suite: Suite, sample: pl.DataFrame, params: dict[str, Any], ctx: Ru
     suite on its sample, the master-data suites, Data Docs. It decides nothing (the masks did);
     any failure becomes a warning."""
     vs, out, clock = ctx.settings.validation, _GxOutcome(), _Clock()
+    cpu = time.thread_time()  # this thread's CPU: it is not in the validate step's figures
     runner: GxRunner | None = None
     try:
         runner = GxRunner(docs_dir, ctx.run_id)
@@ -186,7 +187,7 @@ def _gx_work(suite: Suite, sample: pl.DataFrame, params: dict[str, Any], ctx: Ru
         except Exception as exc:  # noqa: BLE001 - the run's data are complete without the HTML
             out.docs_error = f"Data Docs could not be built ({type(exc).__name__}: {exc})"
         clock.lap("data_docs")
-    out.timings = clock.times
+    out.timings = {**clock.times, "gx_cpu": round(time.thread_time() - cpu, 3)}
     return out
 
 
