@@ -19,7 +19,7 @@ from detect.errors import IngestError
 from detect.ingest import ingest
 from detect.ingest.ads import _one_unit_per_journal
 from detect.ingest.parsing import (
-    DEFAULT_DATE_PLACEHOLDERS, combine_time, date_parts, decimal_parts, detect_format,
+    DEFAULT_DATE_PLACEHOLDERS, combine_time, date_parts, decimal_parts, dominant_format,
     format_order, int_parts, literal_skeleton, parse_date, parse_decimal,
 )
 from detect.ingest.textio import sha256_of
@@ -104,8 +104,8 @@ def test_preferred_format_only_jumps_formats_it_cannot_overlap() -> None:
     assert format_order(["%m/%d/%Y", "%d/%m/%Y"], "%d/%m/%Y") == ["%m/%d/%Y", "%d/%m/%Y"]
     assert format_order(DATE_FORMATS, None) == DATE_FORMATS
     sample = pl.Series(["31.01.2024", "01.02.2024", "x", None])
-    assert detect_format(sample, DATE_FORMATS, pl.Date()) == "%d.%m.%Y"
-    assert detect_format(pl.Series(["x"]), DATE_FORMATS, pl.Date()) is None
+    assert dominant_format(sample, DATE_FORMATS, pl.Date()) == "%d.%m.%Y"
+    assert dominant_format(pl.Series(["x"]), DATE_FORMATS, pl.Date()) is None
 
 
 @pytest.mark.parametrize("decimal,thousands", [(".", ","), (".", None), (",", "."),

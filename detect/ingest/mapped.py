@@ -51,8 +51,8 @@ from detect.config import Settings
 from detect.errors import ConfigError, IngestError
 from detect.ingest import INGEST_SCHEMA, IngestResult, InputFile
 from detect.ingest.parsing import (
-    _issue, combine_time, date_parts, decimal_parts, detect_format, gather_issues, int_parts,
-    strip_or_null,
+    cell_issue, combine_time, date_parts, decimal_parts, dominant_format, gather_issues,
+    int_parts, strip_or_null,
 )
 from detect.ingest.textio import (
     EncodingChanged, as_utf8, contains_byte, count_lines, detect_encoding, ends_with_newline,
@@ -543,8 +543,8 @@ class Mapper:
         name, empty_name = f"__v{len(self.staged)}", f"__e{len(self.staged)}"
         self.staged[name] = value
         self.staged[empty_name] = empty
-        self.issues.append(_issue(label, raw, ~pl.col(empty_name) & pl.col(name).is_null(),
-                                  what))
+        self.issues.append(cell_issue(label, raw,
+                                      ~pl.col(empty_name) & pl.col(name).is_null(), what))
         return pl.col(name)
 
     def preferred_format(self, column: str, formats: list[str],
@@ -552,7 +552,7 @@ class Mapper:
         """The format most of the sample's ``column`` is written in (None: no sample)."""
         if self.sample is None or column not in self.sample.columns:
             return None
-        return detect_format(self.sample[column], formats, dtype)
+        return dominant_format(self.sample[column], formats, dtype)
 
     def column(self, wanted: str, role: str) -> str:
         found = find_column(self.names, wanted)

@@ -22,7 +22,7 @@ def _blank(raw: pl.Expr) -> pl.Expr:
     return raw.is_null() | (raw.str.strip_chars() == "")
 
 
-def _issue(column: str, raw: pl.Expr, bad: pl.Expr, what: str) -> pl.Expr:
+def cell_issue(column: str, raw: pl.Expr, bad: pl.Expr, what: str) -> pl.Expr:
     # the text is built only for bad rows (format of a null part is null): most rows have none
     return pl.format("{}: '{}' is not {}", pl.lit(column),
                      pl.when(bad).then(raw).str.slice(0, 40), pl.lit(what))
@@ -79,7 +79,7 @@ def parse_decimal(raw: pl.Expr, column: str, *, decimal: str = ".", thousands: s
     """Parse ``1.234,56`` / ``1,234.56`` / ``100,00-`` into an exact decimal(18,2)."""
     value, blank = decimal_parts(raw, decimal=decimal, thousands=thousands,
                                  allow_trailing_minus=allow_trailing_minus)
-    return value, _issue(column, raw, ~blank & value.is_null(), "a valid amount")
+    return value, cell_issue(column, raw, ~blank & value.is_null(), "a valid amount")
 
 
 # --- dates -------------------------------------------------------------------------------------
@@ -144,7 +144,7 @@ def date_parts(raw: pl.Expr, formats: list[str] | tuple[str, ...], placeholders:
     return value, raw.is_null() | placeholder.fill_null(False)
 
 
-def detect_format(sample: pl.Series, formats: list[str] | tuple[str, ...],
+def dominant_format(sample: pl.Series, formats: list[str] | tuple[str, ...],
                   dtype: pl.DataType) -> str | None:
     """The format that parses most of ``sample`` (ties: the earlier one); None if none does.
 
@@ -163,7 +163,8 @@ def parse_date(raw: pl.Expr, column: str, formats: list[str] | tuple[str, ...],
                prefer: str | None = None) -> tuple[pl.Expr, pl.Expr]:
     """Try each strptime format in turn; placeholders such as ``00.00.0000`` become null."""
     value, empty = date_parts(raw, formats, placeholders, pl.Date(), prefer)
-    issue = _issue(column, raw, ~empty & value.is_null(), f"a date ({' or '.join(formats)})")
+    what = f"a date ({' or '.join(formats)})"
+    issue = cell_issue(column, raw, ~empty & value.is_null(), what)
     return value, issue
 
 
@@ -171,7 +172,8 @@ def parse_datetime(raw: pl.Expr, column: str, formats: list[str] | tuple[str, ..
                    placeholders: tuple[str, ...] = DEFAULT_DATE_PLACEHOLDERS,
                    prefer: str | None = None) -> tuple[pl.Expr, pl.Expr]:
     value, empty = date_parts(raw, formats, placeholders, pl.Datetime("us"), prefer)
-    issue = _issue(column, raw, ~empty & value.is_null(), f"a timestamp ({' or '.join(formats)})")
+    what = f"a timestamp ({' or '.join(formats)})"
+    issue = cell_issue(column, raw, ~empty & value.is_null(), what)
     return value, issue
 
 
@@ -189,7 +191,7 @@ def int_parts(raw: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
 
 def parse_int(raw: pl.Expr, column: str) -> tuple[pl.Expr, pl.Expr]:
     value, blank = int_parts(raw)
-    issue = _issue(column, raw, ~blank & value.is_null(), "a whole number")
+    issue = cell_issue(column, raw, ~blank & value.is_null(), "a whole number")
     return value, issue
 
 
