@@ -234,17 +234,21 @@ def finish_gl(bookings: pl.LazyFrame, gl_files: list[GLFile], settings: Settings
       again (rare; a lazy join here would keep the parsed file in memory: 5.8 GB at 10M lines).
     - The placeholder warning per file, inserted where the reader met the file (``warn_at``).
     """
-    counts = {r["source_file"]: (r["n"], r["p"]) for r in bookings.group_by("source_file")
-              .agg(pl.len().alias("n"), pl.col(PLACEHOLDER_FLAG).sum().alias("p"))
-              .collect().iter_rows(named=True)}
+    key = ["source_file", "journal_id"]
+    units = any(gl.unit_column for gl in gl_files)
+    # both summaries in one go (Polars runs them side by side over one scan of the Parquet)
+    stats, *adjacent = pl.collect_all(
+        [bookings.group_by("source_file")
+         .agg(pl.len().alias("n"), pl.col(PLACEHOLDER_FLAG).sum().alias("p"))]
+        + ([_adjacent_units(bookings, key)] if units else []))
+    counts = {r["source_file"]: (r["n"], r["p"]) for r in stats.iter_rows(named=True)}
     # from the back, so that earlier positions stay valid
     for gl, at in reversed(list(zip(gl_files, warn_at, strict=True))):
         n, p = counts.get(str(gl.path), (0, 0))
         warnings[at:at] = placeholder_warnings(gl, n, p, settings)
-    if not any(gl.unit_column for gl in gl_files):
+    if not units:
         return bookings
-    key = ["source_file", "journal_id"]
-    if _one_unit_per_journal(bookings, key):
+    if _one_unit_per_journal(bookings, key, adjacent[0]):
         return bookings.with_columns(pl.coalesce("entity", pl.lit(settings.entity)))
     first_bu = (bookings.filter(pl.col("entity").is_not_null()).group_by(key)
                 .agg(pl.col("entity").sort_by("source_line").first().alias("__bu")))
@@ -255,22 +259,31 @@ def finish_gl(bookings: pl.LazyFrame, gl_files: list[GLFile], settings: Settings
     return materialise(joined, workdir)
 
 
-def _one_unit_per_journal(frame: pl.LazyFrame, key: list[str]) -> bool:
+def _adjacent_units(frame: pl.LazyFrame, key: list[str]) -> pl.LazyFrame:
+    """One row: height, runs of the same key, distinct keys (by hash), and whether a line names
+    another unit than the line before it in the same journal (see ``_one_unit_per_journal``)."""
+    file, journal, unit = (pl.col(c) for c in (*key, "entity"))
+    same = file.eq_missing(file.shift(1)) & journal.eq_missing(journal.shift(1))
+    return frame.select(
+        pl.len().alias("height"), ((~same).slice(1).sum() + 1).alias("runs"),
+        pl.struct(key).hash().n_unique().alias("distinct"),
+        (same & ~unit.eq_missing(unit.shift(1))).slice(1).any().alias("differs"))
+
+
+def _one_unit_per_journal(frame: pl.LazyFrame, key: list[str],
+                          adjacent: pl.DataFrame | None = None) -> bool:
     """True when no journal names two business units or leaves the unit empty on some lines
     only.
 
     Exports list a journal's lines together: then comparing each line with the one before
-    suffices (one pass over three columns). Whether they do is one count: runs of the same key
-    == distinct keys (counted by hash: a collision can only lower the distinct count and so
-    send us to the exact aggregate, never skip it). Otherwise one aggregate per journal.
+    suffices (one pass over three columns, ``_adjacent_units``, or its result ``adjacent``).
+    Whether they do is one count: runs of the same key == distinct keys (counted by hash: a
+    collision can only lower the distinct count and so send us to the exact aggregate, never
+    skip it). Otherwise one aggregate per journal.
     """
-    file, journal, unit = (pl.col(c) for c in (*key, "entity"))
-    same = file.eq_missing(file.shift(1)) & journal.eq_missing(journal.shift(1))
-    height, runs, distinct, differs = frame.select(
-        pl.len().alias("height"), ((~same).slice(1).sum() + 1).alias("runs"),
-        pl.struct(key).hash().n_unique().alias("distinct"),
-        (same & ~unit.eq_missing(unit.shift(1))).slice(1).any().alias("differs"),
-    ).collect().row(0)
+    if adjacent is None:
+        adjacent = _adjacent_units(frame, key).collect()
+    height, runs, distinct, differs = adjacent.row(0)
     if height == 0:
         return True
     if runs == distinct:
