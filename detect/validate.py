@@ -223,16 +223,20 @@ class _GxPending:
                                                   self.gx_rows, self.row_checks, gx.results)
         gx_warnings = gx.master_warnings + disagree + ([gx.error] if gx.error else [])
         late = [gx.docs_error] if gx.docs_error else []
-        result._warnings = self.warnings_before + gx_warnings + self.warnings_after + late
         result._checks = checks + gx.master_checks
         run_dir = Path(self.ctx.run_dir)
         if self.docs_dir is not None:
             _unclaimed_docs.discard(self.docs_dir)
             target = run_dir / "data_docs"
             if gx.docs_index is not None and run_dir.is_dir() and not target.exists():
-                shutil.move(str(self.docs_dir), str(target))
-                result._docs_index = target / "index.html"
+                try:
+                    shutil.move(str(self.docs_dir), str(target))
+                    result._docs_index = target / "index.html"
+                except OSError as exc:  # the run's data are complete without the HTML
+                    late.append(f"Data Docs could not be moved into the run folder "
+                                f"({type(exc).__name__}: {exc})")
             shutil.rmtree(self.docs_dir, ignore_errors=True)
+        result._warnings = self.warnings_before + gx_warnings + self.warnings_after + late
         result.timings.update(gx.timings)
         result.timings["gx_wait"] = round(waited, 3)
         result._headline = _headline(result, self.control_headline, self.skipped)

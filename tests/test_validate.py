@@ -314,3 +314,23 @@ def test_quarantining_much_of_a_delivery_points_at_the_mapping(tmp_path: Path) -
     assert result.rows_quarantined == 6
     assert ("30% of the rows were quarantined, 6 of them for 'posting date outside fiscal year': "
             "that many usually means a wrong mapping") in " ".join(result.warnings)
+
+
+def test_gx_runs_in_the_background_and_is_merged_before_publishing(tmp_path: Path) -> None:
+    """validate() returns before Great Expectations is done; reading the result (the pipeline:
+    summary() when it publishes) waits for it and completes validation.json and the docs."""
+    rows = journal("1", 5.0) + [line("2", 1, 1.0, currency="EURO")]
+    result = _run(tmp_path, rows, validation={})  # with Data Docs
+    run_dir = result.clean_path.parent
+    early = json.loads((run_dir / "validation.json").read_text(encoding="utf-8"))
+    assert early["great_expectations"] == "running" and early["data_docs"] is None
+    assert all(c["gx"] is None for c in early["checks"])
+    assert early["rows_quarantined"] == 1  # the gate's own results are complete already
+    summary = result.summary()
+    saved = json.loads((run_dir / "validation.json").read_text(encoding="utf-8"))
+    assert saved["great_expectations"] == "done" and saved["data_docs"] == "data_docs/index.html"
+    assert (run_dir / "data_docs" / "index.html").exists()
+    currency = next(c for c in saved["checks"] if c["key"] == "currency_not_iso4217")
+    assert currency["gx"]["unexpected_count"] == 1 and currency["agrees_with_gx"]
+    assert summary["headline"][-1] == "data docs: data_docs/index.html"
+    assert {"gx_setup", "gx_bookings", "gx_cpu", "gx_wait"} <= set(saved["timings"])
