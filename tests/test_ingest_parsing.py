@@ -230,3 +230,14 @@ def test_bad_byte_after_the_first_mib_names_its_line(tmp_path: Path) -> None:
         ingest([f], "auto", Settings(), tmp_path / "work")
     assert err.value.line == body.count(b"\n") + 2
     assert "neither UTF-8 nor Windows-1252" in str(err.value)
+
+
+@pytest.mark.parametrize("row", ['1,2,20240201,2024,1800,1,C,"abc\n',
+                                 '1,2,20240201,2024,1800,1,C,a"b\n'])
+def test_broken_quoting_is_an_ingest_error_naming_the_file(tmp_path: Path, row: str) -> None:
+    f = tmp_path / "gl.csv"
+    f.write_text(HEADER + '1,1,20240201,2024,4000,1,D,"A"\n' + row
+                 + "1,3,20240201,2024,1800,1,C,A\n", encoding="utf-8")
+    with pytest.raises(IngestError, match="cannot read as delimited text") as err:
+        ingest([f], "auto", Settings(), tmp_path / "work")
+    assert err.value.file == str(f)

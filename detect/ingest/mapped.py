@@ -376,7 +376,10 @@ def open_delimited(path: Path, *, encoding: str = "auto", delimiter: str | None 
     frame = scan
     if quote and (n_records is not None or contains_byte(utf8, quote.encode())):
         if n_records is None:
-            n_records = scan.select(pl.len()).collect().item()
+            try:
+                n_records = scan.select(pl.len()).collect().item()
+            except pl.exceptions.ComputeError:   # broken quoting: the check names it
+                n_records = check()
         # Physical lines = records + header + skipped (+ 1 for a missing final newline); any
         # surplus comes from line breaks inside quoted fields, which we then count per record.
         physical = count_lines(utf8) + (0 if ends_with_newline(utf8) else 1)
