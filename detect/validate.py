@@ -149,6 +149,8 @@ class _GxOutcome:
 
 
 _unclaimed_docs: set[Path] = set()
+DOCS_PREFIX = "belegwacht-gxdocs-"
+STALE_DOCS_SECONDS = 86_400
 
 
 @atexit.register
@@ -156,6 +158,22 @@ def _remove_unclaimed_docs() -> None:
     """Data Docs of runs that failed before their GX results were collected."""
     for path in list(_unclaimed_docs):
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _new_docs_dir(run_id: str) -> Path:
+    """A temporary folder for the Data Docs of ``run_id``; folders a killed process left
+    behind (no ``atexit``) are removed once they are a day old."""
+    tmp = Path(tempfile.gettempdir())
+    now = time.time()
+    for old in tmp.glob(DOCS_PREFIX + "*"):
+        try:
+            if now - old.stat().st_mtime > STALE_DOCS_SECONDS:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass
+    path = Path(tempfile.mkdtemp(prefix=f"{DOCS_PREFIX}{run_id}-"))
+    _unclaimed_docs.add(path)
+    return path
 
 
 def _gx_work(suite: Suite, sample: pl.DataFrame, params: dict[str, Any], ctx: RunContext,
@@ -528,10 +546,9 @@ def validate(ingested: IngestResult, ctx: RunContext) -> ValidationResult:
     # Great Expectations: cross-checks the masks on its sample, checks the master data, writes
     # the Data Docs. It decides nothing, so it runs in the background while the next stages
     # work; the result waits for it when read (the pipeline: when it publishes the run).
-    docs_dir = None
-    if vs.data_docs:  # built outside the run folder, moved in when collected
-        docs_dir = Path(tempfile.mkdtemp(prefix=f"belegwacht-gxdocs-{ctx.run_id}-"))
-        _unclaimed_docs.add(docs_dir)
+    # Data Docs are built outside the run folder (a failed run may be renamed while GX still
+    # writes) and moved in when collected
+    docs_dir = _new_docs_dir(ctx.run_id) if vs.data_docs else None
     job = GxJob(lambda: _gx_work(suite, gx_part, params, ctx, ingested.master, directory,
                                  label, docs_dir))
     result = ValidationResult(
