@@ -44,8 +44,10 @@ _PLACEHOLDER = re.compile(r"(?<![\w$])\$([A-Za-z_]\w*)")
 
 def query_params(query: str) -> list[str]:
     """``$name`` placeholders in a query, in order of first use (string literals excluded)."""
-    stripped = re.sub(r"'(?:[^']|'')*'", "''", query)
-    stripped = re.sub(r"--[^\n]*", "", stripped)
+    # literals and comments in one left-to-right pass: an apostrophe in a comment ("vendor's")
+    # must not open a literal that hides the placeholders after it
+    stripped = re.sub(r"'(?:[^']|'')*'|--[^\n]*",
+                      lambda m: "''" if m.group(0).startswith("'") else "", query)
     seen: dict[str, None] = {}
     for match in _PLACEHOLDER.finditer(stripped):
         seen.setdefault(match.group(1), None)
