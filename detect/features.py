@@ -523,7 +523,8 @@ def amount_percentiles(frame: pl.DataFrame, rows: np.ndarray) -> pl.DataFrame:
         - np.searchsorted(key, base, "left")
     lines = frame.get_column("account_lines").to_numpy()[rows]
     return pl.DataFrame({"amount_pct_account": below_account / lines,
-                         "amount_pct_all": below_all / n})
+                         # Polars divides by the line count as a product with its inverse
+                         "amount_pct_all": below_all * (1.0 / n)})
 
 
 def active_features(frame: pl.DataFrame,

@@ -151,3 +151,50 @@ def test_lines_without_user_or_vendor_are_counted_as_their_own_group(ledger: pl.
     user0 = ff.filter(pl.col("entered_by") == "USER0")
     expected = blank.filter(pl.col("entered_by") == "USER0").height
     assert user0.get_column("user_lines").unique().to_list() == [expected]
+
+
+def test_amount_percentiles_equal_the_ranks_over_all_lines(ledger: pl.DataFrame) -> None:
+    """``percentiles=False`` leaves the two rank columns out; ``amount_percentiles`` gives the
+    same values for any subset of lines (ties and a null account included)."""
+    from detect.features import amount_percentiles
+
+    amount = pl.col("amount").cast(pl.Float64)
+    f = ledger.with_columns(pl.when(pl.col("line_no") == 2).then((amount / 100).round(0) * 100)
+                            .otherwise(amount).alias("amount"))  # many ties
+    f = f.with_columns(pl.when(pl.col("journal_id") == "J00007").then(None)
+                       .otherwise(pl.col("gl_account")).alias("gl_account"))
+    full = build_features(f.lazy(), Settings()).frame
+    lean = build_features(f.lazy(), Settings(), percentiles=False).frame
+    assert "amount_pct_all" not in lean.columns
+    rows = np.r_[np.arange(0, lean.height, 7), np.flatnonzero(
+        lean.get_column("journal_id").to_numpy() == "J00007")]
+    got = amount_percentiles(lean, rows)
+    want = full[rows].select("amount_pct_account", "amount_pct_all")
+    assert got.equals(want)
+
+
+def test_key_order_uses_journal_runs_and_falls_back_to_the_line_sort(ledger: pl.DataFrame) -> None:
+    from detect.features import KEY, _key_order
+
+    keys = ledger.select(KEY).with_columns(pl.col("fiscal_year").cast(pl.Int32),
+                                           pl.col("line_no").cast(pl.Int32))
+    by_journal = keys.with_columns(pl.col("journal_id").rank("dense").alias("_r")) \
+        .with_columns(((pl.col("_r") * 7919) % keys.height).alias("_s")) \
+        .sort("_s", "line_no").drop("_r", "_s")               # journals shuffled, lines in order
+    split = pl.concat([keys.slice(1, 50), keys.slice(0, 1), keys.slice(51, 9)])  # a split journal
+    for frame in (by_journal, split, keys.reverse()):
+        want = frame.select(pl.arg_sort_by(KEY)).to_series().to_numpy()
+        np.testing.assert_array_equal(_key_order(frame), want)
+
+
+def test_trailing_digits_as_the_amount_is_written() -> None:
+    """The numeric count equals counting in the amount's digits as written (euros, then the
+    two cent digits unless they are 00)."""
+    from detect.features import _amount_digits
+
+    cents = np.array([0, 5, 100, 499900, 499999, 99, 1000000000, 9990, 123456789999, 909])
+    got = _amount_digits(cents)
+    written = [str(c // 100) + (f"{c % 100:02d}" if c % 100 else "") for c in cents]
+    assert got["trailing_nines"].to_list() == [len(w) - len(w.rstrip("9")) for w in written]
+    zeros = [min(len(str(c)) - len(str(c).rstrip("0")), 8) if c else 0 for c in cents]
+    assert got["round_zeros"].to_list() == zeros

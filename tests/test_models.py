@@ -221,3 +221,62 @@ def test_only_top_lines_of_journals_that_can_be_shown_are_explained(scored) -> N
     assert explained.height < scores.height / 10
     assert scores.filter(pl.col("top_features").is_null())["model_reasons_de"].null_count() \
         == scores.height - explained.height
+
+
+def _sorted_column_tails(train: np.ndarray, X: np.ndarray, directions: list[int]) -> np.ndarray:
+    """The tail scores as the sorted-column search computed them before the lookup tables."""
+    n, out = len(train), np.empty(X.shape)
+    for j in range(X.shape[1]):
+        col = np.sort(train[:, j])
+        upper = (n - np.searchsorted(col, X[:, j], "left") + 1) / (n + 1)
+        p = upper if directions[j] > 0 else np.minimum(np.minimum(
+            upper, (np.searchsorted(col, X[:, j], "right") + 1) / (n + 1)) * 2, 1.0)
+        out[:, j] = -np.log(np.minimum(p, 1.0))
+    return out
+
+
+def test_tail_tables_equal_the_sorted_column_search() -> None:
+    """The per-feature lookup tables give exactly the tails of searching the sorted training
+    column: at training values, between them, below and above all, with ties, in float32."""
+    from detect.models import TailECOD
+
+    rng = np.random.default_rng(4)
+    train = np.column_stack([rng.integers(0, 5, 3000), rng.normal(size=3000),
+                             np.round(rng.exponential(size=3000), 1)]).astype(np.float32)
+    X = np.vstack([train[:500], train[:200] + np.float32(0.05),
+                   np.array([[-9, -9, -9], [99, 99, 99]], dtype=np.float32)])
+    est = TailECOD(directions=(1, 0, 1)).fit(train.astype(np.float64))
+    want = _sorted_column_tails(train.astype(np.float64), X.astype(np.float64), [1, 0, 1])
+    np.testing.assert_array_equal(est.tail_scores(X), want)                     # float32 rows
+    np.testing.assert_array_equal(est.tail_scores(X.astype(np.float64)), want)  # float64 rows
+    between = np.full((1, 3), 0.123456789)  # not a float32 value: compared in float64
+    np.testing.assert_array_equal(est.tail_scores(between),
+                                  _sorted_column_tails(train.astype(np.float64), between,
+                                                       [1, 0, 1]))
+
+
+def test_percentile_is_the_mid_rank_among_training_scores() -> None:
+    rng = np.random.default_rng(5)
+    X = np.round(rng.normal(size=(2000, 3)), 1)
+    est = BookingOutlierEnsemble(detectors=("ecod",)).fit(X)
+    ref = np.sort(est.detectors_["ecod"].decision_scores_)
+    raw = np.r_[ref[::37], ref[0] - 1, ref[-1] + 1, (ref[10] + ref[11]) / 2]
+    want = (np.searchsorted(ref, raw, "left") + np.searchsorted(ref, raw, "right")) \
+        / (2.0 * len(ref))
+    np.testing.assert_array_equal(est._percentile("ecod", raw), want)
+
+
+def test_delivery_rows_by_key_hash_and_exact_fallback() -> None:
+    from detect.models import _target_rows
+
+    frame = pl.DataFrame({"entity": ["E"] * 6, "fiscal_year": [2025] * 6,
+                          "journal_id": ["1", "1", "2", "3", "3", "4"],
+                          "line_no": [1, 2, 1, 1, 2, 1]}).with_columns(
+        pl.col("fiscal_year").cast(pl.Int32), pl.col("line_no").cast(pl.Int32))
+    assert _target_rows(frame, None) is None
+    assert _target_rows(frame, frame.reverse()) is None      # all lines: no gather needed
+    part = frame[[4, 1, 1]]                                  # duplicates in the delivery
+    np.testing.assert_array_equal(_target_rows(frame, part), [1, 4])
+    # a delivery key missing from the history takes the exact join: no stray rows
+    ghost = pl.concat([frame[[2]], frame[[0]].with_columns(pl.lit("9").alias("journal_id"))])
+    np.testing.assert_array_equal(_target_rows(frame, ghost), [2])
