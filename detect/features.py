@@ -494,7 +494,7 @@ def amount_percentiles(frame: pl.DataFrame, rows: np.ndarray) -> pl.DataFrame:
     the share of the account's / all lines with a smaller |amount| (``rank("min") - 1`` over
     the frame, divided by the account's / all lines).
 
-    One stable sort of |amount| serves both: re-sorted stably by account it stays ascending
+    One sort of |amount| serves both: re-sorted stably by account it stays ascending
     within each account, and each line's global rank (position of its first equal value) turns
     (account, |amount|) into one increasing integer key to search the lines' keys in."""
     n = frame.height
@@ -505,7 +505,7 @@ def amount_percentiles(frame: pl.DataFrame, rows: np.ndarray) -> pl.DataFrame:
     top = phys.max()
     account = phys.fill_null(int(top) + 1 if top is not None else 0).to_numpy().astype(index)
     del phys
-    order = np.argsort(amount, kind="stable").astype(index)
+    order = np.argsort(amount).astype(index)  # ties in any order: ranks use a run's start
     ordered = amount[order]
     below_all = np.searchsorted(ordered, amount[rows], "left")
     new_value = np.r_[True, ordered[1:] != ordered[:-1]] if n else np.zeros(0, dtype=bool)
