@@ -457,7 +457,8 @@ def build_features(bookings: pl.LazyFrame, settings: Settings,
         (pl.col("_ua_journals") - 1).alias("ua_other"),
         (pl.col("_va_journals") - 1).alias("va_other"),
         pl.col("user_day_median").exp().sub(1),
-    )
+    ).drop("_off_share", "_nonwork_share", "posting_date", "document_date")
+    del codes, with_bank  # the codes (~40 bytes a line) are not needed for the final select
     computed = dict(
         account_rarity=_rarity(pl.col("account_lines"), n_total),
         pair_rarity=pl.when(pl.col("contra_account").is_not_null())
