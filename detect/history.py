@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow.parquet as pq
 
 from detect.fsutil import fsync_path
 
@@ -86,8 +87,10 @@ _LINE_KEY = ["journal_id", "line_no"]
 
 
 def _rows(path: Path) -> int:
-    """Rows of a Parquet file (from its footer; reads no data)."""
-    return pl.scan_parquet(path).select(pl.len()).collect().item()
+    """Rows of a Parquet file, from its footer. pyarrow, not a Polars query: in a 10M-line job
+    on the loaded machine, py-spy found ``scan_parquet(...).select(pl.len())`` here waiting
+    ~5 s in ``collect`` (cause not pinned down; it takes milliseconds in isolation)."""
+    return pq.read_metadata(path).num_rows
 
 
 def _may_have_duplicate_keys(path: Path) -> bool:
