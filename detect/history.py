@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import pyarrow.parquet as pq
 
 from detect.fsutil import fsync_path
 
@@ -90,6 +89,8 @@ def _rows(path: Path) -> int:
     """Rows of a Parquet file, from its footer. pyarrow, not a Polars query: in a 10M-line job
     on the loaded machine, py-spy found ``scan_parquet(...).select(pl.len())`` here waiting
     ~5 s in ``collect`` (cause not pinned down; it takes milliseconds in isolation)."""
+    import pyarrow.parquet as pq  # here, not at start-up: validation has loaded it by now
+
     return pq.read_metadata(path).num_rows
 
 
