@@ -302,8 +302,10 @@ back under the same load; CPU seconds of the rule query alone):
 | all 34 | 14,2 | 5,2 | the others unchanged (< 0,35 each; JRN002 0,49 is its sort by number) |
 
 The whole stage (setup, 34 rules, hits file): before 8,4 s wall / 14,8 CPU s on a quiet
-machine (reference run); run back to back under the same load, `connect` + `run_rules` on
-the history of one 1M run took 17,2 CPU s before and 8,0 after. Hits, their texts and evidence and the per-rule `history_journals` are identical
+machine (reference run); run back to back under the same load (4-7 on 2 cores),
+`connect` + `run_rules` on the history of one 1M run took 17,7 CPU s / 38 s wall before and
+7,0 CPU s / 8-12 s wall after; in a whole job at load 3,6: 7,5 s wall / 6,9 CPU s (that
+figure also holds CPU of threads other stages leave running). Hits, their texts and evidence and the per-rule `history_journals` are identical
 (54.265 hits). Check it yourself: `belegwacht run bench/cache/ledger_1000000_7/ads --data-dir
 /tmp/x/var -q`, then `step_done` of `rules` in `runs/<id>/run.log.jsonl` and
 `rules.durations` in the manifest.
