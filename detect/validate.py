@@ -17,10 +17,8 @@
 
 from __future__ import annotations
 
-import atexit
 import json
 import shutil
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,9 +34,9 @@ from detect.privacy import load_key, pseudonymise_iban
 from detect.validation import (
     filecheck, gxrun, journals, output, prepare, quarantine, reconcile, rowchecks, state,
 )
-from detect.validation.gxrun import ROW, CheckResult, GxJob, GxRunner
+from detect.validation.gxrun import ROW, CheckResult, GxJob
 from detect.validation.suites import Check, Suite
-from detect.validation.suites import load_suite, suites_dir
+from detect.validation.suites import load_suite, master_suite_names, suites_dir
 
 if TYPE_CHECKING:
     from detect.pipeline import RunContext
@@ -147,73 +145,48 @@ class _GxOutcome:
     docs_error: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
-
-_unclaimed_docs: set[Path] = set()
-DOCS_PREFIX = "belegwacht-gxdocs-"
-STALE_DOCS_SECONDS = 86_400
-
-
-@atexit.register
-def _remove_unclaimed_docs() -> None:
-    """Data Docs of runs that failed before their GX results were collected."""
-    for path in list(_unclaimed_docs):
-        shutil.rmtree(path, ignore_errors=True)
+    @classmethod
+    def from_worker(cls, payload: dict[str, Any]) -> _GxOutcome:
+        """The worker's ``result.json`` (see ``validation/gxworker.py``)."""
+        index = payload.get("docs_index")
+        return cls(results={r["key"]: CheckResult(**r) for r in payload.get("results", [])},
+                   master_checks=payload.get("master_checks", []),
+                   master_warnings=payload.get("master_warnings", []),
+                   docs_index=Path(index) if index else None, error=payload.get("error"),
+                   docs_error=payload.get("docs_error"), timings=payload.get("timings", {}))
 
 
-def _new_docs_dir(run_id: str) -> Path:
-    """A temporary folder for the Data Docs of ``run_id``; folders a killed process left
-    behind (no ``atexit``) are removed once they are a day old."""
-    tmp = Path(tempfile.gettempdir())
-    now = time.time()
-    for old in tmp.glob(DOCS_PREFIX + "*"):
-        try:
-            if now - old.stat().st_mtime > STALE_DOCS_SECONDS:
-                shutil.rmtree(old, ignore_errors=True)
-        except OSError:
-            pass
-    path = Path(tempfile.mkdtemp(prefix=f"{DOCS_PREFIX}{run_id}-"))
-    _unclaimed_docs.add(path)
-    return path
-
-
-def _gx_work(suite: Suite, sample: pl.DataFrame, params: dict[str, Any], ctx: RunContext,
-             master: dict[str, pl.DataFrame], directory: Path, label: str,
-             docs_dir: Path | None) -> _GxOutcome:
-    """Great Expectations' part of the gate, run by ``GxJob`` in the background: the booking
-    suite on its sample, the master-data suites, Data Docs. It decides nothing (the masks did);
-    any failure becomes a warning."""
-    vs, out, clock = ctx.settings.validation, _GxOutcome(), _Clock()
-    cpu = time.thread_time()  # this thread's CPU: it is not in the validate step's figures
-    runner: GxRunner | None = None
-    try:
-        runner = GxRunner(docs_dir, ctx.run_id)
-        clock.lap("gx_setup")  # mostly the import of GX
-        out.results = {r.key: r for r in runner.validate(suite, sample, params, vs.batch_rows,
-                                                         batch_key=JOURNAL, label=label)}
-        clock.lap("gx_bookings")
-        out.master_checks, out.master_warnings = rowchecks.master_checks(
-            runner, master, directory, vs.batch_rows)
-        clock.lap("gx_master")
-    except Exception as exc:  # noqa: BLE001 - GX cross-checks and documents; the masks decide
-        runner = None
-        out.error = (f"Great Expectations could not validate this delivery "
-                     f"({type(exc).__name__}: {exc}); the vectorised checks decided alone "
-                     "and there are no Data Docs")
-    if runner is not None:
-        try:
-            out.docs_index = runner.build_docs()
-        except Exception as exc:  # noqa: BLE001 - the run's data are complete without the HTML
-            out.docs_error = f"Data Docs could not be built ({type(exc).__name__}: {exc})"
-        clock.lap("data_docs")
-    out.timings = {**clock.times, "gx_cpu": round(time.thread_time() - cpu, 3)}
-    return out
+def _hand_over(job: GxJob, suite: Suite, sample: pl.DataFrame, params: dict[str, Any],
+               ctx: RunContext, master: dict[str, pl.DataFrame], directory: Path,
+               label: str) -> None:
+    """Hand Great Expectations' part of the gate to the worker process (``gxrun.GxJob``,
+    started when ``validate`` began, so GX's import overlapped the gate's work): the booking
+    suite on its sample, the master-data suites, Data Docs. The frames go as Parquet, the rest
+    as ``job.json``, into the job's private temporary folder."""
+    vs = ctx.settings.validation
+    job_dir = job.job_dir
+    sample.write_parquet(job_dir / "sample.parquet", statistics=False)
+    names = []
+    for name in master_suite_names(directory):
+        frame = master.get(name)
+        if frame is not None and frame.height:
+            (job_dir / "master").mkdir(exist_ok=True)
+            frame.write_parquet(job_dir / "master" / f"{name}.parquet", statistics=False)
+            names.append(name)
+    spec = {"run_name": ctx.run_id, "label": label, "batch_rows": vs.batch_rows,
+            "batch_key": JOURNAL, "suite": {"raw": suite.raw, "path": str(suite.path)},
+            "params": {k: {"$date": v.isoformat()} if isinstance(v, date) else v
+                       for k, v in params.items()},
+            "suites_dir": str(directory), "master": names, "docs": bool(vs.data_docs)}
+    (job_dir / gxrun.JOB).write_text(json.dumps(spec, ensure_ascii=False), "utf-8")
+    job.submit()
 
 
 @dataclass
 class _GxPending:
     """Everything needed to finish a result once GX is done (see ``wait_for_gx``)."""
 
-    job: GxJob[_GxOutcome]
+    job: GxJob
     suite: Suite
     totals: dict[str, int]
     on_gx: dict[str, int]
@@ -225,14 +198,13 @@ class _GxPending:
     skipped: set[str]
     json_head: dict[str, Any]
     json_tail: dict[str, Any]
-    docs_dir: Path | None
     ctx: RunContext
 
     def finish(self, result: ValidationResult) -> None:
         started = time.perf_counter()
         try:
-            gx = self.job.result()
-        except BaseException as exc:  # noqa: BLE001 - GX decides nothing
+            gx = _GxOutcome.from_worker(self.job.result())
+        except Exception as exc:  # noqa: BLE001 - GX decides nothing
             gx = _GxOutcome(error=f"Great Expectations could not validate this delivery "
                                   f"({type(exc).__name__}: {exc}); the vectorised checks "
                                   "decided alone and there are no Data Docs")
@@ -243,19 +215,23 @@ class _GxPending:
         late = [gx.docs_error] if gx.docs_error else []
         result._checks = checks + gx.master_checks
         run_dir = Path(self.ctx.run_dir)
-        if self.docs_dir is not None:
-            _unclaimed_docs.discard(self.docs_dir)
-            target = run_dir / "data_docs"
-            if gx.docs_index is not None and run_dir.is_dir() and not target.exists():
-                try:
-                    shutil.move(str(self.docs_dir), str(target))
-                    result._docs_index = target / "index.html"
-                except OSError as exc:  # the run's data are complete without the HTML
-                    late.append(f"Data Docs could not be moved into the run folder "
-                                f"({type(exc).__name__}: {exc})")
-            shutil.rmtree(self.docs_dir, ignore_errors=True)
+        target = run_dir / "data_docs"
+        if gx.docs_index is not None and run_dir.is_dir() and not target.exists():
+            try:
+                shutil.move(str(gx.docs_index.parent), str(target))
+                result._docs_index = target / "index.html"
+            except OSError as exc:  # the run's data are complete without the HTML
+                late.append(f"Data Docs could not be moved into the run folder "
+                            f"({type(exc).__name__}: {exc})")
+        self.job.close()  # the job folder (inputs, result, anything not moved)
         result._warnings = self.warnings_before + gx_warnings + self.warnings_after + late
-        result.timings.update(gx.timings)
+        result.timings.update({k: v for k, v in gx.timings.items() if k != "gx_cpu_worker"})
+        # the worker's whole CPU (interpreter start, imports, GX): not in the steps' figures
+        cpu = self.job.cpu_seconds
+        if cpu is None:
+            cpu = gx.timings.get("gx_cpu_worker")
+        if cpu is not None:
+            result.timings["gx_cpu"] = cpu
         result.timings["gx_wait"] = round(waited, 3)
         result._headline = _headline(result, self.control_headline, self.skipped)
         for text in gx_warnings + late:
@@ -419,8 +395,7 @@ def _journal_order(frame: pl.DataFrame, ctx: RunContext) -> tuple[pl.DataFrame, 
 
 def validate(ingested: IngestResult, ctx: RunContext) -> ValidationResult:
     """Gate one delivery; write the run's clean bookings, quarantine, findings and docs."""
-    settings, vs, run_dir = ctx.settings, ctx.settings.validation, Path(ctx.run_dir)
-    clock = _Clock()
+    vs = ctx.settings.validation
     shas, names = _delivery_hashes(ingested)
     if not (vs.reprocess or getattr(ctx, "rescore_history", False)):
         # the pipeline asks its store before ingesting; this keeps validate() safe on its own
@@ -430,7 +405,16 @@ def validate(ingested: IngestResult, ctx: RunContext) -> ValidationResult:
                 f"this delivery was already processed as run {previous_run}; nothing to do",
                 file=names[0] if names else None,
                 hint="set [validation] reprocess = true to process it again")
+    # Great Expectations' worker process starts now and imports GX (niced) while the gate
+    # works; a rejected or failing gate ends it (closing the job kills it)
+    with GxJob(GxJob.new_dir(ctx.run_id)) as job:
+        return _gate(ingested, ctx, job, shas, names)
 
+
+def _gate(ingested: IngestResult, ctx: RunContext, job: GxJob, shas: list[str],
+          names: list[str]) -> ValidationResult:
+    settings, vs, run_dir = ctx.settings, ctx.settings.validation, Path(ctx.run_dir)
+    clock = _Clock()
     frame = _source(ingested)  # lazy: each step below collects only its small result
     rows_in = int(frame.select(pl.len()).collect().item())
     clock.lap("load")
@@ -544,13 +528,11 @@ def validate(ingested: IngestResult, ctx: RunContext) -> ValidationResult:
     clock.lap("write")
 
     # Great Expectations: cross-checks the masks on its sample, checks the master data, writes
-    # the Data Docs. It decides nothing, so it runs in the background while the next stages
-    # work; the result waits for it when read (the pipeline: when it publishes the run).
+    # the Data Docs. It decides nothing, so a niced worker process does it while the next
+    # stages work; the result waits for it when read (the pipeline: when it publishes the run).
     # Data Docs are built outside the run folder (a failed run may be renamed while GX still
     # writes) and moved in when collected
-    docs_dir = _new_docs_dir(ctx.run_id) if vs.data_docs else None
-    job = GxJob(lambda: _gx_work(suite, gx_part, params, ctx, ingested.master, directory,
-                                 label, docs_dir))
+    _hand_over(job, suite, gx_part, params, ctx, ingested.master, directory, label)
     result = ValidationResult(
         clean_path=clean_path, quarantine_path=q_path, rows_in=rows_in,
         rows_clean=rows_in - q_out.height, rows_quarantined=q_out.height,
@@ -567,7 +549,7 @@ def validate(ingested: IngestResult, ctx: RunContext) -> ValidationResult:
         job=job, suite=suite, totals=totals, on_gx=on_gx, gx_rows=gx_part.height,
         row_checks=row_checks, warnings_before=warnings_, warnings_after=later,
         control_headline=recon.headline, skipped=skipped, json_head=payload, json_tail=tail,
-        docs_dir=docs_dir, ctx=ctx)
+        ctx=ctx)
     state.remember_delivery(ctx.data_dir, ctx.entity, shas, ctx.run_id, names)
     state.remember_ranges(ctx.data_dir, ctx.entity, ctx.run_id, ranges)
     clock.lap("state")

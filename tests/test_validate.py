@@ -276,19 +276,98 @@ def test_thresholds_per_entity_from_belegwacht_toml(tmp_path: Path) -> None:
     assert load_settings(toml, entity="Nebenstadt").validation.control_totals == "stop"
 
 
+def _fake_gx(tmp_path: Path, monkeypatch, body: str) -> None:
+    """A ``great_expectations`` package whose import runs ``body``, first on the GX worker's
+    path (the worker is a child process: it inherits PYTHONPATH)."""
+    import os
+
+    fake = tmp_path / "fake_gx"
+    (fake / "great_expectations").mkdir(parents=True)
+    (fake / "great_expectations" / "__init__.py").write_text(body, "utf-8")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [str(fake), *filter(None, [os.environ.get("PYTHONPATH")])]))
+
+
 def test_a_failing_gx_does_not_stop_the_gate(tmp_path: Path, monkeypatch) -> None:
-    from detect.validation.gxrun import GxRunner
-
-    def broken(*args, **kwargs):
-        raise ImportError("great_expectations is broken")
-
-    monkeypatch.setattr(GxRunner, "validate", broken)
+    _fake_gx(tmp_path, monkeypatch, 'raise ImportError("great_expectations is broken")\n')
     rows = journal("1", 5.0) + [line("2", 1, 1.0, currency="EURO")]
     result = _run(tmp_path, rows, validation={})
     assert result.quarantine_reasons == {"currency not ISO 4217": 1}
     assert result.docs_index is None
     assert any(w.startswith("Great Expectations could not validate this delivery (ImportError")
                for w in result.warnings)
+    saved = json.loads((result.clean_path.parent / "validation.json").read_text("utf-8"))
+    assert saved["great_expectations"] == "failed"
+
+
+def test_a_crashing_gx_worker_is_reported_like_a_failing_gx(tmp_path: Path, monkeypatch) -> None:
+    """The worker dies without writing a result (here: in GX's import): same warning and
+    ``"failed"`` status as any GX failure, the gate's results stand, nothing is left behind."""
+    _fake_gx(tmp_path, monkeypatch, "import os\nos._exit(7)\n")
+    rows = journal("1", 5.0) + [line("2", 1, 1.0, currency="EURO")]
+    result = _run(tmp_path, rows, validation={})
+    job_dir = result._pending.job.job_dir
+    assert result.rows_quarantined == 1 and result.docs_index is None
+    assert any(w.startswith("Great Expectations could not validate this delivery "
+                            "(GxWorkerError: the GX worker process exited with code 7")
+               for w in result.warnings)
+    saved = json.loads((result.clean_path.parent / "validation.json").read_text("utf-8"))
+    assert saved["great_expectations"] == "failed" and saved["data_docs"] is None
+    assert not job_dir.exists()
+
+
+_ORPHAN = """
+import os, signal, sys, time
+from pathlib import Path
+import threading
+from detect.validation.gxrun import GxJob
+
+job_dir = Path(sys.argv[1])
+(job_dir / "job.json").write_text("{}")
+box = []
+if sys.argv[2] == "thread":  # started from a thread that has ended: no PDEATHSIG, getppid
+    t = threading.Thread(target=lambda: box.append(GxJob(job_dir)))
+    t.start(); t.join()
+else:
+    box.append(GxJob(job_dir))
+print(box[0].pid, flush=True)
+time.sleep(1.5)  # the worker is inside the (fake, endless) import of GX now
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("started_from", ["main", "thread"])
+def test_the_gx_worker_dies_with_a_killed_parent(tmp_path: Path, monkeypatch,
+                                                 started_from: str) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    _fake_gx(tmp_path, monkeypatch, "import time\ntime.sleep(300)\n")
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    done = subprocess.run([sys.executable, "-c", _ORPHAN, str(job_dir), started_from],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == -9, done.stderr
+    pid = int(done.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        stat = Path(f"/proc/{pid}/stat")
+        if stat.exists() and stat.read_text().split(") ")[1].startswith("Z"):
+            break  # exited; a zombie until its new parent reaps it
+        time.sleep(0.1)
+    else:
+        os.kill(pid, 9)
+        pytest.fail("the GX worker outlived its killed parent")
+    deadline = time.monotonic() + 5
+    while job_dir.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not job_dir.exists()  # nobody would collect it: the worker removed it
 
 
 def test_own_suite_with_a_typo_is_a_config_error(tmp_path: Path) -> None:
@@ -319,8 +398,14 @@ def test_quarantining_much_of_a_delivery_points_at_the_mapping(tmp_path: Path) -
 def test_gx_runs_in_the_background_and_is_merged_before_publishing(tmp_path: Path) -> None:
     """validate() returns before Great Expectations is done; reading the result (the pipeline:
     summary() when it publishes) waits for it and completes validation.json and the docs."""
+    import threading
+
     rows = journal("1", 5.0) + [line("2", 1, 1.0, currency="EURO")]
+    threads = threading.active_count()
     result = _run(tmp_path, rows, validation={})  # with Data Docs
+    # GX runs in a worker process: no thread of this process imports anything meanwhile
+    assert threading.active_count() == threads
+    job_dir = result._pending.job.job_dir
     run_dir = result.clean_path.parent
     early = json.loads((run_dir / "validation.json").read_text(encoding="utf-8"))
     assert early["great_expectations"] == "running" and early["data_docs"] is None
@@ -334,3 +419,6 @@ def test_gx_runs_in_the_background_and_is_merged_before_publishing(tmp_path: Pat
     assert currency["gx"]["unexpected_count"] == 1 and currency["agrees_with_gx"]
     assert summary["headline"][-1] == "data docs: data_docs/index.html"
     assert {"gx_setup", "gx_bookings", "gx_cpu", "gx_wait"} <= set(saved["timings"])
+    assert saved["timings"]["gx_cpu"] > 0.5  # the worker's own CPU: interpreter, GX import
+    assert result._pending is None and not job_dir.exists()  # collected, job folder removed
+

@@ -7,22 +7,29 @@ Arrow-backed DataFrame (only the columns the suite reads, plus ``_row``). Delive
 One ephemeral context per run; a Checkpoint per suite; Data Docs are built once at the end into
 the run folder. The rows to quarantine come from ``masks`` (same suite, vectorised).
 
-GX decides nothing, so ``detect.validate`` runs it off the critical path: ``GxJob`` imports GX
-(1.2 CPU s on top of what the pipeline imports anyway) and validates in a background thread
-once the gate's own work is done, and the run collects the outcome before it is published.
+GX decides nothing, so ``detect.validate`` runs it off the critical path: ``GxJob`` starts a
+niced child process (``gxworker``) once the gate's own work is done; it imports GX and
+validates while the next stages run, and the run collects the outcome before it is published.
+Nothing in the parent process imports GX.
 """
 
 from __future__ import annotations
 
-import importlib
+import json
 import logging
 import math
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import threading
+import time
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
@@ -31,7 +38,6 @@ import polars as pl  # noqa: E402
 from detect.validation.suites import Suite  # noqa: E402
 
 ROW = "_row"
-T = TypeVar("T")
 
 
 @dataclass
@@ -52,68 +58,165 @@ class CheckResult:
                 "unexpected_count": self.unexpected_count}
 
 
-_preloader: threading.Thread | None = None
+class GxWorkerError(RuntimeError):
+    """The GX worker process ended without writing its result (crashed, was killed, ...)."""
 
 
-def preload() -> None:
-    """Import Great Expectations in a background thread now. No longer called on import of
-    ``detect.validate`` (the import competed with the ingest for the two cores; ``GxJob``
-    imports GX when it is needed). Idempotent; ``BELEGWACHT_GX_PRELOAD=0`` switches it off."""
-    global _preloader
-    if _preloader is not None or os.environ.get("BELEGWACHT_GX_PRELOAD") == "0":
-        return
-    _preloader = threading.Thread(target=importlib.import_module, args=("great_expectations",),
-                                  name="gx-preload", daemon=True)
-    _preloader.start()
+WORKER = "detect.validation.gxworker"
+JOB_PREFIX = "belegwacht-gx-"
+STALE_SECONDS = 86_400
+RESULT, JOB, LOG = "result.json", "job.json", "worker.log"
 
 
-class GxJob(Generic[T]):
-    """``work()`` in a daemon thread; ``result()`` waits for it and returns its value (or raises
-    its exception). Used for Great Expectations: pure Python under the GIL, so it overlaps the
-    Polars/DuckDB work of the next stages (which release the GIL) instead of adding to them.
+class GxJob:
+    """Great Expectations' part of the gate in a child process (``python -m
+    detect.validation.gxworker JOB_DIR``). Started early (``validate`` does so before its own
+    work), the worker imports GX meanwhile and then waits on its stdin; ``submit()`` tells it
+    that ``job_dir`` holds ``job.json`` and the frames as Parquet. It writes ``result.json``
+    (and the Data Docs into ``job_dir/docs``); ``result()`` waits for it and reads that.
 
-    The thread runs at a lower CPU priority (``BELEGWACHT_GX_NICE``, default 10; Linux nice
-    values are per thread), so on a busy machine it takes the idle core time first; ``result()``
-    puts it back at normal priority when someone waits for it."""
+    Why a process and not a thread: GX's import (pandas, SQLAlchemy, narwhals, ...) overlapped
+    the main thread's first imports of PyOD/scikit-learn/SciPy/pandas in the models stage, and
+    CPython's per-module import locks then deadlocked (``_DeadlockError`` on
+    ``narwhals.stable.v1``) or handed out half-initialised modules. A process shares no import
+    state, is niced as a whole (``BELEGWACHT_GX_NICE``, default 10, set by the worker itself)
+    and costs the parent no GIL time.
 
-    def __init__(self, work: Callable[[], T], name: str = "gx-validate") -> None:
-        self._work = work
-        self._value: T | None = None
-        self._error: BaseException | None = None
-        self._tid: int | None = None
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+    The worker dies with its parent (``PR_SET_PDEATHSIG`` plus a ``getppid`` watch), so a
+    killed run leaves no GX process behind; a job that is never collected (a run failing before
+    publish) is killed and its folder removed when the ``GxJob`` is garbage collected or the
+    process exits."""
 
-    def _run(self) -> None:
-        self._tid = threading.get_native_id()
-        _renice(self._tid, int(os.environ.get("BELEGWACHT_GX_NICE", "10") or 0))
+    def __init__(self, job_dir: Path) -> None:
+        self.job_dir = job_dir
+        env = {**os.environ, "GX_ANALYTICS_ENABLED": "False",
+               "POLARS_MAX_THREADS": os.environ.get("BELEGWACHT_GX_THREADS", "1")}
+        # PR_SET_PDEATHSIG fires when the *thread* that started the child ends: only asked for
+        # when that is the main thread (else the worker relies on watching getppid)
+        main = "1" if threading.current_thread() is threading.main_thread() else "0"
+        with open(job_dir / LOG, "wb") as log:
+            # no preexec_fn: it is not safe with Polars'/DuckDB's threads running
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", WORKER, str(job_dir), str(os.getpid()), main],
+                stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=env,
+                close_fds=True)
+        self.cpu_seconds: float | None = None
+        self._finalizer = weakref.finalize(self, _cancel, self._proc, job_dir)
+
+    def __enter__(self) -> GxJob:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: Any) -> None:
+        if kind is not None:  # the gate failed before it handed over the job
+            self.close()
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def submit(self) -> None:
+        """The job files are in place: let the worker start on them. A worker that died
+        already is reported by ``result()``."""
+        self._release(b"go\n")
+
+    def _release(self, line: bytes) -> None:
+        stdin, self._proc.stdin = self._proc.stdin, None
+        if stdin is None:
+            return
         try:
-            self._value = self._work()
-        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for the result
-            self._error = exc
+            stdin.write(line)
+            stdin.close()
+        except OSError:  # BrokenPipeError: the worker is gone
+            pass
 
     def done(self) -> bool:
-        return not self._thread.is_alive()
+        return self._proc.poll() is not None
 
-    def result(self) -> T:
-        if self._thread.is_alive() and self._tid is not None:
-            _renice(self._tid, 0)  # someone waits: no reason to be polite any more
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value  # type: ignore[return-value]
+    def result(self) -> dict[str, Any]:
+        """Wait for the worker and return its ``result.json``; ``cpu_seconds`` is then the
+        worker's whole CPU time (its own and its threads', from ``wait4``). Raises
+        ``GxWorkerError`` when it ended without a result."""
+        self._release(b"")  # never submitted: the worker ends without a result
+        if self._proc.returncode is None:
+            _renice(self._proc.pid, 0)  # someone waits: no reason to be polite any more
+            self.cpu_seconds = _wait(self._proc)
+        code = self._proc.returncode
+        path = self.job_dir / RESULT
+        if path.exists():
+            return json.loads(path.read_text(encoding="utf-8"))
+        tail = ""
+        try:
+            lines = (self.job_dir / LOG).read_text("utf-8", "replace").strip().splitlines()
+            tail = lines[-1] if lines else ""
+        except OSError:
+            pass
+        how = f"killed by signal {-code}" if code is not None and code < 0 else \
+            f"exited with code {code}"
+        raise GxWorkerError(f"the GX worker process {how} without a result"
+                            + (f" ({tail})" if tail else ""))
+
+    def close(self) -> None:
+        """Kill the worker if it still runs; remove the job folder (move the Data Docs out
+        first)."""
+        self._finalizer()
+
+    @staticmethod
+    def new_dir(run_id: str) -> Path:
+        """A private temporary folder for one job; folders a killed process left behind are
+        removed once they are a day old. Not in the run folder: the pipeline removes the run's
+        ``tmp/`` before it publishes, and renames the folder of a failed run."""
+        tmp = Path(tempfile.gettempdir())
+        now = time.time()
+        for prefix in (JOB_PREFIX, "belegwacht-gxdocs-"):  # the latter: before the worker
+            for old in tmp.glob(prefix + "*"):
+                try:
+                    if now - old.stat().st_mtime > STALE_SECONDS:
+                        shutil.rmtree(old, ignore_errors=True)
+                except OSError:
+                    pass
+        return Path(tempfile.mkdtemp(prefix=f"{JOB_PREFIX}{run_id}-"))
 
 
-def _renice(tid: int, nice: int) -> None:
-    """Set one thread's nice value (Linux: per thread). Lowering it again needs privileges:
-    where that is refused the thread just stays polite."""
+def _wait(proc: subprocess.Popen[bytes]) -> float | None:
+    """Reap ``proc``; its CPU seconds (user + system) where ``wait4`` exists."""
+    if not hasattr(os, "wait4"):
+        proc.wait()
+        return None
+    while True:
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+            break
+        except InterruptedError:
+            continue
+        except ChildProcessError:  # reaped elsewhere
+            proc.wait()
+            return None
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return round(usage.ru_utime + usage.ru_stime, 3)
+
+
+def _cancel(proc: subprocess.Popen[bytes], job_dir: Path) -> None:
+    if proc.stdin is not None:
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+    if proc.returncode is None and proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    shutil.rmtree(job_dir, ignore_errors=True)
+
+
+def _renice(pid: int, nice: int) -> None:
+    """Set a process's nice value. Lowering it again needs privileges: where that is refused
+    the worker just stays polite."""
     try:
-        os.setpriority(os.PRIO_PROCESS, tid, nice)
+        os.setpriority(os.PRIO_PROCESS, pid, nice)
     except (AttributeError, OSError):
         pass
 
 
-def _quiet_gx() -> None:
+def quiet_gx() -> None:
     for name in ("great_expectations", "great_expectations.core", "posthog"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="great_expectations")
@@ -123,9 +226,7 @@ class GxRunner:
     """One ephemeral GX context with a Data Docs site in ``docs_dir`` (or none)."""
 
     def __init__(self, docs_dir: Path | None, run_name: str) -> None:
-        _quiet_gx()
-        if _preloader is not None:
-            _preloader.join()
+        quiet_gx()
         import great_expectations as gx
         from great_expectations.data_context.types.base import (
             DataContextConfig, InMemoryStoreBackendDefaults, ProgressBarsConfig)

@@ -85,6 +85,12 @@ def load_suite(name: str, directory: Path) -> Suite:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ConfigError(f"invalid JSON: {exc.msg}", file=str(path), line=exc.lineno) from exc
+    return suite_from_raw(raw, path, name)
+
+
+def suite_from_raw(raw: dict[str, Any], path: Path, name: str | None = None) -> Suite:
+    """A suite from its parsed JSON (``Suite.raw``): how the GX worker process gets the exact
+    suite the gate used (``without`` applied) without reading the file again."""
     checks = []
     for i, exp in enumerate(raw.get("expectations", []), start=1):
         meta = exp.get("meta") or {}
@@ -98,7 +104,7 @@ def load_suite(name: str, directory: Path) -> Suite:
     keys = [c.key for c in checks]
     if len(set(keys)) != len(keys):
         raise ConfigError("meta.key values must be unique within a suite", file=str(path))
-    return Suite(raw.get("name", name), path, raw, checks)
+    return Suite(raw.get("name", name or path.stem), path, raw, checks)
 
 
 def master_suite_names(directory: Path) -> dict[str, str]:
