@@ -232,6 +232,8 @@ class _GxPending:
             cpu = gx.timings.get("gx_cpu_worker")
         if cpu is not None:
             result.timings["gx_cpu"] = cpu
+        if self.job.max_rss_mb is not None:
+            result.timings["gx_max_rss_mb"] = self.job.max_rss_mb
         result.timings["gx_wait"] = round(waited, 3)
         result._headline = _headline(result, self.control_headline, self.skipped)
         for text in gx_warnings + late:

@@ -101,6 +101,7 @@ class GxJob:
                 stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=env,
                 close_fds=True)
         self.cpu_seconds: float | None = None
+        self.max_rss_mb: int | None = None
         self._finalizer = weakref.finalize(self, _cancel, self._proc, job_dir)
 
     def __enter__(self) -> GxJob:
@@ -139,7 +140,9 @@ class GxJob:
         self._release(b"")  # never submitted: the worker ends without a result
         if self._proc.returncode is None:
             _renice(self._proc.pid, 0)  # someone waits: no reason to be polite any more
-            self.cpu_seconds = _wait(self._proc)
+            usage = _wait(self._proc)
+            if usage is not None:
+                self.cpu_seconds, self.max_rss_mb = usage
         code = self._proc.returncode
         path = self.job_dir / RESULT
         if path.exists():
@@ -177,8 +180,9 @@ class GxJob:
         return Path(tempfile.mkdtemp(prefix=f"{JOB_PREFIX}{run_id}-"))
 
 
-def _wait(proc: subprocess.Popen[bytes]) -> float | None:
-    """Reap ``proc``; its CPU seconds (user + system) where ``wait4`` exists."""
+def _wait(proc: subprocess.Popen[bytes]) -> tuple[float, int] | None:
+    """Reap ``proc``; its CPU seconds (user + system) and peak RSS in MB where ``wait4``
+    exists."""
     if not hasattr(os, "wait4"):
         proc.wait()
         return None
@@ -192,7 +196,7 @@ def _wait(proc: subprocess.Popen[bytes]) -> float | None:
             proc.wait()
             return None
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return round(usage.ru_utime + usage.ru_stime, 3)
+    return round(usage.ru_utime + usage.ru_stime, 3), int(usage.ru_maxrss // 1024)
 
 
 def _cancel(proc: subprocess.Popen[bytes], job_dir: Path) -> None:
