@@ -316,6 +316,21 @@ def test_a_crashing_gx_worker_is_reported_like_a_failing_gx(tmp_path: Path, monk
     assert not job_dir.exists()
 
 
+def test_a_gx_worker_that_cannot_start_is_reported_like_a_failing_gx(tmp_path: Path,
+                                                                      monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))
+    result = _run(tmp_path, journal("1", 5.0) + [line("2", 1, 1.0, currency="EURO")],
+                  validation={})
+    assert result.rows_quarantined == 1 and result.docs_index is None
+    assert any(w.startswith("Great Expectations could not validate this delivery (GxWorkerError: "
+                            "the GX worker process could not be started (FileNotFoundError")
+               for w in result.warnings)
+    saved = json.loads((result.clean_path.parent / "validation.json").read_text("utf-8"))
+    assert saved["great_expectations"] == "failed"
+
+
 _ORPHAN = """
 import os, signal, sys, time
 from pathlib import Path

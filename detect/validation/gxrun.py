@@ -94,12 +94,17 @@ class GxJob:
         # PR_SET_PDEATHSIG fires when the *thread* that started the child ends: only asked for
         # when that is the main thread (else the worker relies on watching getppid)
         main = "1" if threading.current_thread() is threading.main_thread() else "0"
-        with open(job_dir / LOG, "wb") as log:
-            # no preexec_fn: it is not safe with Polars'/DuckDB's threads running
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", WORKER, str(job_dir), str(os.getpid()), main],
-                stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=env,
-                close_fds=True)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._start_error: str | None = None
+        try:
+            with open(job_dir / LOG, "wb") as log:
+                # no preexec_fn: it is not safe with Polars'/DuckDB's threads running
+                self._proc = subprocess.Popen(
+                    [sys.executable, "-m", WORKER, str(job_dir), str(os.getpid()), main],
+                    stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=env,
+                    close_fds=True)
+        except OSError as exc:  # GX decides nothing: reported by result(), the gate goes on
+            self._start_error = f"{type(exc).__name__}: {exc}"
         self.cpu_seconds: float | None = None
         self.max_rss_mb: int | None = None
         self._finalizer = weakref.finalize(self, _cancel, self._proc, job_dir)
@@ -112,8 +117,8 @@ class GxJob:
             self.close()
 
     @property
-    def pid(self) -> int:
-        return self._proc.pid
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
 
     def submit(self) -> None:
         """The job files are in place: let the worker start on them. A worker that died
@@ -121,6 +126,8 @@ class GxJob:
         self._release(b"go\n")
 
     def _release(self, line: bytes) -> None:
+        if self._proc is None:
+            return
         stdin, self._proc.stdin = self._proc.stdin, None
         if stdin is None:
             return
@@ -131,12 +138,15 @@ class GxJob:
             pass
 
     def done(self) -> bool:
-        return self._proc.poll() is not None
+        return self._proc is None or self._proc.poll() is not None
 
     def result(self) -> dict[str, Any]:
         """Wait for the worker and return its ``result.json``; ``cpu_seconds`` is then the
         worker's whole CPU time (its own and its threads', from ``wait4``). Raises
         ``GxWorkerError`` when it ended without a result."""
+        if self._proc is None:
+            raise GxWorkerError(f"the GX worker process could not be started "
+                                f"({self._start_error})")
         self._release(b"")  # never submitted: the worker ends without a result
         if self._proc.returncode is None:
             _renice(self._proc.pid, 0)  # someone waits: no reason to be polite any more
@@ -199,7 +209,10 @@ def _wait(proc: subprocess.Popen[bytes]) -> tuple[float, int] | None:
     return round(usage.ru_utime + usage.ru_stime, 3), int(usage.ru_maxrss // 1024)
 
 
-def _cancel(proc: subprocess.Popen[bytes], job_dir: Path) -> None:
+def _cancel(proc: subprocess.Popen[bytes] | None, job_dir: Path) -> None:
+    if proc is None:
+        shutil.rmtree(job_dir, ignore_errors=True)
+        return
     if proc.stdin is not None:
         try:
             proc.stdin.close()
