@@ -331,6 +331,28 @@ def test_a_gx_worker_that_cannot_start_is_reported_like_a_failing_gx(tmp_path: P
     assert saved["great_expectations"] == "failed"
 
 
+def test_job_folders_of_dead_processes_are_removed(tmp_path: Path, monkeypatch) -> None:
+    """A run killed after its worker finished leaves its job folder: the next job removes it
+    (its process is gone), but never a folder of a live process."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from detect.validation import gxrun
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    left = tmp_path / f"{gxrun.JOB_PREFIX}run1-p{dead}-abc12345"
+    live = tmp_path / f"{gxrun.JOB_PREFIX}run2-p1-abc12345"  # pid 1 always exists
+    unnamed = tmp_path / f"{gxrun.JOB_PREFIX}run3-xyz"  # no pid: kept until a day old
+    for folder in (left, live, unnamed):
+        folder.mkdir()
+    new = gxrun.GxJob.new_dir("run4")
+    assert new.parent == tmp_path and new.name.startswith(f"{gxrun.JOB_PREFIX}run4-p")
+    assert not left.exists() and live.exists() and unnamed.exists()
+
+
 _ORPHAN = """
 import os, signal, sys, time
 from pathlib import Path

@@ -175,19 +175,36 @@ class GxJob:
 
     @staticmethod
     def new_dir(run_id: str) -> Path:
-        """A private temporary folder for one job; folders a killed process left behind are
-        removed once they are a day old. Not in the run folder: the pipeline removes the run's
-        ``tmp/`` before it publishes, and renames the folder of a failed run."""
+        """A private temporary folder for one job, named after the run and this process.
+        Folders left behind (their process was killed after its worker had finished, so
+        neither could remove them) are removed once the process that made them is gone, or
+        a day old. Not in the run folder: the pipeline removes the run's ``tmp/`` before it
+        publishes, and renames the folder of a failed run."""
         tmp = Path(tempfile.gettempdir())
         now = time.time()
         for prefix in (JOB_PREFIX, "belegwacht-gxdocs-"):  # the latter: before the worker
             for old in tmp.glob(prefix + "*"):
                 try:
-                    if now - old.stat().st_mtime > STALE_SECONDS:
+                    if not _owner_alive(old.name) or now - old.stat().st_mtime > STALE_SECONDS:
                         shutil.rmtree(old, ignore_errors=True)
                 except OSError:
                     pass
-        return Path(tempfile.mkdtemp(prefix=f"{JOB_PREFIX}{run_id}-"))
+        return Path(tempfile.mkdtemp(prefix=f"{JOB_PREFIX}{run_id}-p{os.getpid()}-"))
+
+
+def _owner_alive(name: str) -> bool:
+    """False only when the folder names its process (``...-p<pid>-<random>``) and no such
+    process exists; a reused pid just keeps the folder until it is a day old."""
+    parts = name.rsplit("-", 2)
+    if len(parts) < 3 or not parts[1].startswith("p") or not parts[1][1:].isdigit():
+        return True
+    try:
+        os.kill(int(parts[1][1:]), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: alive
+        pass
+    return True
 
 
 def _wait(proc: subprocess.Popen[bytes]) -> tuple[float, int] | None:
