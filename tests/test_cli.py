@@ -13,8 +13,7 @@ DELIVERY = ROOT / "tests" / "fixtures" / "ads" / "delivery"
 
 def belegwacht(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "detect", *args], capture_output=True,
-                          text=True, cwd=cwd, env={"BELEGWACHT_GX_PRELOAD": "0",
-                                                   "PATH": "/usr/bin:/bin"}, timeout=300)
+                          text=True, cwd=cwd, env={"PATH": "/usr/bin:/bin"}, timeout=300)
 
 
 def test_run_prints_what_was_read_written_and_timed(tmp_path: Path) -> None:

@@ -50,7 +50,6 @@ _FORKSERVER: mp.context.BaseContext | None = None
 def _context() -> mp.context.BaseContext:
     global _FORKSERVER
     if _FORKSERVER is None:
-        os.environ["BELEGWACHT_GX_PRELOAD"] = "0"  # no import thread in the forkserver
         ctx = mp.get_context("forkserver")
         ctx.set_forkserver_preload(["killrun", *killrun.PRELOAD])
         _FORKSERVER = ctx

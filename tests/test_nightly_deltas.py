@@ -33,7 +33,7 @@ pytestmark = pytest.mark.slow
 
 
 def belegwacht(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {"BELEGWACHT_GX_PRELOAD": "0", "PATH": "/usr/bin:/bin"}
+    env = {"PATH": "/usr/bin:/bin"}
     result = subprocess.run([sys.executable, "-m", "detect", *args], capture_output=True,
                             text=True, cwd=ROOT, env=env, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
