@@ -255,14 +255,20 @@ def _empty_glob(data_dir: Path, entity: str) -> str:
     return glob
 
 
-def stats(data_dir: Path, entity: str) -> dict[str, Any]:
-    """Lines and journals per fiscal year in the history (for the manifest and the app)."""
-    glob = history_glob(data_dir, entity)
-    if not list(entity_root(data_dir, entity).glob("*/*.parquet")):
+def stats(glob: str) -> dict[str, Any]:
+    """Lines and journals per fiscal year in the history ``glob`` (for the manifest and the app).
+
+    Takes the glob ``merge`` returned, not the configured entity: the partitions are named by
+    the entity in the data (ADS Business_Unit_Code, DATEV Berater-Mandant ...), which a run
+    without ``--entity`` does not know."""
+    import glob as globbing
+
+    if not globbing.glob(glob):
         return {}
-    frame = (pl.scan_parquet(glob).group_by("fiscal_year")
+    frame = (pl.scan_parquet(glob).select("entity", "fiscal_year", "journal_id")
+             .group_by("fiscal_year")
              .agg(pl.len().alias("lines"),
-                  pl.struct("journal_id").n_unique().alias("journals"))
+                  pl.struct("entity", "journal_id").n_unique().alias("journals"))
              .sort("fiscal_year").collect())
     return {str(r["fiscal_year"]): {"lines": r["lines"], "journals": r["journals"]}
             for r in frame.to_dicts()}

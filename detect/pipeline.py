@@ -295,7 +295,7 @@ def _run_stages(ctx: RunContext, sources: list[Path], fmt: str, control_totals: 
             "master": master_counts,
             "validation": checked.summary(),
             "history": {"glob": history_glob,
-                        "fiscal_years": history.stats(data_dir, settings.entity)},
+                        "fiscal_years": history.stats(history_glob)},
             "rules": rule_result.summary(),
             "rule_versions": _rule_versions(),
             "models": _model_meta(partial),

@@ -60,8 +60,21 @@ def test_delta_adds_and_reexport_replaces(tmp_path: Path) -> None:
         (2024, "J1", 1, Decimal("120.00"), "c.csv"),
         (2024, "J1", 2, Decimal("-120.00"), "c.csv"),
         (2024, "J2", 1, Decimal("7.50"), "c.csv")]
-    assert history.stats(tmp_path / "var", "Musterstadt") == {
+    assert history.stats(glob) == {
         "2023": {"lines": 1, "journals": 1}, "2024": {"lines": 3, "journals": 2}}
+
+
+def test_stats_follow_the_entity_in_the_data_not_the_run_label(tmp_path: Path) -> None:
+    """A run without --entity is labelled "default" while the rows say "Musterstadt": the
+    manifest's per-year counts must still describe the history the run merged into."""
+    path = tmp_path / "d.parquet"
+    bookings([("a.csv", 2024, "J1", 1, "1.00"), ("a.csv", 2024, "J2", 1, "2.00")]).write_parquet(
+        path)
+    ctx = SimpleNamespace(data_dir=tmp_path / "var", run_id="r1", entity="default",
+                          log=StepLog(quiet=True))
+    glob = history.merge(ctx, path)
+    assert history.stats(glob) == {"2024": {"lines": 2, "journals": 2}}
+    assert history.stats(history.history_glob(tmp_path / "var", "other")) == {}
 
 
 def test_merging_the_same_delivery_twice_is_a_no_op(tmp_path: Path) -> None:
