@@ -161,12 +161,13 @@ def setup_views(con: duckdb.DuckDBPyConnection, bookings_source: str, delivery_s
                 "CAST(entity AS VARCHAR) AS entity, CAST(fiscal_year AS INTEGER) AS fiscal_year, "
                 "CAST(journal_id AS VARCHAR) AS journal_id, CAST(line_no AS INTEGER) AS line_no "
                 f"FROM {delivery_source}")
-    con.execute("CREATE OR REPLACE VIEW delivery_journals AS SELECT DISTINCT "
+    # like ``_bookings_source``: the source keeps its own name, since a view is bound by name
+    # when read and ``materialise_inputs`` points ``delivery_journals`` at its copy
+    con.execute("CREATE OR REPLACE VIEW _delivery_journals_source AS SELECT DISTINCT "
                 "CAST(entity AS VARCHAR) AS entity, CAST(fiscal_year AS INTEGER) AS fiscal_year, "
                 f"CAST(journal_id AS VARCHAR) AS journal_id FROM {delivery_source}")
-    # kept for ``materialise_inputs``, which replaces delivery_journals by its copy
-    con.execute("CREATE OR REPLACE VIEW _delivery_journals_source AS "
-                "SELECT * FROM delivery_journals")
+    con.execute("CREATE OR REPLACE VIEW delivery_journals AS "
+                "SELECT * FROM _delivery_journals_source")
     con.execute(f"CREATE OR REPLACE VIEW journals AS {JOURNALS_SELECT}")
     for name in MASTER_NAMES:
         schema = MASTER_SCHEMAS[name]
