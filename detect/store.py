@@ -542,15 +542,14 @@ class ReviewStore:
             in_scope = scope.join(candidates.lazy().select(keys), on=keys, how="semi").select(
                 keys).unique().collect()
             candidates = candidates.join(in_scope, on=keys, how="semi")
-        gone = candidates["item_id"].to_list()
-        if gone:
+        if candidates.height:
             _executemany(conn, items.update().where(items.c.item_id == sa.bindparam("_id"))
                          .values(flagged=False, last_run=run_id),
                          candidates.select(pl.col("item_id").alias("_id")))
         return {"items": new.height, "new": inserts.height,
                 "still_flagged": new.height - inserts.height,
                 "changed": updates.filter(pl.col("_content")).height,
-                "no_longer_flagged": len(gone),
+                "no_longer_flagged": candidates.height,
                 "suppressed": new.filter(pl.col("suppressed_by").is_not_null()).height}
 
     # -- listing --
