@@ -192,3 +192,33 @@ def test_model_words_come_from_the_top_line_when_other_lines_have_none(ledger, c
     assert by["J00005"]["reasons_en"].endswith("of lines): amount unusual")
     assert by["J00005"]["line_no"] == 1
     assert "Modell" not in by["J00001"]["reasons"]   # 0.5 is below the floor: no model words
+
+
+def test_model_tail_from_the_top_lines_equals_grouping_every_line() -> None:
+    """The tail search over the top-scoring lines (``_model_journals``) must pick the same
+    journals, lines and scores as grouping every scored line by journal; the frames here are
+    big enough for the cutoff path (over 4,096 lines), with ties, journals outside the delivery,
+    and ten journals whose many top lines fill the first cutoff (so it has to widen)."""
+    import numpy as np
+
+    from detect.scoring import _in_tail, _model_journals, _rows_of, _top_lines
+
+    rng = np.random.default_rng(7)
+    n = 30_000
+    jid = rng.integers(0, 6_000, n)
+    score = np.round(rng.random(n) * 0.98, 2)                           # many ties
+    jid[:10_000], score[:10_000] = np.arange(10_000) % 10, 0.99          # 10 dense top journals
+    ms = pl.DataFrame({"entity": ENT, "fiscal_year": FY,
+                       "journal_id": [f"J{j:05d}" for j in jid],
+                       "line_no": np.arange(n, dtype=np.int32), "model_score": score,
+                       "model_reasons_de": "x", "model_reasons_en": "y"}).with_columns(
+        pl.col("fiscal_year").cast(pl.Int32))
+    journals = ms.select("entity", "fiscal_year", "journal_id").unique().filter(
+        pl.col("journal_id").str.slice(1).cast(pl.Int32) % 7 != 3)     # some not delivered
+    rules = journals.head(0)
+    cols = ["entity", "fiscal_year", "journal_id", "model_score", "model_line"]
+    for tail_k in (1, 10, 40, 700):
+        got = _model_journals(ms, journals, rules, tail_k).filter("model_tail")
+        want = _in_tail(_top_lines(_rows_of(ms, journals)), tail_k).filter("model_tail")
+        assert got.height == tail_k
+        assert got.sort("journal_id").select(cols).equals(want.sort("journal_id").select(cols))
