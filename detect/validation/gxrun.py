@@ -2,15 +2,16 @@
 
 GX 1.x has no Polars or DuckDB source, so each batch goes through its pandas source as an
 Arrow-backed DataFrame (only the columns the suite reads, plus ``_row``). Deliveries larger than
-``validation.gx_rows`` are validated on a sample of whole journals (``sample``); batches of about
-``validation.batch_rows`` rows keep the lines of a journal together, so uniqueness stays exact.
-One ephemeral context per run; a Checkpoint per suite; Data Docs are built once at the end into
-the run folder. The rows to quarantine come from ``masks`` (same suite, vectorised).
+``validation.gx_rows`` are validated on a sample of whole journals (``sample_pick``); batches of
+about ``validation.batch_rows`` rows keep the lines of a journal together, so uniqueness stays
+exact. One ephemeral context per run; a Checkpoint per suite; Data Docs are built once at the
+end into the job folder and moved into the run folder when the run collects them. The rows to
+quarantine come from ``masks`` (same suite, vectorised).
 
 GX decides nothing, so ``detect.validate`` runs it off the critical path: ``GxJob`` starts a
-niced child process (``gxworker``) once the gate's own work is done; it imports GX and
-validates while the next stages run, and the run collects the outcome before it is published.
-Nothing in the parent process imports GX.
+niced child process (``gxworker``) when the gate begins; it imports GX meanwhile, validates once
+the gate hands over its sample, while the next stages run, and the run collects the outcome
+before it is published. Nothing in the parent process imports GX.
 """
 
 from __future__ import annotations
@@ -137,9 +138,6 @@ class GxJob:
         except OSError:  # BrokenPipeError: the worker is gone
             pass
 
-    def done(self) -> bool:
-        return self._proc is None or self._proc.poll() is not None
-
     def result(self) -> dict[str, Any]:
         """Wait for the worker and return its ``result.json``; ``cpu_seconds`` is then the
         worker's whole CPU time (its own and its threads', from ``wait4``). Raises
@@ -182,13 +180,12 @@ class GxJob:
         publishes, and renames the folder of a failed run."""
         tmp = Path(tempfile.gettempdir())
         now = time.time()
-        for prefix in (JOB_PREFIX, "belegwacht-gxdocs-"):  # the latter: before the worker
-            for old in tmp.glob(prefix + "*"):
-                try:
-                    if not _owner_alive(old.name) or now - old.stat().st_mtime > STALE_SECONDS:
-                        shutil.rmtree(old, ignore_errors=True)
-                except OSError:
-                    pass
+        for old in tmp.glob(JOB_PREFIX + "*"):
+            try:
+                if not _owner_alive(old.name) or now - old.stat().st_mtime > STALE_SECONDS:
+                    shutil.rmtree(old, ignore_errors=True)
+            except OSError:
+                pass
         return Path(tempfile.mkdtemp(prefix=f"{JOB_PREFIX}{run_id}-p{os.getpid()}-"))
 
 
@@ -370,21 +367,6 @@ def sample_pick(height: int, rows: int, key: list[str]) -> pl.Expr | None:
     buckets = math.ceil(height / rows)
     return pl.concat_str([pl.col(c).cast(pl.String) for c in key], separator="\x1f",
                          ignore_nulls=True).hash(seed=11) % buckets == 0
-
-
-def sample(frame: pl.DataFrame, rows: int, key: list[str]) -> pl.DataFrame:
-    """About ``rows`` rows of whole journals, chosen by a hash of ``key`` (deterministic)."""
-    pick = sample_pick(frame.height, rows, key)
-    return frame if pick is None else frame.filter(pick)
-
-
-def sample_lazy(frame: pl.LazyFrame, height: int, rows: int, key: list[str]) -> pl.DataFrame:
-    """``sample`` over a lazy delivery of ``height`` rows: only the picked rows are collected,
-    in row order."""
-    pick = sample_pick(height, rows, key)
-    picked = frame if pick is None else frame.filter(pick)
-    return picked.sort(ROW).collect() if ROW in frame.collect_schema().names() \
-        else picked.collect()
 
 
 def split(frame: pl.DataFrame, batch_rows: int, key: list[str] | None) -> list[pl.DataFrame]:
