@@ -434,15 +434,17 @@ class ReviewStore:
                 entities |= set(scope_keys.select(pl.col("entity").unique()).collect()
                                 .get_column("entity").to_list())
             old = self._entity_items(conn, sorted(entities))
+            cache_size = None
             if self.dialect == "sqlite":
                 # a 64 MB page cache for the bulk upsert (default 2 MB): 280k items (10M
                 # lines) touch the table and four indexes all over; 4.4 -> 3.2 CPU s
+                cache_size = conn.exec_driver_sql("PRAGMA cache_size").scalar()
                 conn.exec_driver_sql("PRAGMA cache_size = -65536")
             try:
                 counts = self._upsert(conn, run_id, new, old, scope_keys)
             finally:
-                if self.dialect == "sqlite":
-                    conn.exec_driver_sql("PRAGMA cache_size = -2000")  # SQLite's default
+                if cache_size is not None:  # the connection's own setting, not a guess
+                    conn.exec_driver_sql(f"PRAGMA cache_size = {int(cache_size)}")
             counts["log_head"] = conn.execute(
                 sa.select(log_head.c.last_hash).where(log_head.c.id == 1)).scalar()
             counts["headline"] = _headline(counts, active, new)
