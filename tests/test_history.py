@@ -85,6 +85,13 @@ def test_merging_the_same_delivery_twice_is_a_no_op(tmp_path: Path) -> None:
     run(tmp_path, "r2", frame)
     assert part.read_bytes() == first
     assert read(glob).height == 50
+    # a partial delta (kept lines streamed with the delivery, not a file copy) twice, too
+    delta = bookings([("b.csv", 2024, f"J{i}", 1, "9.00") for i in (3, 7, 50)])
+    run(tmp_path, "r3", delta)
+    merged = part.read_bytes()
+    run(tmp_path, "r4", delta)
+    assert part.read_bytes() == merged != first
+    assert read(glob).height == 51
 
 
 def test_duplicate_key_in_one_delivery_keeps_the_later_row(tmp_path: Path) -> None:
