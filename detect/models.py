@@ -195,14 +195,20 @@ class BookingOutlierEnsemble(BaseEstimator):
             / (2.0 * below[-1])
 
     def detector_scores(self, X: np.ndarray) -> dict[str, np.ndarray]:
-        """Each detector's percentile score (0..1), scored in batches of ``batch_size``."""
-        X = np.asarray(X, dtype=np.float64)
+        """Each detector's percentile score (0..1), scored in batches of ``batch_size``.
+
+        ``X`` may be the feature frame's Float32: ``TailECOD`` widens one column at a time
+        (no float64 copy of the batch); the other detectors get a float64 copy, as at fit."""
+        X = np.asarray(X)
         out = {name: np.empty(len(X)) for name in self.detectors_}
         for start in range(0, len(X), self.batch_size):
-            part = X[start:start + self.batch_size]
+            part, wide = X[start:start + self.batch_size], None
             for name, det in self.detectors_.items():
+                if not isinstance(det, TailECOD) and wide is None:
+                    wide = np.ascontiguousarray(part, dtype=np.float64)
+                rows = part if isinstance(det, TailECOD) else wide
                 out[name][start:start + len(part)] = self._percentile(
-                    name, det.decision_function(part))
+                    name, det.decision_function(rows))
         return out
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
@@ -417,9 +423,8 @@ def fit_and_score(bookings: pl.LazyFrame, settings: Any, *, targets: pl.DataFram
     for start in range(0, keys.height, cfg.batch_size):
         part = frame.select(used).slice(start, cfg.batch_size) if rows is None \
             else frame.select(used)[rows[start:start + cfg.batch_size]]
-        # Float32 as stored: TailECOD widens one column at a time (no 1M x 15 float64 copy)
-        score[start:start + part.height] = model.decision_function(
-            part.to_numpy() if set(model.detectors_) == {"ecod"} else to_matrix(part, used))
+        # Float32 as stored: the ensemble widens only for the detectors that need it
+        score[start:start + part.height] = model.decision_function(part.to_numpy())
     keys = keys.with_columns(pl.Series("model_score", score))
     meta["seconds"]["score"] = round(time.perf_counter() - clock, 2)
     meta["cpu_seconds"]["score"] = round(time.process_time() - cpu, 2)
