@@ -43,10 +43,16 @@ def sha256_of(path: Path) -> str:
     with open(path, "rb") as fh:
         while chunk := fh.read(CHUNK):
             digest.update(chunk)
-    if len(_HASHES) > 4096:  # a long-lived process (the app) must not grow without bound
-        _HASHES.clear()
-    _HASHES[key] = digest.hexdigest()
-    return _HASHES[key]
+    return _remember(_HASHES, key, digest.hexdigest())
+
+
+def _remember(cache: dict[tuple, str], key: tuple, value: str) -> str:
+    """Store ``value`` in a per-file cache; a long-lived process (the app) must not grow it
+    without bound."""
+    if len(cache) > 4096:
+        cache.clear()
+    cache[key] = value
+    return value
 
 
 def read_head(path: Path, size: int = 64 * 1024) -> bytes:
@@ -102,8 +108,7 @@ def detect_encoding(path: Path, *, trust_head: bool = False) -> str:
                 and exc.reason == "unexpected end of data"
         if ok:
             return "utf-8-sig" if bom else "utf-8"
-    _ENCODINGS[key] = _full_encoding_check(path)
-    return _ENCODINGS[key]
+    return _remember(_ENCODINGS, key, _full_encoding_check(path))
 
 
 def _full_encoding_check(path: Path) -> str:
