@@ -297,17 +297,12 @@ def _delivery_keys(ctx: Any) -> pl.DataFrame | None:
         pl.col("fiscal_year").cast(pl.Int32), pl.col("line_no").cast(pl.Int32))
 
 
-def _journal_hash(frame: pl.DataFrame) -> pl.Series:
-    return frame.select(pl.struct(pl.col("entity").cast(pl.String),
-                                  pl.col("fiscal_year").cast(pl.Int32),
-                                  pl.col("journal_id").cast(pl.String)).hash(seed=7)).to_series()
-
-
-def _key_hash(frame: pl.DataFrame) -> pl.Series:
-    return frame.select(pl.struct(pl.col("entity").cast(pl.String),
-                                  pl.col("fiscal_year").cast(pl.Int32),
-                                  pl.col("journal_id").cast(pl.String),
-                                  pl.col("line_no").cast(pl.Int32)).hash(seed=7)).to_series()
+def _key_hash(frame: pl.DataFrame, cols: list[str] = KEY) -> pl.Series:
+    """64-bit hash of each row's line (or, with ``JOURNAL``, journal) key, the same on every
+    frame whatever its key dtypes."""
+    return frame.select(pl.struct([
+        pl.col(c).cast(pl.Int32 if c in ("fiscal_year", "line_no") else pl.String)
+        for c in cols]).hash(seed=7)).to_series()
 
 
 def _target_rows(frame: pl.DataFrame, targets: pl.DataFrame | None) -> np.ndarray | None:
@@ -371,8 +366,8 @@ def explain_mask(scores: pl.DataFrame, settings: Any,
     floor = min(max(settings.scoring.model_floor, 0.0), 0.999)
     # journals with hits by a 64-bit hash of their key, not a join over the string key (a
     # collision could only add reason texts to one more journal, never drop any)
-    wanted = _journal_hash(journals).unique()
-    hit = _journal_hash(scores[starts]).is_in(wanted.implode()).to_numpy()
+    wanted = _key_hash(journals, JOURNAL).unique()
+    hit = _key_hash(scores[starts], JOURNAL).is_in(wanted.implode()).to_numpy()
     return pl.Series("explain", top & ((best >= floor) | hit)[journal])
 
 
@@ -417,8 +412,8 @@ def fit_and_score(bookings: pl.LazyFrame, settings: Any, *, targets: pl.DataFram
     # the lines to score as row positions in the (key-sorted) frame: gathers instead of
     # joins over the four string key columns
     rows = _target_rows(frame, targets)
-    head = KEY + (["_jk"] if "_jk" in frame.columns else [])
-    keys = frame.select(head) if rows is None else frame.select(head)[rows]
+    keys = frame.select(KEY + ["_jk"])
+    keys = keys if rows is None else keys[rows]
     score = np.empty(keys.height)
     for start in range(0, keys.height, cfg.batch_size):
         part = frame.select(used).slice(start, cfg.batch_size) if rows is None \
