@@ -308,6 +308,11 @@ def test_only_columns_rules_name_are_copied_unless_a_rule_selects_star(tmp_path:
         "SELECT * FROM bookings"))
     star = load_catalog(tmp_path)
     assert catalog_columns(star)[0] is None
+    # "--" inside a string literal starts no comment: the columns after it are still read
+    dashes = tmp_path / "dashes"
+    write_rule(dashes, "amounts", "TST001", GOOD_RULE.replace(
+        "line_no, amount FROM", "line_no, amount, coalesce(reference, '--'), cost_center FROM"))
+    assert {"reference", "cost_center"} <= catalog_columns(load_catalog(dashes))[0]
     con = duckdb.connect()
     con.register("b", bookings([dict(journal_id="1", line_no=1, amount=5000,
                                      posting_date="2025-01-10")]))

@@ -42,12 +42,21 @@ CONFIG_PARAMS: dict[str, tuple[str, Callable[[Settings], Any]]] = {
 _PLACEHOLDER = re.compile(r"(?<![\w$])\$([A-Za-z_]\w*)")
 
 
+_LITERAL_OR_COMMENT = re.compile(r"'(?:[^']|'')*'|--[^\n]*")
+"""Literals and comments in one left-to-right pass: an apostrophe in a comment ("vendor's")
+must not open a literal, and ``--`` inside a literal is no comment."""
+
+
+def strip_comments(query: str) -> str:
+    """The query without its ``--`` comments (string literals kept as they are)."""
+    return _LITERAL_OR_COMMENT.sub(lambda m: m.group(0) if m.group(0).startswith("'") else "",
+                                   query)
+
+
 def query_params(query: str) -> list[str]:
     """``$name`` placeholders in a query, in order of first use (string literals excluded)."""
-    # literals and comments in one left-to-right pass: an apostrophe in a comment ("vendor's")
-    # must not open a literal that hides the placeholders after it
-    stripped = re.sub(r"'(?:[^']|'')*'|--[^\n]*",
-                      lambda m: "''" if m.group(0).startswith("'") else "", query)
+    stripped = _LITERAL_OR_COMMENT.sub(lambda m: "''" if m.group(0).startswith("'") else "",
+                                       query)
     seen: dict[str, None] = {}
     for match in _PLACEHOLDER.finditer(stripped):
         seen.setdefault(match.group(1), None)

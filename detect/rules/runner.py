@@ -24,7 +24,7 @@ from detect.config import Settings
 from detect.errors import ConfigError
 from detect.rules.loader import load_catalog
 from detect.rules.model import KEY_COLUMNS, MASTER_NAMES, Rule
-from detect.rules.params import effective_params, query_params
+from detect.rules.params import effective_params, query_params, strip_comments
 from detect.rules.render import quote_ident, sql_literal, template_sql
 from detect.schema import BOOKING_SCHEMA, MASTER_SCHEMAS
 
@@ -210,7 +210,7 @@ def duckdb_config(temp_dir: Path) -> dict[str, Any]:
 def _reads_all_columns(query: str, table: str) -> bool:
     """Whether the query selects ``*`` straight from ``table`` (``SELECT * FROM bookings``,
     ``b.*`` of ``bookings b``): its output then depends on every column."""
-    q = re.sub(r"--[^\n]*", "", query.lower())
+    q = strip_comments(query).lower()
     for star in re.finditer(r"\bselect\s+(?:distinct\s+)?\*", q):
         # the rest of this SELECT at its own parenthesis depth: FROM ... JOIN ... WHERE ...
         depth, level = 0, []
@@ -238,7 +238,7 @@ def catalog_columns(catalog: list[Rule]) -> tuple[set[str] | None, set[str] | No
     then need not be copied or aggregated for the whole history. Derived from the rule files,
     so a new rule needs no change here.
     """
-    queries = [re.sub(r"--[^\n]*", "", r.query) for r in catalog]
+    queries = [strip_comments(r.query) for r in catalog]
     journal_queries = [q for q in queries if re.search(r"\bjournals\b", q, re.IGNORECASE)]
     journal_cols: set[str] | None = _named(journal_queries, list(JOURNAL_AGGREGATES))
     if any(_reads_all_columns(q, "journals") for q in journal_queries):
