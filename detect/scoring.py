@@ -291,9 +291,10 @@ def _model_journals(model_scores: pl.DataFrame | None, journals: pl.DataFrame,
     tail = empty.select(JOURNAL)
     if tail_k > 0:
         score = ms.get_column("model_score")
-        m = max(8 * tail_k, 4096)
+        # a null or NaN score has no place in a cutoff: then every line is grouped
+        m = ms.height if score.null_count() or score.is_nan().any() else max(8 * tail_k, 4096)
         while True:
-            if m >= ms.height or score.null_count() or score.is_nan().any():
+            if m >= ms.height:
                 top = _in_tail(_top_lines(_rows_of(ms, journals)), tail_k)
                 break
             cutoff = score.top_k(m).min()  # the m-th highest line score
