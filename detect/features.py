@@ -104,11 +104,12 @@ class Codes:
     need Polars (medians, means) group an integer column and are gathered back by code. Null
     keys form a group of their own, as in the group-bys before (``nulls_equal``)."""
 
-    def __init__(self, df: pl.DataFrame, journal_start: np.ndarray):
+    def __init__(self, df: pl.DataFrame):
         self.df = df
         self.n = df.height
         self.jk = df.get_column("_jk").to_numpy().astype(np.int64)
-        self.journal_start = journal_start
+        self.journal_start = np.r_[True, self.jk[1:] != self.jk[:-1]] if self.n \
+            else np.zeros(0, dtype=bool)
         self._cache: dict[tuple[str, ...], tuple[np.ndarray, int]] = {}
         self._pairs: list[np.ndarray] | None = None
 
@@ -117,21 +118,8 @@ class Codes:
         if cols in self._cache:
             return self._cache[cols]
         if len(cols) == 1:  # kept for reuse, as int32 (combinations are used once, not kept)
-            s = self.df.get_column(cols[0])
-            if s.dtype == pl.Date:
-                phys = s.to_physical()
-                low = phys.min()
-                phys = phys - (low if low is not None else 0)
-            elif isinstance(s.dtype, pl.Categorical):  # build_features' own mapping: dense
-                phys = s.to_physical()
-            else:  # a fresh category mapping: codes 0..k-1 in order of appearance
-                phys = s.cast(pl.String).cast(pl.Categorical(pl.Categories.random())) \
-                    .to_physical()
-            top = phys.max()
-            size = int(top) + 1 if top is not None else 0
-            code = phys.fill_null(size).to_numpy().astype(np.int32)
-            self._cache[cols] = (code, size + 1)
-            return code, size + 1
+            self._cache[cols] = _column_codes(self.df.get_column(cols[0]))
+            return self._cache[cols]
         code, size = self.of(*cols[:-1])
         last, last_size = self.of(cols[-1])
         code = code.astype(np.int64) * last_size + last
@@ -165,7 +153,7 @@ class Codes:
         line is a repeat if a line up to ``d`` rows earlier in the same journal has its code,
         checked for d = 1, 2, ... on the ever fewer rows whose journal is that long (the row
         pairs are found once and reused for every grouping; a hash of (journal, code) cost 3x
-        as much). Journals of more than 32 lines fall back to the hash."""
+        as much). A journal of more than 33 lines makes all groupings fall back to the hash."""
         if self._pairs is None:  # rows i with a line i - d in the same journal, per d
             self._pairs, rows = [], np.arange(1, self.n)
             for d in range(1, 34):
@@ -200,6 +188,25 @@ class Codes:
         (mad,) = self.agg(cols, dev, _mad=pl.col("_dev").median())
         return work.with_columns(mad).select(
             (pl.col("_x") - pl.col("_med")) / (1.4826 * pl.col("_mad") + floor)).to_series()
+
+
+def _column_codes(s: pl.Series) -> tuple[np.ndarray, int]:
+    """int32 codes of a column's values below ``size`` (null: the last code), and ``size``.
+
+    A category's physical id (``build_features``' named mappings: small, as they hold only
+    the values the process has seen), a date's day offset, or else a fresh mapping numbered
+    in order of appearance."""
+    if s.dtype == pl.Date:
+        phys = s.to_physical()
+        low = phys.min()
+        phys = phys - (low if low is not None else 0)
+    elif isinstance(s.dtype, pl.Categorical):
+        phys = s.to_physical()
+    else:
+        phys = s.cast(pl.String).cast(pl.Categorical(pl.Categories.random())).to_physical()
+    top = phys.max()
+    size = int(top) + 1 if top is not None else 0
+    return phys.fill_null(size).to_numpy().astype(np.int32), size + 1
 
 
 def _u32(name: str, values: np.ndarray) -> pl.Series:
@@ -369,9 +376,7 @@ def build_features(bookings: pl.LazyFrame, settings: Settings,
         pl.coalesce(pl.col("entered_at").dt.date(), pl.col("posting_date")).alias("day"),
     ).drop("_top_debit", "_top_credit", "vendor_id", "bank_account")
 
-    jk = df.get_column("_jk").to_numpy()
-    codes = Codes(df, np.r_[True, jk[1:] != jk[:-1]] if len(jk) else np.zeros(0, dtype=bool))
-    del jk
+    codes = Codes(df)
     # vendor age: master created_at when known, else first appearance in the history
     df = df.with_columns(codes.agg(("vendor_j",), df.select("posting_date"),
                                    _first_seen=pl.col("posting_date").min()))
@@ -501,11 +506,7 @@ def amount_percentiles(frame: pl.DataFrame, rows: np.ndarray) -> pl.DataFrame:
     n = frame.height
     index = np.int32 if n < np.iinfo(np.int32).max else np.int64  # halves the 10M arrays
     amount = np.abs(frame.get_column("amount_f").to_numpy())
-    phys = frame.get_column("gl_account").cast(pl.String) \
-        .cast(pl.Categorical(pl.Categories.random())).to_physical()
-    top = phys.max()
-    account = phys.fill_null(int(top) + 1 if top is not None else 0).to_numpy().astype(index)
-    del phys
+    account = _column_codes(frame.get_column("gl_account"))[0].astype(index, copy=False)
     order = np.argsort(amount).astype(index)  # ties in any order: ranks use a run's start
     ordered = amount[order]
     below_all = np.searchsorted(ordered, amount[rows], "left")
