@@ -198,3 +198,23 @@ def test_trailing_digits_as_the_amount_is_written() -> None:
     assert got["trailing_nines"].to_list() == [len(w) - len(w.rstrip("9")) for w in written]
     zeros = [min(len(str(c)) - len(str(c).rstrip("0")), 8) if c else 0 for c in cents]
     assert got["round_zeros"].to_list() == zeros
+
+
+@pytest.mark.parametrize("longest", [33, 34])  # row pairs up to 32 back / the hash fallback
+def test_distinct_journals_per_group_equal_a_group_by(longest: int) -> None:
+    """``Codes.journals`` counts each (journal, group) once wherever in the journal its lines
+    are, null as a group of its own, for short journals and with a long one."""
+    from detect.features import Codes
+
+    rng = np.random.default_rng(longest)
+    sizes = np.r_[rng.integers(1, 9, 400), longest]
+    rng.shuffle(sizes)
+    n = int(sizes.sum())
+    df = pl.DataFrame({"_jk": np.repeat(np.arange(1, len(sizes) + 1), sizes),
+                       "g": rng.integers(0, 5, n), "h": rng.integers(0, 3, n)}).with_columns(
+        pl.col("_jk").cast(pl.UInt32),
+        pl.when(pl.col("g") == 4).then(None).otherwise(pl.col("g").cast(pl.String)).alias("g"))
+    for cols in (["g"], ["g", "h"]):
+        want = df.join(df.group_by(cols).agg(pl.col("_jk").n_unique().alias("want")), on=cols,
+                       how="left", nulls_equal=True, maintain_order="left").get_column("want")
+        np.testing.assert_array_equal(Codes(df).journals(*cols), want.to_numpy())
