@@ -213,6 +213,7 @@ def test_only_top_lines_of_journals_that_can_be_shown_are_explained(scored) -> N
         pl.col("model_score") < pl.col("m")).height == 0
     jids = set(explained["journal_id"].to_list())
     assert "J00005" in jids                         # a rule-hit journal, whatever its score
+    assert _top(scores, "J00005")["model_score"] < s.scoring.model_floor  # ... even below it
     assert {"J00100", "J00101", "J00102"} <= jids   # manipulated: above the model floor
     # a journal below the floor without rule hits is not explained
     low = (scores.group_by("journal_id").agg(pl.col("model_score").max())
