@@ -129,11 +129,10 @@ def number_ranges(ids: pl.DataFrame, gap_max: int) -> pl.DataFrame:
 
 
 def gaps(ids: pl.DataFrame, previous: pl.DataFrame, gap_max: int,
-         frame: pl.DataFrame | pl.LazyFrame | None = None) -> pl.DataFrame:
+         frame: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     """Missing numbers inside a range, and between the previous run's highest number and this
     delivery's lowest of the same range, as findings on the journal after the gap. ``ids``
-    from ``numeric_ids``; the reported journals' entity comes from ``frame`` (the delivery)
-    unless ``ids`` has an ``entity`` column."""
+    from ``numeric_ids``; the reported journals' entity comes from ``frame`` (the delivery)."""
     key = ["fiscal_year"]
     # Only a journal more than one number above its predecessor (or the first of its fiscal
     # year) can follow a gap, also one reaching back to the previous run. Those journals and
@@ -161,14 +160,9 @@ def gaps(ids: pl.DataFrame, previous: pl.DataFrame, gap_max: int,
     if found.height == 0:
         return empty_hits()
     # the stored id may be zero-padded; name the journal as it was delivered
-    found = found.drop("journal_id").join(
-        ids.select(*key, "num", "journal_id", *(["entity"] if "entity" in ids.columns else [])),
-        on=[*key, "num"])
-    if "entity" not in found.columns:
-        if frame is None:
-            raise ValueError("gaps() needs the delivery to name the entity of its journals")
-        found = found.join(_first_entity(frame, found.select(*key, "journal_id").unique()),
-                           on=[*key, "journal_id"], how="left")
+    found = found.drop("journal_id").join(ids.select(*key, "num", "journal_id"), on=[*key, "num"])
+    found = found.join(_first_entity(frame, found.select(*key, "journal_id").unique()),
+                       on=[*key, "journal_id"], how="left")
     de = pl.format("Lücke in der Belegnummerierung vor Beleg {}: {} Nummer(n) fehlen ({} bis {}).",
                    pl.col("journal_id"), pl.col("missing"), pl.col("missing_from"),
                    pl.col("missing_to"))
