@@ -153,6 +153,7 @@ def materialise(bookings: pl.LazyFrame, workdir: Path,
 
 
 def helper_columns(frame: pl.LazyFrame) -> list[str]:
+    """The ``__ingest_*`` columns a reader added for its finishers (dropped after them)."""
     return [c for c in frame.collect_schema().names() if c.startswith("__ingest_")]
 
 

@@ -288,7 +288,7 @@ class DelimitedScan:
 
     frame: pl.LazyFrame
     """All-String source columns plus ``__line`` (and ``__issue`` for a cut-off last row)."""
-    check: Callable[[], None]
+    check: Callable[[], object]
     """Reads every field once and raises the ``IngestError`` that a malformed file deserves
     (a row with too many fields, broken quoting), naming file and line. A well-formed file
     passes; the caller may run it up front or only when reading ``frame`` fails."""
@@ -749,7 +749,7 @@ def profile_for(settings: Settings) -> Profile:
 def read(files: list[Path], settings: Settings, workdir: Path) -> IngestResult:
     profile = profile_for(settings)
     frames, inputs, ignored = [], [], []
-    checks: list[Callable[[], Any]] = []
+    checks: list[Callable[[], object]] = []
     for path in files:
         if path.suffix.lower() not in TABLE_SUFFIXES:
             ignored.append(str(path))
