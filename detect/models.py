@@ -37,6 +37,7 @@ from sklearn.base import BaseEstimator
 
 from detect import explain
 from detect.errors import UserError
+from detect.schema import key_hash
 from detect.features import (DIRECTIONS, JOURNAL, KEY, active_features, amount_percentiles,
                              build_features, to_matrix)
 
@@ -298,11 +299,8 @@ def _delivery_keys(ctx: Any) -> pl.DataFrame | None:
 
 
 def _key_hash(frame: pl.DataFrame, cols: list[str] = KEY) -> pl.Series:
-    """64-bit hash of each row's line (or, with ``JOURNAL``, journal) key, the same on every
-    frame whatever its key dtypes."""
-    return frame.select(pl.struct([
-        pl.col(c).cast(pl.Int32 if c in ("fiscal_year", "line_no") else pl.String)
-        for c in cols]).hash(seed=7)).to_series()
+    """``schema.key_hash`` of each row's line (or, with ``JOURNAL``, journal) key."""
+    return frame.select(key_hash(cols)).to_series()
 
 
 def _target_rows(frame: pl.DataFrame, targets: pl.DataFrame | None) -> np.ndarray | None:

@@ -34,6 +34,7 @@ import duckdb
 import polars as pl
 
 from detect.explain import fmt_pct
+from detect.schema import key_hash
 
 JOURNAL = ["entity", "fiscal_year", "journal_id"]
 KEY = JOURNAL + ["line_no"]
@@ -71,15 +72,9 @@ def _delivery_journals(ctx: Any, bookings: pl.LazyFrame) -> pl.DataFrame:
             .unique().collect())
 
 
-def _journal_hash() -> pl.Expr:
-    """64-bit hash of a row's journal key (the same on every frame, whatever its dtypes)."""
-    return pl.struct(pl.col("entity").cast(pl.String), pl.col("fiscal_year").cast(pl.Int32),
-                     pl.col("journal_id").cast(pl.String)).hash(seed=11)
-
-
 def _rows_of(frame: pl.DataFrame | pl.LazyFrame, journals: pl.DataFrame) -> pl.DataFrame:
     """The rows of ``frame`` (``fiscal_year`` as Int32) whose journal is in ``journals``
-    (optionally with its ``_jh`` = ``_journal_hash()`` column, computed once by the caller).
+    (optionally with its ``_jh`` = ``key_hash(JOURNAL)`` column, computed once by the caller).
 
     Why not one semi join: on the three key columns (two strings) it costs ~0.3 s per 1M rows
     on the probe side and builds a table of all ``journals`` (5M delivery journals at 10M
@@ -88,8 +83,8 @@ def _rows_of(frame: pl.DataFrame | pl.LazyFrame, journals: pl.DataFrame) -> pl.D
     on the few left, so a hash collision cannot let a stray row through. Row order is not kept
     (callers sort)."""
     jh = (journals.get_column("_jh") if "_jh" in journals.columns
-          else journals.select(_journal_hash()).to_series())
-    near = (frame.lazy().with_columns(_journal_hash().alias("_jh"))
+          else journals.select(key_hash(JOURNAL)).to_series())
+    near = (frame.lazy().with_columns(key_hash(JOURNAL).alias("_jh"))
             .filter(pl.col("_jh").is_in(jh.implode())).collect())
     maybe = journals.select(JOURNAL).filter(jh.is_in(near.get_column("_jh").implode()))
     return near.drop("_jh").join(maybe, on=JOURNAL, how="semi")
@@ -175,7 +170,7 @@ def rank_items(bookings: pl.LazyFrame, rule_hits: pl.DataFrame | None,
     schema = bookings.collect_schema()
     want = KEY + [c for c in LINE_COLS if c in schema]
     journals = _delivery_journals(ctx, bookings)
-    journals = journals.with_columns(_journal_hash().alias("_jh"))  # for _rows_of
+    journals = journals.with_columns(key_hash(JOURNAL).alias("_jh"))  # for _rows_of
     # the delivery was merged into the history, so all its journals are in ``bookings``
     n_journals = journals.height
 
