@@ -310,13 +310,12 @@ figure also holds CPU of threads other stages leave running). Hits, their texts 
 /tmp/x/var -q`, then `step_done` of `rules` in `runs/<id>/run.log.jsonl` and
 `rules.durations` in the manifest.
 
-At 10 million lines (`bench/cache/ledger_10000000_7`, 4,9 million journals) the stage is
-not yet where it has to be: 91 CPU s, 3,5 GB peak RSS of the process (DuckDB `memory_limit` 3
-GB, spilling), measured with the machine's load at 13 (283 s wall, so wall times there say
-little). Two rules grew with the square of the history (every payment of a vendor joined with
-every change of its bank details: PAY004, PAY005); both are fixed above. In the round-2
-benchmark (`bench/results/bench_10000000.md`, whole job 122 s wall) the stage took 45 s wall /
-83 CPU s, the largest stage of the job. The rest grows about
+At 10 million lines (`bench/cache/ledger_10000000_7`, 4,9 million journals) the stage took
+45 s wall / 83 CPU s in the round-2 benchmark (`bench/results/bench_10000000.md`, whole job
+122 s wall, 4.65 GB), the largest stage of the job; DuckDB stays within its 3 GB
+`memory_limit` and spills beyond it. Two rules grew with the square of the history (every
+payment of a vendor joined with every change of its bank details: PAY004, PAY005); both are
+fixed above. The rest grows about
 linearly; the largest are TXT001 (a keyword test over every line's text), JRN002 (its sort of
 all journal numbers), ACC002 (debit/credit pairs of every journal), BEN001/BEN002, PAY001/
 PAY002 and PRC002 (windows over the vendor lines that are left).
