@@ -182,9 +182,18 @@ def test_key_order_uses_journal_runs_and_falls_back_to_the_line_sort(ledger: pl.
         .with_columns(((pl.col("_r") * 7919) % keys.height).alias("_s")) \
         .sort("_s", "line_no").drop("_r", "_s")               # journals shuffled, lines in order
     split = pl.concat([keys.slice(1, 50), keys.slice(0, 1), keys.slice(51, 9)])  # a split journal
-    for frame in (by_journal, split, keys.reverse()):
+    two_years = by_journal.with_columns(  # a varying key column before the journal id
+        pl.when(pl.col("journal_id") < "J00300").then(2026).otherwise(2025)
+        .cast(pl.Int32).alias("fiscal_year"))
+    for frame in (by_journal, split, keys.reverse(), keys, two_years):
         want = frame.select(pl.arg_sort_by(KEY)).to_series().to_numpy()
-        np.testing.assert_array_equal(_key_order(frame), want)
+        order, journal = _key_order(frame)
+        np.testing.assert_array_equal(np.arange(frame.height) if order is None else order, want)
+        if journal is not None:  # the journal number of each sorted line: its run, counted
+            runs = frame[want].select(pl.any_horizontal(
+                pl.col(c).ne_missing(pl.col(c).shift()) for c in KEY[:3]).cum_sum())
+            np.testing.assert_array_equal(journal, runs.to_series().to_numpy())
+    assert _key_order(keys)[0] is None  # already sorted: no gather
 
 
 def test_trailing_digits_as_the_amount_is_written() -> None:
