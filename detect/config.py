@@ -98,6 +98,15 @@ class ModelSettings:
     """Fit on at most this many lines; score all lines in batches."""
     batch_size: int = 500_000
     top_features: int = 3
+    worker_min_mb: float = 20.0
+    """Deliveries of at least this many MB (all files) run the model stage in a worker
+    process next to the rules (``detect.modelworker``); smaller ones in the job's process,
+    where the worker's start-up (~2 CPU s) costs more than the overlap saves. 0 = always,
+    negative = never."""
+    worker_max_lines: int = 5_000_000
+    """Above this many history lines the model stage runs in the job's process after the
+    rules, as without the worker: side by side, rules and models need the memory of both
+    (10M lines: 6.7 GB peak for the process tree instead of 4.65 GB). Negative = no limit."""
 
 
 @dataclass

@@ -24,6 +24,7 @@ import hashlib
 import json
 import platform
 import time
+from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -369,15 +370,27 @@ def explain_mask(scores: pl.DataFrame, settings: Any,
     return pl.Series("explain", top & ((best >= floor) | hit)[journal])
 
 
-def fit_and_score(bookings: pl.LazyFrame, settings: Any, *, targets: pl.DataFrame | None = None,
-                  vendors: pl.DataFrame | None = None, log: Any = None,
-                  explain_journals: pl.DataFrame | None = None
-                  ) -> tuple[pl.DataFrame, BookingOutlierEnsemble | None, dict[str, Any]]:
-    """Features -> fit on a sample of the history -> score ``targets`` (keys) or all lines.
+@dataclass
+class Scored:
+    """The model stage between scoring and explaining (``fit_score`` -> ``explain_scored``).
 
-    Every scored line gets ``model_score``; only the lines chosen by ``explain_mask`` (with
-    ``explain_journals``, e.g. the journals with rule hits) get reason texts and
-    ``top_features``, the others null."""
+    Why two phases: only the reason texts need the rule hits (which journals get words); the
+    model worker (``detect.modelworker``) fits and scores while the rules run and explains once
+    they are done. ``frame`` is the feature frame (kept for the explained lines' context),
+    ``keys`` the scored lines' keys, ``_jk`` and ``model_score``, ``rows`` their positions in
+    ``frame`` (None = all rows). ``model`` None: nothing was fitted (``meta["skipped"]``)."""
+
+    meta: dict[str, Any]
+    model: BookingOutlierEnsemble | None = None
+    frame: pl.DataFrame | None = None
+    keys: pl.DataFrame | None = None
+    rows: np.ndarray | None = None
+    used: list[str] = field(default_factory=list)
+
+
+def fit_score(bookings: pl.LazyFrame, settings: Any, *, targets: pl.DataFrame | None = None,
+              vendors: pl.DataFrame | None = None, log: Any = None) -> Scored:
+    """Features -> fit on a sample of the history -> score ``targets`` (keys) or all lines."""
     cfg = settings.models
     clock, cpu = time.perf_counter(), time.process_time()
     ff = build_features(bookings, settings, vendors, percentiles=False)
@@ -392,7 +405,7 @@ def fit_and_score(bookings: pl.LazyFrame, settings: Any, *, targets: pl.DataFram
         meta["skipped"] = f"history has {frame.height} lines and {len(used)} usable features"
         if log is not None:
             log.warn(f"outlier models skipped: {meta['skipped']}")
-        return empty_scores(), None, meta
+        return Scored(meta)
     fit_cols = frame.select(used)  # the sample copies only the features, not the context
     sample = fit_cols.sample(n=min(cfg.fit_sample, frame.height), seed=cfg.seed) \
         if frame.height > cfg.fit_sample else fit_cols
@@ -422,13 +435,27 @@ def fit_and_score(bookings: pl.LazyFrame, settings: Any, *, targets: pl.DataFram
     meta["seconds"]["score"] = round(time.perf_counter() - clock, 2)
     meta["cpu_seconds"]["score"] = round(time.process_time() - cpu, 2)
     meta["peak_rss_mb"]["score"] = _peak_rss_mb()
+    return Scored(meta, model, frame, keys, rows, used)
+
+
+def explain_scored(scored: Scored, settings: Any, explain_journals: pl.DataFrame | None = None
+                   ) -> tuple[pl.DataFrame, BookingOutlierEnsemble | None, dict[str, Any]]:
+    """Reason texts for the lines ``explain_mask`` picks (with ``explain_journals``, e.g. the
+    journals with rule hits); the other lines' texts are null. Releases ``scored``'s frames."""
+    meta, model, frame, keys, rows = (scored.meta, scored.model, scored.frame, scored.keys,
+                                      scored.rows)
+    scored.frame = scored.keys = None
+    if model is None or frame is None or keys is None:
+        return empty_scores(), None, meta
+    used = scored.used
     clock, cpu = time.perf_counter(), time.process_time()
     mask = explain_mask(keys, settings, explain_journals).to_numpy()
     picked = np.flatnonzero(mask)
     lines = picked if rows is None else rows[picked]
     sub = frame[lines].hstack(amount_percentiles(frame, lines))
+    del frame
     text = explain.explain(sub, model.tail_scores(sub.select(used).to_numpy()), used,
-                           cfg.top_features, settings)
+                           settings.models.top_features, settings)
     # texts only on the picked lines: scattered into null columns by position, not joined
     idx = pl.Series(picked, dtype=pl.Int64)
     out = keys.with_columns(
@@ -442,17 +469,31 @@ def fit_and_score(bookings: pl.LazyFrame, settings: Any, *, targets: pl.DataFram
     return out.select(list(MODEL_SCORE_SCHEMA)).cast(dict(MODEL_SCORE_SCHEMA)), model, meta
 
 
-def score_lines(bookings: pl.LazyFrame, ctx: Any,
-                explain_journals: pl.DataFrame | None = None) -> pl.DataFrame:
-    """Pipeline stage: writes ``model_scores.parquet`` and ``models/`` into the run folder.
+def fit_and_score(bookings: pl.LazyFrame, settings: Any, *, targets: pl.DataFrame | None = None,
+                  vendors: pl.DataFrame | None = None, log: Any = None,
+                  explain_journals: pl.DataFrame | None = None
+                  ) -> tuple[pl.DataFrame, BookingOutlierEnsemble | None, dict[str, Any]]:
+    """Features -> fit on a sample of the history -> score ``targets`` (keys) or all lines.
 
-    ``explain_journals``: frame with the journal key columns (e.g. the rule hits) whose top
-    line gets reason texts even below ``[scoring] model_floor``; None explains every journal's
-    top line."""
+    Every scored line gets ``model_score``; only the lines chosen by ``explain_mask`` (with
+    ``explain_journals``, e.g. the journals with rule hits) get reason texts and
+    ``top_features``, the others null."""
+    scored = fit_score(bookings, settings, targets=targets, vendors=vendors, log=log)
+    return explain_scored(scored, settings, explain_journals)
+
+
+def start_stage(bookings: pl.LazyFrame, ctx: Any) -> Scored:
+    """The pipeline stage's first phase (needs no rule hits): fit and score the delivery's
+    lines (``ctx.run_dir``'s ``bookings.parquet``; all lines with ``rescore_history``)."""
+    return fit_score(bookings, ctx.settings, targets=_delivery_keys(ctx), vendors=_vendors(ctx),
+                     log=ctx.log)
+
+
+def finish_stage(scored: Scored, ctx: Any,
+                 explain_journals: pl.DataFrame | None = None) -> pl.DataFrame:
+    """The stage's second phase: explain, write ``models/`` and ``model_scores.parquet``."""
     run_dir = Path(ctx.run_dir)
-    scores, model, meta = fit_and_score(bookings, ctx.settings, targets=_delivery_keys(ctx),
-                                        vendors=_vendors(ctx), log=ctx.log,
-                                        explain_journals=explain_journals)
+    scores, model, meta = explain_scored(scored, ctx.settings, explain_journals)
     meta["run_id"] = ctx.run_id
     meta["entity"] = ctx.entity
     meta["scored_lines"] = scores.height
@@ -467,3 +508,13 @@ def score_lines(bookings: pl.LazyFrame, ctx: Any,
                      + ", ".join(meta["dropped_features"]))
     scores.write_parquet(run_dir / "model_scores.parquet")
     return scores
+
+
+def score_lines(bookings: pl.LazyFrame, ctx: Any,
+                explain_journals: pl.DataFrame | None = None) -> pl.DataFrame:
+    """Pipeline stage: writes ``model_scores.parquet`` and ``models/`` into the run folder.
+
+    ``explain_journals``: frame with the journal key columns (e.g. the rule hits) whose top
+    line gets reason texts even below ``[scoring] model_floor``; None explains every journal's
+    top line. In one process; ``detect.modelworker`` runs the same two phases in a worker."""
+    return finish_stage(start_stage(bookings, ctx), ctx, explain_journals)

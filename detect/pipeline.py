@@ -50,6 +50,61 @@ class RunSummary:
     manifest: dict[str, Any] = field(default_factory=dict)
 
 
+class Workers:
+    """The run's worker processes, started when the run starts so their imports overlap
+    hashing and ingest: the Great Expectations worker (``gxrun.prestart``; ``validate``
+    adopts it) and, for deliveries of at least ``[models] worker_min_mb``, the model worker
+    (``detect.modelworker``). ``close()`` kills whatever was not collected: a run that fails,
+    or is skipped, leaves no worker behind."""
+
+    def __init__(self, run_id: str, settings: Settings, files: list[Path]) -> None:
+        from detect.validation import gxrun
+
+        self.models: Any = None
+        self.gx: Any = None
+        self.delivery_mb = _size_mb(files)
+        threshold = float(settings.models.worker_min_mb)
+        try:
+            self.gx = gxrun.prestart(run_id)
+            if threshold >= 0 and self.delivery_mb >= threshold:
+                from detect.modelworker import ModelWorker
+
+                worker = ModelWorker(run_id)
+                # could not be started (no interpreter, process limits): in-process instead
+                self.models = worker if worker.started else None
+                if self.models is None:
+                    worker.close()
+        except BaseException:
+            self.close()
+            raise
+
+    def drop_models(self) -> None:
+        """Run the model stage in this process after all (the worker is ended)."""
+        if self.models is not None:
+            self.models.close()
+            self.models = None
+
+    def gate_done(self) -> None:
+        """``validate`` returned: a pre-started GX worker it did not adopt is not needed."""
+        if self.gx is not None:
+            self.gx.close()
+
+    def close(self) -> None:
+        for worker in (self.models, self.gx):
+            if worker is not None:
+                worker.close()
+
+
+def _size_mb(files: list[Path]) -> float:
+    """The delivery's size in MB (0 when a source is missing: the run reports that)."""
+    from detect.ingest import expand_sources
+
+    try:
+        return sum(f.stat().st_size for f in expand_sources(files)) / 2**20
+    except (UserError, OSError):
+        return 0.0
+
+
 def new_run_id(entity: str) -> str:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in entity)
@@ -154,14 +209,28 @@ def run_delivery(sources: list[Path], *, fmt: str, settings: Settings, data_dir:
     failing run records its error in the store's runs table and keeps its folder as
     ``runs/<id>.failed``; the previous run stays current.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from detect import lifecycle
-
     data_dir = data_dir.resolve()   # GX data docs need an absolute path (--data-dir var)
     data_dir.mkdir(parents=True, exist_ok=True)
     log = log or StepLog()
     files = list(sources) + ([control_totals] if control_totals else [])
+    run_id = new_run_id(settings.entity)
+    # the workers import GX and PyOD/scikit-learn from now on, next to hashing and ingest
+    workers = Workers(run_id, settings, files)
+    try:
+        return _run_delivery(sources, fmt, settings, data_dir, control_totals, log,
+                             rescore_history, wait_seconds, files, run_id, workers)
+    finally:
+        workers.close()
+
+
+def _run_delivery(sources: list[Path], fmt: str, settings: Settings, data_dir: Path,
+                  control_totals: Path | None, log: StepLog, rescore_history: bool,
+                  wait_seconds: float | None, files: list[Path], run_id: str,
+                  workers: Workers) -> RunSummary:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from detect import lifecycle
+
     # the delivery's sha256 (0.35 s per 170 MB; hashlib releases the GIL) is computed while
     # this thread imports the store and the stages (~0.6 s): start-up pays the longer, not both
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -169,7 +238,6 @@ def run_delivery(sources: list[Path], *, fmt: str, settings: Settings, data_dir:
         from detect import history, rules, scoring, validate  # noqa: F401 - see above
         from detect.store import ReviewStore
         delivery = hashing.result()
-    run_id = new_run_id(settings.entity)
     if wait_seconds is None:
         wait_seconds = float(os.environ.get("BELEGWACHT_LOCK_WAIT", "0") or 0)
     with lifecycle.RunLock(data_dir, settings.entity, run_id=run_id,
@@ -199,8 +267,9 @@ def run_delivery(sources: list[Path], *, fmt: str, settings: Settings, data_dir:
                          rescore_history)
         try:
             manifest = _run_stages(ctx, sources, fmt, control_totals, delivery, review,
-                                   lock.notes + recovered)
+                                   lock.notes + recovered, workers)
         except BaseException as exc:
+            workers.close()  # before the folder is renamed: the model worker writes into it
             _record_failure(ctx, review, exc)
             raise
     final = data_dir / RUNS / run_id
@@ -237,7 +306,8 @@ def _record_failure(ctx: RunContext, review: Any, exc: BaseException) -> None:
 
 
 def _run_stages(ctx: RunContext, sources: list[Path], fmt: str, control_totals: Path | None,
-                delivery: Any, review: Any, notes: list[str]) -> dict[str, Any]:
+                delivery: Any, review: Any, notes: list[str],
+                workers: Workers | None = None) -> dict[str, Any]:
     from detect import history, lifecycle, rules, scoring, validate
 
     settings, partial, log, data_dir = ctx.settings, ctx.run_dir, ctx.log, ctx.data_dir
@@ -254,24 +324,45 @@ def _run_stages(ctx: RunContext, sources: list[Path], fmt: str, control_totals: 
     lifecycle.crash_point("ingested")
     with log.step("validate", "Validating (Great Expectations)"):
         checked = validate.validate(ingested, ctx)
+    if workers is not None:
+        workers.gate_done()
     lifecycle.crash_point("validated")
     with log.step("history", "Merging into the booking history"):
         history_glob = history.merge(ctx, checked.clean_path, checkpoint=lifecycle.crash_point)
     lifecycle.crash_point("history_merged")
+    modelling = workers.models if workers is not None else None
+    if modelling is not None:
+        lines = pl.scan_parquet(history_glob).select(pl.len()).collect().item()
+        limit = settings.models.worker_max_lines
+        if 0 <= limit < lines:
+            log.info(f"outlier models after the rules, in this process: the history has "
+                     f"{lines:,} lines, more than [models] worker_max_lines ({limit:,}); next "
+                     "to the rules they would need the memory of both")
+            workers.drop_models()
+            modelling = None
+        else:
+            # features, fit and scoring need only the history: the worker runs them next to
+            # the rules; the reason texts wait for the rule hits (``finish`` below)
+            modelling.start(history_glob, ctx)
     with log.step("rules", "Running the rule catalog"):
         con = rules.connect(ctx, history_glob)
         rule_result = rules.run_rules(con, ctx)
         con.close()
     lifecycle.crash_point("rules_done")
     hits = pl.concat([rule_result.hits, checked.review_hits()])  # + control-total findings
-    with log.step("models", "Scoring with outlier models"):
-        # imported here, not at start-up: PyOD pulls in scikit-learn, SciPy, pandas and
-        # matplotlib (~2 CPU s), a cost of this stage that a rejected delivery never pays
-        from detect import models
+    with log.step("models", "Scoring with outlier models") as step:
+        if modelling is not None:
+            # the step's seconds, CPU and peak RSS are the worker's, plus main's wait for it
+            model_scores = modelling.finish(hits, log, step)
+        else:
+            # imported here, not at start-up: PyOD pulls in scikit-learn, SciPy, pandas and
+            # matplotlib (~2 CPU s), a cost of this stage that a rejected delivery never pays
+            from detect import models
 
-        # reason texts only for the top lines of journals that can show them (rule hits, tail)
-        model_scores = models.score_lines(pl.scan_parquet(history_glob), ctx,
-                                          explain_journals=hits)
+            # reason texts only for the top lines of journals that can show them (rule hits,
+            # tail)
+            model_scores = models.score_lines(pl.scan_parquet(history_glob), ctx,
+                                              explain_journals=hits)
     lifecycle.crash_point("models_done")
     with log.step("scoring", "Ranking review items"):
         # rule rates over the whole history: a delta scores a journal as a re-export would

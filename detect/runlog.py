@@ -53,8 +53,13 @@ class StepLog:
         self.event("warning", message=message, **data)
 
     @contextmanager
-    def step(self, name: str, label: str | None = None) -> Iterator[None]:
-        """Time a stage; the duration lands in ``durations`` and the JSON log."""
+    def step(self, name: str, label: str | None = None) -> Iterator[dict[str, Any]]:
+        """Time a stage; the duration lands in ``durations`` and the JSON log.
+
+        Yields a dict the stage may fill: ``seconds``, ``cpu_seconds`` and ``max_rss_mb``
+        given there replace this process's figures (a stage run by a worker process reports
+        the worker's own; this process's are then kept as ``main_seconds``,
+        ``main_cpu_seconds``, ``main_max_rss_mb``), any other key is added to the event."""
         label = label or name
         start, cpu_start = time.perf_counter(), time.process_time()
         self.event("step_start", step=name)
@@ -64,19 +69,27 @@ class StepLog:
             status.start()
         elif not self.quiet:
             print(f"{label} …", file=sys.stderr, flush=True)
+        report: dict[str, Any] = {}
         try:
-            yield
+            yield report
         except BaseException as exc:
             self.event("step_failed", step=name, error=str(exc))
             raise
         finally:
             if status is not None:
                 status.stop()
-        seconds = time.perf_counter() - start
+        own = {"seconds": round(time.perf_counter() - start, 3),
+               "cpu_seconds": round(time.process_time() - cpu_start, 3),
+               "max_rss_mb": _max_rss_mb()}
+        record = dict(own)
+        if any(k in report for k in own):
+            record.update({f"main_{k}": v for k, v in own.items()})
+        record.update(report)
+        seconds = float(record["seconds"])
         self.durations[name] = self.durations.get(name, 0.0) + seconds
         # CPU seconds of all threads: wall time on a shared machine says little about cost
-        self.event("step_done", step=name, seconds=round(seconds, 3),
-                   cpu_seconds=round(time.process_time() - cpu_start, 3),
-                   max_rss_mb=_max_rss_mb())
+        self.event("step_done", step=name, **record)
         if not self.quiet:
-            self.console.print(f"  {label}: {seconds:.2f} s", markup=False)
+            extra = f" (this process {own['seconds']:.2f} s)" if seconds != own["seconds"] \
+                else ""
+            self.console.print(f"  {label}: {seconds:.2f} s{extra}", markup=False)

@@ -9,25 +9,20 @@ end into the job folder and moved into the run folder when the run collects them
 quarantine come from ``masks`` (same suite, vectorised).
 
 GX decides nothing, so ``detect.validate`` runs it off the critical path: ``GxJob`` starts a
-niced child process (``gxworker``) when the gate begins; it imports GX meanwhile, validates once
-the gate hands over its sample, while the next stages run, and the run collects the outcome
-before it is published. Nothing in the parent process imports GX.
+niced child process (``gxworker``; the pipeline pre-starts it when the run starts, ``prestart``,
+else the gate starts it when it begins); it imports GX meanwhile, validates once the gate hands
+over its sample, while the next stages run, and the run collects the outcome before it is
+published. Nothing in the parent process imports GX. Spawning, binding to the parent and
+collecting the worker is ``detect.workerproc`` (shared with the model worker).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import threading
-import time
 import warnings
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +31,7 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
 import polars as pl  # noqa: E402
 
+from detect import workerproc  # noqa: E402
 from detect.validation.suites import Suite  # noqa: E402
 
 ROW = "_row"
@@ -65,16 +61,16 @@ class GxWorkerError(RuntimeError):
 
 WORKER = "detect.validation.gxworker"
 JOB_PREFIX = "belegwacht-gx-"
-STALE_SECONDS = 86_400
-RESULT, JOB, LOG = "result.json", "job.json", "worker.log"
+RESULT, JOB, LOG = workerproc.RESULT, "job.json", workerproc.LOG
 
 
 class GxJob:
     """Great Expectations' part of the gate in a child process (``python -m
     detect.validation.gxworker JOB_DIR``). Started early (``validate`` does so before its own
-    work), the worker imports GX meanwhile and then waits on its stdin; ``submit()`` tells it
-    that ``job_dir`` holds ``job.json`` and the frames as Parquet. It writes ``result.json``
-    (and the Data Docs into ``job_dir/docs``); ``result()`` waits for it and reads that.
+    work, or the pipeline when the run starts: ``prestart``), the worker imports GX meanwhile
+    and then waits on its stdin; ``submit()`` tells it that ``job_dir`` holds ``job.json`` and
+    the frames as Parquet. It writes ``result.json`` (and the Data Docs into ``job_dir/docs``);
+    ``result()`` waits for it and reads that.
 
     Why a process and not a thread: GX's import (pandas, SQLAlchemy, narwhals, ...) overlapped
     the main thread's first imports of PyOD/scikit-learn/SciPy/pandas in the models stage, and
@@ -83,32 +79,22 @@ class GxJob:
     state, is niced as a whole (``BELEGWACHT_GX_NICE``, default 10, set by the worker itself)
     and costs the parent no GIL time.
 
-    The worker dies with its parent (``PR_SET_PDEATHSIG`` plus a ``getppid`` watch), so a
-    killed run leaves no GX process behind; a job that is never collected (a run failing before
-    publish) is killed and its folder removed when the ``GxJob`` is garbage collected or the
-    process exits."""
+    The worker dies with its parent (``workerproc.bind_to_parent``), so a killed run leaves no
+    GX process behind; a job that is never collected (a run failing before publish) is killed
+    and its folder removed when the ``GxJob`` is garbage collected or the process exits.
+
+    A ``job_dir`` handed out by ``new_dir`` for a run whose worker was pre-started
+    (``prestart``) is that worker's folder: the ``GxJob`` adopts the running worker instead of
+    starting another."""
 
     def __init__(self, job_dir: Path) -> None:
         self.job_dir = job_dir
-        env = {**os.environ, "GX_ANALYTICS_ENABLED": "False",
-               "POLARS_MAX_THREADS": os.environ.get("BELEGWACHT_GX_THREADS", "1")}
-        # PR_SET_PDEATHSIG fires when the *thread* that started the child ends: only asked for
-        # when that is the main thread (else the worker relies on watching getppid)
-        main = "1" if threading.current_thread() is threading.main_thread() else "0"
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._start_error: str | None = None
-        try:
-            with open(job_dir / LOG, "wb") as log:
-                # no preexec_fn: it is not safe with Polars'/DuckDB's threads running
-                self._proc = subprocess.Popen(
-                    [sys.executable, "-m", WORKER, str(job_dir), str(os.getpid()), main],
-                    stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=env,
-                    close_fds=True)
-        except OSError as exc:  # GX decides nothing: reported by result(), the gate goes on
-            self._start_error = f"{type(exc).__name__}: {exc}"
+        with _PRESTART_LOCK:
+            worker = _PRESTARTED.pop(job_dir, None)
+        self._worker = worker if worker is not None else _spawn(job_dir)
+        self.adopted = worker is not None
         self.cpu_seconds: float | None = None
         self.max_rss_mb: int | None = None
-        self._finalizer = weakref.finalize(self, _cancel, self._proc, job_dir)
 
     def __enter__(self) -> GxJob:
         return self
@@ -119,132 +105,102 @@ class GxJob:
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        return self._worker.pid
 
     def submit(self) -> None:
         """The job files are in place: let the worker start on them. A worker that died
         already is reported by ``result()``."""
-        self._release(b"go\n")
-
-    def _release(self, line: bytes) -> None:
-        if self._proc is None:
-            return
-        stdin, self._proc.stdin = self._proc.stdin, None
-        if stdin is None:
-            return
-        try:
-            stdin.write(line)
-            stdin.close()
-        except OSError:  # BrokenPipeError: the worker is gone
-            pass
+        self._worker.send(b"go\n", last=True)
 
     def result(self) -> dict[str, Any]:
         """Wait for the worker and return its ``result.json``; ``cpu_seconds`` is then the
         worker's whole CPU time (its own and its threads', from ``wait4``). Raises
         ``GxWorkerError`` when it ended without a result."""
-        if self._proc is None:
+        worker = self._worker
+        if worker.proc is None:
             raise GxWorkerError(f"the GX worker process could not be started "
-                                f"({self._start_error})")
-        self._release(b"")  # never submitted: the worker ends without a result
-        if self._proc.returncode is None:
-            _renice(self._proc.pid, 0)  # someone waits: no reason to be polite any more
-            usage = _wait(self._proc)
-            if usage is not None:
-                self.cpu_seconds, self.max_rss_mb = usage
-        code = self._proc.returncode
-        path = self.job_dir / RESULT
-        if path.exists():
-            return json.loads(path.read_text(encoding="utf-8"))
-        tail = ""
-        try:
-            lines = (self.job_dir / LOG).read_text("utf-8", "replace").strip().splitlines()
-            tail = lines[-1] if lines else ""
-        except OSError:
-            pass
-        how = f"killed by signal {-code}" if code is not None and code < 0 else \
-            f"exited with code {code}"
-        raise GxWorkerError(f"the GX worker process {how} without a result"
-                            + (f" ({tail})" if tail else ""))
+                                f"({worker.start_error})")
+        worker.send(b"", last=True)  # never submitted: the worker ends without a result
+        if worker.running():
+            workerproc.renice(worker.proc.pid, 0)  # someone waits: no reason to be polite
+        worker.wait()
+        self.cpu_seconds, self.max_rss_mb = worker.cpu_seconds, worker.max_rss_mb
+        payload = worker.result()
+        if payload is not None:
+            return payload
+        raise GxWorkerError(f"the GX worker process {worker.exit_text()}")
 
     def close(self) -> None:
         """Kill the worker if it still runs; remove the job folder (move the Data Docs out
         first)."""
-        self._finalizer()
+        self._worker.close()
 
     @staticmethod
     def new_dir(run_id: str) -> Path:
-        """A private temporary folder for one job, named after the run and this process.
-        Folders left behind (their process was killed after its worker had finished, so
-        neither could remove them) are removed once the process that made them is gone, or
-        a day old. Not in the run folder: the pipeline removes the run's ``tmp/`` before it
-        publishes, and renames the folder of a failed run."""
-        tmp = Path(tempfile.gettempdir())
-        now = time.time()
-        for old in tmp.glob(JOB_PREFIX + "*"):
-            try:
-                if not _owner_alive(old.name) or now - old.stat().st_mtime > STALE_SECONDS:
-                    shutil.rmtree(old, ignore_errors=True)
-            except OSError:
-                pass
-        return Path(tempfile.mkdtemp(prefix=f"{JOB_PREFIX}{run_id}-p{os.getpid()}-"))
+        """A private temporary folder for one job (``workerproc.new_job_dir``), or the folder
+        of the worker pre-started for ``run_id`` (the first call for that run only)."""
+        with _PRESTART_LOCK:
+            handed = _PRESTARTED_RUNS.pop(run_id, None)
+        if handed is not None:
+            return handed
+        return workerproc.new_job_dir(JOB_PREFIX, run_id)
 
 
-def _owner_alive(name: str) -> bool:
-    """False only when the folder names its process (``...-p<pid>-<random>``) and no such
-    process exists; a reused pid just keeps the folder until it is a day old."""
-    parts = name.rsplit("-", 2)
-    if len(parts) < 3 or not parts[1].startswith("p") or not parts[1][1:].isdigit():
-        return True
-    try:
-        os.kill(int(parts[1][1:]), 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # e.g. another user's process: alive
-        pass
-    return True
+def _spawn(job_dir: Path) -> workerproc.BoundWorker:
+    env = {**os.environ, "GX_ANALYTICS_ENABLED": "False",
+           "POLARS_MAX_THREADS": os.environ.get("BELEGWACHT_GX_THREADS", "1")}
+    return workerproc.BoundWorker(WORKER, job_dir, env=env)
 
 
-def _wait(proc: subprocess.Popen[bytes]) -> tuple[float, int] | None:
-    """Reap ``proc``; its CPU seconds (user + system) and peak RSS in MB where ``wait4``
-    exists."""
-    if not hasattr(os, "wait4"):
-        proc.wait()
-        return None
-    while True:
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-            break
-        except InterruptedError:
-            continue
-        except ChildProcessError:  # reaped elsewhere
-            proc.wait()
-            return None
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return round(usage.ru_utime + usage.ru_stime, 3), int(usage.ru_maxrss // 1024)
+# pre-started workers not yet adopted, by job folder; their folders by run id until handed out
+_PRESTARTED: dict[Path, workerproc.BoundWorker] = {}
+_PRESTARTED_RUNS: dict[str, Path] = {}
+_PRESTART_LOCK = threading.Lock()
 
 
-def _cancel(proc: subprocess.Popen[bytes] | None, job_dir: Path) -> None:
-    if proc is None:
-        shutil.rmtree(job_dir, ignore_errors=True)
-        return
-    if proc.stdin is not None:
-        try:
-            proc.stdin.close()
-        except OSError:
-            pass
-    if proc.returncode is None and proc.poll() is None:
-        proc.kill()
-        proc.wait()
-    shutil.rmtree(job_dir, ignore_errors=True)
+class GxPrestart:
+    """A GX worker started when the run starts (``prestart``), before ``validate`` creates its
+    ``GxJob``: GX's import (~3.2 CPU s, niced) then overlaps ingest as well as the gate, and
+    is done by the time the gate hands over its sample. ``validate``'s
+    ``GxJob(GxJob.new_dir(run_id))`` adopts it. ``close()`` kills it unless it was adopted
+    (a run that failed or was skipped before its gate); the pipeline calls it once the gate
+    is done and when the run ends."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.job_dir = workerproc.new_job_dir(JOB_PREFIX, run_id)
+        self._worker = _spawn(self.job_dir)
+        with _PRESTART_LOCK:
+            _PRESTARTED[self.job_dir] = self._worker
+            _PRESTARTED_RUNS[run_id] = self.job_dir
+        self._closed_unadopted: bool | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._worker.pid
+
+    @property
+    def adopted(self) -> bool:
+        """A ``GxJob`` took the worker over (it collects and closes it then)."""
+        if self._closed_unadopted is not None:
+            return not self._closed_unadopted
+        with _PRESTART_LOCK:
+            return self.job_dir not in _PRESTARTED
+
+    def close(self) -> None:
+        with _PRESTART_LOCK:
+            if _PRESTARTED_RUNS.get(self.run_id) == self.job_dir:
+                del _PRESTARTED_RUNS[self.run_id]
+            orphan = _PRESTARTED.pop(self.job_dir, None)
+        if self._closed_unadopted is None:
+            self._closed_unadopted = orphan is not None
+        if orphan is not None:  # never adopted: nobody else will collect it
+            orphan.close()
 
 
-def _renice(pid: int, nice: int) -> None:
-    """Set a process's nice value. Lowering it again needs privileges: where that is refused
-    the worker just stays polite."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, pid, nice)
-    except (AttributeError, OSError):
-        pass
+def prestart(run_id: str) -> GxPrestart:
+    """Start the GX worker of run ``run_id`` now; ``validate`` adopts it (see ``GxPrestart``)."""
+    return GxPrestart(run_id)
 
 
 def quiet_gx() -> None:

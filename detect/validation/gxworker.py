@@ -1,7 +1,8 @@
 """The GX worker process: ``python -m detect.validation.gxworker JOB_DIR PARENT_PID MAIN``.
 
-Started by ``gxrun.GxJob`` when the gate begins (see there why a process). It lowers its own
-priority, ties its life to the parent's and imports GX; when the parent writes ``go`` to its
+Started by ``gxrun.GxJob`` when the gate begins, or by ``gxrun.prestart`` when the run starts
+(see there why a process). It lowers its own priority, ties its life to the parent's
+(``workerproc.bind_to_parent``) and imports GX; when the parent writes ``go`` to its
 stdin (EOF instead: no job, exit) it reads ``JOB_DIR/job.json`` and the frames
 (``sample.parquet``, ``master/<name>.parquet``), validates them through Great Expectations,
 builds the Data Docs into ``JOB_DIR/docs`` and writes ``JOB_DIR/result.json`` (atomically: a
@@ -17,41 +18,9 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import time
 
-
-def _bind_to_parent(parent: int, pdeathsig: bool, job_dir: str) -> None:
-    """Exit, removing the job folder, when the parent dies: the kernel sends SIGTERM
-    (``PR_SET_PDEATHSIG``, Linux) when the starting thread was the main thread, and a daemon
-    thread watches ``getppid`` in any case (re-parenting changes it; also covers other
-    systems). Nothing is imported in that thread or the handler."""
-    import shutil
-    import signal
-
-    def orphaned(*_: object) -> None:
-        shutil.rmtree(job_dir, ignore_errors=True)  # the parent can no longer collect it
-        os._exit(3)
-
-    signal.signal(signal.SIGTERM, orphaned)
-    if pdeathsig and sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent:  # the parent died before the line above
-        orphaned()
-
-    def watch() -> None:
-        while True:
-            time.sleep(0.5)
-            if os.getppid() != parent:
-                orphaned()
-
-    threading.Thread(target=watch, name="gx-parent-watch", daemon=True).start()
+from detect import workerproc
 
 
 def _be_polite() -> None:
@@ -64,15 +33,15 @@ def _be_polite() -> None:
 
 
 def main(argv: list[str]) -> int:
-    job_dir, parent, main_thread = argv[0], int(argv[1]), argv[2] == "1"
-    _bind_to_parent(parent, main_thread, job_dir)
+    job_dir, parent, main_thread = workerproc.worker_args(argv)
+    workerproc.bind_to_parent(parent, main_thread, job_dir, "gx")
     _be_polite()
 
     started = time.perf_counter()
     import json
     from pathlib import Path
 
-    from detect.validation.gxrun import JOB, RESULT, quiet_gx
+    from detect.validation.gxrun import JOB, quiet_gx
 
     quiet_gx()
     try:  # while the parent still validates; a failure shows again (and is reported) in run()
@@ -89,9 +58,7 @@ def main(argv: list[str]) -> int:
     # gx_import: start-up and GX's import; gx_idle: then waiting for the gate to hand over
     outcome["timings"] = {"gx_import": round(imported - started, 3),
                           "gx_idle": round(go - imported, 3), **outcome["timings"]}
-    tmp = directory / (RESULT + ".tmp")
-    tmp.write_text(json.dumps(outcome, default=str, ensure_ascii=False), "utf-8")
-    tmp.replace(directory / RESULT)
+    workerproc.write_result(directory, outcome)
     return 0
 
 
@@ -160,4 +127,4 @@ def run(spec: dict, job_dir) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    workerproc.exit_now(main(sys.argv[1:]))

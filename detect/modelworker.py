@@ -1,0 +1,249 @@
+"""The model stage in a worker process, overlapping the rules: ``python -m detect.modelworker``.
+
+Why: the stage needs the rule hits only to pick which lines get reason texts
+(``models.explain_mask``, ~0.4 s of ~5 s at 1M lines); its import of PyOD/scikit-learn
+(~1.9 CPU s), features, fit and scoring need only the merged history. On two cores the rules
+(~1.5 cores busy) and the models (~1.2) overlap well, so the worker
+
+1. is started when the run starts (``ModelWorker(run_id)``, via ``workerproc.BoundWorker``)
+   and imports Polars, PyOD and scikit-learn while the parent hashes and ingests;
+2. gets ``go`` once the history is merged (``start``: ``job.pkl`` with the history glob, the run
+   folder and the settings) and fits and scores the delivery's lines
+   (``models.start_stage``) while the parent runs the rules;
+3. gets ``explain`` once the rules are done (``finish``: the hit journals as
+   ``explain.parquet``), explains, writes ``models/`` and ``model_scores.parquet`` into the run
+   folder (``models.finish_stage``) and its ``result.json``: the stage's warnings and notes
+   for the run log, its timings, or its error.
+
+Errors: a ``UserError`` in the worker is raised again in the parent as the same class with
+the same message, file and hint; any other exception as ``ModelWorkerError`` with its
+traceback in the run log; a worker that dies without a result (killed, out of memory) as
+``ModelWorkerDied`` naming its exit code. The parent kills the worker when the run fails
+(``close``); the worker dies with the parent.
+
+Used for deliveries of at least ``[models] worker_min_mb``; smaller ones run the stage
+in-process (``models.score_lines``), where the worker's start-up would cost more than the
+overlap saves.
+"""
+
+from __future__ import annotations
+
+import pickle
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from detect import workerproc
+from detect.errors import UserError
+
+WORKER = "detect.modelworker"
+JOB_PREFIX = "belegwacht-models-"
+JOB, JOURNALS = "job.pkl", "explain.parquet"
+
+
+class ModelWorkerError(RuntimeError):
+    """An unexpected exception in the model worker (its traceback is in the run log)."""
+
+
+class ModelWorkerDied(UserError):
+    """The model worker process ended without a result (killed, out of memory, crashed)."""
+
+
+# --------------------------------------------------------------------------- parent side
+
+class ModelWorker:
+    """The parent's handle of one run's model worker (see the module docstring)."""
+
+    def __init__(self, run_id: str) -> None:
+        self.job_dir = workerproc.new_job_dir(JOB_PREFIX, run_id)
+        self._worker = workerproc.BoundWorker(WORKER, self.job_dir)
+        self.started = self._worker.proc is not None
+        self.start_error = self._worker.start_error
+        self._sent_go = False
+
+    @property
+    def pid(self) -> int | None:
+        return self._worker.pid
+
+    def start(self, history_glob: str, ctx: Any) -> None:
+        """The history is merged: fit and score now (while the parent runs the rules)."""
+        job = {"history_glob": history_glob, "run_id": ctx.run_id, "run_dir": str(ctx.run_dir),
+               "entity": ctx.entity, "settings": ctx.settings,
+               "rescore_history": bool(getattr(ctx, "rescore_history", False))}
+        tmp = self.job_dir / (JOB + ".tmp")
+        tmp.write_bytes(pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL))
+        tmp.replace(self.job_dir / JOB)
+        self._sent_go = True
+        self._worker.send(b"go\n")  # a worker that is gone is reported by finish()
+
+    def finish(self, explain_journals: Any, log: Any, step: dict[str, Any] | None = None
+               ) -> Any:
+        """Hand over the journals to explain (the rule hits), wait for the worker and return
+        its ``model_scores.parquet``; its warnings and notes go to ``log``, its timings into
+        ``step`` (the run log's ``step_done`` of ``models``). Raises the worker's error."""
+        import polars as pl
+
+        from detect.features import JOURNAL
+
+        if not self._sent_go:
+            raise RuntimeError("ModelWorker.finish() before start()")
+        clock = time.perf_counter()
+        if explain_journals is not None:
+            explain_journals.select(JOURNAL).write_parquet(self.job_dir / JOURNALS,
+                                                           statistics=False)
+        self._worker.send(b"explain\n", last=True)
+        waited_from = time.perf_counter()
+        self._worker.wait()
+        waited = time.perf_counter() - waited_from
+        payload = self._worker.result()
+        if payload is None:
+            raise ModelWorkerDied(
+                f"the model worker process (pid {self.pid}) {self._worker.exit_text()}",
+                hint="a worker killed by signal 9 usually ran out of memory; [models] "
+                     "worker_min_mb = -1 runs the model stage in the job's own process")
+        for note in payload.get("log", []):
+            (log.warn if note["kind"] == "warning" else log.info)(note["message"])
+        error = payload.get("error")
+        if error is not None:
+            _raise(error, log, self.pid)
+        timings = payload.get("timings", {})
+        if step is not None:
+            step.update(
+                seconds=round(timings.get("fit_score", 0.0) + timings.get("explain", 0.0), 3),
+                cpu_seconds=self._worker.cpu_seconds if self._worker.cpu_seconds is not None
+                else timings.get("cpu"),
+                max_rss_mb=self._worker.max_rss_mb if self._worker.max_rss_mb is not None
+                else timings.get("max_rss_mb"),
+                worker=True, worker_pid=self.pid,
+                handover_seconds=round(waited_from - clock, 3), waited_seconds=round(waited, 3),
+                worker_timings=timings)
+        return pl.read_parquet(Path(payload["scores"]))
+
+    def close(self) -> None:
+        """Kill the worker if it still runs; remove its job folder."""
+        self._worker.close()
+
+
+def _raise(error: dict[str, Any], log: Any, pid: int | None) -> None:
+    """The worker's exception, raised here: a ``UserError`` as its own class (same message,
+    file, line, column, hint), anything else as ``ModelWorkerError`` (traceback in the log)."""
+    if error.get("user"):
+        import importlib
+
+        cls: type = UserError
+        try:
+            found = getattr(importlib.import_module(error["module"]), error["type"])
+            if isinstance(found, type) and issubclass(found, UserError):
+                cls = found
+        except (ImportError, AttributeError, KeyError):
+            pass
+        exc = cls.__new__(cls)
+        UserError.__init__(exc, error["message"], file=error.get("file"),
+                           line=error.get("line"), column=error.get("column"),
+                           hint=error.get("hint"))
+        raise exc
+    log.event("worker_error", worker="models", pid=pid, error=error["text"],
+              traceback=error.get("traceback", ""))
+    raise ModelWorkerError(f"in the model worker: {error['text']}")
+
+
+# --------------------------------------------------------------------------- worker side
+
+class _Notes:
+    """The worker's stand-in for the run log: warnings and notes go back in ``result.json``."""
+
+    def __init__(self) -> None:
+        self.items: list[dict[str, str]] = []
+
+    def warn(self, message: str, **_: Any) -> None:
+        self.items.append({"kind": "warning", "message": message})
+
+    def info(self, message: str, **_: Any) -> None:
+        self.items.append({"kind": "info", "message": message})
+
+    def event(self, *_: Any, **__: Any) -> None:
+        pass
+
+
+class _Context:
+    """What the model stage reads of the pipeline's ``RunContext``."""
+
+    def __init__(self, job: dict[str, Any], log: _Notes) -> None:
+        self.run_id, self.entity = job["run_id"], job["entity"]
+        self.run_dir = Path(job["run_dir"])
+        self.settings = job["settings"]
+        self.rescore_history = job["rescore_history"]
+        self.log = log
+
+
+def _error(exc: BaseException) -> dict[str, Any]:
+    import traceback
+
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, UserError):
+        return {"user": True, "module": type(exc).__module__, "type": type(exc).__qualname__,
+                "message": exc.message, "file": exc.file, "line": exc.line,
+                "column": exc.column, "hint": exc.hint, "text": text}
+    return {"user": False, "text": text, "traceback": "".join(
+        traceback.format_exception(type(exc), exc, exc.__traceback__))}
+
+
+def main(argv: list[str]) -> int:
+    job_dir, parent, main_thread = workerproc.worker_args(argv)
+    workerproc.bind_to_parent(parent, main_thread, job_dir, "models")
+    started = time.perf_counter()
+    directory = Path(job_dir)
+    failed: BaseException | None = None
+    try:  # while the parent hashes and ingests
+        import polars as pl
+
+        from detect import models
+    except Exception as exc:  # noqa: BLE001 - reported when the job comes
+        failed = exc
+    imported = time.perf_counter()
+    import_cpu = time.process_time()
+    if sys.stdin.readline().strip() != "go":  # the parent gave up (or died): no job
+        return 0
+    go, cpu_go = time.perf_counter(), time.process_time()
+    notes = _Notes()
+    timings: dict[str, float] = {"import": round(imported - started, 3),
+                                 "import_cpu": round(import_cpu, 3),
+                                 "idle_go": round(go - imported, 3)}
+    payload: dict[str, Any] = {"log": notes.items, "timings": timings, "error": None}
+    try:
+        if failed is not None:
+            raise failed
+        job = pickle.loads((directory / JOB).read_bytes())
+        ctx = _Context(job, notes)
+        scored = models.start_stage(pl.scan_parquet(job["history_glob"]), ctx)
+        timings["fit_score"] = round(time.perf_counter() - go, 3)
+        timings["fit_score_cpu"] = round(time.process_time() - cpu_go, 3)
+        waiting = time.perf_counter()
+        if sys.stdin.readline().strip() != "explain":
+            return 0
+        clock, cpu = time.perf_counter(), time.process_time()
+        timings["idle_explain"] = round(clock - waiting, 3)
+        path = directory / JOURNALS
+        journals = pl.read_parquet(path) if path.exists() else None
+        scores = models.finish_stage(scored, ctx, journals)
+        payload["scores"] = str(ctx.run_dir / "model_scores.parquet")
+        payload["scored_lines"] = scores.height
+        timings["explain"] = round(time.perf_counter() - clock, 3)
+        timings["explain_cpu"] = round(time.process_time() - cpu, 3)
+    except Exception as exc:  # noqa: BLE001 - the parent raises it again
+        payload["error"] = _error(exc)
+    timings["cpu"] = round(time.process_time(), 3)
+    timings["max_rss_mb"] = _peak_rss_mb()
+    workerproc.write_result(directory, payload)
+    return 0
+
+
+def _peak_rss_mb() -> int:
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+
+
+if __name__ == "__main__":
+    workerproc.exit_now(main(sys.argv[1:]))

@@ -1,0 +1,321 @@
+"""The model stage in a worker process (``detect.modelworker``) and the pre-started GX worker.
+
+The worker must give bit-identical outputs to the in-process stage, raise the worker's errors
+in the job as the job would raise them itself, and never outlive the job. Each worker start
+costs ~1-2 s (interpreter, Polars, PyOD, scikit-learn), so only a handful of tests start one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import polars as pl
+import pytest
+
+from detect import modelworker, pipeline
+from detect.config import ModelSettings, Settings
+from detect.errors import UserError
+from detect.models import ModelLoadError, score_lines
+from detect.privacy import KEY_FILE
+from detect.runlog import StepLog
+from detect.validation import gxrun
+from test_features import tiny_ledger
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Log:
+    """A run log that keeps what the worker's stage reported."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+        self.events: list[dict[str, Any]] = []
+
+    def warn(self, message: str, **_: Any) -> None:
+        self.lines.append(("warning", message))
+
+    def info(self, message: str, **_: Any) -> None:
+        self.lines.append(("info", message))
+
+    def event(self, kind: str, **data: Any) -> None:
+        self.events.append({"event": kind, **data})
+
+
+def _gone(pid: int, seconds: float = 10.0) -> bool:
+    """The process has exited (a zombie counts: it waits for its new parent to reap it)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        stat = Path(f"/proc/{pid}/stat")
+        try:
+            if stat.read_text().split(") ")[1].startswith("Z"):
+                return True
+        except (OSError, IndexError):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _stage(tmp_path: Path, name: str, settings: Settings | None = None) -> tuple[str, Any]:
+    """A history of 300 two-line journals (the delivery: the last 20) and a run context."""
+    run_dir = tmp_path / name
+    run_dir.mkdir()
+    history = tmp_path / "history.parquet"
+    if not history.exists():
+        tiny_ledger(300).write_parquet(history)
+    pl.read_parquet(history).filter(pl.col("journal_id") >= "J00290").write_parquet(
+        run_dir / "bookings.parquet")
+    ctx = SimpleNamespace(run_dir=run_dir, run_id=f"run-{name}", entity="Testdorf",
+                          settings=settings or Settings(), log=Log(), rescore_history=False)
+    return str(history), ctx
+
+
+def test_the_worker_gives_the_in_process_outputs(tmp_path: Path) -> None:
+    glob, ctx = _stage(tmp_path, "worker")
+    _, local = _stage(tmp_path, "local")
+    hits = pl.DataFrame({"entity": ["Testdorf"], "fiscal_year": [2025],
+                         "journal_id": ["J00291"]}).with_columns(pl.col("fiscal_year")
+                                                                  .cast(pl.Int32))
+    worker = modelworker.ModelWorker(ctx.run_id)
+    try:
+        worker.start(glob, ctx)
+        step: dict[str, Any] = {}
+        scores = worker.finish(hits, ctx.log, step)
+        assert _gone(worker.pid)
+    finally:
+        worker.close()
+    assert not worker.job_dir.exists()
+    expected = score_lines(pl.scan_parquet(glob), local, explain_journals=hits)
+    assert scores.equals(expected)
+    assert pl.read_parquet(ctx.run_dir / "model_scores.parquet").equals(
+        pl.read_parquet(local.run_dir / "model_scores.parquet"))
+    assert scores["model_reasons_de"].null_count() < scores.height
+    meta = json.loads((ctx.run_dir / "models" / "ensemble.json").read_text())
+    assert meta["scored_lines"] == 20 and meta["run_id"] == ctx.run_id
+    assert ctx.log.lines == local.log.lines
+    # the step reports the worker's own figures and how long the job waited for it
+    assert step["worker"] is True and step["cpu_seconds"] > 0 and step["max_rss_mb"] > 0
+    assert step["waited_seconds"] >= 0 and step["seconds"] > 0
+    timings = step["worker_timings"]
+    assert {"import", "fit_score", "explain", "idle_explain"} <= set(timings)
+
+
+def test_a_user_error_in_the_worker_is_the_same_user_error(tmp_path: Path) -> None:
+    glob, ctx = _stage(tmp_path, "bad", Settings(models=ModelSettings(detectors=["bogus"])))
+    worker = modelworker.ModelWorker(ctx.run_id)
+    try:
+        worker.start(glob, ctx)
+        with pytest.raises(UserError) as caught:
+            worker.finish(None, ctx.log)
+    finally:
+        worker.close()
+    assert type(caught.value) is UserError
+    assert caught.value.message == "unknown detector 'bogus' in [models] detectors"
+    assert caught.value.hint == "known detectors: iforest, hbos, ecod"
+
+
+def test_user_errors_keep_their_class_file_and_hint() -> None:
+    error = ModelLoadError("model file does not match", file="/x/ensemble.joblib", hint="re-run")
+    payload = json.loads(json.dumps(modelworker._error(error)))
+    with pytest.raises(ModelLoadError) as caught:
+        modelworker._raise(payload, Log(), 1)
+    assert str(caught.value) == str(error)
+    assert (caught.value.file, caught.value.hint) == ("/x/ensemble.joblib", "re-run")
+
+
+def test_an_internal_error_in_the_worker_carries_its_traceback(tmp_path: Path) -> None:
+    _, ctx = _stage(tmp_path, "missing")
+    worker = modelworker.ModelWorker(ctx.run_id)
+    try:
+        worker.start(str(tmp_path / "no-such-history.parquet"), ctx)
+        with pytest.raises(modelworker.ModelWorkerError, match="in the model worker: ") as caught:
+            worker.finish(None, ctx.log)
+    finally:
+        worker.close()
+    assert not isinstance(caught.value, UserError)
+    [event] = [e for e in ctx.log.events if e["event"] == "worker_error"]
+    assert event["worker"] == "models" and "Traceback" in event["traceback"]
+    assert "start_stage" in event["traceback"]
+
+
+def test_a_killed_worker_is_a_clear_error(tmp_path: Path) -> None:
+    glob, ctx = _stage(tmp_path, "killed")
+    worker = modelworker.ModelWorker(ctx.run_id)
+    try:
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.start(glob, ctx)
+        with pytest.raises(modelworker.ModelWorkerDied,
+                           match=rf"model worker process \(pid {worker.pid}\) killed by "
+                                 "signal 9 without a result") as caught:
+            worker.finish(None, ctx.log)
+        assert "out of memory" in caught.value.hint
+    finally:
+        worker.close()
+    assert not worker.job_dir.exists()
+
+
+_ORPHAN = """
+import os, signal, sys, time
+from detect.modelworker import ModelWorker
+from detect.validation import gxrun
+worker = ModelWorker("orphan")
+gx = gxrun.prestart("orphan")
+print(worker.pid, worker.job_dir, gx.pid, gx.job_dir, flush=True)
+time.sleep(1.0)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_the_workers_die_with_a_killed_job(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", _ORPHAN], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+    assert done.returncode == -9, done.stderr
+    model_pid, model_dir, gx_pid, gx_dir = done.stdout.split()
+    assert _gone(int(model_pid)) and _gone(int(gx_pid))
+    deadline = time.monotonic() + 5
+    while (Path(model_dir).exists() or Path(gx_dir).exists()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(model_dir).exists() and not Path(gx_dir).exists()
+
+
+# --- the pipeline ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ledger(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from sample_data.generate import generate
+
+    root = tmp_path_factory.mktemp("ledger")
+    generate(2000, 11, root, ["ads"])
+    return root / "ads"
+
+
+def _settings(worker_min_mb: float) -> Settings:
+    settings = Settings(entity="Musterstadt")
+    settings.models.worker_min_mb = worker_min_mb
+    settings.validation.data_docs = False
+    return settings
+
+
+def _run(ledger: Path, data_dir: Path, settings: Settings) -> pipeline.RunSummary:
+    return pipeline.run_delivery([ledger], fmt="auto", settings=settings, data_dir=data_dir,
+                                 log=StepLog(quiet=True))
+
+
+def _steps(run_dir: Path) -> dict[str, dict[str, Any]]:
+    events = [json.loads(x) for x in (run_dir / "run.log.jsonl").read_text().splitlines()]
+    return {e["step"]: e for e in events if e["event"] == "step_done"}
+
+
+def test_a_job_with_the_worker_publishes_what_the_job_without_it_does(
+        tmp_path: Path, ledger: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[Any] = []
+    adopted: list[bool] = []
+    original_job = gxrun.GxJob.__init__
+
+    def job_init(self: Any, job_dir: Path) -> None:
+        original_job(self, job_dir)
+        adopted.append(self.adopted)
+
+    monkeypatch.setattr(gxrun.GxJob, "__init__", job_init)
+    original = modelworker.ModelWorker.__init__
+
+    def init(self: Any, run_id: str) -> None:
+        original(self, run_id)
+        started.append(self)
+
+    monkeypatch.setattr(modelworker.ModelWorker, "__init__", init)
+    local = _run(ledger, tmp_path / "local", _settings(-1))
+    assert started == [] and adopted == [True]
+    (tmp_path / "worker" / KEY_FILE).parent.mkdir(parents=True)  # same bank pseudonyms
+    shutil.copy(tmp_path / "local" / KEY_FILE, tmp_path / "worker" / KEY_FILE)
+    remote = _run(ledger, tmp_path / "worker", _settings(0))
+    assert len(started) == 1 and adopted == [True, True]
+    assert _gone(started[0].pid, 1) and not started[0].job_dir.exists()
+    for name in ("model_scores", "findings", "rule_hits"):
+        a = pl.read_parquet(local.run_dir / f"{name}.parquet")
+        b = pl.read_parquet(remote.run_dir / f"{name}.parquet")
+        assert a.equals(b), name
+    assert (remote.run_dir / "models" / "ensemble.joblib").exists()
+    steps = _steps(remote.run_dir)
+    models = steps["models"]
+    assert models["worker"] is True and models["worker_pid"] == started[0].pid
+    assert models["cpu_seconds"] > models["main_cpu_seconds"]
+    assert models["waited_seconds"] <= models["main_seconds"]
+    assert remote.manifest["durations"]["models"] == models["seconds"]
+    assert "worker" not in _steps(local.run_dir)["models"]
+    assert not list(Path(tempfile.gettempdir()).glob(
+        f"{modelworker.JOB_PREFIX}{remote.run_id}-*"))
+
+
+def test_a_failing_job_leaves_no_worker(tmp_path: Path, ledger: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rules fail while the model worker fits: the job kills it and removes its folder;
+    the run is recorded as failed as usual."""
+    import detect.rules
+
+    started: list[Any] = []
+    original = modelworker.ModelWorker.__init__
+
+    def init(self: Any, run_id: str) -> None:
+        original(self, run_id)
+        started.append(self)
+
+    def broken(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("rules broke")
+
+    monkeypatch.setattr(modelworker.ModelWorker, "__init__", init)
+    monkeypatch.setattr(detect.rules, "run_rules", broken)
+    with pytest.raises(RuntimeError, match="rules broke"):
+        _run(ledger, tmp_path / "var", _settings(0))
+    [worker] = started
+    assert _gone(worker.pid, 1) and not worker.job_dir.exists()
+    assert list((tmp_path / "var" / "runs").glob("*.failed"))
+
+
+def test_a_job_failing_before_its_gate_leaves_no_gx_worker(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    prestarted: list[gxrun.GxPrestart] = []
+    original = gxrun.prestart
+
+    def prestart(run_id: str) -> gxrun.GxPrestart:
+        prestarted.append(original(run_id))
+        return prestarted[-1]
+
+    def ingest(*_: Any, **__: Any) -> Any:
+        raise UserError("cannot read this")
+
+    monkeypatch.setattr(gxrun, "prestart", prestart)
+    monkeypatch.setattr(pipeline, "ingest", ingest)
+    delivery = tmp_path / "d.csv"
+    delivery.write_text("x\n1\n")
+    with pytest.raises(UserError, match="cannot read this"):
+        _run(delivery, tmp_path / "var", _settings(-1))
+    [gx] = prestarted
+    assert not gx.adopted and _gone(gx.pid, 1) and not gx.job_dir.exists()
+    assert gxrun._PRESTARTED == {} and gxrun._PRESTARTED_RUNS == {}
+
+
+def test_small_deliveries_stay_in_process(tmp_path: Path) -> None:
+    delivery = tmp_path / "d.csv"
+    delivery.write_bytes(b"x" * 1000)
+    workers = pipeline.Workers("r1", Settings(), [delivery])
+    try:
+        assert workers.models is None and workers.gx is not None
+        assert workers.delivery_mb < 0.01
+    finally:
+        workers.close()
+    assert not workers.gx.job_dir.exists()
