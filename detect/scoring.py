@@ -63,13 +63,31 @@ def item_ids(frame: pl.DataFrame) -> pl.Series:
 
 
 def _delivery_journals(ctx: Any, bookings: pl.LazyFrame) -> pl.DataFrame:
-    """The journals this run scores: the delivery's (``run_dir/bookings.parquet``), or every
-    journal of ``bookings`` (the history) when rescoring or without a delivery file."""
+    """The journals this run scores, with their ``_jh`` = ``key_hash(JOURNAL)``: the
+    delivery's (``run_dir/bookings.parquet``), or every journal of ``bookings`` (the history)
+    when rescoring or without a delivery file.
+
+    Why not ``unique()`` on the key: hashing two string columns per line cost 0.1 CPU s per 1M
+    lines. A journal's lines are adjacent in a delivery, so repeats of the line before are
+    dropped first; the rest are made distinct by their 64-bit hash. Exactly: a row whose hash
+    was seen before must carry that row's key (always so without a collision), else the exact
+    ``unique`` is taken."""
     path = Path(ctx.run_dir) / "bookings.parquet"
     source = (bookings if getattr(ctx, "rescore_history", False) or not path.exists()
               else pl.scan_parquet(path))
-    return (source.select(JOURNAL).with_columns(pl.col("fiscal_year").cast(pl.Int32))
-            .unique().collect())
+    runs = (source.select(JOURNAL).with_columns(pl.col("fiscal_year").cast(pl.Int32))
+            .filter(pl.any_horizontal(pl.col(c).ne_missing(pl.col(c).shift()) for c in JOURNAL))
+            .with_columns(key_hash(JOURNAL).alias("_jh")).collect())
+    first = runs.get_column("_jh").is_first_distinct()
+    journals = runs.filter(first)
+    again = runs.filter(~first)
+    if again.height:  # e.g. a journal split over two places of the file: same key, same hash
+        seen = again.join(journals, on="_jh", how="left", suffix="_first")
+        same = seen.select(pl.all_horizontal(pl.col(c).eq_missing(pl.col(f"{c}_first"))
+                                             for c in JOURNAL).all()).item()
+        if not same:  # a hash collision: distinct by the key itself
+            journals = runs.unique(JOURNAL, keep="first", maintain_order=True)
+    return journals
 
 
 def _rows_of(frame: pl.DataFrame | pl.LazyFrame, journals: pl.DataFrame) -> pl.DataFrame:
@@ -81,13 +99,21 @@ def _rows_of(frame: pl.DataFrame | pl.LazyFrame, journals: pl.DataFrame) -> pl.D
     lines: ~3 s). 64-bit hashes of the key narrow both sides first (the rows whose hash is a
     journal's, the journals whose hash is one of those rows'), then the exact semi join runs
     on the few left, so a hash collision cannot let a stray row through. Row order is not kept
-    (callers sort)."""
+    (callers sort). A lazy ``frame`` (the history scan) is filtered by the hash expression
+    itself, so the filter reaches the scan (1M lines: 0.10 instead of 0.15 CPU s); an eager
+    one gets the hash as a column, which is reused for the journals."""
     jh = (journals.get_column("_jh") if "_jh" in journals.columns
           else journals.select(key_hash(JOURNAL)).to_series())
-    near = (frame.lazy().with_columns(key_hash(JOURNAL).alias("_jh"))
-            .filter(pl.col("_jh").is_in(jh.implode())).collect())
-    maybe = journals.select(JOURNAL).filter(jh.is_in(near.get_column("_jh").implode()))
-    return near.drop("_jh").join(maybe, on=JOURNAL, how="semi")
+    if isinstance(frame, pl.LazyFrame):
+        near = frame.filter(key_hash(JOURNAL).is_in(jh.implode())).collect()
+        near_jh = near.select(key_hash(JOURNAL)).to_series()
+    else:
+        near = frame.with_columns(key_hash(JOURNAL).alias("_jh")).filter(
+            pl.col("_jh").is_in(jh.implode()))
+        near_jh = near.get_column("_jh")
+        near = near.drop("_jh")
+    maybe = journals.select(JOURNAL).filter(jh.is_in(near_jh.implode()))
+    return near.join(maybe, on=JOURNAL, how="semi")
 
 
 def _rule_table(hits: pl.DataFrame | None, journals: pl.DataFrame, cfg: Any,
@@ -169,8 +195,7 @@ def rank_items(bookings: pl.LazyFrame, rule_hits: pl.DataFrame | None,
     cfg = ctx.settings.scoring
     schema = bookings.collect_schema()
     want = KEY + [c for c in LINE_COLS if c in schema]
-    journals = _delivery_journals(ctx, bookings)
-    journals = journals.with_columns(key_hash(JOURNAL).alias("_jh"))  # for _rows_of
+    journals = _delivery_journals(ctx, bookings)  # with the ``_jh`` that _rows_of uses
     # the delivery was merged into the history, so all its journals are in ``bookings``
     n_journals = journals.height
 

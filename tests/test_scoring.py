@@ -222,3 +222,19 @@ def test_model_tail_from_the_top_lines_equals_grouping_every_line() -> None:
         want = _in_tail(_top_lines(_rows_of(ms, journals)), tail_k).filter("model_tail")
         assert got.height == tail_k
         assert got.sort("journal_id").select(cols).equals(want.sort("journal_id").select(cols))
+
+
+def test_delivery_journals_are_distinct_with_split_journals_and_hash_collisions(
+        ledger, ctx, monkeypatch) -> None:
+    """The delivery's journals come from its line runs made distinct by a 64-bit hash: a
+    journal split over two places counts once, and a hash collision falls back to the key."""
+    import detect.scoring as scoring
+
+    split = pl.concat([ledger.slice(1, 40), ledger.slice(0, 1), ledger.slice(41, None)])
+    split.write_parquet(Path(ctx.run_dir) / "bookings.parquet")
+    want = ledger.select("entity", "fiscal_year", "journal_id").unique().height
+    got = scoring._delivery_journals(ctx, split.lazy())
+    assert got.height == want and got.select("entity", "fiscal_year", "journal_id").n_unique() == want
+    monkeypatch.setattr(scoring, "key_hash", lambda cols: pl.lit(7, dtype=pl.UInt64))
+    collided = scoring._delivery_journals(ctx, split.lazy())
+    assert collided.height == want
