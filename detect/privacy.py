@@ -35,22 +35,67 @@ def pseudonym(value: str, key: bytes, prefix: str = "") -> str:
     return f"{prefix}{digest}"
 
 
+def _iban_pseudonym(cleaned: str, key: bytes) -> str | None:
+    """One cleaned (no blanks, upper case) IBAN -> its pseudonym; already pseudonymised values
+    (containing ``#``) pass, an empty one becomes null."""
+    if cleaned == "":
+        return None
+    if "#" in cleaned:
+        return cleaned
+    return f"{cleaned[:2]}**{cleaned[-4:]}#{pseudonym(cleaned, key)}"
+
+
+def iban_pseudonyms(values: pl.Series, key: bytes) -> pl.Series:
+    """``values`` (IBANs as delivered, any blanks and case) with each replaced by its pseudonym
+    (see ``pseudonymise_iban``). The cleaning (blanks out, upper case) and the keyed hash run
+    once per distinct delivered value, then every row is one lookup: at 1M lines with ~8k
+    accounts, cleaning every row cost 0.3 s."""
+    distinct = values.drop_nulls().unique()
+    if distinct.is_empty():
+        return values.cast(pl.String)
+    cleaned = distinct.str.replace_all(r"\s", "").str.to_uppercase()
+    pseudonyms = pl.Series([_iban_pseudonym(c, key) for c in cleaned.to_list()],
+                           dtype=pl.String)
+    return values.replace_strict(distinct, pseudonyms, default=None, return_dtype=pl.String)
+
+
+class IbanPseudonymiser:
+    """``iban_pseudonyms`` for a stream of batches: each distinct value is cleaned and hashed
+    once over all batches (ingest pseudonymises bank accounts before anything is written).
+    The values seen so far and their pseudonyms are kept as two Series, so a batch costs two
+    vectorised lookups, no Python loop over its values."""
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+        self.raw = pl.Series(dtype=pl.String)
+        self.pseudonyms = pl.Series(dtype=pl.String)
+
+    def __call__(self, values: pl.Series) -> pl.Series:
+        distinct = values.drop_nulls().unique()
+        if distinct.is_empty():
+            return values.cast(pl.String)
+        new = distinct.filter(~distinct.is_in(self.raw.implode()))
+        if new.len():
+            self.raw = pl.concat([self.raw, new])
+            self.pseudonyms = pl.concat([self.pseudonyms, iban_pseudonyms(new, self.key)])
+        return values.replace_strict(self.raw, self.pseudonyms, default=None,
+                                     return_dtype=pl.String)
+
+
 def pseudonymise_iban(frame: pl.LazyFrame | pl.DataFrame, column: str, key: bytes):
     """``DE89370400440532013000`` -> ``DE**3000#1a2b3c4d5e``: country and last four digits stay
-    readable (auditors recognise them), the rest becomes a keyed hash. Values already
-    pseudonymised (containing ``#``) pass through. Hashes each distinct IBAN once, not each row."""
+    readable (auditors recognise them), the rest becomes a keyed hash. Blanks are removed and
+    letters upper-cased first; values already pseudonymised (containing ``#``) pass (upper-cased
+    too: not idempotent, pseudonymise a value once); empty ones become null. Cleans and hashes
+    each distinct value once, not each row (``iban_pseudonyms``)."""
     lazy = frame.lazy()
-    clean = pl.col(column).str.replace_all(r"\s", "").str.to_uppercase()
-    lazy = lazy.with_columns(clean.alias(column))
-    distinct = (lazy.select(pl.col(column)).unique().drop_nulls().collect()
-                .get_column(column).to_list())
-    mapping = {
-        v: v if ("#" in v or v == "") else f"{v[:2]}**{v[-4:]}#{pseudonym(v, key)}"
-        for v in distinct
-    }
-    out = lazy.with_columns(
-        pl.col(column).replace_strict(mapping, default=None, return_dtype=pl.String)
-        .replace("", None).alias(column))
+    raw = lazy.select(pl.col(column).unique().drop_nulls()).collect().get_column(column)
+    if raw.is_empty():
+        out = lazy.with_columns(pl.col(column).cast(pl.String))
+    else:
+        pseudonyms = iban_pseudonyms(raw, key)
+        out = lazy.with_columns(pl.col(column).replace_strict(
+            raw, pseudonyms, default=None, return_dtype=pl.String))
     return out if isinstance(frame, pl.LazyFrame) else out.collect()
 
 
