@@ -270,14 +270,16 @@ def _delivery_hashes(ingested: IngestResult) -> tuple[list[str], list[str]]:
     return [i.sha256 for i in used], [Path(i.path).name for i in used]
 
 
-def _source(ingested: IngestResult) -> pl.LazyFrame:
-    """The delivery as a lazy scan with a row id, in delivered order. Nothing is materialised:
-    every later step is a query over the ingested Parquet that returns a small result, so
-    validation's memory does not grow with the delivery (issue #10)."""
+def _source(ingested: IngestResult) -> tuple[pl.LazyFrame, bool]:
+    """The delivery as a lazy scan with a row id, in delivered order, and whether that is the
+    ingested order. Nothing is materialised: every later step is a query over the ingested
+    Parquet that returns a small result, so validation's memory does not grow with the delivery
+    (issue #10)."""
     lazy = ingested.bookings.lazy()
-    if not _in_delivered_order(lazy):  # rare (files out of order): sorted per query
+    in_order = _in_delivered_order(lazy)
+    if not in_order:  # rare (files out of order): sorted per query
         lazy = lazy.sort("source_file", "source_line", nulls_last=True, maintain_order=True)
-    return lazy.with_row_index(ROW).with_columns(pl.col(ROW).cast(pl.Int64))
+    return lazy.with_row_index(ROW).with_columns(pl.col(ROW).cast(pl.Int64)), in_order
 
 
 def _in_delivered_order(lazy: pl.LazyFrame) -> bool:
@@ -323,16 +325,9 @@ def _collect_rows(flagged: pl.LazyFrame, suite: Suite, flags: dict[str, str], he
 
 
 def _pseudonymise_bank_accounts(frame: pl.LazyFrame, key: bytes) -> pl.LazyFrame:
-    """``privacy.pseudonymise_iban`` applied to the distinct delivered values only (cleaning
-    with a regex and upper-casing every row cost 0.3 s per 1M lines); each row then gets one
-    lookup of its raw value. Same result by construction."""
-    column = "bank_account"
-    raw = frame.select(pl.col(column).unique().drop_nulls()).collect().get_column(column)
-    if raw.is_empty():
-        return frame
-    pseudonyms = pseudonymise_iban(raw.to_frame(), column, key).get_column(column)
-    return frame.with_columns(pl.col(column).replace_strict(
-        raw, pseudonyms, default=None, return_dtype=pl.String))
+    """``privacy.pseudonymise_iban`` on the delivery (when ingest did not do it while writing):
+    one query for the distinct delivered values, then one lookup per row."""
+    return pseudonymise_iban(frame, "bank_account", key)
 
 
 def _pseudonymise_master(master: dict[str, pl.DataFrame], key: bytes, run_dir: Path) -> None:
@@ -417,7 +412,8 @@ def _gate(ingested: IngestResult, ctx: RunContext, job: GxJob, shas: list[str],
           names: list[str]) -> ValidationResult:
     settings, vs, run_dir = ctx.settings, ctx.settings.validation, Path(ctx.run_dir)
     clock = _Clock()
-    frame = _source(ingested)  # lazy: each step below collects only its small result
+    # lazy: each step below collects only its small result
+    frame, in_order = _source(ingested)
     rows_in = int(frame.select(pl.len()).collect().item())
     clock.lap("load")
     filecheck.check_not_empty(frame, ingested, rows_in)
@@ -453,7 +449,9 @@ def _gate(ingested: IngestResult, ctx: RunContext, job: GxJob, shas: list[str],
 
     # pseudonymise before anything is written (and before GX sees the values)
     key = load_key(ctx.data_dir)
-    frame = _pseudonymise_bank_accounts(frame, key)
+    pseudonymised = ingested.pseudonym_key == key  # by ingest, with this data dir's key
+    if not pseudonymised:
+        frame = _pseudonymise_bank_accounts(frame, key)
     _pseudonymise_master(ingested.master, key, run_dir)
     clock.lap("pseudonymise")
 
@@ -513,11 +511,15 @@ def _gate(ingested: IngestResult, ctx: RunContext, job: GxJob, shas: list[str],
     clean_path, q_path = run_dir / "bookings.parquet", run_dir / "quarantine.parquet"
     run_dir.mkdir(parents=True, exist_ok=True)
     q_out.write_parquet(q_path)
-    # the writer encodes on one core: the journal-level findings use the other meanwhile
-    # (timings: "journal_findings" while it writes, "write" the wait for it after them)
+    # ingest's canonical file is the clean file when no row goes and nothing changes: kept
+    # (a link), not encoded again; otherwise the writer encodes on one core while the
+    # journal-level findings use the other (timings: "journal_findings" while it writes,
+    # "write" the wait for it after them)
+    keep = (ingested.bookings_file is not None and pseudonymised and in_order
+            and rows.height == 0)
     with ThreadPoolExecutor(1, thread_name_prefix="clean-write") as pool:
-        writing = pool.submit(output.write_clean, frame, rows.get_column(ROW), clean_path,
-                              rows_in)
+        writing = pool.submit(output.keep, ingested.bookings_file, clean_path) if keep else \
+            pool.submit(output.write_clean, frame, rows.get_column(ROW), clean_path, rows_in)
         findings = pl.concat([
             journals.unbalanced(clean, q_rows, vs.balance_tolerance),
             journals.gaps(ids, state.previous_ranges(ctx.data_dir, ctx.entity),

@@ -81,10 +81,28 @@ class IngestResult:
     """Full-read checks of the text files behind ``bookings`` (``mapped.DelimitedScan.check``):
     ``materialise`` runs them only when reading fails, so that a malformed file is reported
     with its file and line instead of Polars' message, without a second read of good files."""
-    finishers: list[Callable[[pl.LazyFrame], pl.LazyFrame]] = field(default_factory=list)
+    finishers: list[Callable[[Materialised], Materialised]] = field(default_factory=list)
     """Steps that need the whole file (per-journal checks, column statistics), run in order on
     the materialised bookings: a few columns of Parquet instead of another parse of the text.
-    ``bookings`` may carry helper columns named ``__ingest_*`` for them; they are dropped."""
+    ``bookings`` may carry helper columns named ``__ingest_*`` for them; they are dropped. A
+    finisher that changes canonical columns returns a newly materialised delivery."""
+    bookings_file: Path | None = None
+    """Parquet file holding exactly ``bookings``' ``BOOKING_SCHEMA`` columns, in order, in the
+    clean file's layout (``bookings_file.py``): validation keeps it as the run's clean file when
+    nothing is quarantined."""
+    pseudonym_key: bytes | None = None
+    """The key ingest pseudonymised ``bank_account`` with (``privacy.iban_pseudonyms``), or
+    None: then the bank accounts are as delivered and validation pseudonymises them."""
+
+
+@dataclass
+class Materialised:
+    """The delivery parsed once into Parquet (see ``materialise``)."""
+
+    frame: pl.LazyFrame
+    """Canonical columns (``bookings_file``) side by side with the rest (``ingest_issue``,
+    helper columns) from a second, small file."""
+    bookings_file: Path
 
 
 def format_module(name: str) -> ModuleType:
@@ -133,23 +151,72 @@ def detect_format(files: list[Path]) -> str:
 
 
 def materialise(bookings: pl.LazyFrame, workdir: Path,
-                checks: list[Callable[[], object]] | None = None) -> pl.LazyFrame:
-    """Parse the delivery once, streaming, into ``workdir/ingested-*.parquet``; later stages scan
-    that file instead of re-running the text parsers (and ingest pays for its own parsing).
+                checks: list[Callable[[], object]] | None = None,
+                pseudonym_key: bytes | None = None) -> Materialised:
+    """Parse the delivery once, streaming, into Parquet under ``workdir``; later stages scan
+    that instead of re-running the text parsers (and ingest pays for its own parsing).
+
+    One pass, two files: the canonical columns in the clean file's layout
+    (``bookings_file.BookingsWriter``; validation keeps this file as the clean bookings when
+    nothing is quarantined, instead of encoding every column a second time) and the other
+    columns (``ingest_issue``, ``__ingest_*`` helpers; mostly null, lz4). Both are written from
+    the same batches, so their rows line up by construction. With ``pseudonym_key``, bank
+    accounts are pseudonymised on the way (``privacy.IbanPseudonymiser``): the clear IBANs are
+    never written, not even to the temporary folder.
 
     When the read fails, ``checks`` (see ``IngestResult.deferred_checks``) name the culprit."""
+    import pyarrow.parquet as pq  # here: a cold start that only sniffs never needs pyarrow
+
+    from detect.ingest.bookings_file import ROW_GROUP, BookingsWriter, to_table
+
     workdir.mkdir(parents=True, exist_ok=True)
-    # a fresh name per call: a LazyFrame handed out earlier may still read its own file
-    fd, name = tempfile.mkstemp(dir=workdir, prefix="ingested-", suffix=".parquet")
-    os.close(fd)
-    path = Path(name)
+    # fresh names per call: a LazyFrame handed out earlier may still read its own files
+    main, side = (_fresh(workdir, f"ingested-{part}-") for part in ("bookings", "extra"))
+    names = bookings.collect_schema().names()
+    others = [c for c in names if c not in BOOKING_SCHEMA]
+    pseudonymise = None
+    if pseudonym_key is not None:
+        from detect.privacy import IbanPseudonymiser
+
+        pseudonymise = IbanPseudonymiser(pseudonym_key)
+    writer, extra = BookingsWriter(main), None
     try:
-        bookings.sink_parquet(path, compression="lz4", maintain_order=True)
-    except pl.exceptions.ComputeError:
-        for check in checks or []:
-            check()   # raises IngestError (file, line) for a malformed file
+        try:
+            for batch in bookings.collect_batches(chunk_size=ROW_GROUP, maintain_order=True):
+                if pseudonymise is not None:
+                    batch = batch.with_columns(pseudonymise(batch.get_column("bank_account")))
+                writer.write(to_table(batch))
+                if not others:
+                    continue
+                rest = batch.select(others).to_arrow(compat_level=pl.CompatLevel.newest())
+                if extra is None:
+                    extra = pq.ParquetWriter(side, rest.schema, compression="lz4",
+                                             store_schema=False)
+                extra.write_table(rest)
+        except pl.exceptions.ComputeError:
+            for check in checks or []:
+                check()   # raises IngestError (file, line) for a malformed file
+            raise
+    except BaseException:
+        writer.abort()
+        if extra is not None:
+            extra.close()
         raise
-    return pl.scan_parquet(path)
+    writer.close()
+    if extra is not None:
+        extra.close()
+    elif others:  # no rows
+        pl.DataFrame(schema=bookings.collect_schema()).select(others).write_parquet(side)
+    frame = pl.scan_parquet(main)
+    if others:
+        frame = pl.concat([frame, pl.scan_parquet(side)], how="horizontal").select(names)
+    return Materialised(frame, main)
+
+
+def _fresh(workdir: Path, prefix: str) -> Path:
+    fd, name = tempfile.mkstemp(dir=workdir, prefix=prefix, suffix=".parquet")
+    os.close(fd)
+    return Path(name)
 
 
 def helper_columns(frame: pl.LazyFrame) -> list[str]:
@@ -157,8 +224,13 @@ def helper_columns(frame: pl.LazyFrame) -> list[str]:
     return [c for c in frame.collect_schema().names() if c.startswith("__ingest_")]
 
 
-def ingest(sources: list[Path], fmt: str, settings: Settings, workdir: Path) -> IngestResult:
-    """Read a delivery (files and/or folders) into canonical bookings."""
+def ingest(sources: list[Path], fmt: str, settings: Settings, workdir: Path, *,
+           pseudonym_key: bytes | None = None) -> IngestResult:
+    """Read a delivery (files and/or folders) into canonical bookings.
+
+    ``pseudonym_key`` (``privacy.load_key(data_dir)``): pseudonymise bank accounts while
+    writing, so that the canonical file can become the run's clean bookings unchanged (see
+    ``materialise``); without it validation pseudonymises and writes the clean file itself."""
     files = expand_sources(sources)
     empty = [f for f in files if f.stat().st_size == 0]
     if empty and len(empty) == len(files):
@@ -171,16 +243,18 @@ def ingest(sources: list[Path], fmt: str, settings: Settings, workdir: Path) -> 
         name = "csv"
     result = format_module(name).read(files, settings, workdir)
     try:
-        bookings = materialise(result.bookings, workdir, result.deferred_checks)
+        done = materialise(result.bookings, workdir, result.deferred_checks, pseudonym_key)
     except EncodingChanged:
         # a file's first MiB was UTF-8, the rest is not (a cp1252 export): read again, now
         # with the encoding found by the full check (remembered by textio)
         result = format_module(name).read(files, settings, workdir)
-        bookings = materialise(result.bookings, workdir, result.deferred_checks)
+        done = materialise(result.bookings, workdir, result.deferred_checks, pseudonym_key)
     result.format = name
     for finish in result.finishers:
-        bookings = finish(bookings)
-    result.bookings = bookings.drop(helper_columns(bookings))
+        done = finish(done)
+    result.bookings = done.frame.drop(helper_columns(done.frame))
+    result.bookings_file = done.bookings_file
+    result.pseudonym_key = pseudonym_key
     hashed = {i.path for i in result.inputs}
     for f in files:
         if str(f) not in hashed:

@@ -26,7 +26,7 @@ import polars as pl
 
 from detect.config import Settings
 from detect.errors import IngestError
-from detect.ingest import IngestResult, InputFile, materialise
+from detect.ingest import IngestResult, InputFile, Materialised, materialise
 from detect.ingest.mapped import (
     LINE, AmountSpec, Profile, SourceOptions, check_not_blank, find_column, normalise_name,
     open_delimited, scan_delimited, to_bookings,
@@ -185,6 +185,9 @@ def _required_column_error(path: Path, err: IngestError) -> IngestError:
 
 PLACEHOLDER_FLAG = "__ingest_posting_placeholder"
 """Helper column: the delivered posting-date text is a placeholder (for the warning)."""
+UNIT_GIVEN = "__ingest_unit_given"
+"""Helper column: the line names a business unit (``entity`` is already filled with the
+default where it does not; ``finish_gl`` needs the difference)."""
 
 
 @dataclass
@@ -220,22 +223,31 @@ def read_gl(path: Path, settings: Settings, workdir: Path) -> GLFile:
         + list(settings.validation.placeholder_dates)
     frame = to_bookings(raw, profile, settings, str(path), scan.sample, extra={
         PLACEHOLDER_FLAG: pl.col(col).str.strip_chars().is_in(placeholders)})
+    # the usual result of ``finish_gl`` (one unit per journal) written right away, so that the
+    # materialised file is final; which lines named no unit is kept for the check
+    frame = frame.with_columns(pl.col("entity").is_not_null().alias(UNIT_GIVEN),
+                               pl.coalesce("entity", pl.lit(settings.entity)))
     others = [c for c in ("Entered_Date", "Document_Date") if find_column(names, c)]
     return GLFile(frame, scan.check, path, col, others, "entity" in profile.columns)
 
 
-def finish_gl(bookings: pl.LazyFrame, gl_files: list[GLFile], settings: Settings,
-              workdir: Path, warnings: list[str], warn_at: list[int]) -> pl.LazyFrame:
+def finish_gl(done: Materialised, gl_files: list[GLFile], settings: Settings,
+              workdir: Path, warnings: list[str], warn_at: list[int]) -> Materialised:
     """Whole-file steps on the materialised bookings (Parquet: a few columns, cheap).
 
     - One entity per journal: the first business unit named on any of its lines. In the usual
       export every line names its journal's unit, and entity is just the line's own unit (or
-      the default); otherwise the first unit by line is joined on and the bookings are written
-      again (rare; a lazy join here would keep the parsed file in memory: 5.8 GB at 10M lines).
+      the default), as ``read_gl`` wrote it; otherwise the first unit by line is joined on and
+      the bookings are written again (rare; a lazy join here would keep the parsed file in
+      memory: 5.8 GB at 10M lines).
     - The placeholder warning per file, inserted where the reader met the file (``warn_at``).
     """
+    bookings = done.frame
     key = ["source_file", "journal_id"]
     units = any(gl.unit_column for gl in gl_files)
+    if units:  # entity as delivered (null where a line names no unit)
+        bookings = bookings.with_columns(
+            pl.when(pl.col(UNIT_GIVEN)).then(pl.col("entity")).alias("entity"))
     # both summaries in one go (Polars runs them side by side over one scan of the Parquet)
     stats, *adjacent = pl.collect_all(
         [bookings.group_by("source_file")
@@ -246,16 +258,15 @@ def finish_gl(bookings: pl.LazyFrame, gl_files: list[GLFile], settings: Settings
     for gl, at in reversed(list(zip(gl_files, warn_at, strict=True))):
         n, p = counts.get(str(gl.path), (0, 0))
         warnings[at:at] = placeholder_warnings(gl, n, p, settings)
-    if not units:
-        return bookings
-    if _one_unit_per_journal(bookings, key, adjacent[0]):
-        return bookings.with_columns(pl.coalesce("entity", pl.lit(settings.entity)))
+    if not units or _one_unit_per_journal(bookings, key, adjacent[0]):
+        return done
     first_bu = (bookings.filter(pl.col("entity").is_not_null()).group_by(key)
                 .agg(pl.col("entity").sort_by("source_line").first().alias("__bu")))
     joined = (bookings.join(first_bu, on=key, how="left", maintain_order="left",
                             nulls_equal=True)
               .with_columns(pl.coalesce("__bu", pl.lit(settings.entity)).alias("entity"))
               .drop("__bu"))
+    # bank accounts are already pseudonymised (if ingest was given the key): not again
     return materialise(joined, workdir)
 
 
@@ -386,7 +397,7 @@ def read(files: list[Path], settings: Settings, workdir: Path) -> IngestResult:
                           "Amount) in the delivery", file=", ".join(str(f) for f in files[:3]))
     result.bookings = pl.concat([gl.frame for gl in gl_files], how="vertical")
     result.deferred_checks = [gl.check for gl in gl_files]
-    result.finishers.append(lambda bookings: finish_gl(
-        bookings, gl_files, settings, workdir, result.warnings, warn_at))
+    result.finishers.append(lambda done: finish_gl(
+        done, gl_files, settings, workdir, result.warnings, warn_at))
     result.master = {k: pl.concat(v, how="vertical") for k, v in masters.items()}
     return result
