@@ -314,7 +314,11 @@ def _run_stages(ctx: RunContext, sources: list[Path], fmt: str, control_totals: 
     started = time.perf_counter()
     log.event("run_start", run_id=ctx.run_id, sources=[str(s) for s in sources])
     with log.step("ingest", "Reading the delivery"):
-        ingested = ingest(sources, fmt, settings, partial / "tmp")
+        from detect.privacy import load_key
+
+        # bank accounts pseudonymised while ingest writes: its file can become the clean one
+        ingested = ingest(sources, fmt, settings, partial / "tmp",
+                          pseudonym_key=load_key(data_dir))
         if control_totals is not None:
             from detect.ingest.control import read_control_totals
             ingested.control_totals.append(read_control_totals(control_totals))
