@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
@@ -18,8 +19,8 @@ from detect.rules import HIT_SCHEMA, RuleError, connect, find_rule, load_catalog
 from detect.rules.cases import case_bookings
 from detect.rules.loader import load_rule
 from detect.rules.render import template_sql
-from detect.rules.runner import (catalog_columns, delivery_is_whole_history, run_catalog,
-                                 setup_views)
+from detect.rules.runner import (_reads_all_columns, catalog_columns, delivery_is_whole_history,
+                                 run_catalog, setup_views)
 from detect.schema import BOOKING_SCHEMA, MASTER_SCHEMAS, conform
 
 GOOD_RULE = """
@@ -385,3 +386,43 @@ def test_empty_master_views_have_the_master_schema() -> None:
     for name, schema in MASTER_SCHEMAS.items():
         assert [r[0] for r in con.execute(f"DESCRIBE {name}").fetchall()] == schema.names()
         assert con.execute(f"SELECT count(*) FROM {name}").fetchone() == (0,)
+
+
+def test_star_anywhere_in_a_select_list_reads_all_columns() -> None:
+    # decided on DuckDB's parse tree: a star that is not first, COLUMNS(*), an alias's star or
+    # the row as a struct would otherwise turn the columns no rule names into nulls
+    for query in ("SELECT entity, * FROM bookings", "SELECT COLUMNS(*) FROM bookings",
+                  "SELECT b.* FROM journals j JOIN bookings AS b USING (entity)",
+                  "WITH x AS (SELECT * EXCLUDE (amount) FROM bookings) SELECT entity FROM x",
+                  "SELECT to_json(b) FROM bookings b",
+                  "SELECT entity FROM journals UNION ALL SELECT * FROM bookings"):
+        assert _reads_all_columns(query, "bookings"), query
+    for query in ("SELECT count(*) FROM bookings", "SELECT j.* FROM bookings b, journals j",
+                  "SELECT * FROM (SELECT entity, amount FROM bookings)",
+                  "SELECT entity FROM bookings -- SELECT * FROM bookings"):
+        assert not _reads_all_columns(query, "bookings"), query
+    assert _reads_all_columns("SELECT j.* FROM bookings b, journals j", "journals")
+
+
+def test_a_history_file_that_is_a_copy_of_the_delivery_needs_no_delivery_filter(
+        tmp_path: Path) -> None:
+    hist, run_dir = write_history(tmp_path)
+    first = pl.read_parquet(hist / "d1.parquet")
+    for name, frame in (("copy", first),
+                        ("null_key", first.with_columns(  # journal 101 without its id
+                            journal_id=pl.when(pl.col("journal_id") != "101")
+                            .then(pl.col("journal_id"))))):
+        folder = tmp_path / name
+        (folder / "run").mkdir(parents=True)
+        frame.write_parquet(folder / "history.parquet")
+        shutil.copyfile(folder / "history.parquet", folder / "run" / "bookings.parquet")
+        con = connect(Ctx(folder / "run"), str(folder / "history.parquet"))
+        whole = run_catalog(con, Settings(), load_catalog())
+        # a journal with a null key is never "in the delivery": the filter stays
+        assert delivery_is_whole_history(con) == (name == "copy")
+        everything = run_catalog(con, Settings(), load_catalog(), delivery_only=False)
+        if name == "copy":
+            assert whole.hits.equals(everything.hits) and whole.hits.height
+        else:
+            assert whole.hits["journal_id"].null_count() == 0
+            assert everything.hits["journal_id"].null_count() > 0

@@ -210,7 +210,109 @@ def duckdb_config(temp_dir: Path) -> dict[str, Any]:
 
 def _reads_all_columns(query: str, table: str) -> bool:
     """Whether the query selects ``*`` straight from ``table`` (``SELECT * FROM bookings``,
-    ``b.*`` of ``bookings b``): its output then depends on every column."""
+    ``SELECT entity, * ...``, ``b.*`` of ``bookings b``, ``COLUMNS(*)``): its output then
+    depends on every column.
+
+    Decided on DuckDB's own parse tree (``json_serialize_sql``), so a star anywhere in a select
+    list counts; the text heuristics below only serve a query DuckDB cannot parse (it fails at
+    run time anyway)."""
+    tree = _parse_tree(strip_comments(query))
+    if tree is None:
+        return _reads_all_columns_text(query, table)
+    return any(_node_reads_all(node, table.lower()) for node in _select_nodes(tree))
+
+
+@lru_cache(maxsize=256)
+def _parse_tree_text(query: str) -> str:
+    with duckdb.connect() as con:
+        return con.execute("SELECT json_serialize_sql(?)", [query]).fetchall()[0][0]
+
+
+def _parse_tree(query: str) -> Any:
+    try:
+        tree = json.loads(_parse_tree_text(query))
+    except (duckdb.Error, ValueError):
+        return None
+    return None if tree.get("error") else tree
+
+
+def _select_nodes(tree: Any) -> list[dict[str, Any]]:
+    """Every SELECT of the tree (CTEs, subqueries, set operations included)."""
+    found: list[dict[str, Any]] = []
+    stack = [tree]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if item.get("type") == "SELECT_NODE":
+                found.append(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
+def _from_tables(ref: Any) -> list[tuple[str, str]]:
+    """(table name, alias) of the base tables a FROM clause joins (not those of subqueries)."""
+    if not isinstance(ref, dict):
+        return []
+    if ref.get("type") == "BASE_TABLE":
+        return [(str(ref.get("table_name", "")).lower(), str(ref.get("alias") or "").lower())]
+    if ref.get("type") == "JOIN":
+        return _from_tables(ref.get("left")) + _from_tables(ref.get("right"))
+    return []
+
+
+def _stars(expr: Any) -> list[dict[str, Any]]:
+    """STAR expressions (``*``, ``t.*``, ``COLUMNS(...)``) in an expression tree, not looking
+    into nested SELECTs (those are judged on their own FROM)."""
+    found: list[dict[str, Any]] = []
+    stack = [expr]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if item.get("type") == "SELECT_NODE" or "subquery" in item:
+                continue
+            if item.get("class") == "STAR":
+                found.append(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
+def _node_reads_all(node: dict[str, Any], table: str) -> bool:
+    tables = _from_tables(node.get("from_table"))
+    if not any(name == table for name, _ in tables):
+        return False
+    names = {alias or name for name, alias in tables if name == table}
+    for star in _stars(node.get("select_list", [])):
+        relation = str(star.get("relation_name") or "").lower()
+        if not relation or relation in names:
+            return True
+    # the table's name as a column (``to_json(b)``) is the whole row as a struct
+    return any(len(ref.get("column_names", [])) == 1
+               and str(ref["column_names"][0]).lower() in names
+               for ref in _column_refs([v for k, v in node.items() if k != "from_table"]))
+
+
+def _column_refs(expr: Any) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    stack = [expr]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if item.get("type") == "SELECT_NODE" or "subquery" in item:
+                continue
+            if item.get("class") == "COLUMN_REF":
+                found.append(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
+def _reads_all_columns_text(query: str, table: str) -> bool:
+    """Text heuristics of ``_reads_all_columns`` for a query DuckDB cannot parse."""
     q = strip_comments(query).lower()
     for star in re.finditer(r"\bselect\s+(?:distinct\s+)?\*", q):
         # the rest of this SELECT at its own parenthesis depth: FROM ... JOIN ... WHERE ...
@@ -302,7 +404,8 @@ def _history_files(history_glob: str | Path | list[str | Path]) -> list[Path]:
     files: list[Path] = []
     for item in items:
         text = str(item)
-        files += [Path(f) for f in sorted(glob.glob(text))] if glob.has_magic(text) else [Path(text)]
+        files += ([Path(f) for f in sorted(glob.glob(text))] if glob.has_magic(text)
+                  else [Path(text)])
     return files
 
 
