@@ -297,7 +297,7 @@ def _in_delivered_order(lazy: pl.LazyFrame) -> bool:
 def _collect_rows(flagged: pl.LazyFrame, suite: Suite, flags: dict[str, str], height: int,
                   gx_rows: int) -> tuple[dict[str, int], pl.DataFrame, pl.DataFrame]:
     """Every check's failing-row count, the rows failing a quarantining check (whole, in row
-    order) and GX's sample of whole journals (row id, flags and the suite's columns).
+    order) and GX's sample of whole journals or all rows (row id, flags and the suite's columns).
 
     One narrow query (row id, the check flags, the suite's columns, the sample pick) keeps the
     rows failing any check or picked for GX; the counts are its column sums (a row failing a
@@ -308,9 +308,8 @@ def _collect_rows(flagged: pl.LazyFrame, suite: Suite, flags: dict[str, str], he
     quarantining = [flags[c.key] for c in suite.checks if c.key in flags and c.quarantines]
     is_bad = pl.any_horizontal(quarantining) if quarantining else pl.lit(False)
     pick = gxrun.sample_pick(height, gx_rows, JOURNAL)
-    if pick is None:  # GX validates every row (small delivery, or gx_rows = 0)
-        everything = flagged.sort(ROW).collect()
-        return rowchecks.flag_counts(everything, flags), everything.filter(is_bad), everything
+    if pick is None:  # GX validates every row (small delivery, or gx_rows = 0), but it too
+        pick = pl.lit(True)  # needs only the suite's columns, not the whole delivery's
     names = flagged.collect_schema().names()
     columns = [c for c in dict.fromkeys([*suite.columns(), *JOURNAL]) if c in names]
     narrow = (flagged.select(ROW, *flags.values(), *columns, pick.alias("_gx"))
