@@ -198,9 +198,12 @@ class Codes:
         idx = pl.Series(slot[code])
         return [table.get_column(name).gather(idx).alias(name) for name in aggs]
 
-    def robust_z(self, cols: tuple[str, ...], x: pl.Series, floor: float) -> pl.Series:
-        """(x - median) / (1.4826 MAD + floor) within the groups of ``cols``."""
-        (med,) = self.agg(cols, x.to_frame("_x"), _med=pl.col("_x").median())
+    def robust_z(self, cols: tuple[str, ...], x: pl.Series, floor: float,
+                 median: pl.Series | None = None) -> pl.Series:
+        """(x - median) / (1.4826 MAD + floor) within the groups of ``cols``; ``median``: the
+        groups' median of ``x`` on every line when the caller has it already."""
+        (med,) = (self.agg(cols, x.to_frame("_x"), _med=pl.col("_x").median())
+                  if median is None else (median.alias("_med"),))
         work = pl.DataFrame([x.alias("_x"), med])
         dev = work.select((pl.col("_x") - pl.col("_med")).abs().alias("_dev"))
         (mad,) = self.agg(cols, dev, _mad=pl.col("_dev").median())
@@ -225,6 +228,17 @@ def _column_codes(s: pl.Series) -> tuple[np.ndarray, int]:
     top = phys.max()
     size = int(top) + 1 if top is not None else 0
     return phys.fill_null(size).to_numpy().astype(np.int32), size + 1
+
+
+def _streamed(df: pl.DataFrame, *exprs: pl.Expr) -> list[pl.Series]:
+    """``df.select(*exprs)`` through the streaming engine, as one chunk per column.
+
+    Why: an eager select over 1M lines computes each expression over whole columns, with
+    whole-column temporaries; the streaming engine goes through the lines in morsels whose
+    temporaries stay in the CPU cache (the final feature select: 0.19 -> 0.14 CPU s per 1M
+    lines, rechunk included). The result is rechunked for the gathers and numpy views that
+    follow."""
+    return df.lazy().select(*exprs).collect().rechunk().get_columns()
 
 
 def _u32(name: str, values: np.ndarray) -> pl.Series:
@@ -441,9 +455,17 @@ def build_features(bookings: pl.LazyFrame, settings: Settings,
                                  pl.col("created_at").cast(pl.Date).alias("_created"))
         created = created.drop_nulls("vendor_j").unique("vendor_j", keep="first",
                                                         maintain_order=True)
-        df = df.with_columns(pl.col("vendor_j").cast(pl.String).replace_strict(  # a lookup
+        # a lookup per vendor (one line of each stands for it), gathered back by the codes:
+        # looking up 1M lines' names cost 0.05 CPU s
+        code, size = codes.of("vendor_j")
+        line = np.zeros(size, dtype=np.int64)
+        line[code] = np.arange(df.height)  # any line of a vendor: all carry its name
+        seen = np.flatnonzero(np.bincount(code, minlength=size) > 0)
+        per_vendor = df.get_column("vendor_j").gather(line[seen]).cast(pl.String).replace_strict(
             created.get_column("vendor_j"), created.get_column("_created"), default=None,
-            return_dtype=pl.Date).alias("_created"))
+            return_dtype=pl.Date)
+        table = pl.repeat(None, size, dtype=pl.Date, eager=True).scatter(seen, per_vendor)
+        df = df.with_columns(table.gather(pl.Series(code)).alias("_created"))
     else:
         df = df.with_columns(pl.lit(None, dtype=pl.Date).alias("_created"))
     # a vendor first seen in the first 90 days of the history may simply predate it: unknown
@@ -461,13 +483,14 @@ def build_features(bookings: pl.LazyFrame, settings: Settings,
     if df.schema["entered_at"] == pl.Datetime("us"):
         minute = df.select(((pl.col("entered_at").to_physical() % 86_400_000_000)
                             // 60_000_000).cast(pl.Int32)).to_series()
-        hours = (pl.lit(minute // 60).cast(pl.Float64)
-                 + pl.lit(minute % 60).cast(pl.Float64) / 60.0)
-        entry_time = pl.lit(_HHMM.gather(minute))
+        df = df.with_columns(minute.alias("_minute"))
+        hours = ((pl.col("_minute") // 60).cast(pl.Float64)
+                 + (pl.col("_minute") % 60).cast(pl.Float64) / 60.0)
+        entry_time = _HHMM.gather(minute)
     else:
         hours = (pl.col("entered_at").dt.hour().cast(pl.Float64)
                  + pl.col("entered_at").dt.minute().cast(pl.Float64) / 60.0)
-        entry_time = pl.col("entered_at").dt.strftime("%H:%M")
+        entry_time = df.select(pl.col("entered_at").dt.strftime("%H:%M")).to_series()
     off = pl.max_horizontal(pl.lit(float(office.start_hour)) - hours,
                             hours - float(office.end_hour), pl.lit(0.0))
     def non_work(d: pl.Expr) -> pl.Expr:
@@ -495,14 +518,15 @@ def build_features(bookings: pl.LazyFrame, settings: Settings,
             ((abs_amt.rank("min") - 1) / n_total).alias("amount_pct_all"))
     df = df.with_columns(
         entry_time.alias("entry_time"),
-        (pl.col("posting_date") - pl.col("document_date")).dt.total_days().cast(pl.Int32)
-        .alias("doc_post"),
-        (pl.col("posting_date") - pl.col("entered_at").dt.date()).dt.total_days()
-        .cast(pl.Int32).alias("entry_post"),
-        _off=off,
-        _nonwork=(non_work(pl.col("day")) | non_work(pl.col("posting_date"))).cast(pl.Float64),
+        *_streamed(df, (pl.col("posting_date") - pl.col("document_date")).dt.total_days()
+                   .cast(pl.Int32).alias("doc_post"),
+                   (pl.col("posting_date") - pl.col("entered_at").dt.date()).dt.total_days()
+                   .cast(pl.Int32).alias("entry_post"),
+                   off.alias("_off"),
+                   (non_work(pl.col("day")) | non_work(pl.col("posting_date")))
+                   .cast(pl.Float64).alias("_nonwork")),
         **_amount_digits(df.select(cents.fill_null(0)).to_series().to_numpy()),
-    )
+    ).drop("_minute", strict=False)
     has_user = pl.col("entered_by").is_not_null()
     has_vendor = pl.col("vendor_j").is_not_null()
     # the user's own habits: share of their lines off hours / on non-workdays (null user: all)
@@ -517,7 +541,8 @@ def build_features(bookings: pl.LazyFrame, settings: Settings,
                        codes.journals("vendor_j", per_journal=True, where=with_bank))
     df = df.with_columns(off_share, nonwork_share, vb_journals, day_median,
                          codes.robust_z(("entered_by",),
-                                        df.get_column("user_day_lines").log1p(), 0.1)
+                                        df.get_column("user_day_lines").log1p(), 0.1,
+                                        median=day_median)  # the same median: not twice
                          .alias("_user_day_z"))
     df = df.with_columns(
         pl.when(has_user).then(pl.col("_off_share"))
@@ -556,7 +581,10 @@ def build_features(bookings: pl.LazyFrame, settings: Settings,
     exprs = {n: computed.get(n, pl.col(n)) for n in FEATURE_NAMES}
     feats = [exprs[n].cast(pl.Float64).fill_nan(None).fill_null(0.0).cast(pl.Float32).alias(n)
              for n in FEATURE_NAMES]
-    out = df.select(KEY + feats + [c for c in CONTEXT if c in df.columns] + ["_jk"])
+    # the features through the streaming engine (see _streamed); the key and context columns
+    # are taken as they are
+    out = df.select(KEY).hstack(_streamed(df, *feats)).hstack(
+        df.select([c for c in CONTEXT if c in df.columns] + ["_jk"]))
     return FeatureFrame(out, notes)
 
 
