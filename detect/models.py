@@ -492,22 +492,36 @@ def start_stage(bookings: pl.LazyFrame, ctx: Any) -> Scored:
 def finish_stage(scored: Scored, ctx: Any,
                  explain_journals: pl.DataFrame | None = None) -> pl.DataFrame:
     """The stage's second phase: explain, write ``models/`` and ``model_scores.parquet``."""
-    run_dir = Path(ctx.run_dir)
+    scores, model, meta = explain_stage(scored, ctx, explain_journals)
+    save_stage(scores, model, meta, ctx)
+    return scores
+
+
+def explain_stage(scored: Scored, ctx: Any, explain_journals: pl.DataFrame | None = None
+                  ) -> tuple[pl.DataFrame, BookingOutlierEnsemble | None, dict[str, Any]]:
+    """Reason texts (``explain_scored``) and the run's model metadata; notes to ``ctx.log``."""
     scores, model, meta = explain_scored(scored, ctx.settings, explain_journals)
     meta["run_id"] = ctx.run_id
     meta["entity"] = ctx.entity
     meta["scored_lines"] = scores.height
+    if meta.get("dropped_features"):
+        ctx.log.info("features without information (constant, dropped): "
+                     + ", ".join(meta["dropped_features"]))
+    return scores, model, meta
+
+
+def save_stage(scores: pl.DataFrame, model: BookingOutlierEnsemble | None,
+               meta: dict[str, Any], ctx: Any) -> None:
+    """``models/`` (the ensemble and ``ensemble.json``) and ``model_scores.parquet`` into the
+    run folder. The model worker does this after handing the scores to the job."""
+    run_dir = Path(ctx.run_dir)
     if model is not None:
         save_ensemble(model, run_dir / "models", meta)
     else:
         (run_dir / "models").mkdir(parents=True, exist_ok=True)
         (run_dir / "models" / "ensemble.json").write_text(
             json.dumps(meta, indent=2, default=str), "utf-8")
-    if meta.get("dropped_features"):
-        ctx.log.info("features without information (constant, dropped): "
-                     + ", ".join(meta["dropped_features"]))
     scores.write_parquet(run_dir / "model_scores.parquet")
-    return scores
 
 
 def score_lines(bookings: pl.LazyFrame, ctx: Any,

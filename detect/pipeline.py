@@ -375,6 +375,8 @@ def _run_stages(ctx: RunContext, sources: list[Path], fmt: str, control_totals: 
                  if callable(rates) else {})
         findings = scoring.build_items(pl.scan_parquet(history_glob), hits, model_scores, ctx,
                                        **extra)
+    if modelling is not None:  # models/ and model_scores.parquet, written meanwhile
+        modelling.join(log)
     lifecycle.crash_point("scored")
     shutil.rmtree(partial / "tmp", ignore_errors=True)
     with log.step("publish", "Publishing"):

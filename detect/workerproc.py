@@ -146,12 +146,23 @@ class BoundWorker:
                 self.cpu_seconds, self.max_rss_mb = usage
         return self.proc.returncode
 
-    def result(self) -> dict[str, Any] | None:
-        """The worker's ``result.json``, or None when it wrote none."""
-        path = self.job_dir / RESULT
+    def result(self, name: str = RESULT) -> dict[str, Any] | None:
+        """The worker's ``result.json`` (or ``name``), or None when it wrote none."""
+        path = self.job_dir / name
         if not path.exists():
             return None
         return json.loads(path.read_text(encoding="utf-8"))
+
+    def await_result(self, name: str = RESULT, poll: float = 0.002) -> dict[str, Any] | None:
+        """Wait until the worker has written ``name`` (it may go on working: a result it
+        hands over before its last step) or has ended; the result or None. Polls the file:
+        a few ms of latency against a worker that works for seconds."""
+        path = self.job_dir / name
+        while not path.exists():
+            if not self.running():
+                break
+            time.sleep(poll)
+        return self.result(name)
 
     def exit_text(self) -> str:
         """How the worker ended (``killed by signal 9`` / ``exited with code 7``) and the last
@@ -261,9 +272,9 @@ def exit_now(code: int) -> None:
     os._exit(code)
 
 
-def write_result(job_dir: str | Path, payload: dict[str, Any]) -> None:
-    """``result.json`` atomically: a worker that dies while writing leaves none."""
+def write_result(job_dir: str | Path, payload: dict[str, Any], name: str = RESULT) -> None:
+    """``result.json`` (or ``name``) atomically: a worker that dies while writing leaves none."""
     directory = Path(job_dir)
-    tmp = directory / (RESULT + ".tmp")
+    tmp = directory / (name + ".tmp")
     tmp.write_text(json.dumps(payload, default=str, ensure_ascii=False), "utf-8")
-    tmp.replace(directory / RESULT)
+    tmp.replace(directory / name)

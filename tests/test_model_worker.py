@@ -94,6 +94,7 @@ def test_the_worker_gives_the_in_process_outputs(tmp_path: Path) -> None:
         worker.start(glob, ctx)
         step: dict[str, Any] = {}
         scores = worker.finish(hits, ctx.log, step)
+        worker.join(ctx.log)
         assert _gone(worker.pid)
     finally:
         worker.close()
@@ -106,8 +107,10 @@ def test_the_worker_gives_the_in_process_outputs(tmp_path: Path) -> None:
     meta = json.loads((ctx.run_dir / "models" / "ensemble.json").read_text())
     assert meta["scored_lines"] == 20 and meta["run_id"] == ctx.run_id
     assert ctx.log.lines == local.log.lines
+    [done] = [e for e in ctx.log.events if e["event"] == "model_worker_done"]
+    assert done["cpu_seconds"] >= step["cpu_seconds"] > 0 and done["save_seconds"] >= 0
     # the step reports the worker's own figures and how long the job waited for it
-    assert step["worker"] is True and step["cpu_seconds"] > 0 and step["max_rss_mb"] > 0
+    assert step["worker"] is True and step["max_rss_mb"] > 0
     assert step["waited_seconds"] >= 0 and step["seconds"] > 0
     timings = step["worker_timings"]
     assert {"import", "fit_score", "explain", "idle_explain"} <= set(timings)
@@ -214,9 +217,12 @@ def _run(ledger: Path, data_dir: Path, settings: Settings) -> pipeline.RunSummar
                                  log=StepLog(quiet=True))
 
 
+def _events(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in (run_dir / "run.log.jsonl").read_text().splitlines()]
+
+
 def _steps(run_dir: Path) -> dict[str, dict[str, Any]]:
-    events = [json.loads(x) for x in (run_dir / "run.log.jsonl").read_text().splitlines()]
-    return {e["step"]: e for e in events if e["event"] == "step_done"}
+    return {e["step"]: e for e in _events(run_dir) if e["event"] == "step_done"}
 
 
 def test_a_job_with_the_worker_publishes_what_the_job_without_it_does(
@@ -255,6 +261,9 @@ def test_a_job_with_the_worker_publishes_what_the_job_without_it_does(
     assert models["cpu_seconds"] > models["main_cpu_seconds"]
     assert models["waited_seconds"] <= models["main_seconds"]
     assert remote.manifest["durations"]["models"] == models["seconds"]
+    [done] = [e for e in _events(remote.run_dir) if e["event"] == "model_worker_done"]
+    assert done["pid"] == started[0].pid and done["cpu_seconds"] >= models["cpu_seconds"]
+    assert remote.manifest["models"]["scored_lines"] == local.manifest["models"]["scored_lines"]
     assert "worker" not in _steps(local.run_dir)["models"]
     assert not list(Path(tempfile.gettempdir()).glob(
         f"{modelworker.JOB_PREFIX}{remote.run_id}-*"))
