@@ -328,3 +328,44 @@ def test_small_deliveries_stay_in_process(tmp_path: Path) -> None:
     finally:
         workers.close()
     assert not workers.gx.job_dir.exists()
+
+
+def test_a_job_killed_while_the_worker_fits_leaves_no_worker_and_reruns(
+        tmp_path: Path, ledger: Path) -> None:
+    """SIGKILL at ``rules_done`` (the worker has the job): the worker dies with the job and
+    removes its folder; the rerun recovers the aborted run and publishes."""
+    from detect.lifecycle import CRASH_ENV
+
+    config = tmp_path / "belegwacht.toml"
+    config.write_text('entity = "Musterstadt"\n[validation]\ndata_docs = false\n'
+                      "[models]\nworker_min_mb = 0\n", "utf-8")
+    args = [sys.executable, "-m", "detect", "run", str(ledger), "--data-dir",
+            str(tmp_path / "var"), "--config", str(config), "-q"]
+    job = subprocess.Popen(args, cwd=ROOT, env={**os.environ, CRASH_ENV: "rules_done"},
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, err = job.communicate(timeout=300)
+    assert job.returncode == -9, err
+    pattern = f"{modelworker.JOB_PREFIX}*-p{job.pid}-*"
+
+    def left() -> list[Any]:  # the model worker's folder, any worker process (GX's too)
+        return list(Path(tempfile.gettempdir()).glob(pattern)) + [
+            p for p in Path("/proc").glob("[0-9]*") if f"-p{job.pid}-".encode() in _cmdline(p)]
+
+    deadline = time.monotonic() + 20
+    while left() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not left()
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    runs = tmp_path / "var" / "runs"
+    assert len(list(runs.glob("*.failed"))) == 1
+    [published] = [p for p in runs.iterdir() if not p.name.endswith(".failed")]
+    assert (published / "model_scores.parquet").exists()
+    assert "worker" in _steps(published)["models"]
+
+
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:
+        return b""
