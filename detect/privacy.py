@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,23 +64,26 @@ class IbanPseudonymiser:
     """``iban_pseudonyms`` for a stream of batches: each distinct value is cleaned and hashed
     once over all batches (ingest pseudonymises bank accounts before anything is written).
     The values seen so far and their pseudonyms are kept as two Series, so a batch costs two
-    vectorised lookups, no Python loop over its values."""
+    vectorised lookups, no Python loop over its values. Safe to call from several threads (a
+    Polars UDF is): one batch at a time updates and reads the two Series."""
 
     def __init__(self, key: bytes) -> None:
         self.key = key
         self.raw = pl.Series(dtype=pl.String)
         self.pseudonyms = pl.Series(dtype=pl.String)
+        self._lock = threading.Lock()
 
     def __call__(self, values: pl.Series) -> pl.Series:
         distinct = values.drop_nulls().unique()
         if distinct.is_empty():
             return values.cast(pl.String)
-        new = distinct.filter(~distinct.is_in(self.raw.implode()))
-        if new.len():
-            self.raw = pl.concat([self.raw, new])
-            self.pseudonyms = pl.concat([self.pseudonyms, iban_pseudonyms(new, self.key)])
-        return values.replace_strict(self.raw, self.pseudonyms, default=None,
-                                     return_dtype=pl.String)
+        with self._lock:
+            new = distinct.filter(~distinct.is_in(self.raw.implode()))
+            if new.len():
+                self.raw = pl.concat([self.raw, new])
+                self.pseudonyms = pl.concat([self.pseudonyms, iban_pseudonyms(new, self.key)])
+            raw, pseudonyms = self.raw, self.pseudonyms
+        return values.replace_strict(raw, pseudonyms, default=None, return_dtype=pl.String)
 
 
 def pseudonymise_iban(frame: pl.LazyFrame | pl.DataFrame, column: str, key: bytes):
