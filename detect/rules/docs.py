@@ -272,10 +272,20 @@ Englisch)". Every rule shipped in `rules/` has both languages (the test suite en
 The catalog runs inside one DuckDB connection (2 threads, `memory_limit` 3 GB, spilling to the
 run's `tmp/duckdb`). Setup does the shared work once: the history is copied into a temporary
 table with only the columns the enabled rules name (found in the query texts and `requires`;
-a rule that selects `*` or `b.*` straight from `bookings` gets every column), `journals` is
-aggregated once with only the columns rules read (the others are typed nulls), and the
-delivery filter is skipped when this delivery holds every journal of the history (first
-load, full re-export: it would keep every hit anyway). Then each rule is one query.
+a rule whose select list has a star over `bookings` - `*` anywhere in it, `b.*`,
+`COLUMNS(*)`, or the row as a struct, decided on DuckDB's parse tree - gets every column),
+`journals` is aggregated once with only the columns rules read (the others are typed nulls),
+and the delivery filter is skipped when this delivery holds every journal of the history
+(first load, full re-export: it would keep every hit anyway; a first load's history file is a
+byte copy of the delivery file, so a byte comparison decides it without collecting the
+delivery's journal keys). Then each rule is one query; its hits are rendered into one temp
+table and converted to Polars once at the end (a rule dropped as too broad is only bound,
+its hits are not rendered).
+
+`rules.connect(ctx, history, threads=1)` runs the catalog on one DuckDB thread: ~9 % less CPU
+at 1M lines (6,2 instead of 6,8 CPU s, median of 3) for ~1,6x the wall time when the second
+core is free. The default stays 2: while the rules outlast whatever shares the machine, the
+second core shortens them.
 
 Measured on the 1 million line sample ledger (`bench/cache/ledger_1000000_7`, 493.426
 journals; the machine's 2 cores shared with other work, so before and after were run back to
@@ -299,7 +309,7 @@ back under the same load; CPU seconds of the rule query alone):
 | PAY004 | 0,23 | 0,06 | change history looked up for rarely used accounts only (at 10M: 9,9 → 0,5) |
 | PAY005 | 0,27 | 0,18 | payments joined to changes by vendor and time bucket (at 10M: 4,4 → 3,0) |
 | TIM007 | 0,19 | 0,06 | dates only of reversed journals |
-| all 34 | 14,2 | 5,2 | the others unchanged (< 0,35 each; JRN002 0,49 is its sort by number) |
+| all 34 | 14,2 | 5,2 | the others unchanged (< 0,35 each) |
 
 The whole stage (setup, 34 rules, hits file): before 8,4 s wall / 14,8 CPU s on a quiet
 machine (reference run); run back to back under the same load (4-7 on 2 cores),
@@ -316,9 +326,30 @@ At 10 million lines (`bench/cache/ledger_10000000_7`, 4,9 million journals) the 
 `memory_limit` and spills beyond it. Two rules grew with the square of the history (every
 payment of a vendor joined with every change of its bank details: PAY004, PAY005); both are
 fixed above. The rest grows about
-linearly; the largest are TXT001 (a keyword test over every line's text), JRN002 (its sort of
-all journal numbers), ACC002 (debit/credit pairs of every journal), BEN001/BEN002, PAY001/
-PAY002 and PRC002 (windows over the vendor lines that are left).
+linearly; the largest are ACC002 (debit/credit pairs of every journal), TXT001 (a keyword
+test over every line's text), AMT004, BEN001/BEN002, PAY001/PAY002 and PRC002 (windows over
+the vendor lines that are left).
+
+Round 3 (CPU seconds count: the model worker process takes the other core). Rule queries on
+the 1M history, CPU s, min of 3 runs each, before (3a5b883) / after: JRN002 0,50 / 0,22 (its
+journal-id regex ran three times per journal: a filter on it was pushed into the scan; the
+sort by number was never the cost), ACC003 0,24 / 0,17 (line kinds inlined into their
+readers instead of copied); the other 32 unchanged within noise (all 34: 4,65 / 4,46). The
+engine: a first load skips collecting the delivery's journal keys and the anti join (~0,2
+CPU s), the hits go through one temp table and one Polars conversion (~0,1 CPU s).
+`connect` + `run_rules` alone (`time.process_time()` around them on a fresh 1M run's
+`history/` and `bookings.parquet`, median of 3, load 4-7): 7,1 -> 6,8 CPU s; in
+the whole job (3 alternating runs each at load ~7, step `rules` of `run.log.jsonl`): 6,8 ->
+6,7 CPU s. Same 54.265 hits, texts, evidence and `history_journals`. At 10M (one run each,
+loaded machine): 79,8 s wall / 73,7 CPU s before, 72,8 s / 70,5 CPU s after (JRN002 6,1 ->
+3,8 s), 577.393 identical hits.
+
+Measured and left: a dense integer journal key in the history copy (joining it back costs
+0,55 CPU s, the journal group-bys it would speed up save ~0,1 each); one regex without
+`lower()` for TXT001's prefilter (RE2's case folding misses `İ`, the exact fix costs what it
+saves); ACC002 from per-journal min/max accounts (string min/max aggregates cost more than
+its journal/account group-by); AMT004's window over fewer lines (no gain: the window is not
+its cost); JRN003 from `journals` min/max (+0,12 for the aggregates, -0,16 in the rule).
 
 Not done (measured, not worth it yet): running rules concurrently on DuckDB cursors (the
 rules already keep both cores busy, ~1,9 CPU s per wall second, and temporary tables are per
@@ -340,12 +371,17 @@ cost at 10 million lines):
   lines left. Build patterns from `$parameters` only - a pattern from a column is compiled
   per row.
 - A CTE read twice is materialised; one read once is inlined. Say `AS MATERIALIZED` /
-  `AS NOT MATERIALIZED` where the default would repeat a regular expression over every line.
+  `AS NOT MATERIALIZED` where the default would repeat a regular expression over every line,
+  or copy every line only to filter it in each reader (ACC003's line kinds).
+- Do not filter on an expensive expression right after computing it: DuckDB pushes the
+  filter into the scan and evaluates the expression there again (JRN002 ran its journal-id
+  regex three times per journal). Compute it once in a projection and let a later, cheap
+  condition drop the rows (a null sorted last, a null difference).
 - Join each payment with the few changes near it, not with every change of its vendor: an
   equality on a time bucket (or a small candidate set first) keeps a join from growing with
   the square of the history.
-- Name the columns: `SELECT *` straight from `bookings` (or `b.*` where `b` is also the
-  alias of `bookings` anywhere in the query) makes the engine copy every column.
+- Name the columns: a star over `bookings` in any select list (`SELECT *`, `SELECT entity, *`,
+  `b.*` of `bookings b`, `COLUMNS(*)`, `to_json(b)`) makes the engine copy every column.
 """
 
 

@@ -201,10 +201,14 @@ DUCKDB_MEMORY_LIMIT = "3GB"
 spills to ``temp_directory`` beyond this instead of taking all memory and every core."""
 
 
-def duckdb_config(temp_dir: Path) -> dict[str, Any]:
-    """Connection settings for the rule catalog (threads, memory limit, where to spill)."""
+def duckdb_config(temp_dir: Path, threads: int | None = None) -> dict[str, Any]:
+    """Connection settings for the rule catalog (threads, memory limit, where to spill).
+
+    ``threads`` (default ``DUCKDB_THREADS``): with 1 the catalog takes ~9 % less CPU at 1M
+    lines (6.2 instead of 6.8 CPU s, no parallel hash tables to merge) but ~1.6x the wall time
+    on an idle second core; worth it when another process (the model worker) has that core."""
     temp_dir.mkdir(parents=True, exist_ok=True)
-    return {"threads": DUCKDB_THREADS, "memory_limit": DUCKDB_MEMORY_LIMIT,
+    return {"threads": threads or DUCKDB_THREADS, "memory_limit": DUCKDB_MEMORY_LIMIT,
             "temp_directory": str(temp_dir)}
 
 
@@ -430,13 +434,15 @@ def delivery_is_whole_history(con: duckdb.DuckDBPyConnection) -> bool:
                        "AND j.journal_id = d.journal_id)").fetchall()[0][0]
 
 
-def connect(ctx: Any, history_glob: str | Path | list[str | Path]) -> duckdb.DuckDBPyConnection:
+def connect(ctx: Any, history_glob: str | Path | list[str | Path],
+            threads: int | None = None) -> duckdb.DuckDBPyConnection:
     """An in-process DuckDB with the views the rules read (see ``setup_views``).
 
     ``history_glob`` is the entity's booking history (path, glob or list); the delivery keys
     come from ``ctx.run_dir / "bookings.parquet"``, master data from ``ctx.run_dir / "master"``.
+    ``threads``: see ``duckdb_config``.
     """
-    con = duckdb.connect(config=duckdb_config(Path(ctx.run_dir) / "tmp" / "duckdb"))
+    con = duckdb.connect(config=duckdb_config(Path(ctx.run_dir) / "tmp" / "duckdb", threads))
     source = _parquet_source(history_glob)
     cols = _columns_of(con, source)
     delivery_file = Path(ctx.run_dir) / "bookings.parquet"
@@ -555,12 +561,12 @@ def _create_hits_table(con: duckdb.DuckDBPyConnection) -> None:
 def _collect_hits(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     """All collected hits, sorted by key (nulls first); ties by their texts, so the order does
     not depend on the order rules ran in."""
-    order = ", ".join(f"{quote_ident(n)} NULLS FIRST" for n in (
-        "entity", "fiscal_year", "journal_id", "line_no", "rule_id", "explanation_de",
-        "explanation_en", "evidence"))
-    frame = con.sql(f"SELECT * FROM {_HITS_TABLE} ORDER BY {order}").pl()
+    frame = con.sql(f"SELECT * FROM {_HITS_TABLE}").pl()
     con.execute(f"DROP TABLE IF EXISTS {_HITS_TABLE}")
-    return frame.cast(dict(HIT_SCHEMA)).select(HIT_SCHEMA.names())
+    # sorted by Polars: ~2x cheaper than ORDER BY in DuckDB before the conversion
+    return frame.cast(dict(HIT_SCHEMA)).select(HIT_SCHEMA.names()).sort(
+        ["entity", "fiscal_year", "journal_id", "line_no", "rule_id", "explanation_de",
+         "explanation_en", "evidence"], nulls_last=False)
 
 
 @dataclass
