@@ -183,9 +183,14 @@ def materialise(bookings: pl.LazyFrame, workdir: Path,
     try:
         try:
             for batch in bookings.collect_batches(chunk_size=ROW_GROUP, maintain_order=True):
-                if pseudonymise is not None:
-                    batch = batch.with_columns(pseudonymise(batch.get_column("bank_account")))
-                writer.write(to_table(batch))
+                table = to_table(batch)
+                if pseudonymise is not None:  # swapped in Arrow: with_columns on a batch of
+                    # many chunks rechunked every column (0.2 CPU s per 1M lines)
+                    table = table.set_column(
+                        table.schema.get_field_index("bank_account"), "bank_account",
+                        pseudonymise(batch.get_column("bank_account"))
+                        .to_arrow(compat_level=pl.CompatLevel.newest()))
+                writer.write(table)
                 if not others:
                     continue
                 rest = batch.select(others).to_arrow(compat_level=pl.CompatLevel.newest())
