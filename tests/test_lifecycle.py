@@ -152,7 +152,8 @@ class Stages:
             raise self.error
 
 
-def fake_ingest(sources: list[Path], fmt: str, settings: Settings, workdir: Path) -> IngestResult:
+def fake_ingest(sources: list[Path], fmt: str, settings: Settings, workdir: Path,
+                **_options: Any) -> IngestResult:
     """A delivery file is a CSV with journal_id, amount (one line per journal)."""
     from detect.ingest import expand_sources
     from detect.ingest.textio import sha256_of

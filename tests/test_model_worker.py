@@ -106,7 +106,8 @@ def test_the_worker_gives_the_in_process_outputs(tmp_path: Path) -> None:
     assert scores["model_reasons_de"].null_count() < scores.height
     meta = json.loads((ctx.run_dir / "models" / "ensemble.json").read_text())
     assert meta["scored_lines"] == 20 and meta["run_id"] == ctx.run_id
-    assert ctx.log.lines == local.log.lines
+    assert ctx.log.lines == local.log.lines  # the dropped features' note reached the log
+    assert ctx.log.lines[0][1].startswith("features without information (constant, dropped)")
     [done] = [e for e in ctx.log.events if e["event"] == "model_worker_done"]
     assert done["cpu_seconds"] >= step["cpu_seconds"] > 0 and done["save_seconds"] >= 0
     # the step reports the worker's own figures and how long the job waited for it
