@@ -156,7 +156,9 @@ def _raise(error: dict[str, Any], log: Any, pid: int | None) -> None:
         import importlib
 
         cls: type = UserError
-        try:
+        try:  # only this package's error classes (the class name comes from the worker)
+            if not str(error["module"]).startswith("detect."):
+                raise ImportError(error["module"])
             found = getattr(importlib.import_module(error["module"]), error["type"])
             if isinstance(found, type) and issubclass(found, UserError):
                 cls = found
