@@ -285,3 +285,20 @@ def test_cli_suppressions_list_and_revoke(tmp_path: Path, store: ReviewStore,
     assert main(["suppressions", "revoke", "nope", "--reason", "x",
                  "--data-dir", str(tmp_path)]) == 2
     assert "no suppression 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("run_id", ["r2", "r2'; --", "r%2%%s"])
+def test_run_constants_are_stored_exactly(tmp_path: Path, store: ReviewStore, run_id: str) -> None:
+    """The run id, status and flags of a publish go into the statements as SQL literals (or,
+    with a '%', bound): new, updated and unflagged items carry them exactly."""
+    store.publish_run(ctx(tmp_path, "r1"), findings(["J1", "J2", "J3"]))
+    changed = findings(["J1", "J4"]).with_columns(pl.lit(99.0).alias("risk_score"))
+    store.publish_run(ctx(tmp_path, run_id), changed, scope=scope(["J1", "J2", "J4"]))
+    rows = {r["journal_id"]: r for r in store.items(include_unflagged=True).iter_rows(named=True)}
+    assert (rows["J4"]["first_run"], rows["J4"]["last_run"]) == (run_id, run_id)
+    assert rows["J4"]["flagged"] is True and rows["J4"]["status"] == "open"
+    assert rows["J4"]["changed_since_decision"] is False
+    assert (rows["J1"]["first_run"], rows["J1"]["last_run"], rows["J1"]["flagged"]) == (
+        "r1", run_id, True)
+    assert (rows["J2"]["last_run"], rows["J2"]["flagged"]) == (run_id, False)
+    assert (rows["J3"]["last_run"], rows["J3"]["flagged"]) == ("r1", True)  # outside the scope
