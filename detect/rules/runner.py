@@ -266,9 +266,10 @@ def _from_tables(ref: Any) -> list[tuple[str, str]]:
     return []
 
 
-def _stars(expr: Any) -> list[dict[str, Any]]:
-    """STAR expressions (``*``, ``t.*``, ``COLUMNS(...)``) in an expression tree, not looking
-    into nested SELECTs (those are judged on their own FROM)."""
+def _nodes_of_class(expr: Any, cls: str) -> list[dict[str, Any]]:
+    """Expressions of class ``cls`` (``STAR``: ``*``, ``t.*``, ``COLUMNS(...)``;
+    ``COLUMN_REF``) in an expression tree, not looking into nested SELECTs (those are judged
+    on their own FROM)."""
     found: list[dict[str, Any]] = []
     stack = [expr]
     while stack:
@@ -276,7 +277,7 @@ def _stars(expr: Any) -> list[dict[str, Any]]:
         if isinstance(item, dict):
             if item.get("type") == "SELECT_NODE" or "subquery" in item:
                 continue
-            if item.get("class") == "STAR":
+            if item.get("class") == cls:
                 found.append(item)
             stack.extend(item.values())
         elif isinstance(item, list):
@@ -289,30 +290,15 @@ def _node_reads_all(node: dict[str, Any], table: str) -> bool:
     if not any(name == table for name, _ in tables):
         return False
     names = {alias or name for name, alias in tables if name == table}
-    for star in _stars(node.get("select_list", [])):
+    for star in _nodes_of_class(node.get("select_list", []), "STAR"):
         relation = str(star.get("relation_name") or "").lower()
         if not relation or relation in names:
             return True
     # the table's name as a column (``to_json(b)``) is the whole row as a struct
     return any(len(ref.get("column_names", [])) == 1
                and str(ref["column_names"][0]).lower() in names
-               for ref in _column_refs([v for k, v in node.items() if k != "from_table"]))
-
-
-def _column_refs(expr: Any) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = []
-    stack = [expr]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            if item.get("type") == "SELECT_NODE" or "subquery" in item:
-                continue
-            if item.get("class") == "COLUMN_REF":
-                found.append(item)
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return found
+               for ref in _nodes_of_class([v for k, v in node.items() if k != "from_table"],
+                                          "COLUMN_REF"))
 
 
 def _reads_all_columns_text(query: str, table: str) -> bool:
