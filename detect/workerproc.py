@@ -111,7 +111,17 @@ class BoundWorker:
         return self.proc.returncode if self.proc is not None else None
 
     def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        """The worker has not ended. Does not reap it: ``Popen.poll()`` would, and ``wait()``
+        could then no longer read its CPU seconds and peak RSS (``wait4``)."""
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return False
+        if not hasattr(os, "waitid"):
+            return proc.poll() is None
+        try:
+            return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+        except ChildProcessError:  # reaped elsewhere
+            return proc.poll() is None
 
     def send(self, line: bytes, *, last: bool = False) -> bool:
         """Write ``line`` to the worker's stdin (``last``: then close it; an empty line with

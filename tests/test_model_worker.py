@@ -22,7 +22,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from detect import modelworker, pipeline
+from detect import modelworker, pipeline, workerproc
 from detect.config import ModelSettings, Settings
 from detect.errors import UserError
 from detect.models import ModelLoadError, score_lines
@@ -166,6 +166,24 @@ def test_a_killed_worker_is_a_clear_error(tmp_path: Path) -> None:
                                  "signal 9 without a result") as caught:
             worker.finish(None, ctx.log)
         assert "out of memory" in caught.value.hint
+    finally:
+        worker.close()
+    assert not worker.job_dir.exists()
+
+
+def test_a_worker_that_ended_before_it_is_collected_reports_its_cpu_and_memory() -> None:
+    """``running()`` must not reap the worker (the GX worker is usually done before the run
+    collects it): ``wait()`` reads its CPU seconds and peak RSS from ``wait4``."""
+    worker = workerproc.BoundWorker("detect.workerproc",
+                                    workerproc.new_job_dir(modelworker.JOB_PREFIX, "reap"))
+    try:
+        deadline = time.monotonic() + 30
+        while worker.running() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not worker.running() and worker.returncode is None  # ended, not yet reaped
+        assert worker.wait() == 0
+        assert worker.cpu_seconds is not None and worker.cpu_seconds > 0
+        assert worker.max_rss_mb is not None and worker.max_rss_mb > 0
     finally:
         worker.close()
     assert not worker.job_dir.exists()
