@@ -90,9 +90,11 @@ class GxJob:
     def __init__(self, job_dir: Path) -> None:
         self.job_dir = job_dir
         with _PRESTART_LOCK:
-            worker = _PRESTARTED.pop(job_dir, None)
-        self._worker = worker if worker is not None else _spawn(job_dir)
-        self.adopted = worker is not None
+            pre = _PRESTARTED.pop(job_dir, None)
+            if pre is not None:
+                pre.adopted = True
+        self._worker = pre._worker if pre is not None else _spawn(job_dir)
+        self.adopted = pre is not None
         self.cpu_seconds: float | None = None
         self.max_rss_mb: int | None = None
 
@@ -153,7 +155,7 @@ def _spawn(job_dir: Path) -> workerproc.BoundWorker:
 
 
 # pre-started workers not yet adopted, by job folder; their folders by run id until handed out
-_PRESTARTED: dict[Path, workerproc.BoundWorker] = {}
+_PRESTARTED: dict[Path, GxPrestart] = {}
 _PRESTARTED_RUNS: dict[str, Path] = {}
 _PRESTART_LOCK = threading.Lock()
 
@@ -170,32 +172,24 @@ class GxPrestart:
         self.run_id = run_id
         self.job_dir = workerproc.new_job_dir(JOB_PREFIX, run_id)
         self._worker = _spawn(self.job_dir)
+        self.adopted = False
+        """A ``GxJob`` took the worker over (it collects and closes it then)."""
         with _PRESTART_LOCK:
-            _PRESTARTED[self.job_dir] = self._worker
+            _PRESTARTED[self.job_dir] = self
             _PRESTARTED_RUNS[run_id] = self.job_dir
-        self._closed_unadopted: bool | None = None
 
     @property
     def pid(self) -> int | None:
         return self._worker.pid
 
-    @property
-    def adopted(self) -> bool:
-        """A ``GxJob`` took the worker over (it collects and closes it then)."""
-        if self._closed_unadopted is not None:
-            return not self._closed_unadopted
-        with _PRESTART_LOCK:
-            return self.job_dir not in _PRESTARTED
-
     def close(self) -> None:
         with _PRESTART_LOCK:
             if _PRESTARTED_RUNS.get(self.run_id) == self.job_dir:
                 del _PRESTARTED_RUNS[self.run_id]
-            orphan = _PRESTARTED.pop(self.job_dir, None)
-        if self._closed_unadopted is None:
-            self._closed_unadopted = orphan is not None
-        if orphan is not None:  # never adopted: nobody else will collect it
-            orphan.close()
+            _PRESTARTED.pop(self.job_dir, None)
+            adopted = self.adopted
+        if not adopted:  # nobody else will collect it
+            self._worker.close()
 
 
 def prestart(run_id: str) -> GxPrestart:
