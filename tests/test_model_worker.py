@@ -337,6 +337,34 @@ def test_a_job_failing_before_its_gate_leaves_no_gx_worker(tmp_path: Path,
     assert gxrun._PRESTARTED == {} and gxrun._PRESTARTED_RUNS == {}
 
 
+def test_a_history_above_worker_max_lines_runs_the_models_in_the_job(
+        tmp_path: Path, ledger: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker was started (the delivery is large enough), but the merged history is longer
+    than ``[models] worker_max_lines``: the job ends the worker and runs the stage itself."""
+    started: list[Any] = []
+    original = modelworker.ModelWorker.__init__
+
+    def init(self: Any, run_id: str) -> None:
+        original(self, run_id)
+        started.append(self)
+
+    def no_start(*_: Any, **__: Any) -> None:
+        raise AssertionError("the worker must not get the job")
+
+    monkeypatch.setattr(modelworker.ModelWorker, "__init__", init)
+    monkeypatch.setattr(modelworker.ModelWorker, "start", no_start)
+    settings = _settings(0)
+    settings.models.worker_max_lines = 1
+    summary = _run(ledger, tmp_path / "var", settings)
+    [worker] = started
+    assert _gone(worker.pid, 1) and not worker.job_dir.exists()
+    assert "worker" not in _steps(summary.run_dir)["models"]
+    assert (summary.run_dir / "model_scores.parquet").exists()
+    [note] = [e["message"] for e in _events(summary.run_dir)
+              if e["event"] == "info" and "worker_max_lines" in e["message"]]
+    assert note.startswith("outlier models after the rules, in this process: the history has ")
+
+
 def test_small_deliveries_stay_in_process(tmp_path: Path) -> None:
     delivery = tmp_path / "d.csv"
     delivery.write_bytes(b"x" * 1000)
