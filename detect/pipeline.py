@@ -307,7 +307,7 @@ def _record_failure(ctx: RunContext, review: Any, exc: BaseException) -> None:
 
 def _run_stages(ctx: RunContext, sources: list[Path], fmt: str, control_totals: Path | None,
                 delivery: Any, review: Any, notes: list[str],
-                workers: Workers | None = None) -> dict[str, Any]:
+                workers: Workers) -> dict[str, Any]:
     from detect import history, lifecycle, rules, scoring, validate
 
     settings, partial, log, data_dir = ctx.settings, ctx.run_dir, ctx.log, ctx.data_dir
@@ -328,13 +328,12 @@ def _run_stages(ctx: RunContext, sources: list[Path], fmt: str, control_totals: 
     lifecycle.crash_point("ingested")
     with log.step("validate", "Validating (Great Expectations)"):
         checked = validate.validate(ingested, ctx)
-    if workers is not None:
-        workers.gate_done()
+    workers.gate_done()
     lifecycle.crash_point("validated")
     with log.step("history", "Merging into the booking history"):
         history_glob = history.merge(ctx, checked.clean_path, checkpoint=lifecycle.crash_point)
     lifecycle.crash_point("history_merged")
-    modelling = workers.models if workers is not None else None
+    modelling = workers.models
     if modelling is not None:
         lines = pl.scan_parquet(history_glob).select(pl.len()).collect().item()
         limit = settings.models.worker_max_lines
