@@ -323,12 +323,6 @@ def _collect_rows(flagged: pl.LazyFrame, suite: Suite, flags: dict[str, str], he
     return totals, bad, sample
 
 
-def _pseudonymise_bank_accounts(frame: pl.LazyFrame, key: bytes) -> pl.LazyFrame:
-    """``privacy.pseudonymise_iban`` on the delivery (when ingest did not do it while writing):
-    one query for the distinct delivered values, then one lookup per row."""
-    return pseudonymise_iban(frame, "bank_account", key)
-
-
 def _pseudonymise_master(master: dict[str, pl.DataFrame], key: bytes, run_dir: Path) -> None:
     """IBANs in master data are pseudonymised like the bookings' (so rules can compare them),
     in memory and in ``master/*.parquet`` already written by the pipeline."""
@@ -449,8 +443,8 @@ def _gate(ingested: IngestResult, ctx: RunContext, job: GxJob, shas: list[str],
     # pseudonymise before anything is written (and before GX sees the values)
     key = load_key(ctx.data_dir)
     pseudonymised = ingested.pseudonym_key == key  # by ingest, with this data dir's key
-    if not pseudonymised:
-        frame = _pseudonymise_bank_accounts(frame, key)
+    if not pseudonymised:  # one query for the distinct values, then one lookup per row
+        frame = pseudonymise_iban(frame, "bank_account", key)
     _pseudonymise_master(ingested.master, key, run_dir)
     clock.lap("pseudonymise")
 
