@@ -124,6 +124,11 @@ class Codes:
             return self._cache[cols]
         code, size = self.of(*cols[:-1])
         last, last_size = self.of(cols[-1])
+        return self._combine(code, size, last, last_size)
+
+    def _combine(self, code: np.ndarray, size: int, last: np.ndarray,
+                 last_size: int) -> tuple[np.ndarray, int]:
+        """Codes of (``code``, ``last``) pairs, n_groups."""
         code = code.astype(np.int64) * last_size + last
         size = size * last_size
         if size > max(4 * self.n, 1 << 20):  # keep the count arrays small: renumber densely
@@ -159,11 +164,7 @@ class Codes:
         code = code[rows]
         for col in cols[1:]:
             last, last_size = self.of(col)
-            code = code.astype(np.int64) * last_size + last[rows]
-            size = size * last_size
-            if size > max(4 * self.n, 1 << 20):
-                code = (pl.Series(code).rank("dense").to_numpy() - 1).astype(np.int64)
-                size = int(code.max(initial=-1)) + 1
+            code, size = self._combine(code, size, last[rows], last_size)
         return code, size
 
     def _first_in_journal(self, code: np.ndarray) -> np.ndarray:
