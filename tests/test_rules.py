@@ -420,6 +420,10 @@ def test_a_history_file_that_is_a_copy_of_the_delivery_needs_no_delivery_filter(
         whole = run_catalog(con, Settings(), load_catalog())
         # a journal with a null key is never "in the delivery": the filter stays
         assert delivery_is_whole_history(con) == (name == "copy")
+        # the copy is decided by its bytes: the delivery's journal keys were never collected
+        copied = con.execute("SELECT count(*) FROM duckdb_tables() "
+                             "WHERE table_name = '_delivery_journals'").fetchone()
+        assert copied == ((0,) if name == "copy" else (1,))
         everything = run_catalog(con, Settings(), load_catalog(), delivery_only=False)
         if name == "copy":
             assert whole.hits.equals(everything.hits) and whole.hits.height
