@@ -489,14 +489,6 @@ def start_stage(bookings: pl.LazyFrame, ctx: Any) -> Scored:
                      log=ctx.log)
 
 
-def finish_stage(scored: Scored, ctx: Any,
-                 explain_journals: pl.DataFrame | None = None) -> pl.DataFrame:
-    """The stage's second phase: explain, write ``models/`` and ``model_scores.parquet``."""
-    scores, model, meta = explain_stage(scored, ctx, explain_journals)
-    save_stage(scores, model, meta, ctx)
-    return scores
-
-
 def explain_stage(scored: Scored, ctx: Any, explain_journals: pl.DataFrame | None = None
                   ) -> tuple[pl.DataFrame, BookingOutlierEnsemble | None, dict[str, Any]]:
     """Reason texts (``explain_scored``) and the run's model metadata; notes to ``ctx.log``."""
@@ -530,5 +522,8 @@ def score_lines(bookings: pl.LazyFrame, ctx: Any,
 
     ``explain_journals``: frame with the journal key columns (e.g. the rule hits) whose top
     line gets reason texts even below ``[scoring] model_floor``; None explains every journal's
-    top line. In one process; ``detect.modelworker`` runs the same two phases in a worker."""
-    return finish_stage(start_stage(bookings, ctx), ctx, explain_journals)
+    top line. In one process: ``start_stage`` -> ``explain_stage`` -> ``save_stage``, the
+    phases ``detect.modelworker`` runs in a worker."""
+    scores, model, meta = explain_stage(start_stage(bookings, ctx), ctx, explain_journals)
+    save_stage(scores, model, meta, ctx)
+    return scores
