@@ -218,11 +218,11 @@ def _reads_all_columns(query: str, table: str) -> bool:
     depends on every column.
 
     Decided on DuckDB's own parse tree (``json_serialize_sql``), so a star anywhere in a select
-    list counts; the text heuristics below only serve a query DuckDB cannot parse (it fails at
-    run time anyway)."""
+    list counts. A query it cannot serialise counts as reading every column: copying them all
+    is always correct (such a query usually fails at run time anyway)."""
     tree = _parse_tree(strip_comments(query))
     if tree is None:
-        return _reads_all_columns_text(query, table)
+        return True
     return any(_node_reads_all(node, table.lower()) for node in _select_nodes(tree))
 
 
@@ -299,24 +299,6 @@ def _node_reads_all(node: dict[str, Any], table: str) -> bool:
                and str(ref["column_names"][0]).lower() in names
                for ref in _nodes_of_class([v for k, v in node.items() if k != "from_table"],
                                           "COLUMN_REF"))
-
-
-def _reads_all_columns_text(query: str, table: str) -> bool:
-    """Text heuristics of ``_reads_all_columns`` for a query DuckDB cannot parse."""
-    q = strip_comments(query).lower()
-    for star in re.finditer(r"\bselect\s+(?:distinct\s+)?\*", q):
-        # the rest of this SELECT at its own parenthesis depth: FROM ... JOIN ... WHERE ...
-        depth, level = 0, []
-        for ch in q[star.end():]:
-            depth += (ch == "(") - (ch == ")")
-            if depth < 0:
-                break
-            level.append(ch if depth == 0 and ch != ")" else " ")
-        clause = re.split(r"\bfrom\b", "".join(level), maxsplit=1)
-        if len(clause) == 2 and re.search(rf"(?<![.\w]){table}\b", clause[1]):
-            return True
-    aliases = set(re.findall(rf"\b{table}\s+(?:as\s+)?([a-z_]\w*)", q)) | {table}
-    return any(re.search(rf"\b{re.escape(a)}\s*\.\s*\*", q) for a in aliases)
 
 
 def _named(texts: list[str], names: list[str]) -> set[str]:
