@@ -83,7 +83,7 @@ def test_ingest_with_the_key_pseudonymises_and_writes_the_canonical_file(
 def test_clean_file_is_the_same_with_or_without_ingest_pseudonymising(
         tmp_path: Path, unit_missing: bool, bad_currency: bool) -> None:
     folder = _delivery(tmp_path / "in", unit_missing=unit_missing, bad_currency=bad_currency)
-    outputs = []
+    outputs, modes = [], []
     for name, with_key in (("plain", False), ("keyed", True)):
         data = tmp_path / name
         if with_key:  # the same key as the plain run's data dir: the same pseudonyms
@@ -100,8 +100,10 @@ def test_clean_file_is_the_same_with_or_without_ingest_pseudonymising(
             assert result.clean_path.stat().st_ino == ingested.bookings_file.stat().st_ino
         else:
             assert result.clean_path.stat().st_ino != ingested.bookings_file.stat().st_ino
+        modes.append(result.clean_path.stat().st_mode)
         outputs.append([pl.read_parquet(ctx.run_dir / f) for f in (
             "bookings.parquet", "quarantine.parquet", "validation_findings.parquet")])
+    assert modes[0] == modes[1]  # a kept file is not left with a temporary file's mode
     for plain, keyed in zip(*outputs, strict=True):
         assert plain.schema == keyed.schema
         assert plain.equals(keyed)

@@ -15,8 +15,7 @@ Formats are recognised by content, never only by file name.
 from __future__ import annotations
 
 import importlib
-import os
-import tempfile
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,9 +218,9 @@ def materialise(bookings: pl.LazyFrame, workdir: Path,
 
 
 def _fresh(workdir: Path, prefix: str) -> Path:
-    fd, name = tempfile.mkstemp(dir=workdir, prefix=prefix, suffix=".parquet")
-    os.close(fd)
-    return Path(name)
+    """A new file name; the file is created by its writer, with the usual mode (not mkstemp's
+    0600): validation may link the bookings file as the run's ``bookings.parquet``."""
+    return workdir / f"{prefix}{uuid.uuid4().hex}.parquet"
 
 
 def helper_columns(frame: pl.LazyFrame) -> list[str]:
