@@ -90,9 +90,12 @@ class Workers:
             self.gx.close()
 
     def close(self) -> None:
-        for worker in (self.models, self.gx):
-            if worker is not None:
-                worker.close()
+        """The run ends (published or failed): end both workers, the GX worker also when
+        ``validate`` adopted it (it is collected before publishing; a failed run never will)."""
+        if self.models is not None:
+            self.models.close()
+        if self.gx is not None:
+            self.gx.close(adopted_too=True)
 
 
 def _size_mb(files: list[Path]) -> float:

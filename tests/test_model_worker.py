@@ -290,26 +290,36 @@ def test_a_job_with_the_worker_publishes_what_the_job_without_it_does(
 
 def test_a_failing_job_leaves_no_worker(tmp_path: Path, ledger: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """The rules fail while the model worker fits: the job kills it and removes its folder;
-    the run is recorded as failed as usual."""
+    """The rules fail while the model worker fits: the job kills it and removes its folder,
+    and the GX worker that ``validate`` adopted (no one collects it now); the run is recorded
+    as failed as usual."""
     import detect.rules
 
     started: list[Any] = []
+    prestarted: list[gxrun.GxPrestart] = []
     original = modelworker.ModelWorker.__init__
+    original_prestart = gxrun.prestart
 
     def init(self: Any, run_id: str) -> None:
         original(self, run_id)
         started.append(self)
 
+    def prestart(run_id: str) -> gxrun.GxPrestart:
+        prestarted.append(original_prestart(run_id))
+        return prestarted[-1]
+
     def broken(*_: Any, **__: Any) -> Any:
         raise RuntimeError("rules broke")
 
     monkeypatch.setattr(modelworker.ModelWorker, "__init__", init)
+    monkeypatch.setattr(gxrun, "prestart", prestart)
     monkeypatch.setattr(detect.rules, "run_rules", broken)
     with pytest.raises(RuntimeError, match="rules broke"):
         _run(ledger, tmp_path / "var", _settings(0))
     [worker] = started
     assert _gone(worker.pid, 1) and not worker.job_dir.exists()
+    [gx] = prestarted
+    assert gx.adopted and _gone(gx.pid, 1) and not gx.job_dir.exists()
     assert list((tmp_path / "var" / "runs").glob("*.failed"))
 
 

@@ -166,7 +166,8 @@ class GxPrestart:
     is done by the time the gate hands over its sample. ``validate``'s
     ``GxJob(GxJob.new_dir(run_id))`` adopts it. ``close()`` kills it unless it was adopted
     (a run that failed or was skipped before its gate); the pipeline calls it once the gate
-    is done and when the run ends."""
+    is done, and with ``adopted_too`` when the run ends (a run failing after its gate does not
+    leave the adopted worker to garbage collection)."""
 
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
@@ -182,13 +183,16 @@ class GxPrestart:
     def pid(self) -> int | None:
         return self._worker.pid
 
-    def close(self) -> None:
+    def close(self, *, adopted_too: bool = False) -> None:
+        """Kill the worker unless a ``GxJob`` adopted it (that job collects it); with
+        ``adopted_too`` in any case: the run ends, nobody collects it any more (after a
+        published run it has been collected already, and this does nothing)."""
         with _PRESTART_LOCK:
             if _PRESTARTED_RUNS.get(self.run_id) == self.job_dir:
                 del _PRESTARTED_RUNS[self.run_id]
             _PRESTARTED.pop(self.job_dir, None)
             adopted = self.adopted
-        if not adopted:  # nobody else will collect it
+        if adopted_too or not adopted:
             self._worker.close()
 
 
