@@ -17,7 +17,7 @@ import pytest
 
 from detect import validate
 from detect.ingest import IngestResult, ingest
-from detect.privacy import load_key, pseudonymise_iban
+from detect.privacy import IbanPseudonymiser, load_key, pseudonymise_iban
 from detect.schema import BOOKING_SCHEMA
 from validate_support import context, settings
 
@@ -110,3 +110,18 @@ def test_clean_file_is_the_same_with_or_without_ingest_pseudonymising(
     clean = outputs[1][0]
     assert clean.schema == BOOKING_SCHEMA
     assert clean["bank_account"].drop_nulls().str.contains("#").all()
+
+
+def test_pseudonymiser_over_batches_equals_pseudonymising_the_whole_column(tmp_path: Path) -> None:
+    """Ingest pseudonymises batch by batch, remembering the values seen: the same pseudonyms as
+    one pass over the whole column, for values first seen in later batches and repeats."""
+    key = load_key(tmp_path)
+    values = pl.Series("bank_account", [IBAN, None, "de89 3704 0044 0532 0130 00", "",
+                                        "DE02120300000000202051", IBAN.lower(), None,
+                                        "DE**3000#abc", "DE02120300000000202051", IBAN])
+    whole = pseudonymise_iban(values.to_frame(), "bank_account", key)["bank_account"]
+    pseudonymise = IbanPseudonymiser(key)
+    batches = [values.slice(0, 3), values.slice(3, 0), values.slice(3, 4), values.slice(7, 3)]
+    got = pl.concat([pseudonymise(b) for b in batches])
+    assert got.equals(whole) and IBAN not in got.to_list()
+    assert pseudonymise.raw.n_unique() == pseudonymise.raw.len()  # each value hashed once
