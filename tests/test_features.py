@@ -227,3 +227,17 @@ def test_distinct_journals_per_group_equal_a_group_by(longest: int) -> None:
         want = df.join(df.group_by(cols).agg(pl.col("_jk").n_unique().alias("want")), on=cols,
                        how="left", nulls_equal=True, maintain_order="left").get_column("want")
         np.testing.assert_array_equal(Codes(df).journals(*cols), want.to_numpy())
+
+
+def test_features_sliced_into_small_slices_are_the_same(ledger: pl.DataFrame,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The final select runs slice by slice: with slices much shorter than the ledger (the
+    tests' ledgers are one slice otherwise) the frame is bit-identical, so no feature depends
+    on the slice (e.g. a count of its lines instead of all lines)."""
+    import detect.features as features
+
+    whole = build_features(ledger.lazy(), Settings()).frame
+    monkeypatch.setattr(features, "SLICE_LINES", 97)
+    assert ledger.height > 2 * 97 and ledger.height % 97  # a short last slice too
+    sliced = build_features(ledger.lazy(), Settings()).frame
+    assert sliced.equals(whole)
