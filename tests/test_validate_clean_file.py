@@ -125,3 +125,26 @@ def test_pseudonymiser_over_batches_equals_pseudonymising_the_whole_column(tmp_p
     got = pl.concat([pseudonymise(b) for b in batches])
     assert got.equals(whole) and IBAN not in got.to_list()
     assert pseudonymise.raw.n_unique() == pseudonymise.raw.len()  # each value hashed once
+
+
+def test_ingest_in_several_batches_writes_the_same_bookings(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both files of the one pass are written batch by batch (and the side file's rows must line
+    up with the canonical file's): batches of 3 rows give the same bookings as one batch."""
+    import pyarrow.parquet as pq
+
+    import detect.ingest.bookings_file as bookings_file
+
+    folder = _delivery(tmp_path / "in", unit_missing=True, bad_currency=True, second_file=True)
+    (folder / "GL_Detail_c.csv").write_text(  # an ingest issue (a date that does not exist)
+        "Journal_ID,Effective_Date,GL_Account_Number,Amount\n"
+        "5,2024-03-05,5250000,4.00\n5,2024-02-30,1810000,-4.00\n", "utf-8")
+    key = load_key(tmp_path / "var")
+    whole = _ingest(folder, tmp_path / "w1", key)
+    issues = whole.bookings.collect()["ingest_issue"]
+    assert issues.null_count() == issues.len() - 1 and issues[-1] is not None
+    monkeypatch.setattr(bookings_file, "ROW_GROUP", 3)
+    batched = _ingest(folder, tmp_path / "w2", key)
+    assert pq.ParquetFile(batched.bookings_file).metadata.num_row_groups > 1
+    assert batched.bookings.collect().equals(whole.bookings.collect())
+    assert pl.read_parquet(batched.bookings_file).equals(pl.read_parquet(whole.bookings_file))
