@@ -430,3 +430,23 @@ def test_a_history_file_that_is_a_copy_of_the_delivery_needs_no_delivery_filter(
         else:
             assert whole.hits["journal_id"].null_count() == 0
             assert everything.hits["journal_id"].null_count() > 0
+
+
+def test_a_copy_of_the_delivery_among_other_history_files_keeps_the_filter(
+        tmp_path: Path) -> None:
+    # the history's files are listed as DuckDB reads them: ``**`` is recursive there (Python's
+    # glob saw only the copy, one level down, and took it for the whole history)
+    hist, _ = write_history(tmp_path)
+    first = pl.read_parquet(hist / "d1.parquet")
+    root, run = tmp_path / "deep", tmp_path / "deep_run"
+    (root / "a" / "older").mkdir(parents=True)
+    run.mkdir()
+    first.write_parquet(root / "a" / "d.parquet")
+    shutil.copyfile(root / "a" / "d.parquet", run / "bookings.parquet")
+    first.with_columns(pl.col("journal_id") + "0").write_parquet(root / "a" / "older" / "e.parquet")
+    con = connect(Ctx(run), str(root / "**" / "*.parquet"))
+    hits = run_catalog(con, Settings(), load_catalog()).hits
+    assert con.execute("SELECT count(DISTINCT journal_id) FROM bookings").fetchone()[0] == \
+        2 * first["journal_id"].n_unique()
+    assert not delivery_is_whole_history(con)
+    assert hits.height and hits["journal_id"].is_in(first["journal_id"].implode()).all()

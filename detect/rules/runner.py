@@ -8,7 +8,6 @@ fails at run time is reported as failed and the others still run.
 
 from __future__ import annotations
 
-import glob
 import json
 import re
 import time
@@ -371,14 +370,14 @@ def _same_bytes(a: Path, b: Path, chunk: int = 1 << 20) -> bool:
                 return True
 
 
-def _history_files(history_glob: str | Path | list[str | Path]) -> list[Path]:
+def _history_files(con: duckdb.DuckDBPyConnection,
+                   history_glob: str | Path | list[str | Path]) -> list[Path]:
+    """The files ``read_parquet`` reads for ``history_glob``, listed by DuckDB's own ``glob``
+    (Python's ``glob`` reads ``**`` as one level: it could list one file where DuckDB reads
+    several)."""
     items = history_glob if isinstance(history_glob, list) else [history_glob]
-    files: list[Path] = []
-    for item in items:
-        text = str(item)
-        files += ([Path(f) for f in sorted(glob.glob(text))] if glob.has_magic(text)
-                  else [Path(text)])
-    return files
+    return [Path(row[0]) for item in items
+            for row in con.execute("SELECT file FROM glob(?)", [str(item)]).fetchall()]
 
 
 def delivery_is_whole_history(con: duckdb.DuckDBPyConnection) -> bool:
@@ -417,7 +416,7 @@ def connect(ctx: Any, history_glob: str | Path | list[str | Path],
     if "fiscal_year" not in cols:  # history partitioned by fiscal_year=<y> folders only
         source = source.replace("hive_partitioning = false", "hive_partitioning = true")
     else:
-        files = _history_files(history_glob)
+        files = _history_files(con, history_glob)
         same = len(files) == 1 and delivery_file.exists() and _same_bytes(files[0], delivery_file)
         con.execute(f"SET VARIABLE {_SAME_FILE_VARIABLE} = {'true' if same else 'false'}")
     delivery = _parquet_source(delivery_file)
