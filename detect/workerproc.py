@@ -95,7 +95,7 @@ class BoundWorker:
                 self.proc = subprocess.Popen(
                     [sys.executable, "-m", module, str(job_dir), str(os.getpid()), main],
                     stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
-                    env=env if env is not None else os.environ.copy(), close_fds=True)
+                    env=env, close_fds=True)  # None: this process's environment
         except OSError as exc:
             self.start_error = f"{type(exc).__name__}: {exc}"
         self.cpu_seconds: float | None = None
