@@ -445,8 +445,10 @@ def explain_scored(scored: Scored, settings: Any, explain_journals: pl.DataFrame
     meta, model, frame, keys, rows = (scored.meta, scored.model, scored.frame, scored.keys,
                                       scored.rows)
     scored.frame = scored.keys = None
-    if model is None or frame is None or keys is None:
+    if model is None:  # nothing was fitted (meta["skipped"])
         return empty_scores(), None, meta
+    if frame is None or keys is None:  # not an empty result: the scores are gone
+        raise RuntimeError("explain_scored: this Scored was explained already")
     used = scored.used
     clock, cpu = time.perf_counter(), time.process_time()
     mask = explain_mask(keys, settings, explain_journals).to_numpy()
