@@ -130,6 +130,18 @@ def test_store_on_postgresql(pg_url: str) -> None:
     # J1 updated, J3 unflagged, J4 new: each statement's run id as given
     assert runs_of["J1"] == ("r1", odd, True) and runs_of["J3"] == ("r1", odd, False)
     assert runs_of["J4"] == (odd, odd, True)
+    # without a '%' the run id is a literal in the statement: a quote and a backslash survive
+    literal = "r4'\\'; --"
+    fourth = store.publish_run(
+        ctx(literal), findings(["J1", "J5"]).with_columns(pl.lit(98.0).alias("risk_score")),
+        scope=pl.DataFrame({"entity": ["M"] * 3, "fiscal_year": [2024] * 3,
+                            "journal_id": ["J1", "J4", "J5"]}))
+    assert (fourth["new"], fourth["no_longer_flagged"]) == (1, 1)
+    with store.engine.connect() as conn:
+        runs_of = {r[0]: tuple(r[1:]) for r in conn.exec_driver_sql(
+            "SELECT journal_id, first_run, last_run, flagged FROM items").all()}
+    assert runs_of["J1"] == ("r1", literal, True) and runs_of["J4"] == (odd, literal, False)
+    assert runs_of["J5"] == (literal, literal, True)
     store.add_user("anna", "h", "auditor")
     store.set_role("anna", "admin")
     assert store.get_user("anna")["role"] == "admin"
