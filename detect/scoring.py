@@ -77,7 +77,8 @@ def _delivery_journals(ctx: Any, bookings: pl.LazyFrame) -> pl.DataFrame:
     source = (bookings if getattr(ctx, "rescore_history", False) or not path.exists()
               else pl.scan_parquet(path))
     runs = (source.select(JOURNAL).with_columns(pl.col("fiscal_year").cast(pl.Int32))
-            .filter(pl.any_horizontal(pl.col(c).ne_missing(pl.col(c).shift()) for c in JOURNAL))
+            .filter(pl.any_horizontal(pl.col(c).ne_missing(pl.col(c).shift()) for c in JOURNAL)
+                    | (pl.int_range(pl.len()) == 0))  # the first line even with a null key
             .with_columns(key_hash(JOURNAL).alias("_jh")).collect())
     first = runs.get_column("_jh").is_first_distinct()
     journals = runs.filter(first)

@@ -238,3 +238,10 @@ def test_delivery_journals_are_distinct_with_split_journals_and_hash_collisions(
     monkeypatch.setattr(scoring, "key_hash", lambda cols: pl.lit(7, dtype=pl.UInt64))
     collided = scoring._delivery_journals(ctx, split.lazy())
     assert collided.height == want
+    monkeypatch.undo()
+    # a first line with a null key is a journal too, as ``unique`` counts it
+    nulls = split.with_columns(pl.when(pl.int_range(pl.len()) > 0).then(pl.col(c)).alias(c)
+                               for c in ("entity", "fiscal_year", "journal_id"))
+    nulls.write_parquet(Path(ctx.run_dir) / "bookings.parquet")
+    got = scoring._delivery_journals(ctx, nulls.lazy())
+    assert got.height == nulls.select("entity", "fiscal_year", "journal_id").unique().height
