@@ -57,6 +57,7 @@ def write_clean(frame: pl.LazyFrame, quarantined: pl.Series, path: Path, rows: i
                 writer.write(table)
     except BaseException:
         writer.abort()
+        tmp.unlink(missing_ok=True)
         raise
     writer.close()
     tmp.replace(path)
