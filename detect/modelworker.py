@@ -63,6 +63,7 @@ class ModelWorker:
         self.job_dir = workerproc.new_job_dir(JOB_PREFIX, run_id)
         self._worker = workerproc.BoundWorker(WORKER, self.job_dir)
         self.started = self._worker.proc is not None
+        self.start_error = self._worker.start_error  # why it could not be started, if so
         self._sent_go = False
 
     @property

@@ -62,6 +62,7 @@ class Workers:
 
         self.models: Any = None
         self.gx: Any = None
+        self.notes: list[str] = []  # for the run log, once it has its file
         self.delivery_mb = _size_mb(files)
         threshold = float(settings.models.worker_min_mb)
         try:
@@ -74,6 +75,9 @@ class Workers:
                 self.models = worker if worker.started else None
                 if self.models is None:
                     worker.close()
+                    self.notes.append(f"the model worker could not be started "
+                                      f"({worker.start_error}); the outlier models run in "
+                                      "this process after the rules")
         except BaseException:
             self.close()
             raise
@@ -336,6 +340,8 @@ def _run_stages(ctx: RunContext, sources: list[Path], fmt: str, control_totals: 
     with log.step("history", "Merging into the booking history"):
         history_glob = history.merge(ctx, checked.clean_path, checkpoint=lifecycle.crash_point)
     lifecycle.crash_point("history_merged")
+    for note in workers.notes:
+        log.warn(note)
     modelling = workers.models
     if modelling is not None:
         lines = pl.scan_parquet(history_glob).select(pl.len()).collect().item()

@@ -375,6 +375,27 @@ def test_a_history_above_worker_max_lines_runs_the_models_in_the_job(
     assert note.startswith("outlier models after the rules, in this process: the history has ")
 
 
+def test_a_model_worker_that_cannot_start_leaves_the_models_to_the_job_and_says_so(
+        tmp_path: Path, ledger: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No process for the model worker (process limits, no interpreter): the job runs the
+    stage itself, and the run log says why the worker was not used."""
+    real_popen = subprocess.Popen
+
+    def popen(args: list[str], *a: Any, **kw: Any) -> Any:
+        if modelworker.WORKER in args:
+            raise OSError("fork refused")
+        return real_popen(args, *a, **kw)
+
+    monkeypatch.setattr(workerproc.subprocess, "Popen", popen)
+    summary = _run(ledger, tmp_path / "var", _settings(0))
+    assert "worker" not in _steps(summary.run_dir)["models"]
+    assert (summary.run_dir / "model_scores.parquet").exists()
+    [note] = [e["message"] for e in _events(summary.run_dir)
+              if e["event"] == "warning" and "model worker" in e["message"]]
+    assert "could not be started (OSError: fork refused)" in note
+    assert note.endswith("the outlier models run in this process after the rules")
+
+
 def test_small_deliveries_stay_in_process(tmp_path: Path) -> None:
     delivery = tmp_path / "d.csv"
     delivery.write_bytes(b"x" * 1000)
