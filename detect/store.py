@@ -526,15 +526,15 @@ class ReviewStore:
             .alias("changed_since_decision"))
         item_cols = ["item_id", *KEY_FIELDS, *ITEM_FIELDS, "suppressed_by"]
         if inserts.height:
-            _executemany(conn, items.insert(), inserts.select(item_cols), constants=dict(
-                first_run=run_id, last_run=run_id, flagged=True, status="open",
-                changed_since_decision=False))
+            _executemany(conn, items.insert(), inserts.select(item_cols).with_columns(
+                pl.lit(run_id).alias("first_run"), pl.lit(run_id).alias("last_run"),
+                pl.lit(True).alias("flagged"), pl.lit("open").alias("status"),
+                pl.lit(False).alias("changed_since_decision")))
         if updates.height:
             set_cols = [*ITEM_FIELDS, "suppressed_by", "changed_since_decision"]
             stmt = items.update().where(items.c.item_id == sa.bindparam("_id")).values(
-                {c: sa.bindparam(c) for c in set_cols})
-            _executemany(conn, stmt, updates.select(pl.col("item_id").alias("_id"), *set_cols),
-                         constants={"flagged": True, "last_run": run_id})
+                {c: sa.bindparam(c) for c in set_cols} | {"flagged": True, "last_run": run_id})
+            _executemany(conn, stmt, updates.select(pl.col("item_id").alias("_id"), *set_cols))
         # items in scope that this run no longer flags
         candidates = old.filter(pl.col("flagged")).join(new.select("item_id"), on="item_id",
                                                         how="anti")
@@ -545,9 +545,9 @@ class ReviewStore:
                 keys).unique().collect()
             candidates = candidates.join(in_scope, on=keys, how="semi")
         if candidates.height:
-            _executemany(conn, items.update().where(items.c.item_id == sa.bindparam("_id")),
-                         candidates.select(pl.col("item_id").alias("_id")),
-                         constants={"flagged": False, "last_run": run_id})
+            _executemany(conn, items.update().where(items.c.item_id == sa.bindparam("_id"))
+                         .values(flagged=False, last_run=run_id),
+                         candidates.select(pl.col("item_id").alias("_id")))
         return {"items": new.height, "new": inserts.height,
                 "still_flagged": new.height - inserts.height,
                 "changed": updates.filter(pl.col("_content")).height,
@@ -839,32 +839,15 @@ class ReviewStore:
 
 # --- helpers -----------------------------------------------------------------------------------
 
-def _executemany(conn: Connection, stmt: Any, rows: pl.DataFrame,
-                 constants: dict[str, Any] | None = None) -> None:
+def _executemany(conn: Connection, stmt: Any, rows: pl.DataFrame) -> None:
     """Run ``stmt`` for every row of ``rows`` (columns named like its parameters) as ONE
     driver-level ``executemany``.
 
     Why: SQLAlchemy's ``execute(stmt, [dict, ...])`` builds and processes a parameter dict per
     row (~35 µs a row: 1 s for the 28k items of a 1M-line delivery). The statement is compiled
     once instead and the rows go to the driver as Polars gives them; every item column is a
-    plain str/int/float/bool/None, which SQLite and psycopg bind natively. ``constants`` (the
-    same on every row: run id, status, flags) are rendered into the statement as SQL literals
-    by the dialect, not bound per row (5 of the 29 item values: ~0.03 of 0.45 CPU s for the
-    28k items of a 1M-line delivery). Values the statement carries itself
-    (``.values(flagged=True)``) are filled in per row."""
-    constants = constants or {}
-    # a '%' in a literal would be doubled twice for the pyformat drivers (psycopg): bound then
-    bound = {k: v for k, v in constants.items() if isinstance(v, str) and "%" in v}
-    inline = {k: v for k, v in constants.items() if k not in bound}
-    if inline:
-        stmt = stmt.values({k: sa.literal_column(str(
-            sa.literal(v, type_=stmt.table.c[k].type).compile(
-                dialect=conn.dialect, compile_kwargs={"literal_binds": True})))
-            for k, v in inline.items()})
-    if bound:
-        rows = rows.with_columns(pl.lit(v, dtype=pl.String).alias(k) for k, v in bound.items())
-        if not stmt.is_insert:
-            stmt = stmt.values({k: sa.bindparam(k) for k in bound})
+    plain str/int/float/bool/None, which SQLite and psycopg bind natively. Values the statement
+    carries itself (``.values(flagged=True)``) are filled in per row."""
     names = [c for c in rows.columns if c in stmt.table.c] if stmt.is_insert else None
     compiled = stmt.compile(dialect=conn.dialect, column_keys=names)
     fixed = {k: b.effective_value for k, b in compiled.binds.items() if k not in rows.columns}

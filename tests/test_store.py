@@ -287,10 +287,10 @@ def test_cli_suppressions_list_and_revoke(tmp_path: Path, store: ReviewStore,
     assert "no suppression 'nope'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("run_id", ["r2", "r2'; --", "r%2%%s"])
+@pytest.mark.parametrize("run_id", ["r2", "r2'\\'; --", "r%2%%s"])
 def test_run_constants_are_stored_exactly(tmp_path: Path, store: ReviewStore, run_id: str) -> None:
-    """The run id, status and flags of a publish go into the statements as SQL literals (or,
-    with a '%', bound): new, updated and unflagged items carry them exactly."""
+    """The run id, status and flags of a publish (bound, whatever the run id holds: quotes,
+    backslashes, '%'): new, updated and unflagged items carry them exactly."""
     store.publish_run(ctx(tmp_path, "r1"), findings(["J1", "J2", "J3"]))
     changed = findings(["J1", "J4"]).with_columns(pl.lit(99.0).alias("risk_score"))
     store.publish_run(ctx(tmp_path, run_id), changed, scope=scope(["J1", "J2", "J4"]))
