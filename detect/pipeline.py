@@ -82,6 +82,12 @@ class Workers:
             self.close()
             raise
 
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
     def drop_models(self) -> None:
         """Run the model stage in this process after all (the worker is ended)."""
         if self.models is not None:
@@ -216,72 +222,62 @@ def run_delivery(sources: list[Path], *, fmt: str, settings: Settings, data_dir:
     failing run records its error in the store's runs table and keeps its folder as
     ``runs/<id>.failed``; the previous run stays current.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from detect import lifecycle
+
     data_dir = data_dir.resolve()   # GX data docs need an absolute path (--data-dir var)
     data_dir.mkdir(parents=True, exist_ok=True)
     log = log or StepLog()
     files = list(sources) + ([control_totals] if control_totals else [])
     run_id = new_run_id(settings.entity)
     # the workers import GX and PyOD/scikit-learn from now on, next to hashing and ingest
-    workers = Workers(run_id, settings, files)
-    try:
-        return _run_delivery(sources, fmt, settings, data_dir, control_totals, log,
-                             rescore_history, wait_seconds, files, run_id, workers)
-    finally:
-        workers.close()
-
-
-def _run_delivery(sources: list[Path], fmt: str, settings: Settings, data_dir: Path,
-                  control_totals: Path | None, log: StepLog, rescore_history: bool,
-                  wait_seconds: float | None, files: list[Path], run_id: str,
-                  workers: Workers) -> RunSummary:
-    from concurrent.futures import ThreadPoolExecutor
-
-    from detect import lifecycle
-
-    # the delivery's sha256 (0.35 s per 170 MB; hashlib releases the GIL) is computed while
-    # this thread imports the store and the stages (~0.6 s): start-up pays the longer, not both
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        hashing = pool.submit(lifecycle.fingerprint, files)
-        from detect import history, rules, scoring, validate  # noqa: F401 - see above
-        from detect.store import ReviewStore
-        delivery = hashing.result()
-    if wait_seconds is None:
-        wait_seconds = float(os.environ.get("BELEGWACHT_LOCK_WAIT", "0") or 0)
-    with lifecycle.RunLock(data_dir, settings.entity, run_id=run_id,
-                           wait_seconds=wait_seconds) as lock:
-        lifecycle.crash_point("locked")
-        for note in lock.notes:
-            log.warn(note)
-        review = ReviewStore.for_data_dir(data_dir, settings.store_url)
-        recovered = lifecycle.recover(data_dir, settings.entity, review)
-        for note in recovered:
-            log.warn(note)
-        previous = review.delivery_run(settings.entity, delivery.hash)
-        reprocess = rescore_history or getattr(settings.validation, "reprocess", False)
-        if previous and not reprocess:
-            raise AlreadyProcessed(
-                f"this delivery was already processed as run {previous} (same content, "
-                f"sha256 {delivery.hash[:12]}); nothing to do",
-                file=str(sources[0]) if sources else None,
-                hint="set [validation] reprocess = true or pass --rescore-history to process "
-                     "it again")
-        partial = data_dir / RUNS / f"{run_id}.partial"
-        partial.mkdir(parents=True)
-        lifecycle.write_run_info(partial, run_id, settings.entity, delivery)
-        review.start_run(run_id, settings.entity, delivery_hash=delivery.hash)
-        log.json_path = partial / "run.log.jsonl"
-        ctx = RunContext(run_id, partial, data_dir, settings.entity, settings, log,
-                         rescore_history)
-        try:
-            manifest = _run_stages(ctx, sources, fmt, control_totals, delivery, review,
-                                   lock.notes + recovered, workers)
-        except BaseException as exc:
-            workers.close()  # before the folder is renamed: the model worker writes into it
-            _record_failure(ctx, review, exc)
-            raise
-    final = data_dir / RUNS / run_id
-    log.event("run_done", run_id=run_id)
-    return RunSummary(run_id, final, manifest)
+    with Workers(run_id, settings, files) as workers:
+        # the delivery's sha256 (0.35 s per 170 MB; hashlib releases the GIL) is computed
+        # while this thread imports the store and the stages (~0.6 s): start-up pays the
+        # longer, not both
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            hashing = pool.submit(lifecycle.fingerprint, files)
+            from detect import history, rules, scoring, validate  # noqa: F401 - see above
+            from detect.store import ReviewStore
+            delivery = hashing.result()
+        if wait_seconds is None:
+            wait_seconds = float(os.environ.get("BELEGWACHT_LOCK_WAIT", "0") or 0)
+        with lifecycle.RunLock(data_dir, settings.entity, run_id=run_id,
+                               wait_seconds=wait_seconds) as lock:
+            lifecycle.crash_point("locked")
+            for note in lock.notes:
+                log.warn(note)
+            review = ReviewStore.for_data_dir(data_dir, settings.store_url)
+            recovered = lifecycle.recover(data_dir, settings.entity, review)
+            for note in recovered:
+                log.warn(note)
+            previous = review.delivery_run(settings.entity, delivery.hash)
+            reprocess = rescore_history or getattr(settings.validation, "reprocess", False)
+            if previous and not reprocess:
+                raise AlreadyProcessed(
+                    f"this delivery was already processed as run {previous} (same content, "
+                    f"sha256 {delivery.hash[:12]}); nothing to do",
+                    file=str(sources[0]) if sources else None,
+                    hint="set [validation] reprocess = true or pass --rescore-history to "
+                         "process it again")
+            partial = data_dir / RUNS / f"{run_id}.partial"
+            partial.mkdir(parents=True)
+            lifecycle.write_run_info(partial, run_id, settings.entity, delivery)
+            review.start_run(run_id, settings.entity, delivery_hash=delivery.hash)
+            log.json_path = partial / "run.log.jsonl"
+            ctx = RunContext(run_id, partial, data_dir, settings.entity, settings, log,
+                             rescore_history)
+            try:
+                manifest = _run_stages(ctx, sources, fmt, control_totals, delivery, review,
+                                       lock.notes + recovered, workers)
+            except BaseException as exc:
+                workers.close()  # before the folder is renamed: the model worker writes into it
+                _record_failure(ctx, review, exc)
+                raise
+        final = data_dir / RUNS / run_id
+        log.event("run_done", run_id=run_id)
+        return RunSummary(run_id, final, manifest)
 
 
 def _record_failure(ctx: RunContext, review: Any, exc: BaseException) -> None:
