@@ -38,6 +38,7 @@ from sklearn.base import BaseEstimator
 
 from detect import explain
 from detect.errors import UserError
+from detect.runlog import max_rss_mb
 from detect.schema import key_hash
 from detect.features import (DIRECTIONS, JOURNAL, KEY, active_features, amount_percentiles,
                              build_features, to_matrix)
@@ -282,15 +283,6 @@ def load_ensemble(folder: Path) -> tuple[BookingOutlierEnsemble, dict[str, Any]]
 
 # --------------------------------------------------------------------------- pipeline stage
 
-def _peak_rss_mb() -> int:
-    """The process's peak RSS so far (MB), recorded after each phase: shows which phase set it."""
-    try:
-        import resource
-    except ImportError:  # not on Windows
-        return -1
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
-
-
 def _delivery_keys(ctx: Any) -> pl.DataFrame | None:
     path = Path(ctx.run_dir) / "bookings.parquet"
     if getattr(ctx, "rescore_history", False) or not path.exists():
@@ -400,7 +392,7 @@ def fit_score(bookings: pl.LazyFrame, settings: Any, *, targets: pl.DataFrame | 
                             "history_lines": frame.height, "seed": cfg.seed,
                             "seconds": {"features": round(time.perf_counter() - clock, 2)},
                             "cpu_seconds": {"features": round(time.process_time() - cpu, 2)},
-                            "peak_rss_mb": {"features": _peak_rss_mb()}}
+                            "peak_rss_mb": {"features": max_rss_mb()}}
     if frame.height < MIN_LINES or not used:
         meta["skipped"] = f"history has {frame.height} lines and {len(used)} usable features"
         if log is not None:
@@ -418,7 +410,7 @@ def fit_score(bookings: pl.LazyFrame, settings: Any, *, targets: pl.DataFrame | 
     del sample
     meta["seconds"]["fit"] = round(time.perf_counter() - clock, 2)
     meta["cpu_seconds"]["fit"] = round(time.process_time() - cpu, 2)
-    meta["peak_rss_mb"]["fit"] = _peak_rss_mb()
+    meta["peak_rss_mb"]["fit"] = max_rss_mb()
     clock, cpu = time.perf_counter(), time.process_time()
     # the lines to score as row positions in the (key-sorted) frame: gathers instead of
     # joins over the four string key columns
@@ -434,7 +426,7 @@ def fit_score(bookings: pl.LazyFrame, settings: Any, *, targets: pl.DataFrame | 
     keys = keys.with_columns(pl.Series("model_score", score))
     meta["seconds"]["score"] = round(time.perf_counter() - clock, 2)
     meta["cpu_seconds"]["score"] = round(time.process_time() - cpu, 2)
-    meta["peak_rss_mb"]["score"] = _peak_rss_mb()
+    meta["peak_rss_mb"]["score"] = max_rss_mb()
     return Scored(meta, model, frame, keys, rows, used)
 
 
@@ -467,7 +459,7 @@ def explain_scored(scored: Scored, settings: Any, explain_journals: pl.DataFrame
     meta["explained_lines"] = sub.height
     meta["seconds"]["explain"] = round(time.perf_counter() - clock, 2)
     meta["cpu_seconds"]["explain"] = round(time.process_time() - cpu, 2)
-    meta["peak_rss_mb"]["explain"] = _peak_rss_mb()
+    meta["peak_rss_mb"]["explain"] = max_rss_mb()
     return out.select(list(MODEL_SCORE_SCHEMA)).cast(dict(MODEL_SCORE_SCHEMA)), model, meta
 
 

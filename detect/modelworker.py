@@ -40,6 +40,7 @@ from typing import Any
 
 from detect import workerproc
 from detect.errors import UserError
+from detect.runlog import max_rss_mb
 
 WORKER = "detect.modelworker"
 JOB_PREFIX = "belegwacht-models-"
@@ -261,7 +262,7 @@ def main(argv: list[str]) -> int:
     except Exception as exc:  # noqa: BLE001 - the parent raises it again
         payload["error"] = _error(exc)
     timings["cpu"] = round(time.process_time(), 3)
-    timings["max_rss_mb"] = _peak_rss_mb()
+    timings["max_rss_mb"] = max_rss_mb()
     workerproc.write_result(directory, payload)
     if payload["error"] is not None:
         return 0
@@ -274,12 +275,6 @@ def main(argv: list[str]) -> int:
     done["timings"] = {"save": round(time.perf_counter() - clock, 3)}
     workerproc.write_result(directory, done, DONE)
     return 0
-
-
-def _peak_rss_mb() -> int:
-    import resource
-
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 from rich.console import Console
 
 
-def _max_rss_mb() -> int | None:
+def max_rss_mb() -> int | None:
     """Peak resident memory of this process so far (which step raised it shows in the log)."""
     try:
         import resource
@@ -80,7 +80,7 @@ class StepLog:
                 status.stop()
         own = {"seconds": round(time.perf_counter() - start, 3),
                "cpu_seconds": round(time.process_time() - cpu_start, 3),
-               "max_rss_mb": _max_rss_mb()}
+               "max_rss_mb": max_rss_mb()}
         record = dict(own)
         if any(k in report for k in own):
             record.update({f"main_{k}": v for k, v in own.items()})
