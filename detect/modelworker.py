@@ -230,7 +230,7 @@ def main(argv: list[str]) -> int:
         failed = exc
     imported = time.perf_counter()
     import_cpu = time.process_time()
-    if sys.stdin.readline().strip() != "go":  # the parent gave up (or died): no job
+    if workerproc.next_line(directory) != "go":
         return 0
     go, cpu_go = time.perf_counter(), time.process_time()
     notes = _Notes()
@@ -247,7 +247,7 @@ def main(argv: list[str]) -> int:
         timings["fit_score"] = round(time.perf_counter() - go, 3)
         timings["fit_score_cpu"] = round(time.process_time() - cpu_go, 3)
         waiting = time.perf_counter()
-        if sys.stdin.readline().strip() != "explain":
+        if workerproc.next_line(directory) != "explain":
             return 0
         clock, cpu = time.perf_counter(), time.process_time()
         timings["idle_explain"] = round(clock - waiting, 3)

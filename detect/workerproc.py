@@ -8,7 +8,8 @@ here so it exists once:
   the worker's imports overlap the parent's own work; its output goes to ``JOB_DIR/worker.log``;
 * the worker ties its life to the parent (``bind_to_parent``): a killed job leaves no worker;
 * the parent writes the job's inputs into ``JOB_DIR`` and a line to the worker's stdin
-  (``send``); end of file instead means "no job, exit";
+  (``send``; the worker reads it with ``next_line``); end of file instead means "no job":
+  the worker removes its folder and exits;
 * the worker writes ``JOB_DIR/result.json`` atomically (``write_result``): no result means it
   died, which the parent reports with its exit code (``exit_text``);
 * the parent reaps it with ``wait4`` (``wait``): the worker's CPU seconds (all threads) and
@@ -271,6 +272,18 @@ def bind_to_parent(parent: int, pdeathsig: bool, job_dir: str, name: str = "work
                 orphaned()
 
     threading.Thread(target=watch, name=f"{name}-parent-watch", daemon=True).start()
+
+
+def next_line(job_dir: str | Path) -> str:
+    """The parent's next line on stdin. End of input means "no job": the parent gave up or
+    died. A dying parent's pipe is closed before its death signal arrives, so the worker may
+    wake here first: it removes the job folder itself (as ``bind_to_parent``'s handler would)
+    and ends."""
+    line = sys.stdin.readline()
+    if not line:
+        shutil.rmtree(job_dir, ignore_errors=True)
+        exit_now(0)
+    return line.strip()
 
 
 def exit_now(code: int) -> None:

@@ -171,6 +171,24 @@ def test_a_killed_worker_is_a_clear_error(tmp_path: Path) -> None:
     assert not worker.job_dir.exists()
 
 
+@pytest.mark.parametrize("after", ["nothing", "go"])
+def test_a_worker_whose_input_ends_removes_its_folder_itself(tmp_path: Path, after: str) -> None:
+    """End of input is "no job" (the parent gave up or died: a dying parent's pipe closes
+    before its death signal arrives): the worker removes its job folder and exits, before
+    the job and while it waits for the hit journals, without the parent's ``close``."""
+    glob, ctx = _stage(tmp_path, f"eof-{after}")
+    worker = modelworker.ModelWorker(ctx.run_id)
+    bound = worker._worker
+    try:
+        if after == "go":
+            worker.start(glob, ctx)
+        bound.send(b"", last=True)
+        assert bound.wait() == 0
+        assert not worker.job_dir.exists()
+    finally:
+        worker.close()
+
+
 def test_a_worker_that_ended_before_it_is_collected_reports_its_cpu_and_memory() -> None:
     """``running()`` must not reap the worker (the GX worker is usually done before the run
     collects it): ``wait()`` reads its CPU seconds and peak RSS from ``wait4``."""

@@ -49,7 +49,7 @@ def main(argv: list[str]) -> int:
     except Exception:  # noqa: BLE001
         pass
     imported = time.perf_counter()
-    if sys.stdin.readline().strip() != "go":  # the parent gave up (or died): no job
+    if workerproc.next_line(job_dir) != "go":
         return 0
     go = time.perf_counter()
     directory = Path(job_dir)
