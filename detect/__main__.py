@@ -1,5 +1,3 @@
-import sys
+from detect.cli import run_program
 
-from detect.cli import main
-
-sys.exit(main())
+run_program()

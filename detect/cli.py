@@ -7,10 +7,12 @@ bugs show a traceback.
 from __future__ import annotations
 
 import argparse
+import atexit
 import getpass
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from detect.errors import UserError
 
@@ -299,5 +301,25 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+def run_program() -> NoReturn:
+    """The ``belegwacht`` command: ``main``, then leave without the interpreter's teardown.
+
+    After a 1M-line run, freeing every module and object one by one takes 0.3-0.6 s of wall
+    time that the operating system does in a few milliseconds when the process ends. Exit
+    handlers still run (logging, the finalizers that stop worker processes) and stdout/stderr
+    are flushed first. Tests call ``main`` instead, which returns."""
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or broken pipe: nothing left to lose
+            pass
+    run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
+    if run_exit_handlers is None:  # not CPython: the normal, slower exit
+        sys.exit(code)
+    run_exit_handlers()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run_program()

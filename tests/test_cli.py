@@ -61,3 +61,28 @@ def test_data_dir_is_created_on_first_use(tmp_path: Path) -> None:
     result = belegwacht("verify-log", "--data-dir", str(tmp_path / "fresh"))
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "fresh").is_dir()
+
+
+def test_program_exit_skips_teardown_but_runs_exit_handlers_and_flushes(tmp_path: Path) -> None:
+    """``run_program`` leaves with ``os._exit`` (no interpreter teardown): exit handlers must
+    still run (they stop worker processes) and piped output must be complete."""
+    marker = tmp_path / "handler_ran"
+    script = ("import atexit, sys\n"
+              "from detect import cli\n"
+              f"atexit.register(lambda: open({str(marker)!r}, 'w').write('ran'))\n"
+              "sys.argv = ['belegwacht', *sys.argv[1:]]\n"
+              "cli.run_program()\n"
+              "raise SystemExit(99)  # not reached\n")
+    listed = subprocess.run([sys.executable, "-c", script, "rules", "list"], capture_output=True,
+                            text=True, cwd=ROOT, env={"PATH": "/usr/bin:/bin"}, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert marker.read_text() == "ran"
+    rule_files = sorted(p.stem for p in (ROOT / "rules").rglob("*.yaml"))
+    assert len(rule_files) > 30 and all(rule_id in listed.stdout for rule_id in rule_files)
+
+    marker.unlink()
+    failed = subprocess.run([sys.executable, "-c", script, "run", str(tmp_path / "nope.csv"),
+                             "--data-dir", str(tmp_path / "var")], capture_output=True,
+                            text=True, cwd=ROOT, env={"PATH": "/usr/bin:/bin"}, timeout=120)
+    assert failed.returncode == 2 and "no such file" in failed.stderr
+    assert marker.read_text() == "ran"
