@@ -8,15 +8,16 @@ Why: the stage needs the rule hits only to pick which lines get reason texts
 1. is started when the run starts (``ModelWorker(run_id)``, via ``workerproc.BoundWorker``)
    and imports Polars, PyOD and scikit-learn while the parent hashes and ingests;
 2. gets ``go`` once the history is merged (``start``: ``job.pkl`` with the history glob, the run
-   folder and the settings) and fits and scores the delivery's lines
-   (``models.start_stage``) while the parent runs the rules;
+   folder and the settings), fits and scores the delivery's lines (``models.start_stage``)
+   and explains the lines ranking prints (journals at or above ``[scoring] model_floor``:
+   they need no rule hits), all while the parent runs the rules, and hands the scores over as
+   ``scores.arrow`` with its ``result.json`` (the stage's warnings and notes for the run log,
+   its timings, or its error) -- usually before the rules are done, so the job does not wait;
 3. gets ``explain`` once the rules are done (``finish``: the hit journals as
-   ``explain.parquet``), explains (``models.explain_stage``) and hands the scores over as
-   ``scores.arrow`` with its ``result.json``: the stage's warnings and notes for the run log,
-   its timings, or its error;
-4. then writes ``models/`` and ``model_scores.parquet`` into the run folder
-   (``models.save_stage``) while the parent ranks the items, and ``done.json``; the parent
-   collects it before the manifest (``join``).
+   ``explain.parquet``), explains the hit journals' top lines below the floor (the app shows
+   those texts; ranking does not), writes ``models/`` and ``model_scores.parquet`` into the
+   run folder (``models.save_stage``) while the parent ranks the items, and ``done.json``; the
+   parent collects it before the manifest (``join``). The file equals the in-process stage's.
 
 Errors: a ``UserError`` in the worker is raised again in the parent as the same class with
 the same message, file and hint; any other exception as ``ModelWorkerError`` with its
@@ -86,8 +87,10 @@ class ModelWorker:
                ) -> Any:
         """Hand over the journals to explain (the rule hits) and return the scores once the
         worker has them; its warnings and notes go to ``log``, its timings into ``step`` (the
-        run log's ``step_done`` of ``models``). Raises the worker's error. The worker then
-        writes ``models/`` and ``model_scores.parquet`` while the job ranks: ``join()``."""
+        run log's ``step_done`` of ``models``). Raises the worker's error. The scores carry
+        reason texts only where ranking reads them (journals at or above ``[scoring]
+        model_floor``); the worker then adds those of the hit journals and writes ``models/``
+        and ``model_scores.parquet`` while the job ranks: ``join()``."""
         import polars as pl
 
         from detect.features import JOURNAL
@@ -137,7 +140,8 @@ class ModelWorker:
             _raise(done["error"], log, self.pid)
         log.event("model_worker_done", pid=self.pid, waited_seconds=round(waited, 3),
                   cpu_seconds=self._worker.cpu_seconds, max_rss_mb=self._worker.max_rss_mb,
-                  save_seconds=done.get("timings", {}).get("save"))
+                  save_seconds=done.get("timings", {}).get("save"),
+                  explain_hits_seconds=done.get("timings", {}).get("explain_hits"))
 
     def _died(self) -> ModelWorkerDied:
         return ModelWorkerDied(
@@ -216,6 +220,61 @@ def _error(exc: BaseException) -> dict[str, Any]:
         traceback.format_exception(type(exc), exc, exc.__traceback__))}
 
 
+TEXTS = ["model_reasons_de", "model_reasons_en", "top_features"]
+
+
+def _no_journals() -> Any:
+    import polars as pl
+
+    return pl.DataFrame(schema={"entity": pl.String, "fiscal_year": pl.Int32,
+                                "journal_id": pl.String})
+
+
+def _explain_ranked(scored: Any, ctx: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """The scores with the reason texts ranking can print: the top lines of journals at or
+    above ``[scoring] model_floor`` (``models.explain_mask`` without rule hits). Needs no
+    rule hits, so it runs while the rules do; ``scored`` keeps its frames for
+    ``_explain_hits``."""
+    from dataclasses import replace
+
+    from detect import models
+
+    return models.explain_stage(replace(scored), ctx, _no_journals())
+
+
+def _explain_hits(scored: Any, ranked: Any, journals: Any, ctx: Any) -> Any:
+    """``ranked`` completed to what ``models.explain_stage(scored, ctx, journals)`` gives:
+    texts also for the top lines of journals with rule hits below the floor (the app shows
+    them with every item; ranking does not print them). Texts are per line, so the lines
+    explained in two parts get the texts of one pass."""
+    import numpy as np
+
+    from detect import models
+
+    keys, settings, meta = scored.keys, ctx.settings, scored.meta
+    scored.keys = None
+    if scored.model is None or keys is None:  # nothing was fitted: no texts at all
+        scored.frame = None
+        return ranked
+    done = models.explain_mask(keys, settings, _no_journals()).to_numpy()
+    new = np.flatnonzero(models.explain_mask(keys, settings, journals).to_numpy() & ~done)
+    if not len(new):
+        scored.frame = None
+        return ranked
+    first = (meta["explained_lines"], meta["seconds"]["explain"],
+             meta["cpu_seconds"]["explain"])
+    rows = new if scored.rows is None else scored.rows[new]
+    # only the journals' top lines: each is its journal's best, so all of them get texts
+    part = models.Scored(meta, scored.model, scored.frame, keys[new], rows, scored.used)
+    scored.frame = None
+    texts, _, _ = models.explain_scored(part, settings, journals)
+    meta["explained_lines"] += first[0]
+    meta["seconds"]["explain"] = round(meta["seconds"]["explain"] + first[1], 2)
+    meta["cpu_seconds"]["explain"] = round(meta["cpu_seconds"]["explain"] + first[2], 2)
+    return ranked.with_columns(ranked.get_column(c).scatter(new, texts.get_column(c))
+                               for c in TEXTS)
+
+
 def main(argv: list[str]) -> int:
     job_dir, parent, main_thread = workerproc.worker_args(argv)
     workerproc.bind_to_parent(parent, main_thread, job_dir, "models")
@@ -246,14 +305,10 @@ def main(argv: list[str]) -> int:
         scored = models.start_stage(pl.scan_parquet(job["history_glob"]), ctx)
         timings["fit_score"] = round(time.perf_counter() - go, 3)
         timings["fit_score_cpu"] = round(time.process_time() - cpu_go, 3)
-        waiting = time.perf_counter()
-        if workerproc.next_line(directory) != "explain":
-            return 0
+        # while the rules still run: the texts ranking reads (journals at or above
+        # ``model_floor``), then the scores go to the job before it asks for them
         clock, cpu = time.perf_counter(), time.process_time()
-        timings["idle_explain"] = round(clock - waiting, 3)
-        path = directory / JOURNALS
-        journals = pl.read_parquet(path) if path.exists() else None
-        scores, model, meta = models.explain_stage(scored, ctx, journals)
+        scores, model, meta = _explain_ranked(scored, ctx)
         # Arrow IPC, uncompressed: ~0.1 s to write and read at 1M lines, against ~0.3-0.6 s
         # for the Parquet file, which is written after the job has the scores
         scores.write_ipc(directory / SCORES, compression="uncompressed")
@@ -266,13 +321,21 @@ def main(argv: list[str]) -> int:
     workerproc.write_result(directory, payload)
     if payload["error"] is not None:
         return 0
-    clock = time.perf_counter()
-    done: dict[str, Any] = {"error": None}
+    waiting = time.perf_counter()
+    if workerproc.next_line(directory) != "explain":
+        return 0
+    clock = saving = time.perf_counter()
+    done: dict[str, Any] = {"error": None, "timings": {"idle_explain": round(clock - waiting, 3)}}
     try:  # while the job ranks the items
+        path = directory / JOURNALS
+        journals = pl.read_parquet(path) if path.exists() else None
+        scores = _explain_hits(scored, scores, journals, ctx)
+        saving = time.perf_counter()
+        done["timings"]["explain_hits"] = round(saving - clock, 3)
         models.save_stage(scores, model, meta, ctx)
     except Exception as exc:  # noqa: BLE001 - the parent raises it again
         done["error"] = _error(exc)
-    done["timings"] = {"save": round(time.perf_counter() - clock, 3)}
+    done["timings"]["save"] = round(time.perf_counter() - saving, 3)
     workerproc.write_result(directory, done, DONE)
     return 0
 

@@ -84,8 +84,11 @@ def _stage(tmp_path: Path, name: str, settings: Settings | None = None) -> tuple
 
 
 def test_the_worker_gives_the_in_process_outputs(tmp_path: Path) -> None:
-    glob, ctx = _stage(tmp_path, "worker")
-    _, local = _stage(tmp_path, "local")
+    settings = Settings()
+    # journal J00298's top line scores 0.81, the hit journal J00291's 0.59: texts on both sides
+    settings.scoring.model_floor = 0.7
+    glob, ctx = _stage(tmp_path, "worker", settings)
+    _, local = _stage(tmp_path, "local", settings)
     hits = pl.DataFrame({"entity": ["Testdorf"], "fiscal_year": [2025],
                          "journal_id": ["J00291"]}).with_columns(pl.col("fiscal_year")
                                                                   .cast(pl.Int32))
@@ -100,9 +103,16 @@ def test_the_worker_gives_the_in_process_outputs(tmp_path: Path) -> None:
         worker.close()
     assert not worker.job_dir.exists()
     expected = score_lines(pl.scan_parquet(glob), local, explain_journals=hits)
-    assert scores.equals(expected)
     assert pl.read_parquet(ctx.run_dir / "model_scores.parquet").equals(
         pl.read_parquet(local.run_dir / "model_scores.parquet"))
+    # the job gets the texts ranking prints (journals at or above model_floor) with the
+    # scores; the hit journals' texts below it only reach model_scores.parquet
+    floor = ctx.settings.scoring.model_floor
+    shown = pl.col("model_score").max().over("entity", "fiscal_year", "journal_id") >= floor
+    texts = ["model_reasons_de", "model_reasons_en", "top_features"]
+    assert scores.equals(expected.with_columns(pl.when(shown).then(pl.col(texts))))
+    assert expected.filter(~shown)["model_reasons_de"].null_count() < expected.filter(
+        ~shown).height  # the hit journal below the floor has texts in the file
     assert scores["model_reasons_de"].null_count() < scores.height
     meta = json.loads((ctx.run_dir / "models" / "ensemble.json").read_text())
     assert meta["scored_lines"] == 20 and meta["run_id"] == ctx.run_id
@@ -114,7 +124,8 @@ def test_the_worker_gives_the_in_process_outputs(tmp_path: Path) -> None:
     assert step["worker"] is True and step["max_rss_mb"] > 0
     assert step["waited_seconds"] >= 0 and step["seconds"] > 0
     timings = step["worker_timings"]
-    assert {"import", "fit_score", "explain", "idle_explain"} <= set(timings)
+    assert {"import", "fit_score", "explain", "idle_go"} <= set(timings)
+    assert done["explain_hits_seconds"] >= 0
 
 
 def test_a_user_error_in_the_worker_is_the_same_user_error(tmp_path: Path) -> None:
