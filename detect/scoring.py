@@ -343,7 +343,12 @@ def _corroboration(cfg: Any) -> pl.Expr:
 
 
 def _reasons(rules: pl.DataFrame, items: pl.DataFrame, cfg: Any) -> pl.DataFrame:
-    """German and English reasons, one per line, heaviest first."""
+    """German and English reasons, one per line, heaviest first.
+
+    The model's words are read only for journals at or above ``model_floor`` (model points, or
+    a model-only item, which needs the floor): the model worker hands over the scores with
+    just those texts before the rules end (``modelworker``), so this must stay so
+    (``test_model_words_are_read_only_at_or_above_the_floor``)."""
     keys = items.select(JOURNAL)
     sev_de = pl.col("severity").replace_strict(SEVERITY_DE, default=pl.col("severity"))
     times = pl.when(pl.col("hits") > 1).then(

@@ -194,6 +194,26 @@ def test_model_words_come_from_the_top_line_when_other_lines_have_none(ledger, c
     assert "Modell" not in by["J00001"]["reasons"]   # 0.5 is below the floor: no model words
 
 
+def test_model_words_are_read_only_at_or_above_the_floor(ledger, ctx) -> None:
+    """The model worker hands over the scores before the rules end with texts only for the
+    journals at or above ``model_floor`` (``modelworker._explain_ranked``); the hit journals'
+    texts below it follow later. Ranking must not read those: same findings without them."""
+    cfg = ctx.settings.scoring
+    cfg.model_tail_share, cfg.model_floor, cfg.min_risk = 0.01, 0.95, 0.0
+    scores = model_frame(ledger, {"J00001": 0.9, "J00002": 0.96, "J00005": 0.9999})
+    hits = hits_frame([hit("J00001", "PAY001", "payments", "high"),
+                       hit("J00002", "PAY001", "payments", "high")])
+    shown = pl.col("model_score").max().over("entity", "fiscal_year", "journal_id") >= 0.95
+    early = scores.with_columns(pl.when(shown).then(pl.col(c)).alias(c)
+                                for c in ("model_reasons_de", "model_reasons_en",
+                                          "top_features"))
+    assert early["model_reasons_de"].null_count() > 0
+    full = rank_items(ledger.lazy(), hits, scores, ctx)
+    assert rank_items(ledger.lazy(), hits, early, ctx).equals(full)
+    by = {r["journal_id"]: r for r in full.iter_rows(named=True)}
+    assert "Modell" in by["J00002"]["reasons"] and "Modell" not in by["J00001"]["reasons"]
+
+
 def test_model_tail_from_the_top_lines_equals_grouping_every_line() -> None:
     """The tail search over the top-scoring lines (``_model_journals``) must pick the same
     journals, lines and scores as grouping every scored line by journal; the frames here are
