@@ -18,9 +18,23 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
+import types
+from importlib.abc import Loader, MetaPathFinder
+from importlib.machinery import ModuleSpec
+from importlib.util import find_spec
 
 from detect import workerproc
+
+DEFERRED = ("scipy.stats", "altair")
+"""Imported by GX's ``__init__`` (``expect_column_kl_divergence_to_be_less_than``, the KS-test
+metrics) but used only when such an expectation runs or a chart is drawn: no suite of ours does.
+~0.55 CPU s (scipy.stats with scipy.spatial/optimize/ndimage) and ~0.1 s (altair) at start-up."""
+HIDDEN = ("sqlalchemy",)
+"""Optional for GX (``great_expectations.compatibility.sqlalchemy`` falls back to
+``NOT_IMPORTED``, GX's SQL datasources need the ``sql`` extra): the worker validates pandas
+frames only, and its SQL dialect models cost ~0.2 CPU s at start-up."""
 
 
 def _be_polite() -> None:
@@ -44,6 +58,7 @@ def main(argv: list[str]) -> int:
     from detect.validation.gxrun import JOB, quiet_gx
 
     quiet_gx()
+    lean_imports()
     try:  # while the parent still validates; a failure shows again (and is reported) in run()
         import great_expectations  # noqa: F401
     except Exception:  # noqa: BLE001
@@ -60,6 +75,106 @@ def main(argv: list[str]) -> int:
                           "gx_idle": round(go - imported, 3), **outcome["timings"]}
     workerproc.write_result(directory, outcome)
     return 0
+
+
+class _Deferred(types.ModuleType):
+    """A module whose code runs on first use: the first attribute it does not have yet (any
+    public name, ``__all__``, ...) executes it in place, so every reference to it (``alt`` in
+    GX's module, ``sys.modules``, the parent's attribute) becomes the real module. Unlike
+    ``importlib.util.LazyLoader`` it does not load on ``__spec__``, which every further ``import
+    x`` statement reads (CPython's ``import_ensure_initialized``), so ``import altair as alt``
+    keeps it deferred."""
+
+    def __getattr__(self, name: str) -> object:
+        with _LOAD_LOCK:
+            if type(self) is _Deferred:
+                self.__class__ = types.ModuleType
+                self.__spec__.loader.exec_module(self)  # type: ignore[union-attr]
+        return getattr(self, name)
+
+
+_LOAD_LOCK = threading.RLock()
+
+
+class _Existing(Loader):
+    """Hands the import system a module that is in ``sys.modules`` already (see
+    ``_LeanFinder``) instead of executing it a second time."""
+
+    def __init__(self, spec: ModuleSpec) -> None:
+        self.spec = spec
+
+    def create_module(self, spec: ModuleSpec) -> types.ModuleType:
+        return sys.modules[spec.name]
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        module.__spec__ = self.spec  # module_from_spec set ours
+
+
+class _LeanFinder(MetaPathFinder):
+    """First on ``sys.meta_path`` of the worker: ``HIDDEN`` packages are not installed, and a
+    submodule of a still ``_Deferred`` package (``import scipy.stats.distributions``) first runs
+    that package, as a normal import would."""
+
+    def __init__(self, hidden: tuple[str, ...]) -> None:
+        self.hidden = hidden
+
+    def find_spec(self, name: str, path: object = None, target: object = None
+                  ) -> ModuleSpec | None:
+        if name.partition(".")[0] in self.hidden:
+            raise ModuleNotFoundError(f"No module named {name!r} (not used by the GX worker)",
+                                      name=name)
+        parent = name.rpartition(".")[0]
+        while parent:
+            if type(sys.modules.get(parent)) is _Deferred:
+                getattr(sys.modules[parent], "__deferred_load__", None)  # runs it
+                module = sys.modules.get(name)
+                if module is None:
+                    return None  # the normal finders go on
+                # The package imported it itself. The import system then takes the module's
+                # own __spec__ (importlib._bootstrap._find_spec) and would run it again:
+                # hand it one whose loader returns the module as it is.
+                module.__spec__ = ModuleSpec(name, _Existing(module.__spec__),
+                                             is_package=hasattr(module, "__path__"))
+                return module.__spec__
+            parent = parent.rpartition(".")[0]
+        return None
+
+
+def defer(name: str) -> None:
+    """Put a ``_Deferred`` ``name`` into ``sys.modules`` (and onto its parent package, which is
+    imported now); nothing when it is imported already or not installed."""
+    if name in sys.modules:
+        return
+    parent, _, child = name.rpartition(".")
+    spec = find_spec(name)  # imports the parent package, which may import ``name`` itself
+    if (name in sys.modules or spec is None or spec.loader is None
+            or not hasattr(spec.loader, "exec_module")):
+        return
+    module = _Deferred(name)
+    # the attributes module_from_spec would set (__spec__, __loader__, __file__, __path__, ...)
+    module.__spec__, module.__loader__, module.__package__ = spec, spec.loader, spec.parent
+    if spec.submodule_search_locations is not None:
+        module.__path__ = list(spec.submodule_search_locations)
+    if spec.has_location:
+        module.__file__, module.__cached__ = spec.origin, spec.cached
+    sys.modules[name] = module
+    if parent:
+        setattr(sys.modules[parent], child, module)
+
+
+def lean_imports() -> None:
+    """Before GX's import: defer ``DEFERRED``, hide ``HIDDEN`` (GX's import ~2.3 -> ~1.3 CPU
+    s). ``BELEGWACHT_GX_LEAN=0`` turns it off. Only in the worker: the job's own process and
+    the tests' in-process ``GxRunner`` import GX as it is."""
+    if os.environ.get("BELEGWACHT_GX_LEAN", "1") == "0":
+        return
+    if not any(isinstance(f, _LeanFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _LeanFinder(HIDDEN))
+    for name in DEFERRED:
+        try:
+            defer(name)
+        except Exception:  # noqa: BLE001 - then it is simply imported as usual
+            pass
 
 
 def decode_params(params: dict) -> dict:

@@ -1,0 +1,168 @@
+"""The GX worker's lean start-up (``gxworker.lean_imports``): modules GX imports but our suites
+never use are deferred (``scipy.stats``, ``altair``) or hidden (``sqlalchemy``), and GX's
+results and Data Docs stay exactly the same.
+
+A deferred module must behave like an imported one the moment anything touches it: it then runs
+once, in place, and every reference to it is the real module.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+from datetime import date
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from detect import validate
+from detect.validation import gxworker
+from validate_support import context, ingest_result, journal, line, settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``pkgx`` (its ``__init__`` imports ``pkgx.sub``) and ``modx``, each counting its runs in
+    ``RUNS``; removed from ``sys.modules`` afterwards."""
+    root = tmp_path / "lib"
+    (root / "pkgx").mkdir(parents=True)
+    (root / "pkgx" / "__init__.py").write_text(
+        "import builtins\nbuiltins.RUNS.append('pkgx')\nfrom pkgx import sub\nVALUE = 1\n")
+    (root / "pkgx" / "sub.py").write_text(
+        "import builtins\nbuiltins.RUNS.append('pkgx.sub')\nNAME = 'sub'\n")
+    (root / "pkgx" / "other.py").write_text(
+        "import builtins\nbuiltins.RUNS.append('pkgx.other')\n")
+    (root / "modx.py").write_text("import builtins\nbuiltins.RUNS.append('modx')\nX = 42\n")
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.setattr("builtins.RUNS", [], raising=False)
+    finder = gxworker._LeanFinder(())
+    monkeypatch.setattr(sys, "meta_path", [finder, *sys.meta_path])
+    yield root
+    for name in ("pkgx", "pkgx.sub", "pkgx.other", "modx"):
+        sys.modules.pop(name, None)
+
+
+def test_a_deferred_module_runs_on_first_use_only(package: Path) -> None:
+    import builtins
+
+    gxworker.defer("modx")
+    import modx as m  # an import statement alone (it reads __spec__) keeps it deferred
+
+    assert builtins.RUNS == [] and type(m) is gxworker._Deferred
+    assert m.X == 42 and builtins.RUNS == ["modx"]
+    assert type(m) is type(sys) and sys.modules["modx"] is m
+    assert m.X == 42 and builtins.RUNS == ["modx"]  # once
+
+
+def test_a_submodule_of_a_deferred_package_runs_the_package_once(package: Path) -> None:
+    import builtins
+
+    gxworker.defer("pkgx")
+    import pkgx.sub  # __init__ imports it itself: it must not run a second time
+
+    assert builtins.RUNS == ["pkgx", "pkgx.sub"]
+    assert sys.modules["pkgx.sub"] is pkgx.sub and pkgx.sub.NAME == "sub" and pkgx.VALUE == 1
+    assert pkgx.sub.__spec__.name == "pkgx.sub" and pkgx.sub.__spec__.origin.endswith("sub.py")
+    import pkgx.other  # a submodule the package does not import: a normal import
+
+    assert builtins.RUNS == ["pkgx", "pkgx.sub", "pkgx.other"]
+
+
+def test_from_import_of_a_deferred_module_loads_it(package: Path) -> None:
+    import builtins
+
+    gxworker.defer("pkgx.sub")  # imports pkgx (and with it pkgx.sub): nothing left to defer
+    assert builtins.RUNS == ["pkgx", "pkgx.sub"] and type(sys.modules["pkgx.sub"]) is type(sys)
+    gxworker.defer("modx")
+    from modx import X
+
+    assert X == 42 and builtins.RUNS == ["pkgx", "pkgx.sub", "modx"]
+
+
+PROBE = textwrap.dedent("""
+    import json, sys
+    from detect.validation import gxworker
+    gxworker.lean_imports()
+    import great_expectations
+    from detect.validation.gxrun import GxRunner
+    import polars as pl
+    from detect.validation.suites import load_suite, BUNDLED_DIR
+    runner = GxRunner(None, "probe")
+    suite = load_suite("master_users", BUNDLED_DIR)
+    frame = pl.DataFrame({"_row": [0, 1], "user_id": ["U1", "U1"], "user_name": ["a", "b"]})
+    present = [c for c in suite.checks if all(col in frame.columns for col in c.columns)]
+    results = runner.validate(suite.without({c.key for c in suite.checks} - {c.key for c in present}),
+                              frame, {}, 1000)
+    state = {name: (name in sys.modules, type(sys.modules.get(name)).__name__)
+             for name in ("scipy.stats", "altair", "sqlalchemy")}
+    loaded = {"scipy.stats._stats_py": "scipy.stats._stats_py" in sys.modules,
+              "altair.vegalite": "altair.vegalite" in sys.modules}
+    from scipy import stats
+    import scipy.stats.distributions
+    import altair as alt
+    touched = [float(stats.entropy([0.5, 0.5], [0.5, 0.5])), alt.Chart.__name__,
+               type(sys.modules["scipy.stats"]).__name__, type(sys.modules["altair"]).__name__]
+    print("PROBE", json.dumps({"state": state, "loaded": loaded, "touched": touched,
+                               "unexpected": [r.unexpected_count for r in results]}))
+""")
+
+
+@pytest.mark.slow
+def test_the_worker_imports_gx_without_the_unused_modules() -> None:
+    done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(next(x for x in done.stdout.splitlines() if x.startswith("PROBE"))[6:])
+    assert out["state"] == {"scipy.stats": [True, "_Deferred"], "altair": [True, "_Deferred"],
+                            "sqlalchemy": [False, "NoneType"]}
+    assert out["loaded"] == {"scipy.stats._stats_py": False, "altair.vegalite": False}
+    # touched, they simply load
+    assert out["touched"] == [0.0, "Chart", "module", "module"]
+    assert 2 in out["unexpected"]  # user_id twice: GX ran
+
+
+_STAMP = re.compile(r"\d{8}T\d{6}(\.\d+)?Z?|\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d+)?"
+                    r"|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+                    r"|'_run_time_sort': [0-9.]+|run\d+")
+
+
+def _docs(run_dir: Path) -> dict[str, str]:
+    """The Data Docs' pages, times, uuids and run ids masked."""
+    root = run_dir / "data_docs"
+    return {_STAMP.sub("#", str(p.relative_to(root))): _STAMP.sub("#", p.read_text("utf-8"))
+            for p in sorted(root.rglob("*.html"))}
+
+
+def _gx_run(tmp_path: Path, name: str) -> tuple[list, list, dict[str, str]]:
+    rows = (journal("1", 5.0) + journal("2", 7.0, currency="EURO")
+            + [line("3", 1, 1.0, gl_account="4711"), line("3", 2, None),
+               line("4", 1, 2.0, document_date=date(1985, 1, 1)), line("4", 1, -2.0)])
+    accounts = pl.DataFrame({"gl_account": ["5250000", "1810000", "1810000"],
+                             "account_type": ["expense", "bank", "bank"]})
+    ctx = context(tmp_path / name, settings(data_docs=True))
+    result = validate.validate(ingest_result(rows, master={"accounts": accounts}), ctx)
+    summary = result.summary()
+    assert "great_expectations_error" not in json.dumps(summary)
+    saved = json.loads((ctx.run_dir / "validation.json").read_text("utf-8"))
+    assert saved["great_expectations"] == "done"
+    return saved["checks"], saved["warnings"], _docs(ctx.run_dir)
+
+
+@pytest.mark.slow
+def test_lean_worker_validates_and_documents_exactly_like_plain_gx(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lean = _gx_run(tmp_path, "lean")
+    monkeypatch.setenv("BELEGWACHT_GX_LEAN", "0")
+    plain = _gx_run(tmp_path, "plain")
+    assert lean[0] == plain[0] and lean[1] == plain[1]
+    assert any(c["gx"]["unexpected_count"] for c in lean[0])  # failures were validated
+    assert any(c.get("suite") == "master_accounts" for c in lean[0])  # master data too
+    assert lean[2].keys() == plain[2].keys() and len(lean[2]) >= 3
+    for page in lean[2]:
+        assert lean[2][page] == plain[2][page], page
