@@ -410,7 +410,7 @@ class ReviewStore:
     def publish_run(self, ctx: Any, findings: pl.DataFrame, *,
                     scope: pl.DataFrame | None = None, delivery_hash: str | None = None,
                     delivery_files: list[dict[str, Any]] | None = None,
-                    manifest: dict[str, Any] | None = None,
+                    manifest: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
                     before_commit: Callable[[], None] | None = None) -> dict[str, Any]:
         """Upsert the run's review items in ONE transaction and mark the run published.
 
@@ -421,6 +421,10 @@ class ReviewStore:
         un-flag last month). Rerunning identical findings changes no item. ``delivery_hash`` is
         registered as processed in the same transaction, so a delivery counts as processed
         exactly when its run is published.
+
+        ``manifest`` may be a function returning it: it is called inside the transaction once
+        the items are written, so the caller can compute it meanwhile (the pipeline's manifest
+        statistics run in DuckDB/Polars threads while SQLite inserts: ~0.25 s at 1M lines).
         """
         entity = ctx.entity
         run_id = ctx.run_id
@@ -448,6 +452,8 @@ class ReviewStore:
             counts["log_head"] = conn.execute(
                 sa.select(log_head.c.last_hash).where(log_head.c.id == 1)).scalar()
             counts["headline"] = _headline(counts, active, new)
+            if callable(manifest):
+                manifest = manifest()
             values = dict(entity=entity, outcome="published", finished=now_iso(),
                           counts=json.dumps(counts, default=str),
                           manifest=json.dumps(manifest, default=str) if manifest else None,

@@ -264,6 +264,31 @@ def test_runs_and_deliveries(tmp_path: Path, store: ReviewStore) -> None:
     assert store.latest_published_run("Musterstadt") == "r2"
 
 
+def test_a_manifest_function_runs_inside_the_publish_after_the_items(
+        tmp_path: Path, store: ReviewStore) -> None:
+    """The pipeline computes its manifest while the items are inserted: ``publish_run`` calls
+    it once the items are written, in the same transaction (an error in it publishes nothing)."""
+    seen: list[int] = []
+
+    def manifest() -> dict:
+        with store.engine.connect() as other:  # the items are not committed yet
+            seen.append(other.exec_driver_sql("SELECT count(*) FROM items").scalar())
+        return {"outcome": "publishing", "n": 7}
+
+    store.publish_run(ctx(tmp_path, "r1"), findings(["J1", "J2"]), manifest=manifest)
+    assert seen == [0]
+    [run] = store.list_runs()
+    assert run["manifest"]["n"] == 7 and len(store.items()) == 2
+
+    def broken() -> dict:
+        raise RuntimeError("manifest failed")
+
+    with pytest.raises(RuntimeError, match="manifest failed"):
+        store.publish_run(ctx(tmp_path, "r2"), findings(["J3"]), manifest=broken)
+    assert sorted(store.items()["journal_id"]) == ["J1", "J2"]
+    assert [r["id"] for r in store.list_runs()] == ["r1"]
+
+
 def test_sqlalchemy_version() -> None:
     assert int(sa.__version__.split(".")[0]) >= 2
 
