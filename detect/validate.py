@@ -28,9 +28,11 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from detect import history
 from detect.errors import AlreadyProcessed, DeliveryRejected
 from detect.ingest import IngestResult
 from detect.privacy import load_key, pseudonymise_iban
+from detect.schema import BOOKING_KEY
 from detect.validation import (
     filecheck, gxrun, journals, output, prepare, quarantine, reconcile, rowchecks, state,
 )
@@ -276,7 +278,8 @@ def _source(ingested: IngestResult) -> tuple[pl.LazyFrame, bool]:
     Parquet that returns a small result, so validation's memory does not grow with the delivery
     (issue #10)."""
     lazy = ingested.bookings.lazy()
-    in_order = _in_delivered_order(lazy)
+    facts = ingested.facts_of(ingested.bookings)
+    in_order = facts.in_order if facts is not None else _in_delivered_order(lazy)
     if not in_order:  # rare (files out of order): sorted per query
         lazy = lazy.sort("source_file", "source_line", nulls_last=True, maintain_order=True)
     return lazy.with_row_index(ROW).with_columns(pl.col(ROW).cast(pl.Int64)), in_order
@@ -383,6 +386,14 @@ def _journal_order(frame: pl.DataFrame, ctx: RunContext) -> tuple[pl.DataFrame, 
     return ids, ranges, complaints
 
 
+def _unique_booking_keys(unique_cols: list[list[str]], nulls: dict[str, int]) -> bool:
+    """True when a uniqueness check found no duplicate over some of the booking key's columns
+    (then the whole key, a superset, repeats nowhere either), none of them null in any row
+    (so the check skipped no row): the clean rows, a subset, have distinct booking keys."""
+    return any(set(cols) <= set(BOOKING_KEY) and all(nulls.get(c, 1) == 0 for c in cols)
+               for cols in unique_cols)
+
+
 def validate(ingested: IngestResult, ctx: RunContext) -> ValidationResult:
     """Gate one delivery; write the run's clean bookings, quarantine, findings and docs."""
     vs = ctx.settings.validation
@@ -407,10 +418,13 @@ def _gate(ingested: IngestResult, ctx: RunContext, job: GxJob, shas: list[str],
     clock = _Clock()
     # lazy: each step below collects only its small result
     frame, in_order = _source(ingested)
-    rows_in = int(frame.select(pl.len()).collect().item())
+    # counted by the ingest on its way through the delivery, if it says so; else one query each
+    facts = ingested.facts_of(ingested.bookings)
+    rows_in = facts.rows if facts is not None else int(frame.select(pl.len()).collect().item())
     clock.lap("load")
     filecheck.check_not_empty(frame, ingested, rows_in)
-    nulls = filecheck.check_required(frame, ingested, rows_in)
+    nulls = filecheck.check_required(frame, ingested, rows_in,
+                                     facts.nulls if facts is not None else None)
     filecheck.check_truncated(frame, ingested, nulls, rows_in)
     payload: dict[str, Any] = {"run_id": ctx.run_id, "entity": ctx.entity, "rows_in": rows_in}
 
@@ -469,7 +483,8 @@ def _gate(ingested: IngestResult, ctx: RunContext, job: GxJob, shas: list[str],
     if accounts is not None and accounts.height:
         params["chart_of_accounts"] = (accounts.get_column("gl_account").drop_nulls()
                                        .unique().sort().to_list())
-    flagged, flags, row_checks = rowchecks.row_masks(view, suite, params)
+    unique_cols: list[list[str]] = []
+    flagged, flags, row_checks = rowchecks.row_masks(view, suite, params, unique_cols)
     clock.lap("row_checks")
 
     # only the rows failing some check are collected (with the columns their reasons show),
@@ -522,6 +537,8 @@ def _gate(ingested: IngestResult, ctx: RunContext, job: GxJob, shas: list[str],
         findings.write_parquet(run_dir / "validation_findings.parquet")
         clock.lap("journal_findings")
         writing.result()
+    if _unique_booking_keys(unique_cols, nulls):
+        history.note_unique_keys(clean_path)  # the merge need not count the keys again
     clock.lap("write")
 
     # Great Expectations: cross-checks the masks on its sample, checks the master data, writes

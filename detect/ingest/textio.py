@@ -35,6 +35,10 @@ def _identity(path: Path) -> tuple:
             st.st_ctime_ns)
 
 
+file_identity = _identity
+"""Public name of ``_identity`` (the history merge keys what validation found by it)."""
+
+
 def sha256_of(path: Path) -> str:
     key = _identity(path)
     if (cached := _HASHES.get(key)) is not None:

@@ -37,14 +37,19 @@ def check_not_empty(frame: pl.DataFrame | pl.LazyFrame, ingested: IngestResult,
 
 
 def check_required(frame: pl.DataFrame | pl.LazyFrame, ingested: IngestResult,
-                   height: int | None = None) -> dict[str, int]:
+                   height: int | None = None, known: dict[str, int] | None = None
+                   ) -> dict[str, int]:
     """A required column that is null in every row means the mapping found nothing to map.
-    Returns the null counts of the required columns and of ``ingest_issue`` (one aggregate),
-    which tell ``check_truncated`` whether any row can be a cut-off line at all."""
+    Returns the null counts of the required columns and of ``ingest_issue`` (one aggregate,
+    or ``known``: the ingest's counts of the same frame), which tell ``check_truncated``
+    whether any row can be a cut-off line at all."""
     height = _height(frame) if height is None else height
     columns = [*REQUIRED_BOOKING_COLUMNS, "ingest_issue"]
-    nulls = dict(zip(columns, frame.lazy().select(pl.col(c).null_count() for c in columns)
-                     .collect().row(0)))
+    if known is not None and all(c in known for c in columns):
+        nulls = {c: known[c] for c in columns}
+    else:
+        nulls = dict(zip(columns, frame.lazy().select(pl.col(c).null_count() for c in columns)
+                         .collect().row(0)))
     empty = [c for c in REQUIRED_BOOKING_COLUMNS if nulls[c] == height]
     if not empty:
         return nulls

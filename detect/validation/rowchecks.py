@@ -39,10 +39,14 @@ def master_checks(runner: GxRunner, master: dict[str, pl.DataFrame], directory: 
     return checks, warns
 
 
-def row_masks(view: pl.DataFrame | pl.LazyFrame, suite: Suite, params: dict[str, Any]
-               ) -> tuple[Any, dict[str, str], set[str]]:
+def row_masks(view: pl.DataFrame | pl.LazyFrame, suite: Suite, params: dict[str, Any],
+              unique: list[list[str]] | None = None) -> tuple[Any, dict[str, str], set[str]]:
     """Evaluate every row-level check of the suite as a boolean column ``_fail_<key>`` (lazily
-    when ``view`` is a LazyFrame: the masks are then computed per query, never stored)."""
+    when ``view`` is a LazyFrame: the masks are then computed per query, never stored).
+
+    ``unique``, if given, collects the column lists of uniqueness checks that found no
+    duplicate at all (among the rows they do not skip): what the history merge would otherwise
+    check again (``history.note_unique_keys``)."""
     flags, exprs = {}, []
     schema = view.collect_schema() if isinstance(view, pl.LazyFrame) else view.schema
     for check in suite.checks:
@@ -56,7 +60,10 @@ def row_masks(view: pl.DataFrame | pl.LazyFrame, suite: Suite, params: dict[str,
         except masks.Unsupported:
             continue  # table-level: GX only
         if isinstance(view, pl.LazyFrame) and ROW in schema and masks.uniqueness(check):
-            expr = _duplicate_rows(view, *masks.uniqueness(check))  # type: ignore[misc]
+            cols, skip = masks.uniqueness(check)  # type: ignore[misc]
+            expr = _duplicate_rows(view, cols, skip)
+            if unique is not None and expr.meta.eq(pl.lit(False)):
+                unique.append(list(cols))
         flags[check.key] = f"_fail_{check.key}"
         exprs.append(expr.fill_null(False).alias(flags[check.key]))
     return view.with_columns(exprs), flags, set(flags)

@@ -1,0 +1,72 @@
+"""What the ingest counts on its way through the delivery (``detect.ingest.Facts``) must equal
+what validation would query itself, and is only used for the frame it describes."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import polars as pl
+
+from detect import history, validate
+from detect.ingest import Facts, ingest
+from detect.ingest.textio import file_identity
+from validate_support import context, settings
+
+HEADER = "Journal_ID,Journal_ID_Line_Number,Effective_Date,Fiscal_Year,GL_Account_Number,Amount\n"
+
+
+def _cfg():
+    return dataclasses.replace(settings(data_docs=False), entity="default")
+
+
+def _frame(files: list[str], lines: list[int]) -> pl.DataFrame:
+    return pl.DataFrame({"source_file": files, "source_line": lines,
+                         "x": [None, 1, None, 2][:len(lines)]},
+                        schema_overrides={"source_line": pl.Int64, "x": pl.Int32})
+
+
+def test_facts_count_rows_nulls_and_order_across_batches():
+    facts = Facts()
+    facts.add(_frame(["a", "a"], [2, 3]))
+    facts.add(_frame(["a", "b"], [4, 2]))
+    assert (facts.rows, facts.nulls["x"], facts.in_order) == (4, 2, True)
+    facts.add(_frame(["b", "b"], [1, 5]))   # goes back across the batch boundary
+    assert not facts.in_order
+    inside = Facts()
+    inside.add(_frame(["a", "a", "a"], [2, 5, 3]))
+    assert not inside.in_order
+    nulls = Facts()
+    nulls.add(pl.DataFrame({"source_file": ["a", None], "source_line": [1, 2]}))
+    assert not nulls.in_order
+
+
+def test_ingest_facts_equal_queries_and_validation_uses_them(tmp_path: Path):
+    (tmp_path / "in").mkdir()
+    rows = [f"{j},{n},2024-03-0{j},2024,5250000,{'x' if j == 2 and n == 1 else '10.00'}"
+            for j in (1, 2, 3) for n in (1, 2)]
+    (tmp_path / "in" / "GL.csv").write_text(HEADER + "\n".join(rows) + "\n", "utf-8")
+    result = ingest([tmp_path / "in"], "ads", _cfg(), tmp_path / "work")
+    facts = result.facts_of(result.bookings)
+    assert facts is not None and facts.rows == 6 and facts.in_order
+    expected = result.bookings.select(pl.all().null_count()).collect().row(0, named=True)
+    assert {c: facts.nulls[c] for c in expected} == expected
+    assert facts.nulls["ingest_issue"] == 5
+    # a replaced frame gets no facts
+    assert result.facts_of(result.bookings.head(2)) is None
+    ctx = context(tmp_path / "data", _cfg())
+    checked = validate.validate(result, ctx)
+    assert (checked.rows_in, checked.rows_quarantined) == (6, 1)
+    # no duplicate keys: the history merge is told so and does not count them again
+    assert history._UNIQUE_KEYS.get(file_identity(checked.clean_path))
+    assert not history._may_have_duplicate_keys(checked.clean_path)
+
+
+def test_a_repeated_key_is_not_reported_unique_to_the_history(tmp_path: Path):
+    (tmp_path / "in").mkdir()
+    rows = ["1,1,2024-03-01,2024,5250000,10.00", "1,1,2024-03-01,2024,1810000,-10.00"]
+    (tmp_path / "in" / "GL.csv").write_text(HEADER + "\n".join(rows) + "\n", "utf-8")
+    result = ingest([tmp_path / "in"], "ads", _cfg(), tmp_path / "work")
+    checked = validate.validate(result, context(tmp_path / "data", _cfg()))
+    assert checked.rows_quarantined == 1
+    assert not history._UNIQUE_KEYS.get(file_identity(checked.clean_path))
