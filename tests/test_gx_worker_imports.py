@@ -1,6 +1,6 @@
-"""The GX worker's lean start-up (``gxworker.lean_imports``): modules GX imports but our suites
-never use are deferred (``scipy.stats``, ``altair``) or hidden (``sqlalchemy``), and GX's
-results and Data Docs stay exactly the same.
+"""The GX worker's lean start-up (``gxworker.import_gx``): modules GX imports but our suites
+never use are deferred (``scipy.stats``, ``altair``) or hidden (``sqlalchemy``), the Data Docs
+templates are compiled once per machine, and GX's results and Data Docs stay exactly the same.
 
 A deferred module must behave like an imported one the moment anything touches it: it then runs
 once, in place, and every reference to it is the real module.
@@ -86,10 +86,10 @@ def test_from_import_of_a_deferred_module_loads_it(package: Path) -> None:
 
 
 PROBE = textwrap.dedent("""
-    import json, sys
+    import gc, json, sys
     from detect.validation import gxworker
-    gxworker.lean_imports()
-    import great_expectations
+    gxworker.import_gx()
+    from great_expectations.render.view.view import DefaultJinjaView
     from detect.validation.gxrun import GxRunner
     import polars as pl
     from detect.validation.suites import load_suite, BUNDLED_DIR
@@ -108,7 +108,9 @@ PROBE = textwrap.dedent("""
     import altair as alt
     touched = [float(stats.entropy([0.5, 0.5], [0.5, 0.5])), alt.Chart.__name__,
                type(sys.modules["scipy.stats"]).__name__, type(sys.modules["altair"]).__name__]
+    setup = [gc.isenabled(), hasattr(DefaultJinjaView.__init__, "_belegwacht_cache")]
     print("PROBE", json.dumps({"state": state, "loaded": loaded, "touched": touched,
+                               "setup": setup,
                                "unexpected": [r.unexpected_count for r in results]}))
 """)
 
@@ -125,6 +127,7 @@ def test_the_worker_imports_gx_without_the_unused_modules() -> None:
     # touched, they simply load
     assert out["touched"] == [0.0, "Chart", "module", "module"]
     assert 2 in out["unexpected"]  # user_id twice: GX ran
+    assert out["setup"] == [True, True]  # collector running again; Data Docs templates cached
 
 
 _STAMP = re.compile(r"\d{8}T\d{6}(\.\d+)?Z?|\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d+)?"
