@@ -70,3 +70,29 @@ def test_a_repeated_key_is_not_reported_unique_to_the_history(tmp_path: Path):
     checked = validate.validate(result, context(tmp_path / "data", _cfg()))
     assert checked.rows_quarantined == 1
     assert not history._UNIQUE_KEYS.get(file_identity(checked.clean_path))
+
+
+def test_gl_stats_of_batches_equal_the_query_on_the_whole_file():
+    from detect.ingest.ads import PLACEHOLDER_FLAG, UNIT_GIVEN, GLStats, _adjacent_units
+
+    frame = pl.DataFrame({
+        "source_file": ["a"] * 6 + ["b"] * 4,
+        "journal_id": ["1", "1", "2", "2", "2", None, None, "1", "1", "2"],
+        "entity": ["X", "X", "X", "Y", "Y", "Z", "Z", "X", "X", "X"],
+        UNIT_GIVEN: [True, True, True, True, False, True, True, True, True, True],
+        PLACEHOLDER_FLAG: [True, False, False, True, False, False, False, True, True, False]})
+    unit = frame.with_columns(pl.when(pl.col(UNIT_GIVEN)).then(pl.col("entity")).alias("entity"))
+    expected = _adjacent_units(unit.lazy(), ["source_file", "journal_id"]).collect()
+    for cuts in ([], [1], [3], [2, 4], [6], [7], [1, 2, 3, 4, 5, 6, 7, 8, 9]):
+        stats = GLStats(units=True)
+        bounds = [0, *cuts, frame.height]
+        for lo, hi in zip(bounds, bounds[1:], strict=False):
+            stats(frame.slice(lo, hi - lo))
+        assert stats.adjacent().equals(expected, null_equal=True), cuts
+        assert stats.counts == {"a": [6, 2], "b": [4, 2]}
+    # the same journal naming one unit everywhere: no difference found
+    same = frame.with_columns(pl.lit("X").alias("entity"), pl.lit(True).alias(UNIT_GIVEN))
+    stats = GLStats(units=True)
+    stats(same.slice(0, 3))
+    stats(same.slice(3))
+    assert not stats.adjacent()["differs"][0]

@@ -85,6 +85,10 @@ class IngestResult:
     the materialised bookings: a few columns of Parquet instead of another parse of the text.
     ``bookings`` may carry helper columns named ``__ingest_*`` for them; they are dropped. A
     finisher that changes canonical columns returns a newly materialised delivery."""
+    observers: list[Callable[[pl.DataFrame], None]] = field(default_factory=list)
+    """Called with every batch ``materialise`` writes (in delivered order): whole-file facts a
+    finisher needs (per-journal checks, counts) gathered from data in memory anyway, instead
+    of another scan of the Parquet."""
     bookings_file: Path | None = None
     """Parquet file holding exactly ``bookings``' ``BOOKING_SCHEMA`` columns, in order, in the
     clean file's layout (``bookings_file.py``): validation keeps it as the run's clean file when
@@ -202,7 +206,8 @@ def detect_format(files: list[Path]) -> str:
 
 def materialise(bookings: pl.LazyFrame, workdir: Path,
                 checks: list[Callable[[], object]] | None = None,
-                pseudonym_key: bytes | None = None) -> Materialised:
+                pseudonym_key: bytes | None = None,
+                observers: list[Callable[[pl.DataFrame], None]] | None = None) -> Materialised:
     """Parse the delivery once, streaming, into Parquet under ``workdir``; later stages scan
     that instead of re-running the text parsers (and ingest pays for its own parsing).
 
@@ -235,6 +240,8 @@ def materialise(bookings: pl.LazyFrame, workdir: Path,
         try:
             for batch in bookings.collect_batches(chunk_size=ROW_GROUP, maintain_order=True):
                 facts.add(batch)
+                for observe in observers or []:
+                    observe(batch)
                 table = to_table(batch)
                 if pseudonymise is not None:  # swapped in Arrow: with_columns on a batch of
                     # many chunks rechunked every column (0.2 CPU s per 1M lines)
@@ -300,12 +307,14 @@ def ingest(sources: list[Path], fmt: str, settings: Settings, workdir: Path, *,
         name = "csv"
     result = format_module(name).read(files, settings, workdir)
     try:
-        done = materialise(result.bookings, workdir, result.deferred_checks, pseudonym_key)
+        done = materialise(result.bookings, workdir, result.deferred_checks, pseudonym_key,
+                           result.observers)
     except EncodingChanged:
         # a file's first MiB was UTF-8, the rest is not (a cp1252 export): read again, now
         # with the encoding found by the full check (remembered by textio)
         result = format_module(name).read(files, settings, workdir)
-        done = materialise(result.bookings, workdir, result.deferred_checks, pseudonym_key)
+        done = materialise(result.bookings, workdir, result.deferred_checks, pseudonym_key,
+                           result.observers)
     result.format = name
     for finish in result.finishers:
         done = finish(done)

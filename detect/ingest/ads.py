@@ -231,8 +231,69 @@ def read_gl(path: Path, settings: Settings, workdir: Path) -> GLFile:
     return GLFile(frame, scan.check, path, col, others, "entity" in profile.columns)
 
 
+class GLStats:
+    """What ``finish_gl`` needs, gathered from the batches ``materialise`` writes (an observer,
+    see ``IngestResult.observers``): lines and placeholder posting dates per file, and the
+    summary of ``_adjacent_units`` (height, runs of the same (file, journal), distinct keys,
+    whether a line names another unit than the line before it in the same journal). Queried
+    on the Parquet instead, these cost 0.17 CPU s per 1M lines; here ~0.05.
+
+    Batches come in delivered order; a run that continues across a batch boundary is counted
+    once, and the unit is compared across the boundary too. Distinct keys are counted by hash
+    over the first line of each run (every key starts some run)."""
+
+    def __init__(self, units: bool) -> None:
+        self.units = units
+        self.counts: dict[str, list[int]] = {}
+        self.height = 0
+        self.runs = 0
+        self.differs = False
+        self._hashes: list[pl.Series] = []
+        self._last: tuple | None = None
+
+    def __call__(self, batch: pl.DataFrame) -> None:
+        if batch.height == 0:
+            return
+        one, name, flagged = batch.select(  # a batch usually lies within one file: no group_by
+            pl.col("source_file").eq_missing(pl.col("source_file").first()).all(),
+            pl.col("source_file").first().alias("name"), pl.col(PLACEHOLDER_FLAG).sum()).row(0)
+        per_file = [(name, batch.height, flagged)] if one and name is not None else \
+            batch.group_by("source_file").agg(pl.len(), pl.col(PLACEHOLDER_FLAG).sum()).rows()
+        for file, n, p in per_file:
+            known = self.counts.setdefault(file, [0, 0])
+            known[0] += n
+            known[1] += p
+        if not self.units:  # finish_gl checks business units only when the file has them
+            return
+        file, journal = pl.col("source_file"), pl.col("journal_id")
+        unit = pl.when(pl.col(UNIT_GIVEN)).then(pl.col("entity"))  # as delivered
+        same = file.eq_missing(file.shift(1)) & journal.eq_missing(journal.shift(1))
+        frame = batch.select(file, journal, unit.alias("unit"), same.alias("same"))
+        starts = frame.filter(~pl.col("same") | (pl.int_range(pl.len()) == 0))
+        runs, differs = frame.select(
+            (~pl.col("same")).slice(1).sum().alias("runs"),
+            (pl.col("same") & ~pl.col("unit").eq_missing(pl.col("unit").shift(1)))
+            .slice(1).any().alias("differs")).row(0)
+        head = frame.row(0)[:3]
+        continues = self._last is not None and self._last[:2] == head[:2]
+        self.height += batch.height
+        self.runs += runs + (0 if continues else 1)
+        self.differs = self.differs or bool(differs) or (
+            continues and self._last[2] != head[2])  # type: ignore[index]
+        self._hashes.append(starts.select(pl.struct("source_file", "journal_id").hash())
+                            .to_series())
+        self._last = frame.row(frame.height - 1)[:3]
+
+    def adjacent(self) -> pl.DataFrame:
+        """The one-row result ``_adjacent_units`` would give for everything seen."""
+        distinct = pl.concat(self._hashes).n_unique() if self._hashes else 0
+        return pl.DataFrame({"height": [self.height], "runs": [max(self.runs, 1)],
+                             "distinct": [distinct], "differs": [self.differs]})
+
+
 def finish_gl(done: Materialised, gl_files: list[GLFile], settings: Settings,
-              workdir: Path, warnings: list[str], warn_at: list[int]) -> Materialised:
+              workdir: Path, warnings: list[str], warn_at: list[int],
+              stats: GLStats | None = None) -> Materialised:
     """Whole-file steps on the materialised bookings (Parquet: a few columns, cheap).
 
     - One entity per journal: the first business unit named on any of its lines. In the usual
@@ -248,12 +309,15 @@ def finish_gl(done: Materialised, gl_files: list[GLFile], settings: Settings,
     if units:  # entity as delivered (null where a line names no unit)
         bookings = bookings.with_columns(
             pl.when(pl.col(UNIT_GIVEN)).then(pl.col("entity")).alias("entity"))
-    # both summaries in one go (Polars runs them side by side over one scan of the Parquet)
-    stats, *adjacent = pl.collect_all(
-        [bookings.group_by("source_file")
-         .agg(pl.len().alias("n"), pl.col(PLACEHOLDER_FLAG).sum().alias("p"))]
-        + ([_adjacent_units(bookings, key)] if units else []))
-    counts = {r["source_file"]: (r["n"], r["p"]) for r in stats.iter_rows(named=True)}
+    if stats is not None:  # gathered while the batches were written
+        counts = {f: (n, p) for f, (n, p) in stats.counts.items()}
+        adjacent = [stats.adjacent()] if units else []
+    else:  # both summaries in one go (Polars runs them side by side over one scan)
+        summary, *adjacent = pl.collect_all(
+            [bookings.group_by("source_file")
+             .agg(pl.len().alias("n"), pl.col(PLACEHOLDER_FLAG).sum().alias("p"))]
+            + ([_adjacent_units(bookings, key)] if units else []))
+        counts = {r["source_file"]: (r["n"], r["p"]) for r in summary.iter_rows(named=True)}
     # from the back, so that earlier positions stay valid
     for gl, at in reversed(list(zip(gl_files, warn_at, strict=True))):
         n, p = counts.get(str(gl.path), (0, 0))
@@ -397,7 +461,9 @@ def read(files: list[Path], settings: Settings, workdir: Path) -> IngestResult:
                           "Amount) in the delivery", file=", ".join(str(f) for f in files[:3]))
     result.bookings = pl.concat([gl.frame for gl in gl_files], how="vertical")
     result.deferred_checks = [gl.check for gl in gl_files]
+    stats = GLStats(any(gl.unit_column for gl in gl_files))
+    result.observers.append(stats)
     result.finishers.append(lambda done: finish_gl(
-        done, gl_files, settings, workdir, result.warnings, warn_at))
+        done, gl_files, settings, workdir, result.warnings, warn_at, stats))
     result.master = {k: pl.concat(v, how="vertical") for k, v in masters.items()}
     return result
