@@ -1,5 +1,5 @@
 """The GX worker's lean start-up (``gxworker.import_gx``): modules GX imports but our suites
-never use are deferred (``scipy.stats``, ``altair``) or hidden (``sqlalchemy``), the Data Docs
+never use are deferred (``scipy.stats``, ``altair``, ``jsonschema``) or hidden (``sqlalchemy``), the Data Docs
 templates are compiled once per machine, and GX's results and Data Docs stay exactly the same.
 
 A deferred module must behave like an imported one the moment anything touches it: it then runs
@@ -100,7 +100,7 @@ PROBE = textwrap.dedent("""
     results = runner.validate(suite.without({c.key for c in suite.checks} - {c.key for c in present}),
                               frame, {}, 1000)
     state = {name: (name in sys.modules, type(sys.modules.get(name)).__name__)
-             for name in ("scipy.stats", "altair", "sqlalchemy")}
+             for name in ("scipy.stats", "altair", "jsonschema", "sqlalchemy")}
     loaded = {"scipy.stats._stats_py": "scipy.stats._stats_py" in sys.modules,
               "altair.vegalite": "altair.vegalite" in sys.modules}
     from scipy import stats
@@ -122,7 +122,7 @@ def test_the_worker_imports_gx_without_the_unused_modules() -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(next(x for x in done.stdout.splitlines() if x.startswith("PROBE"))[6:])
     assert out["state"] == {"scipy.stats": [True, "_Deferred"], "altair": [True, "_Deferred"],
-                            "sqlalchemy": [False, "NoneType"]}
+                            "jsonschema": [True, "_Deferred"], "sqlalchemy": [False, "NoneType"]}
     assert out["loaded"] == {"scipy.stats._stats_py": False, "altair.vegalite": False}
     # touched, they simply load
     assert out["touched"] == [0.0, "Chart", "module", "module"]
