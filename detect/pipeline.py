@@ -12,7 +12,10 @@ import json
 import os
 import platform
 import shutil
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -341,6 +344,7 @@ def _run_stages(ctx: RunContext, sources: list[Path], fmt: str, control_totals: 
     for note in workers.notes:
         log.warn(note)
     modelling = workers.models
+    early: Future[Any] | None = None
     if modelling is not None:
         lines = pl.scan_parquet(history_glob).select(pl.len()).collect().item()
         limit = settings.models.worker_max_lines
@@ -354,6 +358,9 @@ def _run_stages(ctx: RunContext, sources: list[Path], fmt: str, control_totals: 
             # features, fit and scoring need only the history: the worker runs them next to
             # the rules; the reason texts wait for the rule hits (``finish`` below)
             modelling.start(history_glob, ctx)
+            # ranking's hit-independent part as soon as the worker hands over its scores,
+            # on the core the worker leaves idle at the end of the rules
+            early = _in_background(_prepare_ranking, modelling, history_glob, ctx)
     with log.step("rules", "Running the rule catalog"):
         con = rules.connect(ctx, history_glob)
         rule_result = rules.run_rules(con, ctx)
@@ -379,21 +386,24 @@ def _run_stages(ctx: RunContext, sources: list[Path], fmt: str, control_totals: 
         rates = getattr(rule_result, "history_rates", None)
         extra = ({"history_rates": rates(), "history_journals": rule_result.history_population}
                  if callable(rates) else {})
+        prepared = early.result() if early is not None else None
         findings = scoring.build_items(pl.scan_parquet(history_glob), hits, model_scores, ctx,
-                                       **extra)
-    if modelling is not None:  # models/ and model_scores.parquet, written meanwhile
-        modelling.join(log)
+                                       prepared=prepared, **extra)
     lifecycle.crash_point("scored")
     shutil.rmtree(partial / "tmp", ignore_errors=True)
     with log.step("publish", "Publishing"), ThreadPoolExecutor(max_workers=2) as pool:
         # the manifest's statistics (DuckDB/Polars, ~0.4 CPU s at 1M lines, GIL released)
-        # run while the store inserts the items; the manifest goes in last (``publish_run``)
+        # run while the store inserts the items, and the model worker writes its outputs;
+        # the manifest goes in last (``publish_run``)
         per_input = pool.submit(input_stats, checked.clean_path)
         years = pool.submit(history.stats, history_glob)
 
         manifest: dict[str, Any] = {}
 
         def manifest_now() -> dict[str, Any]:
+            if modelling is not None:
+                # models/ and model_scores.parquet, written while the job ranked and inserted
+                modelling.join(log)
             manifest.update({
                 "run_id": ctx.run_id,
                 "entity": settings.entity,
@@ -431,6 +441,32 @@ def _run_stages(ctx: RunContext, sources: list[Path], fmt: str, control_totals: 
     final = lifecycle.finish_publish(data_dir, ctx.entity, ctx.run_id, counts)
     log.json_path = final / "run.log.jsonl"  # the partial folder is gone now
     return manifest
+
+
+def _in_background(fn: Callable[..., Any], *args: Any) -> Future[Any]:
+    """``fn(*args)`` in a daemon thread: a run that fails meanwhile does not wait for it (a
+    pool would, at its shutdown)."""
+    future: Future[Any] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - raised where the result is taken
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="belegwacht-early", daemon=True).start()
+    return future
+
+
+def _prepare_ranking(modelling: Any, history_glob: str, ctx: RunContext) -> Any:
+    """``scoring.prepare`` with the model worker's scores, once it has handed them over (while
+    the rules run); None when the worker failed (``finish`` reports it)."""
+    from detect import scoring
+
+    scores = modelling.early_scores()
+    if scores is None:
+        return None
+    return scoring.prepare(pl.scan_parquet(history_glob), scores, ctx)
 
 
 def run_inbox(inbox: Path, *, fmt: str, settings: Settings, data_dir: Path,

@@ -192,7 +192,8 @@ def stages(monkeypatch: pytest.MonkeyPatch) -> Stages:
         state.maybe_fail("models")
         return pl.DataFrame()
 
-    def build_items(bookings: pl.LazyFrame, hits: Any, scores: Any, ctx: Any) -> pl.DataFrame:
+    def build_items(bookings: pl.LazyFrame, hits: Any, scores: Any, ctx: Any,
+                    **_: Any) -> pl.DataFrame:
         state.maybe_fail("scoring")
         delivery = pl.read_parquet(Path(ctx.run_dir) / "bookings.parquet").select("journal_id")
         found = (bookings.join(delivery.lazy(), on="journal_id", how="semi")

@@ -214,14 +214,33 @@ def test_model_words_are_read_only_at_or_above_the_floor(ledger, ctx) -> None:
     assert "Modell" in by["J00002"]["reasons"] and "Modell" not in by["J00001"]["reasons"]
 
 
+def test_ranking_prepared_while_the_rules_run_is_the_same(ledger, ctx) -> None:
+    """``prepare`` (delivery journals, model tail: no rule hits needed) made before the hits
+    exist gives the same items as ranking in one go."""
+    from detect.scoring import prepare
+
+    cfg = ctx.settings.scoring
+    cfg.model_tail_share, cfg.model_floor = 0.01, 0.95
+    scores = model_frame(ledger, {"J00001": 0.97, "J00005": 0.9999, "J00007": 0.96})
+    prepared = prepare(ledger.lazy(), scores, ctx)
+    hits = hits_frame([hit("J00001", "PAY001", "payments", "high"),
+                       hit("J00003", "TIM001", "timing", "medium", 2)])
+    items = rank_items(ledger.lazy(), hits, scores, ctx, prepared=prepared)
+    assert items.equals(rank_items(ledger.lazy(), hits, scores, ctx))
+    assert {"J00001", "J00003", "J00005"} <= set(items["journal_id"])
+    assert rank_items(ledger.lazy(), hits, None, ctx,
+                      prepared=prepare(ledger.lazy(), None, ctx)).equals(
+        rank_items(ledger.lazy(), hits, None, ctx))
+
+
 def test_model_tail_from_the_top_lines_equals_grouping_every_line() -> None:
-    """The tail search over the top-scoring lines (``_model_journals``) must pick the same
+    """The tail search over the top-scoring lines (``_model_tail``) must pick the same
     journals, lines and scores as grouping every scored line by journal; the frames here are
     big enough for the cutoff path (over 4,096 lines), with ties, journals outside the delivery,
     and ten journals whose many top lines fill the first cutoff (so it has to widen)."""
     import numpy as np
 
-    from detect.scoring import _in_tail, _model_journals, _rows_of, _top_lines
+    from detect.scoring import _in_tail, _model_journals, _model_tail, _rows_of, _top_lines
 
     rng = np.random.default_rng(7)
     n = 30_000
@@ -238,7 +257,7 @@ def test_model_tail_from_the_top_lines_equals_grouping_every_line() -> None:
     rules = journals.head(0)
     cols = ["entity", "fiscal_year", "journal_id", "model_score", "model_line"]
     for tail_k in (1, 10, 40, 700):
-        got = _model_journals(ms, journals, rules, tail_k).filter("model_tail")
+        got = _model_journals(*_model_tail(ms, journals, tail_k), rules).filter("model_tail")
         want = _in_tail(_top_lines(_rows_of(ms, journals)), tail_k).filter("model_tail")
         assert got.height == tail_k
         assert got.sort("journal_id").select(cols).equals(want.sort("journal_id").select(cols))
