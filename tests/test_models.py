@@ -281,3 +281,112 @@ def test_delivery_rows_by_key_hash_and_exact_fallback() -> None:
     # a delivery key missing from the history takes the exact join: no stray rows
     ghost = pl.concat([frame[[2]], frame[[0]].with_columns(pl.lit("9").alias("journal_id"))])
     np.testing.assert_array_equal(_target_rows(frame, ghost), [2])
+
+
+def test_row_sum_has_numpys_bits() -> None:
+    """``row_sum`` sums columns in NumPy's pairwise order: the same bits as summing the rows
+    of the matrix (signed zeros included), for any number of columns."""
+    from detect.models import row_sum
+
+    rng = np.random.default_rng(6)
+    for n in [*range(1, 41), 64, 127, 128, 129, 200, 300]:
+        m = rng.exponential(size=(2000, n)) * rng.choice([1e-9, 1e-3, 1.0, 1e3, 1e9],
+                                                         size=(2000, n))
+        m[rng.random(m.shape) < 0.2] = -0.0
+        m[:3] = -0.0  # rows of only -0.0: NumPy's sum is 0.0
+        want = m.sum(axis=1)
+        got = row_sum([np.ascontiguousarray(m[:, j]) for j in range(n)])
+        np.testing.assert_array_equal(got.view(np.int64), want.view(np.int64), err_msg=str(n))
+
+
+@pytest.mark.parametrize("aggregate", ["max", "sum"])
+def test_chunked_ecod_scores_equal_the_matrix_formula(monkeypatch, aggregate) -> None:
+    """``TailECOD.decision_function`` works in row chunks, column by column: the scores are
+    bit for bit those of the whole tail matrix (max + sum / 1000, or the sum)."""
+    import detect.models as models
+
+    rng = np.random.default_rng(7)
+    train = np.column_stack([rng.integers(0, 5, 3000), rng.normal(size=3000),
+                             np.round(rng.exponential(size=3000), 1)] * 5).astype(np.float32)
+    est = models.TailECOD(directions=(1, 0, 1) * 5, aggregate=aggregate).fit(
+        train.astype(np.float64))
+    X = np.vstack([train[:700], train[:300] + np.float32(0.05)])
+    for rows in (X, X.astype(np.float64), np.asfortranarray(X)):
+        tails = est.tail_scores(rows)
+        want = tails.max(axis=1) + tails.sum(axis=1) * 1e-3 if aggregate == "max" \
+            else tails.sum(axis=1)
+        monkeypatch.setattr(models, "SCORE_CHUNK", 97)
+        chunked = est.decision_function(rows)
+        monkeypatch.setattr(models, "SCORE_CHUNK", 1 << 14)
+        np.testing.assert_array_equal(chunked, want)
+        np.testing.assert_array_equal(est.decision_function(rows), want)
+    whole = BookingOutlierEnsemble(directions=(1, 0, 1) * 5, ecod_aggregate=aggregate).fit(
+        train.astype(np.float64))
+    monkeypatch.setattr(models, "SCORE_CHUNK", 97)
+    small = whole.decision_function(X)
+    monkeypatch.setattr(models, "SCORE_CHUNK", 1 << 14)
+    np.testing.assert_array_equal(small, whole.decision_function(X))
+
+
+_LAZY_SCRIPT = """
+import hashlib, json, sys
+from pathlib import Path
+from types import SimpleNamespace
+sys.path.insert(0, {tests!r})
+from detect.config import Settings
+from detect.models import score_lines
+from detect.runlog import StepLog
+from test_features import tiny_ledger
+ctx = SimpleNamespace(run_dir=Path({out!r}), run_id="r1", entity="Testdorf",
+                      settings=Settings(), log=StepLog(quiet=True), rescore_history=False)
+scores = score_lines(tiny_ledger(400).lazy(), ctx)   # features, fit, score, texts, save
+loaded = sorted(m for m in ("pandas.core.frame", "matplotlib.figure", "mpl_toolkits.mplot3d",
+                            "sklearn.ensemble") if m in sys.modules)
+import pandas, matplotlib.pyplot as plt  # a deferred module that is touched simply loads
+ok = pandas.DataFrame({{"a": [1]}}).shape == (1, 1) and callable(plt.figure)
+print(json.dumps({{"loaded": loaded, "ok": ok, "scores": hashlib.sha256(
+    scores.write_ipc(None).getvalue()).hexdigest()}}))
+"""
+
+
+def _run_lazy(tmp_path: Path, flag: str) -> dict:
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / flag
+    out.mkdir()
+    script = _LAZY_SCRIPT.format(tests=str(Path(__file__).parent), out=str(out))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "BELEGWACHT_LAZY_IMPORTS": flag},
+                          cwd=Path(__file__).parent.parent, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_deferred_imports_change_no_score(tmp_path: Path) -> None:
+    """In the model worker, matplotlib.pyplot and pandas (imported by PyOD and scikit-learn,
+    never called by the model stage) are lazy: the whole stage leaves them unloaded, the
+    scores and texts are the same as with eager imports, and touching them loads them."""
+    lazy, eager = _run_lazy(tmp_path, "1"), _run_lazy(tmp_path, "0")
+    assert lazy["loaded"] == [] and lazy["ok"]
+    assert {"matplotlib.figure", "pandas.core.frame"} <= set(eager["loaded"])
+    assert "sklearn.ensemble" not in eager["loaded"]  # IForest is imported when configured
+    assert lazy["scores"] == eager["scores"]
+
+
+def test_deferred_imports_only_in_the_model_worker(monkeypatch) -> None:
+    import sys
+    import types
+
+    from detect.models import _defer_wanted
+
+    monkeypatch.delenv("BELEGWACHT_LAZY_IMPORTS", raising=False)
+    main = types.ModuleType("__main__")
+    main.__spec__ = SimpleNamespace(name="detect.modelworker")
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    assert _defer_wanted()
+    main.__spec__ = SimpleNamespace(name="detect.cli")
+    assert not _defer_wanted()
+    monkeypatch.setenv("BELEGWACHT_LAZY_IMPORTS", "1")
+    assert _defer_wanted()
