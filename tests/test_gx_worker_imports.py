@@ -169,3 +169,92 @@ def test_lean_worker_validates_and_documents_exactly_like_plain_gx(
     assert lean[2].keys() == plain[2].keys() and len(lean[2]) >= 3
     for page in lean[2]:
         assert lean[2][page] == plain[2][page], page
+
+
+def _canon(value: object) -> object:
+    """A pydantic v1 field structure as plain data: every slot of every ModelField/FieldInfo,
+    containers recursively, anything else by ``repr`` without memory addresses."""
+    from pydantic.v1.fields import FieldInfo, ModelField
+
+    if isinstance(value, (ModelField, FieldInfo)):
+        return {type(value).__name__: {n: _canon(getattr(value, n, "<unset>"))
+                                       for n in type(value).__slots__ if n != "model_config"}}
+    if isinstance(value, dict):
+        return {str(k): _canon(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canon(v) for v in value]
+    return re.sub(r" at 0x[0-9a-f]+", "", repr(value))
+
+
+def test_fast_field_copies_copy_pydantic_fields_like_deepcopy() -> None:
+    import copy
+    from typing import Any, Dict, List, Literal, Optional, Union
+
+    from pydantic.v1 import Field, create_model, validator
+    from pydantic.v1.fields import ModelField
+
+    shared = ["a", "b"]
+
+    def positive(cls: type, v: int) -> int:
+        return v
+
+    base = create_model(
+        "Base", name=(str, Field("x", description="a name", alias="Name")),
+        items=(List[int], [1, 2]), options=(Dict[str, Any], Field(default_factory=dict)),
+        kind=(Literal["p", "q"], "p"), maybe=(Optional[Union[int, str]], None),
+        first=(list, shared), second=(list, shared),
+        __validators__={"positive": validator("items", each_item=True,
+                                              allow_reuse=True)(positive)})
+    plain = copy.deepcopy(base.__fields__)
+    plain_sub = create_model("Sub", __base__=base, extra=(int, 3))
+    with gxworker.fast_field_copies():
+        assert ModelField in copy._deepcopy_dispatch
+        fast = copy.deepcopy(base.__fields__)
+        fast_sub = create_model("Sub", __base__=base, extra=(int, 3))
+    assert ModelField not in copy._deepcopy_dispatch  # only while GX is imported
+
+    assert _canon(fast) == _canon(plain) == _canon(base.__fields__)
+    assert _canon(fast_sub.__fields__) == _canon(plain_sub.__fields__)
+    assert fast["items"] is not base.__fields__["items"]
+    assert fast["items"].field_info is not base.__fields__["items"].field_info
+    assert fast["items"].default == [1, 2] and fast["items"].default is not \
+        base.__fields__["items"].default  # mutable defaults are copied, not shared
+    assert fast["first"].default is fast["second"].default  # one memo: shared stays shared
+    assert fast["first"].default is not shared
+    assert fast_sub(items=[4]).items == [4] and fast_sub().extra == 3 and fast_sub().first == shared
+
+
+FIELDS = textwrap.dedent("""
+    import json, re, sys
+    from detect.validation import gxworker
+    if sys.argv[1] == "fast":
+        with gxworker.fast_field_copies():
+            import great_expectations
+    else:
+        import great_expectations
+    from pydantic.v1 import BaseModel
+    sys.path.insert(0, sys.argv[2])
+    from test_gx_worker_imports import _canon
+    seen, stack = set(), [BaseModel]
+    while stack:
+        for sub in stack.pop().__subclasses__():
+            if sub not in seen:
+                seen.add(sub)
+                stack.append(sub)
+    out = {}
+    for cls in seen:  # dynamically made models share names: a sorted list per name
+        out.setdefault(f"{cls.__module__}.{cls.__qualname__}", []).append(
+            json.dumps(_canon(cls.__fields__), sort_keys=True))
+    print(json.dumps({k: sorted(v) for k, v in out.items()}, sort_keys=True))
+""")
+
+
+@pytest.mark.slow
+def test_gx_models_are_the_same_with_fast_field_copies() -> None:
+    """Every pydantic model class GX defines at import has exactly the same fields."""
+    dumps = [subprocess.run([sys.executable, "-c", FIELDS, mode, str(ROOT / "tests")],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+             for mode in ("fast", "plain")]
+    assert all(d.returncode == 0 for d in dumps), dumps[0].stderr[-2000:] + dumps[1].stderr[-2000:]
+    fast, plain = (json.loads(d.stdout) for d in dumps)
+    assert len(fast) > 200 and fast == plain
