@@ -54,11 +54,11 @@ class RunSummary:
 
 
 class Workers:
-    """The run's worker processes, started when the run starts so their imports overlap
-    hashing and ingest: the Great Expectations worker (``gxrun.prestart``; ``validate``
-    adopts it) and, for deliveries of at least ``[models] worker_min_mb``, the model worker
-    (``detect.modelworker``). ``close()`` kills whatever was not collected: a run that fails,
-    or is skipped, leaves no worker behind."""
+    """The run's worker processes, started once the run holds its lock and knows the delivery
+    is new, so their imports overlap ingest: the Great Expectations worker
+    (``gxrun.prestart``; ``validate`` adopts it) and, for deliveries of at least ``[models]
+    worker_min_mb``, the model worker (``detect.modelworker``). ``close()`` kills whatever
+    was not collected: a run that fails leaves no worker behind."""
 
     def __init__(self, run_id: str, settings: Settings, files: list[Path]) -> None:
         from detect.validation import gxrun
@@ -234,36 +234,37 @@ def run_delivery(sources: list[Path], *, fmt: str, settings: Settings, data_dir:
     log = log or StepLog()
     files = list(sources) + ([control_totals] if control_totals else [])
     run_id = new_run_id(settings.entity)
-    # the workers import GX and PyOD/scikit-learn from now on, next to hashing and ingest
-    with Workers(run_id, settings, files) as workers:
-        # the delivery's sha256 (0.35 s per 170 MB; hashlib releases the GIL) is computed
-        # while this thread imports the store and the stages (~0.6 s): start-up pays the
-        # longer, not both
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            hashing = pool.submit(lifecycle.fingerprint, files)
-            from detect import history, rules, scoring, validate  # noqa: F401 - see above
-            from detect.store import ReviewStore
-            delivery = hashing.result()
-        if wait_seconds is None:
-            wait_seconds = float(os.environ.get("BELEGWACHT_LOCK_WAIT", "0") or 0)
-        with lifecycle.RunLock(data_dir, settings.entity, run_id=run_id,
-                               wait_seconds=wait_seconds) as lock:
-            lifecycle.crash_point("locked")
-            for note in lock.notes:
-                log.warn(note)
-            review = ReviewStore.for_data_dir(data_dir, settings.store_url)
-            recovered = lifecycle.recover(data_dir, settings.entity, review)
-            for note in recovered:
-                log.warn(note)
-            previous = review.delivery_run(settings.entity, delivery.hash)
-            reprocess = rescore_history or getattr(settings.validation, "reprocess", False)
-            if previous and not reprocess:
-                raise AlreadyProcessed(
-                    f"this delivery was already processed as run {previous} (same content, "
-                    f"sha256 {delivery.hash[:12]}); nothing to do",
-                    file=str(sources[0]) if sources else None,
-                    hint="set [validation] reprocess = true or pass --rescore-history to "
-                         "process it again")
+    # the delivery's sha256 (0.35 s per 170 MB; hashlib releases the GIL) is computed while
+    # this thread imports the store and the stages (~0.6 s): start-up pays the longer, not both
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        hashing = pool.submit(lifecycle.fingerprint, files)
+        from detect import history, rules, scoring, validate  # noqa: F401 - see above
+        from detect.store import ReviewStore
+        delivery = hashing.result()
+    if wait_seconds is None:
+        wait_seconds = float(os.environ.get("BELEGWACHT_LOCK_WAIT", "0") or 0)
+    with lifecycle.RunLock(data_dir, settings.entity, run_id=run_id,
+                           wait_seconds=wait_seconds) as lock:
+        lifecycle.crash_point("locked")
+        for note in lock.notes:
+            log.warn(note)
+        review = ReviewStore.for_data_dir(data_dir, settings.store_url)
+        recovered = lifecycle.recover(data_dir, settings.entity, review)
+        for note in recovered:
+            log.warn(note)
+        previous = review.delivery_run(settings.entity, delivery.hash)
+        reprocess = rescore_history or getattr(settings.validation, "reprocess", False)
+        if previous and not reprocess:
+            raise AlreadyProcessed(
+                f"this delivery was already processed as run {previous} (same content, "
+                f"sha256 {delivery.hash[:12]}); nothing to do",
+                file=str(sources[0]) if sources else None,
+                hint="set [validation] reprocess = true or pass --rescore-history to "
+                     "process it again")
+        # the workers import GX and PyOD/scikit-learn from now on, next to ingest; not
+        # before the checks above, so a skipped run or one refused the lock starts none (the
+        # model worker is still ready before the history is merged)
+        with Workers(run_id, settings, files) as workers:
             partial = data_dir / RUNS / f"{run_id}.partial"
             partial.mkdir(parents=True)
             lifecycle.write_run_info(partial, run_id, settings.entity, delivery)
@@ -278,9 +279,9 @@ def run_delivery(sources: list[Path], *, fmt: str, settings: Settings, data_dir:
                 workers.close()  # before the folder is renamed: the model worker writes into it
                 _record_failure(ctx, review, exc)
                 raise
-        final = data_dir / RUNS / run_id
-        log.event("run_done", run_id=run_id)
-        return RunSummary(run_id, final, manifest)
+    final = data_dir / RUNS / run_id
+    log.event("run_done", run_id=run_id)
+    return RunSummary(run_id, final, manifest)
 
 
 def _record_failure(ctx: RunContext, review: Any, exc: BaseException) -> None:

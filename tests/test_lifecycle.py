@@ -313,6 +313,36 @@ def test_run_refuses_while_another_process_holds_the_lock(tmp_path: Path,
     assert summary.manifest["recovered"][0].startswith("recovered a stale lock for M")
 
 
+def test_a_skipped_or_locked_out_run_starts_no_worker_processes(
+        tmp_path: Path, stages: Stages, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GX and model workers start only once the run holds the lock and knows its delivery
+    is new: a skipped delivery or a run refused the lock spawns no interpreters."""
+    started: list[str] = []
+    original = pipeline.Workers.__init__
+
+    def init(self: Any, run_id: str, *args: Any) -> None:
+        started.append(run_id)
+        original(self, run_id, *args)
+
+    monkeypatch.setattr(pipeline.Workers, "__init__", init)
+    source = delivery(tmp_path / "in" / "d1.csv", {"J1": "500.00"})
+    first = run(tmp_path, source)
+    assert started == [first.run_id]
+    with pytest.raises(AlreadyProcessed):
+        run(tmp_path, source)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        write_lock(tmp_path / "var", "M", pid=holder.pid, hostname=socket.gethostname(),
+                   started=lifecycle._process_start(holder.pid), acquired=time.time(),
+                   run_id="busy")
+        with pytest.raises(RunLocked):
+            run(tmp_path, delivery(tmp_path / "in" / "d2.csv", {"J2": "700.00"}))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert started == [first.run_id]
+
+
 # --- recovery ----------------------------------------------------------------------------------
 
 def partial_run(var: Path, run_id: str, entity: str) -> Path:
