@@ -202,11 +202,13 @@ def explain(frame: pl.DataFrame, tails: np.ndarray, names: list[str], k: int,
     order = np.argsort(-tails, axis=1, kind="stable")[:, :k]
     contrib = np.take_along_axis(tails, order, axis=1)
     values = np.take_along_axis(frame.select(names).to_numpy(), order, axis=1)
-    label = np.asarray(names)
+    label = pl.Series(names, dtype=pl.String)
     n = frame.height
+    # feature names by a gather of their index, not as NumPy unicode arrays: converting
+    # those to Polars strings cost ~60 % of this function (0.14 -> 0.05 CPU s for 26k lines)
     slots = {}
     for i in range(k):
-        slots[f"_f{i}"] = label[order[:, i]]
+        slots[f"_f{i}"] = label.gather(order[:, i])
         slots[f"_c{i}"] = np.round(contrib[:, i], 3)
         slots[f"_v{i}"] = np.round(values[:, i].astype(np.float64), 4)
     work = pl.DataFrame(slots)
@@ -215,13 +217,13 @@ def explain(frame: pl.DataFrame, tails: np.ndarray, names: list[str], k: int,
     long = pl.DataFrame({
         "_row": np.repeat(np.arange(n, dtype=np.int64), k),
         "_slot": np.tile(np.arange(k, dtype=np.int64), n),
-        "_feat": label[order].ravel(),
+        "_feat": order.ravel().astype(np.int32),
         "_contrib": contrib.ravel(),
     }).filter((pl.col("_slot") == 0) | (pl.col("_contrib") >= MIN_TAIL))
     de, en = templates("de", settings), templates("en", settings)
     parts = []
-    for name in names:  # loop over features (~15), vectorised over rows
-        rows = long.filter(pl.col("_feat") == name)
+    for j, name in enumerate(names):  # loop over features (~15), vectorised over rows
+        rows = long.filter(pl.col("_feat") == j)
         if rows.height == 0:
             continue
         ctx = frame[rows.get_column("_row").to_numpy()]

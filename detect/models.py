@@ -499,10 +499,13 @@ def explain_mask(scores: pl.DataFrame, settings: Any,
     if journals is None:
         return pl.Series("explain", top)
     floor = min(max(settings.scoring.model_floor, 0.0), 0.999)
+    if journals.height == 0:  # no hit journals (the worker's first pass): no hashing
+        return pl.Series("explain", top & (best >= floor)[journal])
     # journals with hits by a 64-bit hash of their key, not a join over the string key (a
-    # collision could only add reason texts to one more journal, never drop any)
+    # collision could only add reason texts to one more journal, never drop any); only the
+    # key columns are gathered at the journal starts (all columns: 0.03 CPU s per 1M lines)
     wanted = _key_hash(journals, JOURNAL).unique()
-    hit = _key_hash(scores[starts], JOURNAL).is_in(wanted.implode()).to_numpy()
+    hit = _key_hash(scores.select(JOURNAL)[starts], JOURNAL).is_in(wanted.implode()).to_numpy()
     return pl.Series("explain", top & ((best >= floor) | hit)[journal])
 
 
