@@ -162,8 +162,8 @@ _PRESTART_LOCK = threading.Lock()
 
 class GxPrestart:
     """A GX worker started when the run starts (``prestart``), before ``validate`` creates its
-    ``GxJob``: GX's import (~3.2 CPU s, niced) then overlaps ingest as well as the gate, and
-    is done by the time the gate hands over its sample. ``validate``'s
+    ``GxJob``: GX's import (~1 CPU s with ``gxworker.import_gx``, niced) then overlaps ingest
+    as well as the gate, and is done by the time the gate hands over its sample. ``validate``'s
     ``GxJob(GxJob.new_dir(run_id))`` adopts it. ``close()`` kills it unless it was adopted
     (a run that failed or was skipped before its gate); the pipeline calls it once the gate
     is done, and with ``adopted_too`` when the run ends (a run failing after its gate does not
