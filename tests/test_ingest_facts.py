@@ -96,3 +96,52 @@ def test_gl_stats_of_batches_equal_the_query_on_the_whole_file():
     stats(same.slice(0, 3))
     stats(same.slice(3))
     assert not stats.adjacent()["differs"][0]
+
+
+def test_whitespace_list_is_what_strip_chars_removes():
+    from detect.ingest.parsing import WHITESPACE
+
+    every = pl.Series([chr(i) for i in range(0x110000) if not 0xD800 <= i <= 0xDFFF])
+    assert set(every.filter(every.str.strip_chars() == "").to_list()) == set(WHITESPACE)
+
+
+def test_text_state_never_misses_a_value_to_trim():
+    import random
+
+    from detect.ingest.parsing import WHITESPACE, finish_text, strip_or_null, text_state
+
+    rng = random.Random(7)
+    letters = ["a", "Z", "0", "ß", "Ä", "€", "–", "x y", ",", '"']
+    for _ in range(300):
+        values = []
+        for _ in range(rng.randint(1, 40)):
+            core = "".join(rng.choice(letters) for _ in range(rng.randint(0, 20)))
+            pad = rng.random() < 0.05
+            text = (rng.choice(WHITESPACE) if pad and rng.random() < 0.5 else "") + core \
+                + (rng.choice(WHITESPACE) if pad and rng.random() < 0.5 else "")
+            values.append(None if rng.random() < 0.1 else text)
+        series = pl.Series("t", values, dtype=pl.String)
+        cut = rng.randint(0, len(values))
+        chunked = pl.concat([series.slice(0, cut), series.slice(cut)], rechunk=False)
+        for s in (series, chunked, series.slice(1)):
+            untrimmed, empty = text_state(s)
+            present = s.drop_nulls()
+            needs = (present != present.str.strip_chars()).any()
+            assert untrimmed or not needs
+            assert untrimmed or empty == bool((s.drop_nulls() == "").any())
+            frame = s.to_frame()
+            assert finish_text(frame, ["t"]).equals(frame.select(strip_or_null(pl.col("t")).alias("t")))
+
+
+def test_ads_text_fields_are_trimmed_where_padded(tmp_path: Path):
+    (tmp_path / "in").mkdir()
+    header = HEADER.strip() + ",JE_Line_Description,Reference_Number,Cost_Center\n"
+    rows = ["1,1,2024-03-01,2024,5250000,10.00,Miete Büro,R1,  ",
+            '1,2,2024-03-01,2024, 1810000,-10.00," Miete\u00a0",R2\u3000,""',
+            "2,1,2024-03-02,2024,5250000,5.00,Strom,,KST1"]
+    (tmp_path / "in" / "GL.csv").write_text(header + "\n".join(rows) + "\n", "utf-8")
+    got = ingest([tmp_path / "in"], "ads", _cfg(), tmp_path / "work").bookings.collect()
+    assert got["description"].to_list() == ["Miete Büro", "Miete", "Strom"]
+    assert got["reference"].to_list() == ["R1", "R2", None]
+    assert got["cost_center"].to_list() == [None, None, "KST1"]
+    assert got["gl_account"].to_list() == ["5250000", "1810000", "5250000"]

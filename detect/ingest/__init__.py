@@ -85,6 +85,9 @@ class IngestResult:
     the materialised bookings: a few columns of Parquet instead of another parse of the text.
     ``bookings`` may carry helper columns named ``__ingest_*`` for them; they are dropped. A
     finisher that changes canonical columns returns a newly materialised delivery."""
+    trim_later: list[str] = field(default_factory=list)
+    """Canonical text columns ``bookings`` delivers untrimmed: ``materialise`` trims them per
+    batch (``parsing.finish_text``), only where a value may start or end with whitespace."""
     observers: list[Callable[[pl.DataFrame], None]] = field(default_factory=list)
     """Called with every batch ``materialise`` writes (in delivered order): whole-file facts a
     finisher needs (per-journal checks, counts) gathered from data in memory anyway, instead
@@ -207,7 +210,8 @@ def detect_format(files: list[Path]) -> str:
 def materialise(bookings: pl.LazyFrame, workdir: Path,
                 checks: list[Callable[[], object]] | None = None,
                 pseudonym_key: bytes | None = None,
-                observers: list[Callable[[pl.DataFrame], None]] | None = None) -> Materialised:
+                observers: list[Callable[[pl.DataFrame], None]] | None = None,
+                trim: list[str] | None = None) -> Materialised:
     """Parse the delivery once, streaming, into Parquet under ``workdir``; later stages scan
     that instead of re-running the text parsers (and ingest pays for its own parsing).
 
@@ -223,6 +227,7 @@ def materialise(bookings: pl.LazyFrame, workdir: Path,
     import pyarrow.parquet as pq  # here: a cold start that only sniffs never needs pyarrow
 
     from detect.ingest.bookings_file import ROW_GROUP, BookingsWriter, to_table
+    from detect.ingest.parsing import finish_text
 
     workdir.mkdir(parents=True, exist_ok=True)
     # fresh names per call: a LazyFrame handed out earlier may still read its own files
@@ -239,6 +244,8 @@ def materialise(bookings: pl.LazyFrame, workdir: Path,
     try:
         try:
             for batch in bookings.collect_batches(chunk_size=ROW_GROUP, maintain_order=True):
+                if trim:
+                    batch = finish_text(batch, trim)
                 facts.add(batch)
                 for observe in observers or []:
                     observe(batch)
@@ -308,13 +315,13 @@ def ingest(sources: list[Path], fmt: str, settings: Settings, workdir: Path, *,
     result = format_module(name).read(files, settings, workdir)
     try:
         done = materialise(result.bookings, workdir, result.deferred_checks, pseudonym_key,
-                           result.observers)
+                           result.observers, result.trim_later)
     except EncodingChanged:
         # a file's first MiB was UTF-8, the rest is not (a cp1252 export): read again, now
         # with the encoding found by the full check (remembered by textio)
         result = format_module(name).read(files, settings, workdir)
         done = materialise(result.bookings, workdir, result.deferred_checks, pseudonym_key,
-                           result.observers)
+                           result.observers, result.trim_later)
     result.format = name
     for finish in result.finishers:
         done = finish(done)

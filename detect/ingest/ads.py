@@ -203,6 +203,8 @@ class GLFile:
     """Alternative date columns in the file, suggested by the placeholder warning."""
     unit_column: bool
     """entity comes from the file's Business_Unit_Code (one unit per journal, see below)."""
+    trim_later: list[str]
+    """Text columns delivered untrimmed (``IngestResult.trim_later``)."""
 
 
 def read_gl(path: Path, settings: Settings, workdir: Path) -> GLFile:
@@ -221,14 +223,16 @@ def read_gl(path: Path, settings: Settings, workdir: Path) -> GLFile:
     col = profile.columns["posting_date"][0]
     placeholders = [p.replace("-", "") for p in settings.validation.placeholder_dates] \
         + list(settings.validation.placeholder_dates)
+    trim_later: list[str] = []
     frame = to_bookings(raw, profile, settings, str(path), scan.sample, extra={
-        PLACEHOLDER_FLAG: pl.col(col).str.strip_chars().is_in(placeholders)})
+        PLACEHOLDER_FLAG: pl.col(col).str.strip_chars().is_in(placeholders)},
+        trim_later=trim_later)
     # the usual result of ``finish_gl`` (one unit per journal) written right away, so that the
     # materialised file is final; which lines named no unit is kept for the check
     frame = frame.with_columns(pl.col("entity").is_not_null().alias(UNIT_GIVEN),
                                pl.coalesce("entity", pl.lit(settings.entity)))
     others = [c for c in ("Entered_Date", "Document_Date") if find_column(names, c)]
-    return GLFile(frame, scan.check, path, col, others, "entity" in profile.columns)
+    return GLFile(frame, scan.check, path, col, others, "entity" in profile.columns, trim_later)
 
 
 class GLStats:
@@ -461,6 +465,8 @@ def read(files: list[Path], settings: Settings, workdir: Path) -> IngestResult:
                           "Amount) in the delivery", file=", ".join(str(f) for f in files[:3]))
     result.bookings = pl.concat([gl.frame for gl in gl_files], how="vertical")
     result.deferred_checks = [gl.check for gl in gl_files]
+    # trimming an already trimmed column changes nothing: the union is safe for every file
+    result.trim_later = sorted({c for gl in gl_files for c in gl.trim_later})
     stats = GLStats(any(gl.unit_column for gl in gl_files))
     result.observers.append(stats)
     result.finishers.append(lambda done: finish_gl(

@@ -521,6 +521,11 @@ def derive_period(date: pl.Expr, start_month: int) -> pl.Expr:
     return (((date.dt.month().cast(pl.Int32) - start_month) % 12) + 1).cast(pl.Int32)
 
 
+KEEP_TRIMMED = frozenset({"entity"})
+"""Text columns always trimmed inside the query: readers use them there (ADS fills the entity
+of lines naming no unit, ``ads.read_gl``)."""
+
+
 class Mapper:
     """Turns one raw table into canonical booking expressions, collecting parse issues."""
 
@@ -538,6 +543,10 @@ class Mapper:
         (building the issue from the parse expression would parse every cell twice)."""
         self.trimmed: dict[str, pl.Expr] = {}
         """Trimmed text columns, computed before ``staged`` (see ``typed``)."""
+        self.keep_trimmed: set[str] = set()
+        self.trim_later: list[str] | None = None
+        """When a list: canonical text columns taken from one String source column are left
+        untrimmed and named here, for the ingest to trim after the read (see ``typed``)."""
 
     def stage(self, value: pl.Expr, raw: pl.Expr, empty: pl.Expr, label: str,
               what: str) -> pl.Expr:
@@ -585,6 +594,13 @@ class Mapper:
             return None if const is None else pl.lit(const).cast(target)
         expr, dtype, label = got
         src = self.profile.source
+        if target == pl.String and self.trim_later is not None and dtype == pl.String \
+                and len(self.profile.columns.get(key) or []) == 1 \
+                and key not in KEEP_TRIMMED | self.keep_trimmed:
+            # delivered as it is; the ingest trims after the read where a value may need it
+            # (``parsing.finish_text``, ``IngestResult.trim_later``)
+            self.trim_later.append(key)
+            return expr
         if target == pl.String:
             # trimmed once as its own column: inside one expression Polars' streaming engine
             # trims twice (test and value), 0.3 CPU s per 1M lines over 15 text columns
@@ -667,15 +683,21 @@ class Mapper:
 
 def to_bookings(raw: pl.LazyFrame, profile: Profile, settings: Settings,
                 source_file: str, sample: pl.DataFrame | None = None,
-                extra: dict[str, pl.Expr] | None = None) -> pl.LazyFrame:
+                extra: dict[str, pl.Expr] | None = None,
+                trim_later: list[str] | None = None) -> pl.LazyFrame:
     """Map a raw table (source columns + ``__line``) to ``INGEST_SCHEMA`` with the profile.
 
     ``sample`` (the table's first rows as text) only picks the date format tried first;
     ``extra`` adds Boolean helper columns computed from the raw columns (after the schema's,
-    see ``IngestResult.finishers``)."""
+    see ``IngestResult.finishers``). ``trim_later``: a list to receive the text columns left
+    untrimmed (the caller must have them trimmed, ``IngestResult.trim_later``); None: all
+    trimmed here."""
     extra = extra or {}
     schema = raw.collect_schema()
     m = Mapper(schema, profile, source_file, sample)
+    m.trim_later = trim_later
+    if trim_later is not None and "line_no" not in profile.columns:
+        m.keep_trimmed = {"journal_id"}  # numbered per journal inside the query (fill_derived)
     out: dict[str, pl.Expr] = {}
     for name in MAPPABLE:
         if name in ("entity", "currency"):
@@ -749,6 +771,7 @@ def profile_for(settings: Settings) -> Profile:
 def read(files: list[Path], settings: Settings, workdir: Path) -> IngestResult:
     profile = profile_for(settings)
     frames, inputs, ignored = [], [], []
+    trim_later: list[str] = []
     checks: list[Callable[[], object]] = []
     for path in files:
         if path.suffix.lower() not in TABLE_SUFFIXES:
@@ -756,14 +779,15 @@ def read(files: list[Path], settings: Settings, workdir: Path) -> IngestResult:
             continue
         table = open_table(path, profile.source, workdir)
         checks.append(table.check)   # run by ``materialise`` if the read fails
-        frames.append(to_bookings(table.frame, profile, settings, str(path), table.sample))
+        frames.append(to_bookings(table.frame, profile, settings, str(path), table.sample,
+                                  trim_later=trim_later))
         inputs.append(InputFile(str(path), sha256_of(path), path.stat().st_size))
     if not frames:
         raise IngestError("no CSV, Parquet or XLSX file in the delivery",
                           file=", ".join(str(f) for f in files[:3]))
     return IngestResult(NAME, pl.concat(frames, how="vertical"), inputs=inputs, ignored=ignored,
                         warnings=[f"mapped with profile {profile.name}"],
-                        deferred_checks=checks)
+                        deferred_checks=checks, trim_later=sorted(set(trim_later)))
 
 
 __all__ = ["NAME", "Profile", "SourceOptions", "AmountSpec", "load_profile", "profile_from_dict",
