@@ -281,6 +281,11 @@ def test_delivery_rows_by_key_hash_and_exact_fallback() -> None:
     # a delivery key missing from the history takes the exact join: no stray rows
     ghost = pl.concat([frame[[2]], frame[[0]].with_columns(pl.lit("9").alias("journal_id"))])
     np.testing.assert_array_equal(_target_rows(frame, ghost), [2])
+    # as many lines as the history but not the same keys: a repeated or a foreign key
+    np.testing.assert_array_equal(_target_rows(frame, frame[[0, 0, 2, 3, 4, 5]]),
+                                  [0, 2, 3, 4, 5])
+    foreign = pl.concat([frame[:5], ghost[1:]])
+    np.testing.assert_array_equal(_target_rows(frame, foreign), [0, 1, 2, 3, 4])
 
 
 def test_row_sum_has_numpys_bits() -> None:
