@@ -30,7 +30,7 @@ import polars as pl
 
 from detect import history
 from detect.errors import AlreadyProcessed, DeliveryRejected
-from detect.ingest import IngestResult
+from detect.ingest import IngestResult, JournalRuns
 from detect.privacy import load_key, pseudonymise_iban
 from detect.schema import BOOKING_KEY
 from detect.validation import (
@@ -297,8 +297,23 @@ def _in_delivered_order(lazy: pl.LazyFrame) -> bool:
     return bool(nulls == 0 and good)
 
 
+def _sample_pick(height: int, gx_rows: int, runs: pl.DataFrame | None) -> pl.Expr | None:
+    """GX's sample of whole journals (``gxrun.sample_pick``). With the delivery's journals
+    (``runs``, one row per journal) the pick is computed per journal, and rows are picked by
+    journal id when each picked id names only one journal (the same rows, a cheaper test)."""
+    pick = gxrun.sample_pick(height, gx_rows, JOURNAL)
+    if pick is None or runs is None:
+        return pick
+    chosen = runs.filter(pick).get_column("journal_id")
+    if chosen.null_count() or runs.filter(pl.col("journal_id").is_in(chosen.implode())) \
+            .height != chosen.len():
+        return pick
+    return pl.col("journal_id").is_in(chosen.implode())
+
+
 def _collect_rows(flagged: pl.LazyFrame, suite: Suite, flags: dict[str, str], height: int,
-                  gx_rows: int) -> tuple[dict[str, int], pl.DataFrame, pl.DataFrame]:
+                  gx_rows: int, runs: pl.DataFrame | None = None
+                  ) -> tuple[dict[str, int], pl.DataFrame, pl.DataFrame]:
     """Every check's failing-row count, the rows failing a quarantining check (whole, in row
     order) and GX's sample of whole journals or all rows (row id, flags and the suite's columns).
 
@@ -310,7 +325,7 @@ def _collect_rows(flagged: pl.LazyFrame, suite: Suite, flags: dict[str, str], he
     passes over the delivery, one of them over every column.)"""
     quarantining = [flags[c.key] for c in suite.checks if c.key in flags and c.quarantines]
     is_bad = pl.any_horizontal(quarantining) if quarantining else pl.lit(False)
-    pick = gxrun.sample_pick(height, gx_rows, JOURNAL)
+    pick = _sample_pick(height, gx_rows, runs)
     if pick is None:  # GX validates every row (small delivery, or gx_rows = 0), but it too
         pick = pl.lit(True)  # needs only the suite's columns, not the whole delivery's
     names = flagged.collect_schema().names()
@@ -368,11 +383,13 @@ def _reject(run_dir: Path, reasons: list[str], payload: dict[str, Any], *,
                             f"full list in {kept / 'validation.json'}")
 
 
-def _journal_order(frame: pl.DataFrame, ctx: RunContext) -> tuple[pl.DataFrame, pl.DataFrame,
-                                                              list[str]]:
+def _journal_order(frame: pl.DataFrame, ctx: RunContext, runs: JournalRuns | None = None
+                   ) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
     """Numeric journal ranges, previous ranges, and complaints about numbering going backwards."""
     vs = ctx.settings.validation
-    ids = journals.numeric_ids(frame)
+    ids = journals.numeric_ids(runs.table, distinct=True) \
+        if runs is not None and runs.distinct_ids and runs.table is not None \
+        else journals.numeric_ids(frame)
     ranges = journals.number_ranges(ids, vs.journal_gap_max)
     previous = state.previous_ranges(ctx.data_dir, ctx.entity)
     complaints = []
@@ -429,7 +446,10 @@ def _gate(ingested: IngestResult, ctx: RunContext, job: GxJob, shas: list[str],
     payload: dict[str, Any] = {"run_id": ctx.run_id, "entity": ctx.entity, "rows_in": rows_in}
 
     # file level: journal numbering and control totals (on every delivered line)
-    ids, ranges, backwards = _journal_order(frame, ctx)
+    # the journals as the ingest found them, when each is one run of lines with its own key
+    runs = facts.journals if facts is not None and facts.journals is not None \
+        and facts.journals.distinct else None
+    ids, ranges, backwards = _journal_order(frame, ctx, runs)
     recon = reconcile.reconcile(frame, ingested.control_totals, vs.control_totals,
                                 vs.control_total_tolerance)
     payload["control_totals"] = recon.reports
@@ -484,13 +504,16 @@ def _gate(ingested: IngestResult, ctx: RunContext, job: GxJob, shas: list[str],
         params["chart_of_accounts"] = (accounts.get_column("gl_account").drop_nulls()
                                        .unique().sort().to_list())
     unique_cols: list[list[str]] = []
-    flagged, flags, row_checks = rowchecks.row_masks(view, suite, params, unique_cols)
+    keys_unique = runs is not None and runs.lines_increase  # runs distinct, lines increasing
+    flagged, flags, row_checks = rowchecks.row_masks(
+        view, suite, params, unique_cols, list(BOOKING_KEY) if keys_unique else None)
     clock.lap("row_checks")
 
     # only the rows failing some check are collected (with the columns their reasons show),
     # together with GX's sample
     base = frame.collect_schema().names()
-    totals, bad, gx_part = _collect_rows(flagged, suite, flags, rows_in, vs.gx_rows)
+    totals, bad, gx_part = _collect_rows(flagged, suite, flags, rows_in, vs.gx_rows,
+                                         runs.table if runs is not None else None)
     on_gx = rowchecks.flag_counts(gx_part, flags)
     label = ("all rows" if gx_part.height == rows_in else
              f"sample of {gx_part.height:,} of {rows_in:,} rows")
@@ -529,7 +552,8 @@ def _gate(ingested: IngestResult, ctx: RunContext, job: GxJob, shas: list[str],
         writing = pool.submit(output.keep, ingested.bookings_file, clean_path) if keep else \
             pool.submit(output.write_clean, frame, rows.get_column(ROW), clean_path, rows_in)
         findings = pl.concat([
-            journals.unbalanced(clean, q_rows, vs.balance_tolerance),
+            journals.unbalanced(clean, q_rows, vs.balance_tolerance,
+                                runs.table if runs is not None else None),
             journals.gaps(ids, state.previous_ranges(ctx.data_dir, ctx.entity),
                           vs.journal_gap_max, frame),
             recon.findings,
@@ -537,7 +561,7 @@ def _gate(ingested: IngestResult, ctx: RunContext, job: GxJob, shas: list[str],
         findings.write_parquet(run_dir / "validation_findings.parquet")
         clock.lap("journal_findings")
         writing.result()
-    if _unique_booking_keys(unique_cols, nulls):
+    if keys_unique or _unique_booking_keys(unique_cols, nulls):
         history.note_unique_keys(clean_path)  # the merge need not count the keys again
     clock.lap("write")
 

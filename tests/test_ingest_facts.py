@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from detect import history, validate
 from detect.ingest import Facts, ingest
@@ -130,7 +131,8 @@ def test_text_state_never_misses_a_value_to_trim():
             assert untrimmed or not needs
             assert untrimmed or empty == bool((s.drop_nulls() == "").any())
             frame = s.to_frame()
-            assert finish_text(frame, ["t"]).equals(frame.select(strip_or_null(pl.col("t")).alias("t")))
+            trimmed = frame.select(strip_or_null(pl.col("t")).alias("t"))
+            assert finish_text(frame, ["t"]).equals(trimmed)
 
 
 def test_ads_text_fields_are_trimmed_where_padded(tmp_path: Path):
@@ -145,3 +147,58 @@ def test_ads_text_fields_are_trimmed_where_padded(tmp_path: Path):
     assert got["reference"].to_list() == ["R1", "R2", None]
     assert got["cost_center"].to_list() == [None, None, "KST1"]
     assert got["gl_account"].to_list() == ["5250000", "1810000", "5250000"]
+
+
+def _validated(folder: Path, work: Path, *, use_facts: bool, gx_rows: int) -> dict:
+    import json
+
+    cfg = dataclasses.replace(settings(data_docs=False, gx_rows=gx_rows), entity="default")
+    result = ingest([folder], "ads", cfg, work)
+    if not use_facts:
+        result.facts = None
+    checked = validate.validate(result, context(work / "data", cfg))
+    checked.wait_for_gx()
+    run = checked.clean_path.parent
+    report = json.loads((run / "validation.json").read_text("utf-8"))
+    report.pop("timings", None)
+    report.pop("run_id", None)
+    return {"bookings": pl.read_parquet(checked.clean_path),
+            "quarantine": pl.read_parquet(run / "quarantine.parquet"),
+            "findings": pl.read_parquet(run / "validation_findings.parquet"),
+            "report": report}
+
+
+@pytest.mark.parametrize("layout", ["runs", "split_journal", "repeated_line", "null_ids"])
+def test_journal_runs_give_the_queries_results(tmp_path: Path, layout: str):
+    """Validation with the ingest's journal runs (unbalanced journals, duplicate keys, journal
+    ids, GX's sample) equals validation by its own queries, also when the runs are no
+    journals (a journal split in two, a repeated line number, journals without an id)."""
+    header = HEADER.strip() + ",Amount_Currency\n"
+    rows = []
+    for j in range(1, 13):
+        amount = 10 + j
+        rows += [f"{j},1,2024-03-0{1 + j % 9},2024,5250000,{amount}.00,EUR",
+                 f"{j},2,2024-03-0{1 + j % 9},2024,1810000,-{amount}.00,EUR"]
+    rows[5] = rows[5].replace("-13.00", "-12.00")          # journal 3 does not balance
+    rows[7] = rows[7].replace(",EUR", ",EURO")             # journal 4: a quarantined line
+    if layout == "split_journal":
+        rows.insert(12, rows.pop(1))                       # journal 1's second line later
+    if layout == "repeated_line":
+        rows[9] = rows[9].replace("5,2,", "5,1,")          # journal 5 repeats line 1
+    if layout == "null_ids":
+        rows[20] = "," + rows[20].split(",", 1)[1]
+        rows[22] = "," + rows[22].split(",", 1)[1]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "GL.csv").write_text(header + "\n".join(rows) + "\n", "utf-8")
+    runs = ingest([tmp_path / "in"], "ads", _cfg(), tmp_path / "probe").facts.journals
+    assert runs.distinct == (layout in ("runs", "repeated_line"))
+    assert runs.lines_increase == (layout != "repeated_line")
+    for gx_rows in (0, 6):
+        fast = _validated(tmp_path / "in", tmp_path / f"a{gx_rows}", use_facts=True,
+                          gx_rows=gx_rows)
+        slow = _validated(tmp_path / "in", tmp_path / f"b{gx_rows}", use_facts=False,
+                          gx_rows=gx_rows)
+        for name in ("bookings", "quarantine", "findings"):
+            assert fast[name].equals(slow[name]), (name, gx_rows)
+        assert fast["report"] == slow["report"]
+        assert fast["findings"].height >= 1

@@ -122,11 +122,18 @@ class Facts:
     """Rows sorted by (source_file, source_line), neither ever null."""
     frame: pl.LazyFrame | None = None
     """The frame these facts describe (see ``IngestResult.facts_of``)."""
+    journals: JournalRuns | None = None
+    """The journals as runs of consecutive lines (set by ``finish``)."""
     _last: tuple[str, int] | None = None
+    _runs: JournalRuns | None = None
 
     def add(self, batch: pl.DataFrame) -> None:
         if batch.height == 0:
             return
+        if self._runs is None and all(c in batch.columns for c in RUN_COLUMNS):
+            self._runs = JournalRuns()
+        if self._runs is not None:
+            self._runs.add(batch)
         self.rows += batch.height
         for name, n in zip(batch.columns, batch.null_count().row(0), strict=True):
             self.nulls[name] = self.nulls.get(name, 0) + n
@@ -149,6 +156,88 @@ class Facts:
                                        (here[0] == self._last[0] and here[1] < self._last[1])):
             self.in_order = False
         self._last = (last["source_file"], last["source_line"])
+
+
+RUN_KEY = ["entity", "fiscal_year", "journal_id"]
+RUN_COLUMNS = [*RUN_KEY, "line_no", "amount"]
+
+
+class JournalRuns:
+    """The delivery's journals as runs of consecutive lines with the same (entity, fiscal_year,
+    journal_id), gathered batch by batch: each run's key and amount sum, whether line_no
+    strictly increases inside every run, and (``finish``) whether no two runs share a key.
+
+    Why: exports list a journal's lines together, and then validation's journal-level work
+    needs no aggregate over every line: the runs *are* the journals (distinct keys), so a
+    line key repeats nowhere when line numbers increase within each run, the unbalanced
+    journals are the runs whose sum is not zero, the distinct journal ids are the runs' ids,
+    and GX's sample of whole journals can be drawn from the runs. Validation falls back to its
+    queries whenever ``distinct`` is false (1M lines: ~0.45 CPU s of queries against ~0.1
+    here)."""
+
+    def __init__(self) -> None:
+        self.starts: list[pl.DataFrame] = []
+        self.sums: list[pl.Series] = []
+        self.lines_increase = True
+        self.distinct = False
+        self.distinct_ids = False
+        """No two runs share (fiscal_year, journal_id) either."""
+        self.table: pl.DataFrame | None = None
+        """entity, fiscal_year, journal_id, amount (the run's sum), in delivered order."""
+        self._last: tuple | None = None
+        self._pending: pl.Series | None = None
+
+    def add(self, batch: pl.DataFrame) -> None:
+        key = [pl.col(c) for c in RUN_KEY]
+        line = pl.col("line_no")
+        first = pl.int_range(pl.len()) == 0
+        same = pl.all_horizontal([c.eq_missing(c.shift(1)) for c in key]) & ~first
+        head = batch.select(*RUN_KEY, "line_no").row(0)
+        continues = self._last is not None and self._last[:3] == head[:3]
+        start = ~same & ~(first & pl.lit(continues))
+        up = (line > line.shift(1)).fill_null(False)
+        head_up = continues and self._last[3] is not None and head[3] is not None \
+            and head[3] > self._last[3]   # type: ignore[index]
+        frame = batch.select(
+            *RUN_KEY, start.alias("_start"),
+            (same & ~up).any().alias("_down"),
+            (pl.col("amount").fill_null(0).cum_sum()).alias("_cs"))
+        if frame.get_column("_down")[0] or (continues and not head_up):
+            self.lines_increase = False
+        # each segment's sum: the running sum at its last line minus the one before it
+        ends = frame.select(pl.col("_cs").filter(
+            pl.col("_start").shift(-1, fill_value=True))).to_series()
+        segment = ends - ends.shift(1, fill_value=0)
+        if continues:
+            assert self._pending is not None
+            segment = pl.concat([segment.head(1) + self._pending, segment.slice(1)])
+        elif self._pending is not None:
+            self.sums.append(self._pending)
+        self.sums.append(segment.slice(0, segment.len() - 1))
+        self._pending = segment.tail(1)
+        self.starts.append(frame.filter("_start").select(RUN_KEY))
+        self._last = batch.select(*RUN_KEY, "line_no").row(batch.height - 1)
+
+    def finish(self) -> JournalRuns:
+        if self._pending is not None:
+            self.sums.append(self._pending)
+            self._pending = None
+        if not self.starts:
+            self.table = pl.DataFrame(schema={"entity": pl.String, "fiscal_year": pl.Int32,
+                                              "journal_id": pl.String})
+            self.table = self.table.with_columns(pl.lit(0).alias("amount"))
+        else:
+            self.table = pl.concat(self.starts).with_columns(
+                pl.concat(self.sums).alias("amount"))
+        self.starts, self.sums = [], []
+        n = self.table.height
+        # distinct values of any function of the key prove the keys distinct (a collision
+        # can only make them look repeated: then validation queries as before)
+        ids = pl.col("journal_id").hash() + pl.col("fiscal_year").cast(pl.UInt64)
+        self.distinct_ids = n == 0 or self.table.select(ids.n_unique()).item() == n
+        self.distinct = self.distinct_ids or \
+            self.table.select(pl.struct(RUN_KEY).hash().n_unique()).item() == n
+        return self
 
 
 @dataclass
@@ -274,6 +363,8 @@ def materialise(bookings: pl.LazyFrame, workdir: Path,
             extra.close()
         raise
     writer.close()
+    if facts._runs is not None:
+        facts.journals = facts._runs.finish()
     if extra is not None:
         extra.close()
     elif others:  # no rows

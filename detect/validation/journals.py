@@ -48,12 +48,30 @@ def hits(frame: pl.DataFrame, rule_id: str, severity: str, de: pl.Expr, en: pl.E
 
 
 def unbalanced(clean: pl.DataFrame | pl.LazyFrame, quarantined: pl.DataFrame,
-               tolerance: float) -> pl.DataFrame:
+               tolerance: float, runs: pl.DataFrame | None = None) -> pl.DataFrame:
     """Journals whose signed amounts do not sum to zero (beyond ``tolerance``); ``clean`` may be
     a scan: only sums per key hash and the few unbalanced journals are collected. (Two unbalanced
     journals whose 64-bit key hashes collide and whose differences cancel exactly would be
-    missed; the catalog's JRN001 still sees them.)"""
+    missed; the catalog's JRN001 still sees them.)
+
+    ``runs``: every journal of the delivery with its amount sum over all delivered lines
+    (``detect.ingest.JournalRuns``, when no two runs share a key): then the candidates come
+    from it, the quarantined lines' sums taken off, instead of an aggregate over every line."""
     key = ["entity", "fiscal_year", "journal_id"]
+    if runs is not None:
+        off = (quarantined.group_by(key).agg(pl.col("amount").fill_null(0).sum().alias("_q"))
+               if quarantined.height else None)
+        sums = runs if off is None else runs.join(off, on=key, how="left", nulls_equal=True) \
+            .with_columns(pl.col("amount") - pl.col("_q").fill_null(0))
+        wanted = sums.filter(pl.col("amount").abs() > tolerance).select(key)
+        if wanted.is_empty():
+            return empty_hits()
+        ids = wanted.get_column("journal_id")
+        # the lines of these journals (and of any sharing their id: grouped apart below)
+        pick = (pl.col("journal_id").is_in(ids.drop_nulls().implode())
+                | (pl.col("journal_id").is_null() if ids.null_count() else pl.lit(False)))
+        lines = clean.lazy().filter(pick).select(*key, "amount", "currency").collect()
+        return _unbalanced_lines(lines, quarantined, tolerance)
     # sums per key hash first (a streaming aggregate of integers, not of 3 string keys per
     # journal), then the exact sums for the rows of the few hashes that do not balance
     key_hash = pl.struct(key).hash(seed=5)
@@ -66,6 +84,14 @@ def unbalanced(clean: pl.DataFrame | pl.LazyFrame, quarantined: pl.DataFrame,
     # the lines of the candidate journals (few), once; exact sums and details from them
     lines = (clean.lazy().filter(key_hash.is_in(candidates.implode()))
              .select(*key, "amount", "currency").collect())
+    return _unbalanced_lines(lines, quarantined, tolerance)
+
+
+def _unbalanced_lines(lines: pl.DataFrame, quarantined: pl.DataFrame,
+                      tolerance: float) -> pl.DataFrame:
+    """The findings for the journals of ``lines`` (all clean lines of each) that do not
+    balance."""
+    key = ["entity", "fiscal_year", "journal_id"]
     sums = (lines.group_by(key).agg(
         pl.col("amount").filter(pl.col("amount") > 0).sum().alias("debit"),
         (-pl.col("amount").filter(pl.col("amount") < 0).sum()).alias("credit"),
@@ -94,11 +120,13 @@ def unbalanced(clean: pl.DataFrame | pl.LazyFrame, quarantined: pl.DataFrame,
                 ["debit", "credit", "difference", "lines", "currencies", "quarantined_lines"])
 
 
-def numeric_ids(frame: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+def numeric_ids(frame: pl.DataFrame | pl.LazyFrame, distinct: bool = False) -> pl.DataFrame:
     """Distinct numeric journal ids: fiscal_year, journal_id, num. (The entity of a journal is
     looked up by ``gaps`` for the few journals it reports: taking every journal's first entity
-    in this aggregate tripled its cost, 0.34 -> 0.1 s at 1M lines.)"""
-    return (frame.lazy().select("fiscal_year", "journal_id").unique()
+    in this aggregate tripled its cost, 0.34 -> 0.1 s at 1M lines.) ``distinct``: ``frame``
+    holds each (fiscal_year, journal_id) once already (the journal runs of the ingest)."""
+    ids = frame.lazy().select("fiscal_year", "journal_id")
+    return ((ids if distinct else ids.unique())
             .filter(pl.col("journal_id").str.contains(NUMERIC_ID)
                     & pl.col("fiscal_year").is_not_null())
             .with_columns(pl.col("journal_id").cast(pl.Int64).alias("num"))

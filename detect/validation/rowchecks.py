@@ -40,13 +40,16 @@ def master_checks(runner: GxRunner, master: dict[str, pl.DataFrame], directory: 
 
 
 def row_masks(view: pl.DataFrame | pl.LazyFrame, suite: Suite, params: dict[str, Any],
-              unique: list[list[str]] | None = None) -> tuple[Any, dict[str, str], set[str]]:
+              unique: list[list[str]] | None = None, unique_key: list[str] | None = None
+              ) -> tuple[Any, dict[str, str], set[str]]:
     """Evaluate every row-level check of the suite as a boolean column ``_fail_<key>`` (lazily
     when ``view`` is a LazyFrame: the masks are then computed per query, never stored).
 
     ``unique``, if given, collects the column lists of uniqueness checks that found no
     duplicate at all (among the rows they do not skip): what the history merge would otherwise
-    check again (``history.note_unique_keys``)."""
+    check again (``history.note_unique_keys``). ``unique_key``: columns known to identify
+    every row (the ingest's journal runs, ``detect.ingest.JournalRuns``): a uniqueness check
+    over them, or over more columns, fails no row and is not counted."""
     flags, exprs = {}, []
     schema = view.collect_schema() if isinstance(view, pl.LazyFrame) else view.schema
     for check in suite.checks:
@@ -61,7 +64,8 @@ def row_masks(view: pl.DataFrame | pl.LazyFrame, suite: Suite, params: dict[str,
             continue  # table-level: GX only
         if isinstance(view, pl.LazyFrame) and ROW in schema and masks.uniqueness(check):
             cols, skip = masks.uniqueness(check)  # type: ignore[misc]
-            expr = _duplicate_rows(view, cols, skip)
+            expr = pl.lit(False) if unique_key is not None and set(unique_key) <= set(cols) \
+                else _duplicate_rows(view, cols, skip)
             if unique is not None and expr.meta.eq(pl.lit(False)):
                 unique.append(list(cols))
         flags[check.key] = f"_fail_{check.key}"
