@@ -121,3 +121,12 @@ def test_row_conditions_are_left_to_gx() -> None:
     conditional = Check("c", "expect_column_values_to_not_be_null",
                         {"column": "x", "row_condition": 'y=="a"'}, "critical", "r")
     assert not masks.row_level(conditional)
+
+
+def test_month_start_days_equal_pl_date_for_every_year_and_month():
+    from detect.validation.prepare import month_start_days
+
+    years = pl.DataFrame({"y": list(range(1000, 10000))}, schema={"y": pl.Int32})
+    for month in range(1, 13):
+        ours = years.select(month_start_days(pl.col("y"), month).cast(pl.Date)).to_series()
+        assert ours.equals(years.select(pl.date(pl.col("y"), month, 1)).to_series()), month

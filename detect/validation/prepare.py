@@ -67,13 +67,27 @@ def _dates(values: list[str]) -> list[date]:
     return [date.fromisoformat(v) for v in values]
 
 
+def month_start_days(year: pl.Expr, month: int) -> pl.Expr:
+    """Days from 1970-01-01 to the first of ``month`` in ``year`` (1 <= year), as Int32:
+    integer arithmetic (H. Hinnant's days_from_civil) instead of ``pl.date`` per row, which
+    cost 0.02 CPU s per use per 1M lines in the row checks; a test compares both for every
+    year 1000..9999 and month."""
+    y = year.cast(pl.Int32) - (1 if month <= 2 else 0)
+    day_of_year = (153 * ((month + 9) % 12) + 2) // 5   # counted from 1 March
+    return y * 365 + y // 4 - y // 100 + y // 400 + (day_of_year - 719468)
+
+
 def fiscal_year_bounds(settings: Settings) -> tuple[pl.Expr, pl.Expr]:
     """First and last day of the row's fiscal year (named after the year it starts in)."""
+    first, last = fiscal_year_day_numbers(settings)
+    return first.cast(pl.Date), last.cast(pl.Date)
+
+
+def fiscal_year_day_numbers(settings: Settings) -> tuple[pl.Expr, pl.Expr]:
+    """``fiscal_year_bounds`` as day numbers (Int32 days since 1970-01-01), for arithmetic."""
     start = settings.fiscal_year_start_month
     fy = pl.when(pl.col("fiscal_year").is_between(1000, 9998)).then(pl.col("fiscal_year"))
-    first = pl.date(fy, start, 1)
-    last = pl.date(fy + 1, start, 1).dt.offset_by("-1d")
-    return first, last
+    return month_start_days(fy, start), month_start_days(fy + 1, start) - 1
 
 
 def _date_of(column: str) -> pl.Expr:
@@ -133,10 +147,10 @@ def _alternatives(rows: pl.LazyFrame, column: str, placeholders: list[date], fir
 def add_derived(frame: pl.DataFrame | pl.LazyFrame, settings: Settings, unreliable: set[str]) -> pl.DataFrame:
     """The ``v_`` columns the booking suite compares (see its ``notes``)."""
     vs = settings.validation
-    first, last = fiscal_year_bounds(settings)
-    tol = pl.duration(days=vs.fiscal_year_tolerance_days)
+    first, last = fiscal_year_day_numbers(settings)   # day numbers: plain integer arithmetic
+    tol = vs.fiscal_year_tolerance_days
     closing = pl.when(pl.col("period").fill_null(0) >= 13).then(
-        pl.duration(days=vs.closing_period_days)).otherwise(pl.duration(days=0))
+        pl.lit(vs.closing_period_days, pl.Int32)).otherwise(pl.lit(0, pl.Int32))
     posting = (pl.lit(None, dtype=pl.Date) if "posting_date" in unreliable
                else pl.col("posting_date"))
     document = (pl.lit(None, dtype=pl.Date) if "document_date" in unreliable
@@ -145,8 +159,8 @@ def add_derived(frame: pl.DataFrame | pl.LazyFrame, settings: Settings, unreliab
     return frame.with_columns(
         posting.alias("v_posting_date"),
         document.alias("v_document_date"),
-        (first - tol).alias("v_fy_first_day"),
-        (last + tol + closing).alias("v_fy_last_day"),
+        (first - tol).cast(pl.Date).alias("v_fy_first_day"),
+        (last + tol + closing).cast(pl.Date).alias("v_fy_last_day"),
         posting.dt.offset_by(f"{years}y").alias("v_document_date_latest"),
     )
 
