@@ -103,6 +103,34 @@ def pseudonymise_iban(frame: pl.LazyFrame | pl.DataFrame, column: str, key: byte
     return out if isinstance(frame, pl.LazyFrame) else out.collect()
 
 
+def pseudonymise_master(master: dict[str, pl.DataFrame], key: bytes,
+                        ibans: IbanPseudonymiser | None = None) -> list[str]:
+    """IBANs in master data pseudonymised like the bookings' (so rules can compare them), in
+    place in ``master``: vendors' ``bank_account`` and the old/new values of vendor changes to
+    bank fields. Returns the names of the frames changed. ``ibans``: a pseudonymiser that may
+    already know most of these IBANs from the bookings (same key, same pseudonyms)."""
+    def swap(frame: pl.DataFrame, column: str) -> pl.DataFrame:
+        if ibans is None:
+            return pseudonymise_iban(frame, column, key)
+        return frame.with_columns(ibans(frame.get_column(column).cast(pl.String)).alias(column))
+
+    changed = []
+    vendors = master.get("vendors")
+    if vendors is not None and "bank_account" in vendors.columns and vendors.height:
+        master["vendors"] = swap(vendors, "bank_account")
+        changed.append("vendors")
+    changes = master.get("vendor_changes")
+    if changes is not None and changes.height and "field" in changes.columns:
+        is_bank = pl.col("field").str.to_lowercase().str.contains("bank|iban")
+        bank, other = changes.filter(is_bank), changes.filter(~is_bank.fill_null(False))
+        if bank.height:
+            for col in ("old_value", "new_value"):
+                bank = swap(bank, col)
+            master["vendor_changes"] = pl.concat([other, bank]).sort("changed_at")
+            changed.append("vendor_changes")
+    return changed
+
+
 def pseudonymise_name(value: str | None, key: bytes, prefix: str = "P-") -> str | None:
     """An employee's or private payee's name -> ``P-1a2b3c4d5e`` for roles that need no names."""
     if value is None or value == "":

@@ -31,7 +31,7 @@ import polars as pl
 from detect import history
 from detect.errors import AlreadyProcessed, DeliveryRejected
 from detect.ingest import IngestResult, JournalRuns
-from detect.privacy import load_key, pseudonymise_iban
+from detect.privacy import load_key, pseudonymise_iban, pseudonymise_master
 from detect.schema import BOOKING_KEY
 from detect.validation import (
     filecheck, gxrun, journals, output, prepare, quarantine, reconcile, rowchecks, state,
@@ -344,21 +344,7 @@ def _collect_rows(flagged: pl.LazyFrame, suite: Suite, flags: dict[str, str], he
 def _pseudonymise_master(master: dict[str, pl.DataFrame], key: bytes, run_dir: Path) -> None:
     """IBANs in master data are pseudonymised like the bookings' (so rules can compare them),
     in memory and in ``master/*.parquet`` already written by the pipeline."""
-    changed = []
-    vendors = master.get("vendors")
-    if vendors is not None and "bank_account" in vendors.columns and vendors.height:
-        master["vendors"] = pseudonymise_iban(vendors, "bank_account", key)
-        changed.append("vendors")
-    changes = master.get("vendor_changes")
-    if changes is not None and changes.height and "field" in changes.columns:
-        is_bank = pl.col("field").str.to_lowercase().str.contains("bank|iban")
-        bank, other = changes.filter(is_bank), changes.filter(~is_bank.fill_null(False))
-        if bank.height:
-            for col in ("old_value", "new_value"):
-                bank = pseudonymise_iban(bank, col, key)
-            master["vendor_changes"] = pl.concat([other, bank]).sort("changed_at")
-            changed.append("vendor_changes")
-    for name in changed:
+    for name in pseudonymise_master(master, key):
         path = run_dir / "master" / f"{name}.parquet"
         if path.exists():
             master[name].write_parquet(path)
@@ -479,7 +465,8 @@ def _gate(ingested: IngestResult, ctx: RunContext, job: GxJob, shas: list[str],
     pseudonymised = ingested.pseudonym_key == key  # by ingest, with this data dir's key
     if not pseudonymised:  # one query for the distinct values, then one lookup per row
         frame = pseudonymise_iban(frame, "bank_account", key)
-    _pseudonymise_master(ingested.master, key, run_dir)
+    if ingested.master_key != key:  # else the ingest did, with this key, before writing
+        _pseudonymise_master(ingested.master, key, run_dir)
     clock.lap("pseudonymise")
 
     # placeholders and derived columns

@@ -202,3 +202,29 @@ def test_journal_runs_give_the_queries_results(tmp_path: Path, layout: str):
             assert fast[name].equals(slow[name]), (name, gx_rows)
         assert fast["report"] == slow["report"]
         assert fast["findings"].height >= 1
+
+
+def test_ingest_pseudonymises_master_ibans_as_validation_would(tmp_path: Path):
+    from detect.privacy import pseudonymise_master
+
+    (tmp_path / "in").mkdir()
+    rows = ["1,1,2024-03-01,2024,5250000,10.00,DE89370400440532013000",
+            "1,2,2024-03-01,2024,1810000,-10.00,"]
+    (tmp_path / "in" / "GL.csv").write_text(
+        HEADER.strip() + ",Bank_Account\n" + "\n".join(rows) + "\n", "utf-8")
+    (tmp_path / "in" / "Supplier_Listing.csv").write_text(
+        "Supplier_Account_ID,Supplier_Account_Name,Supplier_Bank_Account\n"
+        "K1,Alpha,de89 3704 0044 0532 0130 00\nK2,Beta,DE02120300000000202051\nK3,Gamma,\n",
+        "utf-8")
+    (tmp_path / "in" / "Vendor_Change_Log.csv").write_text(
+        "Supplier_Account_ID,Changed_At,Field,Old_Value,New_Value,Changed_By\n"
+        "K1,2024-02-01 10:00:00,Bank_Account,DE02120300000000202051,DE89370400440532013000,U1\n"
+        "K2,2024-01-01 09:00:00,Name,Bet,Beta,U2\n", "utf-8")
+    key = b"k" * 32
+    keyed = ingest([tmp_path / "in"], "ads", _cfg(), tmp_path / "a", pseudonym_key=key)
+    plain = ingest([tmp_path / "in"], "ads", _cfg(), tmp_path / "b")
+    assert keyed.master_key == key and plain.master_key is None
+    assert sorted(pseudonymise_master(plain.master, key)) == ["vendor_changes", "vendors"]
+    for name in ("vendors", "vendor_changes"):
+        assert keyed.master[name].equals(plain.master[name]), name
+    assert "#" in keyed.master["vendors"]["bank_account"][0]
