@@ -285,7 +285,12 @@ its hits are not rendered).
 `rules.connect(ctx, history, threads=1)` runs the catalog on one DuckDB thread: ~9 % less CPU
 at 1M lines (6,2 instead of 6,8 CPU s, median of 3) for ~1,6x the wall time when the second
 core is free. The default stays 2: while the rules outlast whatever shares the machine, the
-second core shortens them.
+second core shortens them. In the job at 1M lines the model worker runs next to the rules and
+takes the other core: there one thread took 6,0 / 6,4 CPU s for the `rules` step against 6,8 /
+7,0 with two (two alternating job runs each, load 6-9, same hits) at about the same wall
+time; at 10M (more than `[models] worker_max_lines`) the models run after the rules and the
+second core is free. So the caller that knows whether the worker runs (the pipeline) should
+pass `threads=1` then.
 
 Measured on the 1 million line sample ledger (`bench/cache/ledger_1000000_7`, 493.426
 journals; the machine's 2 cores shared with other work, so before and after were run back to
@@ -343,6 +348,40 @@ the whole job (3 alternating runs each at load ~7, step `rules` of `run.log.json
 6,7 CPU s. Same 54.265 hits, texts, evidence and `history_journals`. At 10M (one run each,
 loaded machine): 79,8 s wall / 73,7 CPU s before, 72,8 s / 70,5 CPU s after (JRN002 6,1 ->
 3,8 s), 577.393 identical hits.
+
+Round 4 (issue #10, CPU of the stage on the critical path): `catalog_columns` parsed each
+query on a new DuckDB connection (~13 ms each, 35 queries): one in-process connection for the
+parse trees takes it from 0,46 to 0,07 CPU s; PRC002 windows only the vendors that have a
+clerk with two candidate parts (75.614 -> 59.700 lines, 0,26 -> 0,22 CPU s, min of 5).
+`connect` + `run_catalog` alone (`time.process_time()` around them on the history and
+`bookings.parquet` of a finished 1M run, 3 alternating runs at load 6-8): 6,43-6,50 ->
+6,09-6,14 CPU s, the same 54.265 hits, texts and evidence; in the whole job (`belegwacht run
+bench/cache/ledger_1000000_7/ads`, step `rules` of `run.log.jsonl`, 2 alternating runs each at
+load 8-10, the model worker beside it): 7,80-7,86 -> 6,94-7,45 CPU s (a new connection per
+parse costs more on a crowded machine).
+Where the rest goes (CPU s at 1M, min of 3): `connect` 0,17 (years 0,05, holiday calendar 0,06), copy of the
+history 0,45 (Parquet decode ~0,2, writing 13 string columns into the temp table ~0,3; the
+copy from the in-memory table costs as much), `journals` 0,39 (the key group-by alone 0,11, the
+two `arg_min` 0,13, the two string `max` 0,08), the 34 queries ~4,6 (their fixed cost on empty
+tables: 0,12 in all), per rule `DESCRIBE` + journal count + rendering the hits 0,46 in all
+(BEN002's 29.946 hits 0,08 of it).
+
+Measured in round 4 and left (no gain beyond noise, or worse): `preserve_insertion_order =
+false` (for the copy, `journals` and the queries), DuckDB's allocator flush thresholds and
+`block_allocator_memory`, `enable_progress_bar = false`; `import holidays` on first use (12 ms
+once `importlib.metadata` is loaded, and TIM002 needs it in every default run); grouping
+PAY002's and AMT005's repeat candidates by a key hash with the line CTE inlined (same CPU);
+JRN002 with anti joins for run starts/ends and an ASOF join instead of the window (0,25 ->
+0,32) and `rtrim` instead of the trailing-digit regex (slower); TXT001 trimming texts only
+for kept lines; AMT004 with its line CTE inlined; ACC003's account kinds per distinct account;
+BEN001/BEN002 with the digit CTE inlined (0,20 -> 0,34 / 0,28 -> 0,40); ACC002 from one
+per-journal aggregate of account lists (`list_distinct(list(gl_account))`, debit and credit
+lists unnested into pairs: no journal/account group-by and no self-join, but 0,46 -> 0,72:
+list aggregates over 493.426 journals cost more than both). A hash journal key
+(`hash(entity, fiscal_year, journal_id)`) groups 1M lines by journal in 0,04 instead of 0,11
+CPU s, but carrying the key columns through the group-by (`any_value`) eats the gain; worth
+it only for rules that can key their whole pipeline on it (ACC002, JRN003: ~0,2 together) and
+would need a collision check in the engine.
 
 Measured and left: a dense integer journal key in the history copy (joining it back costs
 0,55 CPU s, the journal group-bys it would speed up save ~0,1 each); one regex without
