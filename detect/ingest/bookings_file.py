@@ -31,6 +31,11 @@ PLAIN_COLUMNS = frozenset({"journal_id", "entered_at", "amount", "description",
                            "header_description", "reference", "source_line"})
 """Columns with (almost) one value per line or journal: no dictionary encoding."""
 DICTIONARY_COLUMNS = [c for c in BOOKING_SCHEMA if c not in PLAIN_COLUMNS]
+STATISTICS_COLUMNS = [c for c, t in BOOKING_SCHEMA.items() if t != pl.String]
+"""Min/max statistics only for numbers and dates (fiscal_year, dates, amount, line numbers):
+for text no reader prunes by them (rules copy every row into DuckDB, journal ids of several
+number ranges interleave in every row group), and comparing every string cost 0.065 CPU s per
+1M lines (13% of the write)."""
 CASTS = [pl.col(c).cast(t) for c, t in BOOKING_SCHEMA.items()]
 
 
@@ -52,6 +57,7 @@ class BookingsWriter:
         if self._writer is None:
             self._writer = pq.ParquetWriter(self.path, table.schema, compression="zstd",
                                             use_dictionary=DICTIONARY_COLUMNS,
+                                            write_statistics=STATISTICS_COLUMNS,
                                             store_schema=False)
         self._writer.write_table(table)
 
