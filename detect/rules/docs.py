@@ -349,22 +349,26 @@ the whole job (3 alternating runs each at load ~7, step `rules` of `run.log.json
 loaded machine): 79,8 s wall / 73,7 CPU s before, 72,8 s / 70,5 CPU s after (JRN002 6,1 ->
 3,8 s), 577.393 identical hits.
 
-Round 4 (issue #10, CPU of the stage on the critical path): `catalog_columns` parsed each
-query on a new DuckDB connection (~13 ms each, 35 queries): one in-process connection for the
-parse trees takes it from 0,46 to 0,07 CPU s; PRC002 windows only the vendors that have a
-clerk with two candidate parts (75.614 -> 59.700 lines, 0,26 -> 0,22 CPU s, min of 5).
-`connect` + `run_catalog` alone (`time.process_time()` around them on the history and
-`bookings.parquet` of a finished 1M run, 3 alternating runs at load 6-8): 6,43-6,50 ->
-6,09-6,14 CPU s, the same 54.265 hits, texts and evidence; in the whole job (`belegwacht run
+Round 4 (issue #10, CPU of the stage on the critical path): `catalog_columns` parsed each query
+on a new DuckDB connection (~13 ms each, 35 queries): one in-process connection for the parse
+trees takes it from 0,46 to 0,07 CPU s; PRC002 windows only the vendors that have a clerk with
+two candidate parts (75.614 -> 59.700 lines, 0,26 -> 0,22 CPU s, min of 5); TIM002 joins
+holidays by two equalities instead of one OR, which ran as a nested loop over the manual
+journals (0,075 -> 0,036); USR006 inlines its line CTE (0,15 -> 0,14). `connect` +
+`run_catalog` alone (`time.process_time()` around them on the history and `bookings.parquet` of
+a finished 1M run, 3 alternating runs): 6,43-6,50 -> 6,09-6,14 CPU s at load 6-8 with the first
+two changes, 6,77-7,16 -> 6,23-6,47 at load ~9 with all four; the same 54.265 hits, texts and
+evidence. With `threads=1` on top, ~0,6 CPU s less. In the whole job (`belegwacht run
 bench/cache/ledger_1000000_7/ads`, step `rules` of `run.log.jsonl`, 2 alternating runs each at
 load 8-10, the model worker beside it): 7,80-7,86 -> 6,94-7,45 CPU s (a new connection per
 parse costs more on a crowded machine).
-Where the rest goes (CPU s at 1M, min of 3): `connect` 0,17 (years 0,05, holiday calendar 0,06), copy of the
-history 0,45 (Parquet decode ~0,2, writing 13 string columns into the temp table ~0,3; the
-copy from the in-memory table costs as much), `journals` 0,39 (the key group-by alone 0,11, the
-two `arg_min` 0,13, the two string `max` 0,08), the 34 queries ~4,6 (their fixed cost on empty
-tables: 0,12 in all), per rule `DESCRIBE` + journal count + rendering the hits 0,46 in all
-(BEN002's 29.946 hits 0,08 of it).
+
+Where the rest goes (CPU s at 1M, min of 3): `connect` 0,17 (years 0,05, holiday calendar
+0,06), copy of the history 0,45 (Parquet decode ~0,2, writing 13 string columns into the temp
+table ~0,3; the copy from the in-memory table costs as much), `journals` 0,39 (the key group-by
+alone 0,11, the two `arg_min` 0,13, the two string `max` 0,08), the 34 queries ~4,6 (their
+fixed cost on empty tables: 0,12 in all), per rule `DESCRIBE` + journal count + rendering the
+hits 0,46 in all (BEN002's 29.946 hits 0,08 of it).
 
 Measured in round 4 and left (no gain beyond noise, or worse): `preserve_insertion_order =
 false` (for the copy, `journals` and the queries), DuckDB's allocator flush thresholds and
