@@ -404,6 +404,23 @@ def test_star_anywhere_in_a_select_list_reads_all_columns() -> None:
     assert _reads_all_columns("SELECT j.* FROM bookings b, journals j", "journals")
 
 
+def test_parse_trees_come_from_one_shared_connection_safely_across_threads() -> None:
+    # catalog_columns parses every query on one process-wide connection (a new connection
+    # per query cost ~13 ms each); callers on several threads (the app) take turns on it
+    from concurrent.futures import ThreadPoolExecutor
+
+    from detect.rules import runner
+
+    queries = [f"SELECT entity, {i} AS n, * FROM bookings WHERE amount > {i}" for i in range(40)]
+    runner._parse_tree_text.cache_clear()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        parallel = list(pool.map(runner._parse_tree_text, queries))
+    runner._parse_tree_text.cache_clear()
+    assert parallel == [runner._parse_tree_text(q) for q in queries]
+    assert all(json.loads(t)["error"] is False for t in parallel)
+    assert all(_reads_all_columns(q, "bookings") for q in queries)
+
+
 def test_a_history_file_that_is_a_copy_of_the_delivery_needs_no_delivery_filter(
         tmp_path: Path) -> None:
     hist, run_dir = write_history(tmp_path)
