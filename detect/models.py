@@ -193,7 +193,7 @@ class TailECOD(ECOD):
         values, tails = table
         if col.dtype != values.dtype:  # compare in float64 (exact for float32 values)
             col = col.astype(np.float64)
-        k = np.searchsorted(values, col, "left")
+        k = search(values, col)
         hit = values.take(k, mode="clip") == col
         k <<= 1
         k += hit
@@ -230,6 +230,26 @@ class TailECOD(ECOD):
             else:
                 out[start:start + len(part)] = row_sum(cols)
         return out
+
+
+SORTED_SEARCH_MIN = 1 << 12
+"""Tables of at least this many values are searched with the keys sorted first (``search``)."""
+
+
+def search(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """``np.searchsorted(values, keys, "left")``; in a large table with the keys sorted first.
+
+    Why: a table beyond the CPU cache (amount_z_account's ~165k distinct values, the ~200k
+    training scores of the percentiles) costs a cache miss per step of each binary search; with
+    ascending keys NumPy starts each search at the previous result and the steps stay close:
+    16k keys in 165k values 0.11 -> 0.06 CPU s per 1M lines, the argsort included. Each key's
+    result is the same, whatever the order it is searched in."""
+    if len(values) < SORTED_SEARCH_MIN or len(keys) < 2:
+        return np.searchsorted(values, keys, "left")
+    order = np.argsort(keys)
+    out = np.empty(len(keys), dtype=np.intp)
+    out[order] = np.searchsorted(values, keys[order], "left")
+    return out
 
 
 SCORE_CHUNK = 1 << 14
@@ -331,7 +351,7 @@ class BookingOutlierEnsemble(BaseEstimator):
     def _percentile(self, name: str, raw: np.ndarray) -> np.ndarray:
         """Mid-rank of ``raw`` among the training scores, in [0, 1]."""
         values, below = self.train_scores_[name]
-        k = np.searchsorted(values, raw, "left")
+        k = search(values, raw)
         hit = values.take(k, mode="clip") == raw
         return (2 * below[k] + hit * (below.take(k + 1, mode="clip") - below[k])) \
             / (2.0 * below[-1])

@@ -395,3 +395,16 @@ def test_deferred_imports_only_in_the_model_worker(monkeypatch) -> None:
     assert not _defer_wanted()
     monkeypatch.setenv("BELEGWACHT_LAZY_IMPORTS", "1")
     assert _defer_wanted()
+
+
+def test_sorted_search_equals_searchsorted(monkeypatch) -> None:
+    import detect.models as models
+
+    rng = np.random.default_rng(8)
+    values = np.unique(np.round(rng.normal(size=20_000), 3))
+    keys = np.r_[values[::7], np.round(rng.normal(size=5000), 4), -9.0, 9.0, np.nan, values[:3]]
+    for small in (False, True):
+        if small:
+            monkeypatch.setattr(models, "SORTED_SEARCH_MIN", 1 << 30)
+        np.testing.assert_array_equal(models.search(values, keys),
+                                      np.searchsorted(values, keys, "left"))
