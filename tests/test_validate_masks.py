@@ -130,3 +130,24 @@ def test_month_start_days_equal_pl_date_for_every_year_and_month():
     for month in range(1, 13):
         ours = years.select(month_start_days(pl.col("y"), month).cast(pl.Date)).to_series()
         assert ours.equals(years.select(pl.date(pl.col("y"), month, 1)).to_series()), month
+
+
+def test_number_ranges_of_sorted_ids_equal_the_grouped_ranges():
+    import random
+
+    from detect.validation.journals import _number_ranges_grouped, number_ranges
+
+    rng = random.Random(3)
+    for _ in range(200):
+        n = rng.randint(0, 60)
+        nums = [rng.choice([rng.randint(1, 50), rng.randint(1000, 1100), rng.randint(5000, 9000)])
+                for _ in range(n)]
+        ids = (pl.DataFrame({"fiscal_year": [rng.choice([2023, 2024]) for _ in range(n)],
+                             "journal_id": [str(x) for x in nums], "num": nums},
+                            schema={"fiscal_year": pl.Int32, "journal_id": pl.String,
+                                    "num": pl.Int64})
+               .unique().sort("num").sort("fiscal_year", maintain_order=True))
+        gap_max = rng.choice([0, 1, 10, 1000])
+        assert number_ranges(ids, gap_max).equals(_number_ranges_grouped(ids, gap_max))
+        shuffled = ids.sample(fraction=1.0, shuffle=True, seed=1)
+        assert number_ranges(shuffled, gap_max).equals(_number_ranges_grouped(shuffled, gap_max))

@@ -146,7 +146,33 @@ def _first_entity(frame: pl.DataFrame | pl.LazyFrame, wanted: pl.DataFrame) -> p
 
 
 def number_ranges(ids: pl.DataFrame, gap_max: int) -> pl.DataFrame:
-    """Contiguous-ish ranges: fiscal_year, lo, hi, journals."""
+    """Contiguous-ish ranges: fiscal_year, lo, hi, journals.
+
+    ``ids`` as ``numeric_ids`` returns them (sorted by fiscal_year, then num): a range starts
+    where the fiscal year changes or the number jumps by more than ``gap_max``, so its bounds
+    are the numbers at the starts and ends, and its size the distance between them (no window
+    per fiscal year and no group_by: 0.09 -> 0.01 CPU s for 493k ids)."""
+    fy, num = pl.col("fiscal_year"), pl.col("num")
+    sorted_ids = ids.select(
+        (fy.is_not_null() & num.is_not_null()).all().alias("ok"),
+        ((fy > fy.shift(1)) | ((fy == fy.shift(1)) & (num >= num.shift(1)))).slice(1).all()
+        .alias("sorted")).row(0) if ids.height else (True, True)
+    if not all(sorted_ids):
+        return _number_ranges_grouped(ids, gap_max)
+    start = (fy.ne_missing(fy.shift(1)) | (num - num.shift(1) > gap_max)).fill_null(True)
+    end = start.shift(-1, fill_value=True)
+    position = pl.int_range(pl.len(), dtype=pl.Int64)
+    starts = ids.select(fy, num.alias("lo"), position.alias("_a"), start.alias("_s")) \
+        .filter("_s")
+    ends = ids.select(num.alias("hi"), position.alias("_b"), end.alias("_e")).filter("_e")
+    ranges = pl.concat([starts, ends], how="horizontal").select(
+        "fiscal_year", "lo", "hi", (pl.col("_b") - pl.col("_a") + 1).cast(pl.UInt32)
+        .alias("journals"))
+    return ranges.sort("fiscal_year", "lo")
+
+
+def _number_ranges_grouped(ids: pl.DataFrame, gap_max: int) -> pl.DataFrame:
+    """``number_ranges`` for ids in any order (windows per fiscal year, then a group_by)."""
     key = ["fiscal_year"]
     jump = (pl.col("num") - pl.col("num").shift(1).over(key)).fill_null(gap_max + 1)
     return (ids.with_columns((jump > gap_max).cast(pl.Int32).cum_sum().over(key).alias("range"))
