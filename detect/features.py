@@ -14,6 +14,7 @@ constant feature, which ``active_features`` drops and notes.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -604,18 +605,49 @@ def amount_percentiles(frame: pl.DataFrame, rows: np.ndarray) -> pl.DataFrame:
     the share of the account's / all lines with a smaller |amount| (``rank("min") - 1`` over
     the frame, divided by the account's / all lines).
 
-    One sort of |amount| serves both: re-sorted stably by account it stays ascending
-    within each account, and each line's global rank (position of its first equal value) turns
+    One sort of |amount| serves both (``_amount_tables``, kept for the frame's next call: the
+    model worker explains in two passes, 0.07 CPU s per 1M lines each)."""
+    n = frame.height
+    ordered, key, account = _amount_tables(frame)
+    amount = np.abs(frame.get_column("amount_f").to_numpy()[rows])
+    below_all = np.searchsorted(ordered, amount, "left")
+    base = account[rows].astype(np.int64) * n
+    below_account = np.searchsorted(key, base + below_all, "left") \
+        - np.searchsorted(key, base, "left")
+    lines = frame.get_column("account_lines").to_numpy()[rows]
+    return pl.DataFrame({"amount_pct_account": below_account / lines,
+                         # Polars divides by the line count as a product with its inverse
+                         "amount_pct_all": below_all * (1.0 / n)})
+
+
+_amount_cache: tuple[weakref.ref, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
+"""The last feature frame's ``_amount_tables`` while that frame lives (feature frames are
+never changed in place)."""
+
+
+def _forget_amounts(ref: weakref.ref) -> None:
+    global _amount_cache
+    if _amount_cache is not None and _amount_cache[0] is ref:
+        _amount_cache = None
+
+
+def _amount_tables(frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All lines' |amount| sorted, the lines' (account, |amount| rank) keys sorted, and the
+    lines' account codes: re-sorted stably by account the sorted lines stay ascending within
+    each account, and each line's global rank (position of its first equal value) turns
     (account, |amount|) into one increasing integer key to search the lines' keys in."""
+    global _amount_cache
+    cached = _amount_cache
+    if cached is not None and cached[0]() is frame:
+        return cached[1]
     n = frame.height
     index = np.int32 if n < np.iinfo(np.int32).max else np.int64  # halves the 10M arrays
     amount = np.abs(frame.get_column("amount_f").to_numpy())
     account = _column_codes(frame.get_column("gl_account"))[0].astype(index, copy=False)
     order = np.argsort(amount).astype(index)  # ties in any order: ranks use a run's start
     ordered = amount[order]
-    below_all = np.searchsorted(ordered, amount[rows], "left")
     new_value = np.r_[True, ordered[1:] != ordered[:-1]] if n else np.zeros(0, dtype=bool)
-    del amount, ordered
+    del amount
     rank = np.empty(n, dtype=index)
     rank[order] = np.maximum.accumulate(np.where(new_value, np.arange(n, dtype=index), 0))
     del new_value
@@ -624,13 +656,9 @@ def amount_percentiles(frame: pl.DataFrame, rows: np.ndarray) -> pl.DataFrame:
     del order
     key = account[by_account].astype(np.int64) * n + rank[by_account]
     del by_account, rank
-    base = account[rows].astype(np.int64) * n
-    below_account = np.searchsorted(key, base + below_all, "left") \
-        - np.searchsorted(key, base, "left")
-    lines = frame.get_column("account_lines").to_numpy()[rows]
-    return pl.DataFrame({"amount_pct_account": below_account / lines,
-                         # Polars divides by the line count as a product with its inverse
-                         "amount_pct_all": below_all * (1.0 / n)})
+    tables = (ordered, key, account)
+    _amount_cache = (weakref.ref(frame, _forget_amounts), tables)
+    return tables
 
 
 def active_features(frame: pl.DataFrame,

@@ -171,6 +171,20 @@ def test_amount_percentiles_equal_the_ranks_over_all_lines(ledger: pl.DataFrame)
     got = amount_percentiles(lean, rows)
     want = full[rows].select("amount_pct_account", "amount_pct_all")
     assert got.equals(want)
+    # the frame's sorted amounts are kept for its next call (the worker's second pass) ...
+    import detect.features as features
+
+    assert features._amount_cache is not None and features._amount_cache[0]() is lean
+    assert amount_percentiles(lean, rows[::-1]).equals(want.reverse())
+    # ... and not used for another frame, nor kept once the frame is gone
+    other = lean.with_columns(pl.col("amount_f") * 2)
+    assert amount_percentiles(other, rows).equals(want)  # doubling keeps every rank
+    assert features._amount_cache[0]() is other
+    del other
+    import gc
+
+    gc.collect()
+    assert features._amount_cache is None
 
 
 def test_key_order_uses_journal_runs_and_falls_back_to_the_line_sort(ledger: pl.DataFrame) -> None:
