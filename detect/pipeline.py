@@ -392,10 +392,12 @@ def _run_stages(ctx: RunContext, sources: list[Path], fmt: str, control_totals: 
                                        prepared=prepared, **extra)
     lifecycle.crash_point("scored")
     shutil.rmtree(partial / "tmp", ignore_errors=True)
-    with log.step("publish", "Publishing"), ThreadPoolExecutor(max_workers=2) as pool:
+    with log.step("publish", "Publishing"), ThreadPoolExecutor(max_workers=1) as pool:
         # the manifest's statistics (DuckDB/Polars, ~0.4 CPU s at 1M lines, GIL released)
         # run while the store inserts the items, and the model worker writes its outputs;
-        # the manifest goes in last (``publish_run``)
+        # the manifest goes in last (``publish_run``). One thread, one after the other: each
+        # uses every core anyway, and at 10M their memory should not add up
+        # with the insert's
         per_input = pool.submit(input_stats, checked.clean_path)
         years = pool.submit(history.stats, history_glob)
 
