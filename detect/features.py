@@ -309,16 +309,18 @@ def _trailing(values: np.ndarray, digit: int, limit: int) -> np.ndarray:
     """How many trailing decimal digits of each value equal ``digit`` (at most ``limit``).
 
     Peels one digit per pass, only off the values still ending in it (most stop at once): a
-    sum of 18 modulo tests over all lines cost 0.35 CPU s per 1M lines, a regex 0.12 s."""
+    sum of 18 modulo tests over all lines cost 0.35 CPU s per 1M lines, a regex 0.12 s. The
+    passes after the first work on the surviving values alone (no copy of all of them)."""
     out = np.zeros(len(values), dtype=np.int64)
-    rest = values.copy()
-    alive = np.flatnonzero(rest % 10 == digit)
+    alive = np.flatnonzero(values % 10 == digit)
+    rest = values[alive]
     for _ in range(limit):
         if len(alive) == 0:
             break
         out[alive] += 1
-        rest[alive] //= 10
-        alive = alive[rest[alive] % 10 == digit]
+        rest //= 10
+        keep = rest % 10 == digit
+        alive, rest = alive[keep], rest[keep]
     return out
 
 
