@@ -354,14 +354,17 @@ on a new DuckDB connection (~13 ms each, 35 queries): one in-process connection 
 trees takes it from 0,46 to 0,07 CPU s; PRC002 windows only the vendors that have a clerk with
 two candidate parts (75.614 -> 59.700 lines, 0,26 -> 0,22 CPU s, min of 5); TIM002 joins
 holidays by two equalities instead of one OR, which ran as a nested loop over the manual
-journals (0,075 -> 0,036); USR006 inlines its line CTE (0,15 -> 0,14). `connect` +
-`run_catalog` alone (`time.process_time()` around them on the history and `bookings.parquet` of
-a finished 1M run, 3 alternating runs): 6,43-6,50 -> 6,09-6,14 CPU s at load 6-8 with the first
-two changes, 6,77-7,16 -> 6,23-6,47 at load ~9 with all four; the same 54.265 hits, texts and
-evidence. With `threads=1` on top, ~0,6 CPU s less. In the whole job (`belegwacht run
-bench/cache/ledger_1000000_7/ads`, step `rules` of `run.log.jsonl`, 2 alternating runs each at
-load 8-10, the model worker beside it): 7,80-7,86 -> 6,94-7,45 CPU s (a new connection per
-parse costs more on a crowded machine).
+journals (0,075 -> 0,036); USR006 inlines its line CTE (0,15 -> 0,14); TIM007 takes the
+reversed journals' first posting date from `journals` instead of their lines (0,077 -> 0,051).
+`connect` + `run_catalog` alone (`time.process_time()` around them on the history and
+`bookings.parquet` of a finished 1M run, 3 alternating runs): 6,43-6,50 -> 6,09-6,14 CPU s at
+load 6-8 with the first two changes, 6,77-7,16 -> 6,23-6,47 at load ~9 with the first four; the
+same 54.265 hits, texts and evidence. With `threads=1` on top, ~0,6 CPU s less. In the whole
+job (`belegwacht run bench/cache/ledger_1000000_7/ads`, step `rules` of `run.log.jsonl`, 2
+alternating runs each at load 8-10, the model worker beside it): 7,80-7,86 -> 6,94-7,45 CPU s
+(a new connection per parse costs more on a crowded machine). At 10M (one run, load ~9, another
+10M job beside it): `rules` 97,3 s wall / 72,2 CPU s (round 3: 72,8 s / 70,5 on a less loaded
+machine), the same 577.393 hits, peak RSS of the job 4,65 GB.
 
 Where the rest goes (CPU s at 1M, min of 3): `connect` 0,17 (years 0,05, holiday calendar
 0,06), copy of the history 0,45 (Parquet decode ~0,2, writing 13 string columns into the temp
