@@ -74,6 +74,24 @@ def test_a_submodule_of_a_deferred_package_runs_the_package_once(package: Path) 
     assert builtins.RUNS == ["pkgx", "pkgx.sub", "pkgx.other"]
 
 
+def test_a_deferred_module_that_fails_raises_its_error_on_every_use(package: Path) -> None:
+    # like a failed import, which leaves nothing half-done behind: each use raises the
+    # module's own error again, not an AttributeError of a half-executed module
+    (package / "badx.py").write_text(
+        "import builtins\nbuiltins.RUNS.append('badx')\nraise ImportError('badx needs libfoo')\n"
+        "X = 1\n")
+    gxworker.defer("badx")
+    import badx
+
+    try:
+        for _ in range(2):
+            with pytest.raises(ImportError, match="needs libfoo"):
+                badx.X
+        assert type(badx) is gxworker._Deferred
+    finally:
+        sys.modules.pop("badx", None)
+
+
 def test_from_import_of_a_deferred_module_loads_it(package: Path) -> None:
     import builtins
 

@@ -81,13 +81,22 @@ class _Deferred(types.ModuleType):
     GX's module, ``sys.modules``, the parent's attribute) becomes the real module. Unlike
     ``importlib.util.LazyLoader`` it does not load on ``__spec__``, which every further ``import
     x`` statement reads (CPython's ``import_ensure_initialized``), so ``import altair as alt``
-    keeps it deferred."""
+    keeps it deferred.
+
+    Not for modules used from several threads: the lock runs it once, but another thread that
+    reads one of its names while it runs sees it half-run (the worker uses GX in one thread)."""
 
     def __getattr__(self, name: str) -> object:
         with _LOAD_LOCK:
             if type(self) is _Deferred:
                 self.__class__ = types.ModuleType
-                self.__spec__.loader.exec_module(self)  # type: ignore[union-attr]
+                try:
+                    self.__spec__.loader.exec_module(self)  # type: ignore[union-attr]
+                except BaseException:
+                    # deferred again: the next use runs it again and raises its own error (as
+                    # an import statement would), not an AttributeError of a half-run module
+                    self.__class__ = _Deferred
+                    raise
         return getattr(self, name)
 
 
