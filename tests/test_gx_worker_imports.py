@@ -242,6 +242,48 @@ def test_fast_field_copies_copy_pydantic_fields_like_deepcopy() -> None:
     assert fast_sub(items=[4]).items == [4] and fast_sub().extra == 3 and fast_sub().first == shared
 
 
+def test_slots_copier_only_for_classes_deepcopy_copies_by_their_slots() -> None:
+    """A class whose slots ``_slots_copier`` would not copy as ``copy.deepcopy`` does keeps
+    the generic path: a mangled ``__x`` slot (its attribute is ``_Cls__x``), ``__slots__`` as
+    one string, ``__weakref__``, a ``__dict__``, its own ``__deepcopy__``."""
+    import copy
+
+    class Plain:
+        __slots__ = ("a", "b")
+
+    class Sub(Plain):
+        __slots__ = ["c"]
+
+    class Mangled:
+        __slots__ = ("__x",)
+
+    class OneString:
+        __slots__ = "abc"
+
+    class Weak:
+        __slots__ = ("a", "__weakref__")
+
+    class WithDict(Plain):
+        pass
+
+    class OwnCopy(Plain):
+        __slots__ = ()
+
+        def __deepcopy__(self, memo: dict) -> OwnCopy:
+            return self
+
+    assert gxworker._plain_slots(Plain) == ("a", "b")
+    assert gxworker._plain_slots(Sub) == ("a", "b", "c")
+    for cls in (Mangled, OneString, Weak, WithDict, OwnCopy):
+        assert gxworker._plain_slots(cls) is None, cls
+    x = Sub()
+    x.a, x.c = [1], {"k": [1]}  # b unset
+    y = gxworker._slots_copier(gxworker._plain_slots(Sub))(x, {})
+    z = copy.deepcopy(x)
+    assert (y.a, y.c, hasattr(y, "b")) == (z.a, z.c, hasattr(z, "b")) == ([1], {"k": [1]}, False)
+    assert y.a is not x.a and y.c["k"] is not x.c["k"]
+
+
 FIELDS = textwrap.dedent("""
     import json, re, sys
     from detect.validation import gxworker

@@ -233,14 +233,35 @@ def _slots_copier(names: tuple[str, ...]):  # noqa: ANN202
     return copier
 
 
+def _plain_slots(cls: type) -> tuple[str, ...] | None:
+    """The slot names ``_slots_copier`` copies for ``cls`` if ``copy.deepcopy`` copies it by
+    the generic path from exactly those slots; None if not (a ``__dict__``, its own copy or
+    pickle methods, ``__slots__`` as one string, ``__weakref__`` or a name-mangled ``__x``
+    slot, whose attribute has another name), and then the class keeps the generic path."""
+    mro = cls.__mro__[:-1]
+    if any({"__deepcopy__", "__reduce__", "__reduce_ex__", "__getstate__", "__setstate__",
+            "__copy__"} & set(c.__dict__) for c in mro):
+        return None
+    slots = [c.__dict__.get("__slots__", ()) for c in reversed(mro)]
+    if not all(isinstance(s, (tuple, list)) for s in slots):
+        return None
+    names = tuple(n for s in slots for n in s)
+    if any(not isinstance(n, str) or n.startswith("__") for n in names):
+        return None
+    try:
+        return None if hasattr(cls.__new__(cls), "__dict__") else names
+    except Exception:  # noqa: BLE001 - cannot be made without arguments: generic path
+        return None
+
+
 class fast_field_copies:  # noqa: N801 - used like a function: ``with fast_field_copies():``
     """While GX is imported: pydantic v1 copies every base class's fields into each new model
     class (``ModelMetaclass.__new__``: ``smart_deepcopy(base.__fields__)``), ~460,000
     ``copy.deepcopy`` calls for GX's ~370 models, ~0.2 of the import's ~1.0 CPU s; most of
     them return a string or a function as it is. ``_slots_copier`` does the same copy of
     ``ModelField``, ``FieldInfo`` and ``Validator`` in a third less time. Registered in
-    ``copy``'s dispatch table for the import only; a class that no longer fits (a
-    ``__dict__``, its own copy or pickle methods) keeps the generic path."""
+    ``copy``'s dispatch table for the import only; a class that no longer fits
+    (``_plain_slots``) keeps the generic path."""
 
     def __enter__(self) -> None:
         import copy
@@ -251,14 +272,10 @@ class fast_field_copies:  # noqa: N801 - used like a function: ``with fast_field
         except Exception:  # noqa: BLE001 - no pydantic v1: nothing to speed up
             return
         for cls in (fields.ModelField, fields.FieldInfo, class_validators.Validator):
-            plain = all(not {"__deepcopy__", "__reduce__", "__reduce_ex__", "__getstate__",
-                             "__setstate__", "__copy__"} & set(c.__dict__)
-                        for c in cls.__mro__[:-1])
-            names = tuple(n for c in reversed(cls.__mro__[:-1])
-                          for n in c.__dict__.get("__slots__", ()))
-            if plain and not hasattr(cls.__new__(cls), "__dict__") \
-                    and cls not in copy._deepcopy_dispatch:  # type: ignore[attr-defined]
-                copy._deepcopy_dispatch[cls] = _slots_copier(names)  # type: ignore[attr-defined]
+            names = _plain_slots(cls)
+            table = copy._deepcopy_dispatch  # type: ignore[attr-defined]
+            if names is not None and cls not in table:
+                table[cls] = _slots_copier(names)
                 self.added.append(cls)
 
     def __exit__(self, *_: object) -> None:
