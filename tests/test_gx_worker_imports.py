@@ -92,6 +92,15 @@ def test_a_deferred_module_that_fails_raises_its_error_on_every_use(package: Pat
         sys.modules.pop("badx", None)
 
 
+def test_a_hidden_package_is_not_found_and_the_error_says_how_to_have_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "meta_path", [gxworker._LeanFinder(("json",)), *sys.meta_path])
+    monkeypatch.delitem(sys.modules, "json.tool", raising=False)
+    with pytest.raises(ModuleNotFoundError, match="BELEGWACHT_GX_LEAN=0") as error:
+        import json.tool  # noqa: F401
+    assert error.value.name == "json.tool"
+
+
 def test_from_import_of_a_deferred_module_loads_it(package: Path) -> None:
     import builtins
 

@@ -128,8 +128,9 @@ class _LeanFinder(MetaPathFinder):
     def find_spec(self, name: str, path: object = None, target: object = None
                   ) -> ModuleSpec | None:
         if name.partition(".")[0] in self.hidden:
-            raise ModuleNotFoundError(f"No module named {name!r} (not used by the GX worker)",
-                                      name=name)
+            raise ModuleNotFoundError(
+                f"No module named {name!r} (hidden from the GX worker as unused; "
+                "BELEGWACHT_GX_LEAN=0 imports GX with it)", name=name)
         parent = name.rpartition(".")[0]
         while parent:
             if type(sys.modules.get(parent)) is _Deferred:
