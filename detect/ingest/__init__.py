@@ -368,8 +368,8 @@ def materialise(bookings: pl.LazyFrame, workdir: Path,
             extra.close()
         raise
     writer.close()
-    if facts._runs is not None:
-        facts.journals = facts._runs.finish()
+    if facts._runs is not None:   # one reference only: validation drops it once used
+        facts.journals, facts._runs = facts._runs.finish(), None
     if extra is not None:
         extra.close()
     elif others:  # no rows
