@@ -408,3 +408,31 @@ def test_sorted_search_equals_searchsorted(monkeypatch) -> None:
             monkeypatch.setattr(models, "SORTED_SEARCH_MIN", 1 << 30)
         np.testing.assert_array_equal(models.search(values, keys),
                                       np.searchsorted(values, keys, "left"))
+
+
+@pytest.mark.parametrize("with_jk", [False, True])
+def test_explain_mask_picks_top_lines_above_the_floor_or_of_hit_journals(with_jk: bool) -> None:
+    """The top line(s) of each journal; with ``journals`` only those at or above model_floor
+    or with hits. An empty ``journals`` (no hits yet) is the floor alone; a hit journal not
+    in ``scores`` adds nothing."""
+    from detect.models import explain_mask
+
+    settings = Settings()
+    floor = settings.scoring.model_floor
+    scores = pl.DataFrame({
+        "entity": ["E"] * 6, "fiscal_year": [2024] * 6,
+        "journal_id": ["1", "1", "2", "2", "3", "4"], "line_no": [1, 2, 1, 2, 1, 1],
+        "model_score": [floor + 0.1, floor - 0.2, floor - 0.3, floor - 0.3, floor - 0.1,
+                        floor]})
+    if with_jk:
+        scores = scores.with_columns(pl.Series("_jk", [0, 0, 1, 1, 2, 3]))
+    top = [True, False, True, True, True, True]
+    assert explain_mask(scores, settings).to_list() == top
+    none = scores.select("entity", "fiscal_year", "journal_id").clear()
+    assert explain_mask(scores, settings, none).to_list() == \
+        [True, False, False, False, False, True]
+    hits = pl.DataFrame({"entity": ["E", "E"], "fiscal_year": [2024, 2024],
+                         "journal_id": ["2", "9"]})
+    assert explain_mask(scores, settings, hits).to_list() == \
+        [True, False, True, True, False, True]
+    assert explain_mask(scores.clear(), settings, hits).to_list() == []
