@@ -293,6 +293,16 @@ def test_slots_copier_only_for_classes_deepcopy_copies_by_their_slots() -> None:
     assert y.a is not x.a and y.c["k"] is not x.c["k"]
 
 
+def test_fast_field_copies_do_nothing_without_copys_private_table(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # a Python whose copy module has no _deepcopy_dispatch: GX is imported the plain way
+    import copy
+
+    monkeypatch.delattr(copy, "_deepcopy_dispatch")
+    with gxworker.fast_field_copies():
+        pass  # entering and leaving raise nothing
+
+
 FIELDS = textwrap.dedent("""
     import json, re, sys
     from detect.validation import gxworker

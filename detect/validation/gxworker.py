@@ -268,22 +268,24 @@ class fast_field_copies:  # noqa: N801 - used like a function: ``with fast_field
         import copy
 
         self.added: list[type] = []
+        # CPython's private table that deepcopy looks a type up in first: without it (another
+        # Python), nothing to speed up, and GX is still imported
+        self.table = getattr(copy, "_deepcopy_dispatch", None)
+        if not isinstance(self.table, dict):
+            return
         try:
             from pydantic.v1 import class_validators, fields
         except Exception:  # noqa: BLE001 - no pydantic v1: nothing to speed up
             return
         for cls in (fields.ModelField, fields.FieldInfo, class_validators.Validator):
             names = _plain_slots(cls)
-            table = copy._deepcopy_dispatch  # type: ignore[attr-defined]
-            if names is not None and cls not in table:
-                table[cls] = _slots_copier(names)
+            if names is not None and cls not in self.table:
+                self.table[cls] = _slots_copier(names)
                 self.added.append(cls)
 
     def __exit__(self, *_: object) -> None:
-        import copy
-
         for cls in self.added:
-            copy._deepcopy_dispatch.pop(cls, None)  # type: ignore[attr-defined]
+            self.table.pop(cls, None)
 
 
 def cache_templates() -> None:
