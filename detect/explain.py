@@ -205,7 +205,7 @@ def explain(frame: pl.DataFrame, tails: np.ndarray, names: list[str], k: int,
     label = pl.Series(names, dtype=pl.String)
     n = frame.height
     # feature names by a gather of their index, not as NumPy unicode arrays: converting
-    # those to Polars strings cost ~60 % of this function (0.14 -> 0.05 CPU s for 26k lines)
+    # those to Polars strings cost ~0.03 of this function's ~0.145 CPU s for 26k lines
     slots = {}
     for i in range(k):
         slots[f"_f{i}"] = label.gather(order[:, i])
