@@ -236,8 +236,10 @@ class JournalRuns:
         self.starts, self.sums = [], []
         n = self.table.height
         # distinct values of any function of the key prove the keys distinct (a collision
-        # can only make them look repeated: then validation queries as before)
-        ids = pl.col("journal_id").hash() + pl.col("fiscal_year").cast(pl.UInt64)
+        # can only make them look repeated: then validation queries as before); the year
+        # wrapped, not cast strictly: a delivered negative year must reach validation
+        year = pl.col("fiscal_year").cast(pl.Int64).cast(pl.UInt64, wrap_numerical=True)
+        ids = pl.col("journal_id").hash() + year
         self.distinct_ids = n == 0 or self.table.select(ids.n_unique()).item() == n
         self.distinct = self.distinct_ids or \
             self.table.select(pl.struct(RUN_KEY).hash().n_unique()).item() == n

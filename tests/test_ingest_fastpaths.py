@@ -1,0 +1,135 @@
+"""The ingest's fast paths against the ways they replaced, on random messy ADS deliveries.
+
+Trimming text after the read (``parsing.finish_text``) must give the bookings that trimming
+inside the query gave, and validation with the ingest's facts and journal runs
+(``detect.ingest.Facts``) the outcome of its own queries: same clean bookings, quarantine,
+findings and report. The deliveries mix what the fast paths must not get wrong: journals split
+across non-adjacent lines or files, repeated lines, missing ids, negative and other years,
+padding with NBSP / U+3000 / tabs inside quotes, values that are only whitespace, values longer
+than an inline string view (12 bytes), CRLF, one or two files."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from detect import validate
+from detect.ingest import ads, ingest, mapped
+from validate_support import context, settings
+
+HEADER = ("Journal_ID,Journal_ID_Line_Number,Effective_Date,Fiscal_Year,GL_Account_Number,"
+          "Amount,Amount_Currency,JE_Line_Description,Reference_Number")
+PADS = ["", " ", "\t", "\u00a0", "\u3000", "\u2003", "  "]
+WORDS = ["Miete", "Büro", "Strom", "Überweisung Stadtwerke GmbH", "€", "x", "Straße 12"]
+
+
+def _text(rng: random.Random) -> str:
+    kind = rng.random()
+    if kind < 0.1:
+        return ""
+    if kind < 0.2:
+        return '"' + rng.choice(PADS[1:]) * rng.randint(1, 3) + '"'   # only whitespace
+    core = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 4)))
+    return '"' + rng.choice(PADS) + core + rng.choice(PADS) + '"'
+
+
+def _delivery(folder: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    rows = []
+    for j in range(1, rng.randint(6, 25)):
+        year = rng.choice([2024, 2024, 2024, 2023, 2025, -3])
+        jid = "" if rng.random() < 0.08 else (f'" {j}"' if rng.random() < 0.1 else str(j))
+        amounts = [rng.randint(1, 999) for _ in range(rng.randint(0, 3))]
+        amounts.append(-sum(amounts) + (7 if rng.random() < 0.15 else 0))
+        for n, cents in enumerate(amounts, 1):
+            amount = "x" if rng.random() < 0.04 else f"{cents / 100:.2f}"
+            currency = "EURO" if rng.random() < 0.04 else "EUR"
+            line = 1 if n > 1 and rng.random() < 0.05 else n   # a repeated line number
+            rows.append(f"{jid},{line},{year}-0{1 + j % 9}-1{j % 10},{year},"
+                        f"{rng.choice(['5250000', '1810000'])},{amount},{currency},"
+                        f"{_text(rng)},{_text(rng)}")
+    for _ in range(rng.randint(0, 2)):   # journals split across non-adjacent lines
+        rows.insert(rng.randint(0, len(rows)), rows.pop(rng.randrange(len(rows))))
+    if rng.random() < 0.3:
+        rows.append(rows[rng.randrange(len(rows))])   # a line delivered twice
+    end = "\r\n" if rng.random() < 0.5 else "\n"
+    cut = rng.randint(1, len(rows)) if rng.random() < 0.5 else len(rows)
+    folder.mkdir(parents=True)
+    for name, part in (("GL_a.csv", rows[:cut]), ("GL_b.csv", rows[cut:])):
+        if part:
+            (folder / name).write_bytes((end.join([HEADER, *part]) + end).encode("utf-8"))
+
+
+def _trimmed_in_query(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every text column trimmed inside the query, as before ``IngestResult.trim_later``."""
+    plain = mapped.to_bookings
+
+    def to_bookings(*args, **kwargs):
+        kwargs.pop("trim_later", None)
+        return plain(*args, **kwargs)
+
+    monkeypatch.setattr(ads, "to_bookings", to_bookings)
+    monkeypatch.setattr(mapped, "to_bookings", to_bookings)
+
+
+def _validated(folder: Path, work: Path, *, use_facts: bool, gx_rows: int) -> dict:
+    cfg = dataclasses.replace(settings(data_docs=False, gx_rows=gx_rows), entity="default")
+    result = ingest([folder], "ads", cfg, work)
+    if not use_facts:
+        result.facts = None
+    checked = validate.validate(result, context(work / "data", cfg))
+    checked.wait_for_gx()
+    run = checked.clean_path.parent
+    report = json.loads((run / "validation.json").read_text("utf-8"))
+    for volatile in ("timings", "run_id"):
+        report.pop(volatile, None)
+    return {"bookings": pl.read_parquet(checked.clean_path),
+            "quarantine": pl.read_parquet(run / "quarantine.parquet"),
+            "findings": pl.read_parquet(run / "validation_findings.parquet"),
+            "report": report}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_text_trimmed_after_the_read_equals_trimming_in_the_query(
+        tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatch):
+    _delivery(tmp_path / "in", seed)
+    cfg = dataclasses.replace(settings(data_docs=False), entity="default")
+    fast = ingest([tmp_path / "in"], "ads", cfg, tmp_path / "a")
+    assert fast.trim_later   # the fast path is taken
+    with monkeypatch.context() as patch:
+        _trimmed_in_query(patch)
+        slow = ingest([tmp_path / "in"], "ads", cfg, tmp_path / "b")
+        assert not slow.trim_later
+    got, want = fast.bookings.collect(), slow.bookings.collect()
+    assert got.equals(want), seed
+    assert got["description"].null_count() > 0   # whitespace-only values became null
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_validation_with_the_ingest_facts_equals_its_queries(tmp_path: Path, seed: int):
+    _delivery(tmp_path / "in", seed)
+    gx_rows = 0 if seed % 2 else 6
+    fast = _validated(tmp_path / "in", tmp_path / "a", use_facts=True, gx_rows=gx_rows)
+    slow = _validated(tmp_path / "in", tmp_path / "b", use_facts=False, gx_rows=gx_rows)
+    for name in ("bookings", "quarantine", "findings"):
+        assert fast[name].equals(slow[name]), (name, seed)
+    assert fast["report"] == slow["report"]
+
+
+def test_a_negative_fiscal_year_reaches_validation(tmp_path: Path):
+    """The journal runs' distinct-id count once cast the year to UInt64 strictly: a delivered
+    year below zero stopped the ingest with a Polars error instead of a validation result."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "GL.csv").write_text(
+        HEADER + "\n1,1,2024-03-01,-2024,5250000,10.00,EUR,a,b\n"
+        "1,2,2024-03-01,-2024,1810000,-10.00,EUR,a,b\n", "utf-8")
+    fast = _validated(folder, tmp_path / "a", use_facts=True, gx_rows=0)
+    slow = _validated(folder, tmp_path / "b", use_facts=False, gx_rows=0)
+    assert fast["report"] == slow["report"]
+    assert fast["quarantine"].equals(slow["quarantine"])
