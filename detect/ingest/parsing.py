@@ -304,7 +304,8 @@ def _chunk_state(chunk: Any, np: Any, pa: Any) -> tuple[bool, bool]:
     # first byte: byte 4 of every view; last byte of a value of up to 12 bytes: byte 3 + length
     if (_FIRST_BYTES[raw[4::16]] & present).any():
         return True, True
-    last = raw[np.arange(3, 16 * n, 16) + np.minimum(length, 12)]
+    # clipped: a null's view is not data (Arrow leaves its bytes unspecified)
+    last = raw[np.arange(3, 16 * n, 16) + np.clip(length, 0, 12)]
     if (_LAST_BYTES[last] & present & (length <= 12)).any():
         return True, True
     outside = np.flatnonzero(present & (length > 12))
