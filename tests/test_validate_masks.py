@@ -151,3 +151,34 @@ def test_number_ranges_of_sorted_ids_equal_the_grouped_ranges():
         assert number_ranges(ids, gap_max).equals(_number_ranges_grouped(ids, gap_max))
         shuffled = ids.sample(fraction=1.0, shuffle=True, seed=1)
         assert number_ranges(shuffled, gap_max).equals(_number_ranges_grouped(shuffled, gap_max))
+
+
+def test_fiscal_year_bounds_equal_date_arithmetic_for_odd_starts_and_leap_years():
+    """``add_derived``'s day-number bounds against the date arithmetic they replaced, for every
+    start month, leap and edge years, years outside 1000..9998, closing periods."""
+    import dataclasses
+    from datetime import date
+
+    from detect.config import Settings, ValidationSettings
+    from detect.validation.prepare import add_derived
+
+    years = [None, 999, 1000, 1900, 2000, 2023, 2024, 2100, 9998, 9999, -4]
+    frame = pl.DataFrame({"fiscal_year": years * 2, "period": [12] * len(years) + [13] * len(years),
+                          "posting_date": [date(2024, 2, 29)] * (2 * len(years)),
+                          "document_date": [None] * (2 * len(years))},
+                         schema_overrides={"fiscal_year": pl.Int32, "period": pl.Int32,
+                                           "document_date": pl.Date})
+    for start in range(1, 13):
+        for tol, closing in ((0, 0), (3, 30), (400, 1)):
+            vs = dataclasses.replace(ValidationSettings(), fiscal_year_tolerance_days=tol,
+                                     closing_period_days=closing)
+            cfg = Settings(fiscal_year_start_month=start, validation=vs)
+            got = add_derived(frame, cfg, set()).select("v_fy_first_day", "v_fy_last_day")
+            fy = pl.when(pl.col("fiscal_year").is_between(1000, 9998)).then(pl.col("fiscal_year"))
+            extra = pl.when(pl.col("period") >= 13).then(pl.duration(days=closing)) \
+                .otherwise(pl.duration(days=0))
+            want = frame.select(
+                (pl.date(fy, start, 1) - pl.duration(days=tol)).alias("v_fy_first_day"),
+                (pl.date(fy + 1, start, 1).dt.offset_by("-1d") + pl.duration(days=tol) + extra)
+                .alias("v_fy_last_day"))
+            assert got.equals(want), (start, tol, closing)
