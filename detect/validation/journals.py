@@ -151,7 +151,7 @@ def number_ranges(ids: pl.DataFrame, gap_max: int) -> pl.DataFrame:
     ``ids`` as ``numeric_ids`` returns them (sorted by fiscal_year, then num): a range starts
     where the fiscal year changes or the number jumps by more than ``gap_max``, so its bounds
     are the numbers at the starts and ends, and its size the distance between them (no window
-    per fiscal year and no group_by: 0.09 -> 0.01 CPU s for 493k ids)."""
+    per fiscal year and no group_by: 0.021 -> 0.004 CPU s for 493k ids)."""
     fy, num = pl.col("fiscal_year"), pl.col("num")
     sorted_ids = ids.select(
         (fy.is_not_null() & num.is_not_null()).all().alias("ok"),
