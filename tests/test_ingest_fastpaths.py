@@ -230,3 +230,17 @@ def test_text_state_ignores_the_bytes_of_null_views():
                                                                                     b"ab "))],
                                    null_count=1)
     assert text_state(padded)[0]
+
+
+def test_text_state_asks_for_trimming_on_any_other_layout():
+    """Only Arrow string views are read byte by byte; plain, large and dictionary strings (a
+    pyarrow or Polars that hands those over) are simply trimmed."""
+    import pyarrow as pa
+
+    from detect.ingest.parsing import text_state
+
+    for kind in (pa.string(), pa.large_string()):
+        assert text_state(pa.array(["a", "b"], type=kind)) == (True, True)
+    assert text_state(pa.array(["a", "b"]).dictionary_encode()) == (True, True)
+    assert text_state(pa.chunked_array([pa.array(["a", "b"], type=pa.large_string())] * 2)) \
+        == (True, True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
+import sys
 from typing import Any
 
 import polars as pl
@@ -285,8 +286,8 @@ def _chunk_state(chunk: Any, np: Any, pa: Any) -> tuple[bool, bool]:
     n, offset = len(chunk), chunk.offset
     if n == 0 or chunk.null_count == n:
         return False, False
-    if not pa.types.is_string_view(chunk.type):
-        return True, True
+    if not pa.types.is_string_view(chunk.type) or sys.byteorder != "little":
+        return True, True   # other layouts (large_string, ...) or views read below as "<i4"
     buffers = chunk.buffers()
     raw = np.frombuffer(buffers[1], dtype=np.uint8)[offset * 16:(offset + n) * 16]
     views = raw.view("<i4").reshape(n, 4)   # length, then 12 bytes: the value (up to 12
