@@ -244,3 +244,47 @@ def test_text_state_asks_for_trimming_on_any_other_layout():
     assert text_state(pa.array(["a", "b"]).dictionary_encode()) == (True, True)
     assert text_state(pa.chunked_array([pa.array(["a", "b"], type=pa.large_string())] * 2)) \
         == (True, True)
+
+
+def test_journal_runs_of_random_batches_equal_the_aggregates():
+    """``JournalRuns`` fed in random batch cuts against group_by / is_duplicated on the whole
+    frame: the flags never claim more than holds, and when the runs are the journals their
+    sums are the journals' sums."""
+    from decimal import Decimal
+
+    from detect.ingest import RUN_KEY, JournalRuns
+
+    rng = random.Random(11)
+    seen = {"distinct": 0, "unique_lines": 0}
+    for _ in range(300):
+        n = rng.randint(1, 30)
+        rows = {"entity": [rng.choice(["A", "B", None]) for _ in range(n)],
+                "fiscal_year": [rng.choice([2024, 2025, -1, None]) for _ in range(n)],
+                "journal_id": [rng.choice(["1", "2", "3", None]) for _ in range(n)],
+                "line_no": [rng.choice([1, 2, 3, None]) for _ in range(n)],
+                "amount": [rng.choice([Decimal("1.50"), Decimal("-2.25"), None])
+                           for _ in range(n)]}
+        if rng.random() < 0.5:   # sorted: journals in runs, sometimes lines in order
+            order = sorted(range(n), key=lambda i: tuple(
+                (v is None, v) for v in (rows[c][i] for c in (*RUN_KEY, "line_no"))))
+            rows = {c: [v[i] for i in order] for c, v in rows.items()}
+        frame = pl.DataFrame(rows, schema={"entity": pl.String, "fiscal_year": pl.Int32,
+                                           "journal_id": pl.String, "line_no": pl.Int32,
+                                           "amount": pl.Decimal(18, 2)})
+        cuts = sorted(rng.sample(range(1, n), rng.randint(0, n - 1))) if n > 1 else []
+        runs = JournalRuns()
+        for lo, hi in zip([0, *cuts], [*cuts, n], strict=True):
+            runs.add(frame.slice(lo, hi - lo))
+        runs.finish()
+        sums = frame.group_by(RUN_KEY).agg(pl.col("amount").fill_null(0).sum())
+        if runs.distinct:
+            assert runs.table.height == sums.height
+            assert runs.table.sort(RUN_KEY, nulls_last=True).equals(
+                sums.sort(RUN_KEY, nulls_last=True).select(runs.table.columns))
+        if runs.distinct_ids:
+            assert frame.select("fiscal_year", "journal_id").unique().height == runs.table.height
+        if runs.distinct and runs.lines_increase:
+            assert not frame.select(pl.struct(*RUN_KEY, "line_no").is_duplicated().any()).item()
+        seen["distinct"] += runs.distinct
+        seen["unique_lines"] += runs.distinct and runs.lines_increase
+    assert min(seen.values()) >= 20, seen   # the fast paths were taken, not only refused
