@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,21 @@ SCOPE_KEYS: tuple[str, ...] = ("rule_id", "vendor_id", "gl_account", "entered_by
 GENESIS = "0" * 64
 STORE_FILE = "review.sqlite"
 BUSY_TIMEOUT_MS = 60_000
+
+
+class Keep(Enum):
+    """Type of ``KEEP``: a decision that leaves a field as it is.
+
+    ``None`` cannot mean "unchanged" for the assignee because ``None`` is also how a reviewer
+    un-assigns an item, so an explicit marker is the default instead.
+    """
+
+    KEEP = "keep"
+
+
+KEEP = Keep.KEEP
+"""``assignee=KEEP`` (the default of every decision method): each item keeps its current
+assignee, and the event records that assignee (the log stays a full picture of each state)."""
 
 
 class StoreError(UserError):
@@ -596,9 +612,12 @@ class ReviewStore:
     # -- decisions --
 
     def record_decision(self, item_id: str, status: str, comment: str, user: str, *,
-                        run_id: str | None = None, assignee: str | None = None,
+                        run_id: str | None = None, assignee: str | None | Keep = KEEP,
                         suppression: dict[str, Any] | None = None) -> int:
         """Append one decision event; return its id. A correction is simply a newer event.
+
+        ``assignee``: ``KEEP`` (default) leaves the item's assignee as it is, a name assigns,
+        ``None`` un-assigns.
 
         ``suppression`` (only with ``no_finding``): a scope dict over ``SCOPE_KEYS`` that later
         runs apply; it is created in the same transaction and its id is part of the event.
@@ -616,8 +635,12 @@ class ReviewStore:
                                 supp_id)[0]
 
     def record_decisions(self, item_ids: list[str], status: str, comment: str, user: str, *,
-                         assignee: str | None = None) -> int:
-        """The same decision for many items, in one transaction; returns the number recorded."""
+                         assignee: str | None | Keep = KEEP) -> int:
+        """The same decision for many items, in one transaction; returns the number recorded.
+
+        ``assignee=KEEP`` (default): every item keeps its own assignee (a bulk decision must not
+        undo the work allocation); a name or ``None`` sets or clears it on all of them.
+        """
         if not item_ids:
             return 0
         with self._write() as conn:
@@ -626,7 +649,7 @@ class ReviewStore:
                                     assignee, None))
 
     def _append(self, conn: Connection, item_ids: list[str], status: str, comment: str,
-                user: str, run_id: str | None, assignee: str | None,
+                user: str, run_id: str | None, assignee: str | None | Keep,
                 suppression_id: str | None) -> list[int]:
         if status not in STATUSES:
             raise StoreError(f"unknown status {status!r}", hint=f"use one of {', '.join(STATUSES)}")
@@ -635,8 +658,11 @@ class ReviewStore:
             raise StoreError(f"a comment is required for the status {status}")
         if not (user or "").strip():
             raise StoreError("a decision needs a user")
-        known = dict(conn.execute(sa.select(items.c.item_id, items.c.last_run)
-                                  .where(items.c.item_id.in_(item_ids))).all())
+        # Read in the chain's write transaction (lock held), so KEEP sees the committed state.
+        rows = conn.execute(sa.select(items.c.item_id, items.c.last_run, items.c.assignee)
+                            .where(items.c.item_id.in_(item_ids))).all()
+        known = {r[0]: r[1] for r in rows}
+        current = {r[0]: r[2] for r in rows}
         missing = [i for i in item_ids if i not in known]
         if missing:
             raise StoreError(f"unknown review item {missing[0]!r}")
@@ -648,7 +674,8 @@ class ReviewStore:
             last_id += 1
             ev = {"id": last_id, "item_id": iid, "status": status, "comment": comment,
                   "user": user, "ts": now_iso(), "run_id": run_id or known[iid],
-                  "assignee": assignee, "suppression_id": suppression_id, "prev_hash": prev}
+                  "assignee": current[iid] if assignee is KEEP else assignee,
+                  "suppression_id": suppression_id, "prev_hash": prev}
             ev["hash"] = prev = event_hash(ev)
             events.append(ev)
         conn.execute(decisions.insert(), events)

@@ -327,3 +327,35 @@ def test_run_constants_are_stored_exactly(tmp_path: Path, store: ReviewStore, ru
         "r1", run_id, True)
     assert (rows["J2"]["last_run"], rows["J2"]["flagged"]) == (run_id, False)
     assert (rows["J3"]["last_run"], rows["J3"]["flagged"]) == ("r1", True)  # outside the scope
+
+
+def test_decisions_keep_each_items_assignee_unless_one_is_given(tmp_path: Path,
+                                                                store: ReviewStore) -> None:
+    """A decision without an assignee (bulk or single) must not undo the work allocation.
+
+    The kept assignee is written into the event too, so the hash chain covers the state as it
+    is, and an explicit name or ``None`` still assigns or un-assigns.
+    """
+    store.publish_run(ctx(tmp_path, "r1"), findings(["J1", "J2", "J3", "J4"]))
+    j1, j2, j3, j4 = (item_id("Musterstadt", 2024, j) for j in ("J1", "J2", "J3", "J4"))
+    store.record_decision(j1, "clarify", "an Anna", "carla", assignee="anna")
+    store.record_decision(j2, "clarify", "an Bernd", "carla", assignee="bernd")
+    assert store.record_decisions([j1, j2, j3], "confirmed", "Sammelprüfung", "dora") == 3
+    assignees = {r["item_id"]: r["assignee"] for r in store.items().iter_rows(named=True)}
+    assert assignees == {j1: "anna", j2: "bernd", j3: None, j4: None}
+    bulk = {e["item_id"]: e for e in store.decision_log().iter_rows(named=True) if e["id"] > 2}
+    assert {i: (e["status"], e["assignee"]) for i, e in bulk.items()} == {
+        j1: ("confirmed", "anna"), j2: ("confirmed", "bernd"), j3: ("confirmed", None)}
+    assert store.get_item(j1)["status"] == "confirmed"
+    # single decision without an assignee: kept as well
+    store.record_decision(j1, "no_finding", "doch nicht", "anna")
+    assert store.get_item(j1)["assignee"] == "anna" and store.history(j1)[-1]["assignee"] == "anna"
+    # explicit values still set and clear, in bulk and single
+    assert store.record_decisions([j2, j4], "clarify", "Rückfrage", "dora", assignee="carla") == 2
+    assert (store.get_item(j2)["assignee"], store.get_item(j4)["assignee"]) == ("carla", "carla")
+    store.record_decisions([j4], "clarify", "zurück in den Pool", "dora", assignee=None)
+    store.record_decision(j2, "clarify", "niemand", "dora", assignee=None)
+    assert store.get_item(j2)["assignee"] is None and store.get_item(j4)["assignee"] is None
+    assert [e["assignee"] for e in store.history(j2)] == ["bernd", "bernd", "carla", None]
+    verdict = store.verify_log()
+    assert verdict.ok and verdict.events == 10

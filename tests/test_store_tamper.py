@@ -130,3 +130,17 @@ def test_consistently_rewritten_chain_is_caught_by_run_anchors(store: ReviewStor
     assert not result.ok and "run r2 recorded the head" in result.message
     assert main(["verify-log", "--data-dir", str(tmp_path)]) == 1
     assert "the log was rewritten" in capsys.readouterr().out
+
+
+def test_kept_assignee_of_a_bulk_decision_is_covered_by_the_chain(
+        store: ReviewStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A bulk decision records each item's kept assignee in its event; the hash covers it."""
+    j1, j2 = item_id("M", 2024, "J1"), item_id("M", 2024, "J2")
+    store.record_decision(j1, "clarify", "an Anna", "chef", assignee="anna")        # event 7
+    assert store.record_decisions([j1, j2], "clarify", "Sammel", "chef") == 2       # 8, 9
+    assert [e["assignee"] for e in store.history(j1)][-2:] == ["anna", "anna"]
+    assert main(["verify-log", "--data-dir", str(tmp_path)]) == 0
+    assert "decision log intact: 9 events" in capsys.readouterr().out
+    sql(store, "UPDATE decisions SET assignee = NULL WHERE id = 8")
+    result = store.verify_log()
+    assert (result.ok, result.first_broken) == (False, 8)
