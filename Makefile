@@ -6,9 +6,11 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test install browser bench clean
 
+# setuptools>=77 in the venv itself: tests/test_packaging.py builds the wheel offline
+# (--no-build-isolation), and the SPDX license string needs it (3.11's venv has 65.5)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --upgrade pip "setuptools>=77"
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $(STAMP)
 

@@ -166,8 +166,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_app(args: argparse.Namespace) -> int:
-    app = Path(__file__).resolve().parent.parent / "app.py"
-    if not app.exists():
+    root = Path(__file__).resolve().parent.parent
+    app = root / "app.py"
+    # the checkout's app.py only in a checkout: an installed package's parent is site-packages,
+    # where a top-level app.py (if any) belongs to some other distribution
+    if not (app.exists() and (root / "pyproject.toml").is_file()):
         from importlib.resources import files
         app = Path(str(files("detect") / "app_entry.py"))
     env = dict(os.environ, BELEGWACHT_DATA_DIR=str(_data_dir(args).resolve()))

@@ -40,9 +40,20 @@ class RuleError(UserError):
 
 
 def default_rules_dir() -> Path:
-    """``$BELEGWACHT_RULES_DIR`` or the ``rules/`` folder next to the package."""
+    """``$BELEGWACHT_RULES_DIR``, else the catalog the wheel ships, else the checkout's ``rules/``.
+
+    The catalog stays at the repository root (reviewable next to the code); a wheel carries
+    it as ``detect/_catalog`` (``package-dir`` mapping in pyproject.toml), since an installed
+    package has no ``rules/`` next to it. Only an install has ``detect/_catalog``: in a
+    checkout or an editable install the folder is absent and the checkout's ``rules/`` wins,
+    and an install never picks up a stray ``rules/`` two levels above site-packages.
+    """
     env = os.environ.get(RULES_ENV)
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "rules"
+    if env:
+        return Path(env)
+    package = Path(__file__).resolve().parents[1]
+    bundled = package / "_catalog"
+    return bundled if bundled.is_dir() else package.parent / "rules"
 
 
 def load_catalog(root: Path | None = None) -> list[Rule]:

@@ -22,7 +22,17 @@ from typing import Any
 from detect.config import Settings
 from detect.errors import ConfigError
 
-BUNDLED_DIR = Path(__file__).resolve().parents[2] / "expectations"
+
+def _bundled_dir() -> Path:
+    """The suites the wheel ships (``detect/_expectations``, mapped from ``expectations/`` in
+    pyproject.toml), else the checkout's ``expectations/`` (source tree, editable install):
+    an installed package has no ``expectations/`` next to it."""
+    package = Path(__file__).resolve().parents[1]
+    bundled = package / "_expectations"
+    return bundled if bundled.is_dir() else package.parent / "expectations"
+
+
+BUNDLED_DIR = _bundled_dir()
 COLUMN_KWARGS = ("column", "column_A", "column_B")
 
 
