@@ -12,7 +12,7 @@ import pytest
 from detect import history, validate
 from detect.ingest import Facts, ingest
 from detect.ingest.textio import file_identity
-from validate_support import context, settings
+from validate_support import context, settings, validated_both_ways
 
 HEADER = "Journal_ID,Journal_ID_Line_Number,Effective_Date,Fiscal_Year,GL_Account_Number,Amount\n"
 
@@ -149,25 +149,6 @@ def test_ads_text_fields_are_trimmed_where_padded(tmp_path: Path):
     assert got["gl_account"].to_list() == ["5250000", "1810000", "5250000"]
 
 
-def _validated(folder: Path, work: Path, *, use_facts: bool, gx_rows: int) -> dict:
-    import json
-
-    cfg = dataclasses.replace(settings(data_docs=False, gx_rows=gx_rows), entity="default")
-    result = ingest([folder], "ads", cfg, work)
-    if not use_facts:
-        result.facts = None
-    checked = validate.validate(result, context(work / "data", cfg))
-    checked.wait_for_gx()
-    run = checked.clean_path.parent
-    report = json.loads((run / "validation.json").read_text("utf-8"))
-    report.pop("timings", None)
-    report.pop("run_id", None)
-    return {"bookings": pl.read_parquet(checked.clean_path),
-            "quarantine": pl.read_parquet(run / "quarantine.parquet"),
-            "findings": pl.read_parquet(run / "validation_findings.parquet"),
-            "report": report}
-
-
 @pytest.mark.parametrize("layout", ["runs", "split_journal", "repeated_line", "null_ids"])
 def test_journal_runs_give_the_queries_results(tmp_path: Path, layout: str):
     """Validation with the ingest's journal runs (unbalanced journals, duplicate keys, journal
@@ -194,9 +175,9 @@ def test_journal_runs_give_the_queries_results(tmp_path: Path, layout: str):
     assert runs.distinct == (layout in ("runs", "repeated_line"))
     assert runs.lines_increase == (layout != "repeated_line")
     for gx_rows in (0, 6):
-        fast = _validated(tmp_path / "in", tmp_path / f"a{gx_rows}", use_facts=True,
+        fast = validated_both_ways(tmp_path / "in", tmp_path / f"a{gx_rows}", use_facts=True,
                           gx_rows=gx_rows)
-        slow = _validated(tmp_path / "in", tmp_path / f"b{gx_rows}", use_facts=False,
+        slow = validated_both_ways(tmp_path / "in", tmp_path / f"b{gx_rows}", use_facts=False,
                           gx_rows=gx_rows)
         for name in ("bookings", "quarantine", "findings"):
             assert fast[name].equals(slow[name]), (name, gx_rows)

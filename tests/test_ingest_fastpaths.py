@@ -22,7 +22,7 @@ from detect import validate
 from detect.errors import DeliveryRejected
 from detect.ingest import ads, ingest, mapped
 from detect.privacy import KEY_FILE
-from validate_support import context, settings
+from validate_support import context, settings, validated_both_ways
 
 HEADER = ("Journal_ID,Journal_ID_Line_Number,Effective_Date,Fiscal_Year,GL_Account_Number,"
           "Amount,Amount_Currency,JE_Line_Description,Reference_Number")
@@ -79,23 +79,6 @@ def _trimmed_in_query(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mapped, "to_bookings", to_bookings)
 
 
-def _validated(folder: Path, work: Path, *, use_facts: bool, gx_rows: int) -> dict:
-    cfg = dataclasses.replace(settings(data_docs=False, gx_rows=gx_rows), entity="default")
-    result = ingest([folder], "ads", cfg, work)
-    if not use_facts:
-        result.facts = None
-    checked = validate.validate(result, context(work / "data", cfg))
-    checked.wait_for_gx()
-    run = checked.clean_path.parent
-    report = json.loads((run / "validation.json").read_text("utf-8"))
-    for volatile in ("timings", "run_id"):
-        report.pop(volatile, None)
-    return {"bookings": pl.read_parquet(checked.clean_path),
-            "quarantine": pl.read_parquet(run / "quarantine.parquet"),
-            "findings": pl.read_parquet(run / "validation_findings.parquet"),
-            "report": report}
-
-
 @pytest.mark.parametrize("seed", range(6))
 def test_text_trimmed_after_the_read_equals_trimming_in_the_query(
         tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatch):
@@ -116,8 +99,8 @@ def test_text_trimmed_after_the_read_equals_trimming_in_the_query(
 def test_validation_with_the_ingest_facts_equals_its_queries(tmp_path: Path, seed: int):
     _delivery(tmp_path / "in", seed)
     gx_rows = 0 if seed % 2 else 6
-    fast = _validated(tmp_path / "in", tmp_path / "a", use_facts=True, gx_rows=gx_rows)
-    slow = _validated(tmp_path / "in", tmp_path / "b", use_facts=False, gx_rows=gx_rows)
+    fast = validated_both_ways(tmp_path / "in", tmp_path / "a", use_facts=True, gx_rows=gx_rows)
+    slow = validated_both_ways(tmp_path / "in", tmp_path / "b", use_facts=False, gx_rows=gx_rows)
     for name in ("bookings", "quarantine", "findings"):
         assert fast[name].equals(slow[name]), (name, seed)
     assert fast["report"] == slow["report"]
@@ -131,8 +114,8 @@ def test_a_negative_fiscal_year_reaches_validation(tmp_path: Path):
     (folder / "GL.csv").write_text(
         HEADER + "\n1,1,2024-03-01,-2024,5250000,10.00,EUR,a,b\n"
         "1,2,2024-03-01,-2024,1810000,-10.00,EUR,a,b\n", "utf-8")
-    fast = _validated(folder, tmp_path / "a", use_facts=True, gx_rows=0)
-    slow = _validated(folder, tmp_path / "b", use_facts=False, gx_rows=0)
+    fast = validated_both_ways(folder, tmp_path / "a", use_facts=True, gx_rows=0)
+    slow = validated_both_ways(folder, tmp_path / "b", use_facts=False, gx_rows=0)
     assert fast["report"] == slow["report"]
     assert fast["quarantine"].equals(slow["quarantine"])
 

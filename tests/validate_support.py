@@ -77,3 +77,26 @@ def ingest_folder(folder: Path, cfg: Settings, fmt: str = "ads",
         from detect.ingest.control import read_control_totals
         result.control_totals.append(read_control_totals(control_totals))
     return result
+
+
+def validated_both_ways(folder: Path, work: Path, *, use_facts: bool, gx_rows: int) -> dict:
+    """Ingest an ADS folder and validate it, with the ingest's facts (the fast paths) or, with
+    ``use_facts=False``, by validation's own queries; the outputs to compare."""
+    import json
+
+    from detect import validate
+
+    cfg = dataclasses.replace(settings(data_docs=False, gx_rows=gx_rows), entity="default")
+    result = ingest([folder], "ads", cfg, work)
+    if not use_facts:
+        result.facts = None
+    checked = validate.validate(result, context(work / "data", cfg))
+    checked.wait_for_gx()
+    run = checked.clean_path.parent
+    report = json.loads((run / "validation.json").read_text("utf-8"))
+    for volatile in ("timings", "run_id"):
+        report.pop(volatile, None)
+    return {"bookings": pl.read_parquet(checked.clean_path),
+            "quarantine": pl.read_parquet(run / "quarantine.parquet"),
+            "findings": pl.read_parquet(run / "validation_findings.parquet"),
+            "report": report}
