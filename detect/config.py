@@ -18,6 +18,9 @@ Example::
     [thresholds]
     procurement = [1000, 3000, 25000, 100000]   # Vergabe-Wertgrenzen, EUR net
 
+    [store]
+    keep_failed_runs = 10          # failed run folders kept per entity (-1 = all)
+
     [entities.Nebenstadt]
     state = "BY"
 """
@@ -145,6 +148,24 @@ class ScoringSettings:
 
 
 @dataclass
+class StoreSettings:
+    keep_failed_runs: int = 10
+    """Keep the folders (``runs/<id>.failed/``) of this many most recent failed runs per
+    entity; older ones are removed at the start of the entity's next run, under its lock (a
+    failing 10M delivery leaves ~350 MB a night). Their outcome and error stay in the
+    store's runs table. 0 = keep none (a failure's folder lasts until the next run),
+    -1 = keep all."""
+
+    def __post_init__(self) -> None:
+        value = self.keep_failed_runs
+        if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+            raise ConfigError(
+                f"[store] keep_failed_runs must be a whole number >= -1, not {value!r}",
+                hint="the number of failed run folders to keep per entity: 10 (default), "
+                     "0 = keep none, -1 = keep all")
+
+
+@dataclass
 class AppSettings:
     session_timeout_minutes: int = 60
     language: str = "de"
@@ -179,6 +200,7 @@ class Settings:
     models: ModelSettings = field(default_factory=ModelSettings)
     scoring: ScoringSettings = field(default_factory=ScoringSettings)
     app: AppSettings = field(default_factory=AppSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
     rules: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per-rule overrides: ``{rule_id: {"enabled": bool, <param>: value}}``."""
     mapping: str = ""

@@ -15,6 +15,9 @@ the inbox (perhaps under another name) must not be processed twice.
   is either completed (the store had committed it: roll forward) or renamed to
   ``runs/<id>.failed`` and recorded as aborted; an interrupted history merge is finished or
   discarded; ``CURRENT`` is pointed at the newest published run if a crash left it behind.
+- ``prune_failed``: at the start of a run (under the lock, after ``recover``) only the newest
+  ``[store] keep_failed_runs`` ``runs/<id>.failed`` folders of the entity are kept; their errors
+  stay in the store's runs table.
 - ``crash_point``: named checkpoints; ``BELEGWACHT_CRASH_AT=<name>`` makes the process SIGKILL
   itself there (for the crash tests; never set it in production).
 """
@@ -325,6 +328,67 @@ def recover(data_dir: Path, entity: str, store: Any) -> list[str]:
             publish_pointers(data_dir, entity, latest)
             notes.append(f"pointed CURRENT at {latest}, the newest published run")
     return notes
+
+
+def _run_id_entity(run_id: str) -> str:
+    """The entity part of a run id (``<UTC stamp>_<safe entity>``; the stamp has no '_')."""
+    return run_id.partition("_")[2]
+
+
+def prune_failed(data_dir: Path, entity: str, store: Any, keep: int,
+                 log: Any = None) -> list[str]:
+    """Remove all but the newest ``keep`` ``runs/<id>.failed`` folders of ``entity``.
+
+    Why: a delivery that fails every night keeps its ingested Parquet in each ``.failed``
+    folder (10M lines: ~350 MB a night) and nothing else ever removes them. Whole folders go,
+    not just their ``tmp/``: the error stays in the store's runs table (recorded before the
+    folder was renamed), and a bounded count is simpler to reason about than stubs that still
+    pile up. Call under the entity's lock, after ``recover`` (so runs it just aborted count).
+    Run ids start with a fixed-width UTC stamp, so they sort by time; the newest are kept.
+    Only ``.failed`` folders are considered (never ``.partial`` ones, which ``recover``
+    handles, nor published runs); another entity's folders, and any folder the store says
+    was published, are left alone. ``keep`` < 0 keeps all. Returns the notes for the log.
+    ``log`` (a ``StepLog`` shared by the runs of an inbox) still points at the previous run's
+    ``run.log.jsonl``; if that folder is removed, the path is dropped, so that the next
+    warning does not create the folder again.
+    """
+    from detect.pipeline import RUNS
+
+    runs = Path(data_dir) / RUNS
+    if keep < 0 or not runs.is_dir():
+        return []
+    mine = []
+    for folder in runs.glob("*.failed"):
+        run_id = folder.name.removesuffix(".failed")
+        owner = _run_entity(folder)
+        if owner == entity or (owner is None
+                               and _run_id_entity(run_id) == _entity_suffix(entity)[1:]):
+            mine.append(folder)
+    mine.sort(key=lambda f: f.name)
+    removed: list[str] = []
+    notes: list[str] = []
+    for folder in mine[:max(0, len(mine) - keep)]:
+        run_id = folder.name.removesuffix(".failed")
+        record = store.get_run(run_id)
+        if record and record["outcome"] == "published":
+            continue  # cannot happen by design; never delete what the store calls published
+        if record is None:  # e.g. a folder copied in by hand: leave a trace before it goes
+            store.fail_run(run_id, "failed run folder found without a record; removed by "
+                           "[store] keep_failed_runs", outcome="aborted", entity=entity)
+        try:
+            shutil.rmtree(folder)
+        except OSError as exc:  # housekeeping must not fail the run; say so and go on
+            notes.append(f"could not remove runs/{run_id}.failed: {exc}")
+            continue
+        removed.append(run_id)
+    stale = getattr(log, "json_path", None)
+    if stale is not None and Path(stale).parent in {runs / f"{r}.failed" for r in removed}:
+        log.json_path = None
+    if not removed:
+        return notes
+    return notes + [f"removed {len(removed)} old failed run folder(s) of {entity} ([store] "
+            f"keep_failed_runs = {keep}; their errors stay in the store's runs table): "
+            + ", ".join(f"runs/{r}.failed" for r in removed)]
 
 
 def _entity_suffix(entity: str) -> str:

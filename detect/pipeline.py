@@ -250,6 +250,8 @@ def run_delivery(sources: list[Path], *, fmt: str, settings: Settings, data_dir:
             log.warn(note)
         review = ReviewStore.for_data_dir(data_dir, settings.store_url)
         recovered = lifecycle.recover(data_dir, settings.entity, review)
+        recovered += lifecycle.prune_failed(data_dir, settings.entity, review,
+                                            settings.store.keep_failed_runs, log)
         for note in recovered:
             log.warn(note)
         previous = review.delivery_run(settings.entity, delivery.hash)

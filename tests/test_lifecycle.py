@@ -23,8 +23,8 @@ import pytest
 
 import detect
 from detect import lifecycle, pipeline
-from detect.config import Settings
-from detect.errors import AlreadyProcessed, DeliveryRejected, RunLocked
+from detect.config import Settings, StoreSettings, load_settings
+from detect.errors import AlreadyProcessed, ConfigError, DeliveryRejected, RunLocked
 from detect.ingest import IngestResult, InputFile
 from detect.runlog import StepLog
 from detect.schema import conform
@@ -397,6 +397,140 @@ def test_recover_points_current_at_the_newest_published_run(tmp_path: Path) -> N
     assert lifecycle.recover(var, "M", store) == [
         "pointed CURRENT at 20240102T000000000000Z_M, the newest published run"]
     assert (var / "CURRENT").read_text().strip() == "20240102T000000000000Z_M"
+
+
+# --- retention of failed run folders -----------------------------------------------------------
+
+def failed_run(var: Path, store: ReviewStore, run_id: str, entity: str | None,
+               *, recorded: bool = True) -> Path:
+    """A ``runs/<id>.failed`` folder with a tmp/ Parquet, as ``_record_failure`` leaves it;
+    ``entity=None`` leaves out RUN_INFO.json (a run killed right after mkdir)."""
+    folder = var / "runs" / f"{run_id}.failed"
+    (folder / "tmp").mkdir(parents=True)
+    if entity is not None:
+        lifecycle.write_run_info(folder, run_id, entity, None)
+    (folder / "tmp" / "bookings.parquet").write_bytes(b"x" * 100)
+    (folder / "run.log.jsonl").write_text("{}\n")
+    if recorded:
+        store.start_run(run_id, entity or "M")
+        store.fail_run(run_id, f"error of {run_id}")
+    return folder
+
+
+def stamp(day: int) -> str:
+    return f"202401{day:02d}T000000000000Z"
+
+
+def test_prune_keeps_the_newest_failed_folders_of_the_entity_only(tmp_path: Path) -> None:
+    var = tmp_path / "var"
+    store = ReviewStore.for_data_dir(var)
+    # N + 2 = 5 failed runs of M, created out of order (kept by run id = time, not by mtime)
+    for day in (3, 1, 5, 2, 4):
+        failed_run(var, store, f"{stamp(day)}_M", "M")
+    failed_run(var, store, f"{stamp(6)}_M", None)   # no RUN_INFO: the run id names M
+    for day in (1, 2):                               # another entity: not ours to remove
+        failed_run(var, store, f"{stamp(day)}_N", "N")
+    failed_run(var, store, f"{stamp(1)}_X_M", None)  # entity "X_M", not M
+    (var / "runs" / f"{stamp(1)}_M").mkdir()         # published runs and live partials stay
+    partial_run(var, f"{stamp(7)}_M", "M")
+    partial_run(var, f"{stamp(1)}_N", "N")
+    notes = lifecycle.prune_failed(var, "M", store, keep=3)
+    removed = [f"{stamp(day)}_M" for day in (1, 2, 3)]
+    assert notes == [
+        "removed 3 old failed run folder(s) of M ([store] keep_failed_runs = 3; their errors "
+        "stay in the store's runs table): " + ", ".join(f"runs/{r}.failed" for r in removed)]
+    assert sorted(p.name for p in (var / "runs").iterdir()) == sorted([
+        f"{stamp(4)}_M.failed", f"{stamp(5)}_M.failed", f"{stamp(6)}_M.failed",
+        f"{stamp(1)}_N.failed", f"{stamp(2)}_N.failed", f"{stamp(1)}_X_M.failed",
+        f"{stamp(1)}_M", f"{stamp(7)}_M.partial", f"{stamp(1)}_N.partial"])
+    for run_id in removed:  # the failure itself stays recorded
+        record = store.get_run(run_id)
+        assert (record["outcome"], record["error"]) == ("failed", f"error of {run_id}")
+    assert lifecycle.prune_failed(var, "M", store, keep=3) == []  # idempotent
+
+
+@pytest.mark.parametrize("keep, left", [(0, []), (-1, [1, 2, 3]), (5, [1, 2, 3])])
+def test_prune_keep_zero_removes_all_and_minus_one_keeps_all(
+        tmp_path: Path, keep: int, left: list[int]) -> None:
+    var = tmp_path / "var"
+    store = ReviewStore.for_data_dir(var)
+    for day in (1, 2, 3):
+        failed_run(var, store, f"{stamp(day)}_M", "M")
+    failed_run(var, store, f"{stamp(1)}_N", "N")
+    lifecycle.prune_failed(var, "M", store, keep=keep)
+    assert sorted(p.name for p in (var / "runs").iterdir()) == sorted(
+        [f"{stamp(day)}_M.failed" for day in left] + [f"{stamp(1)}_N.failed"])
+    assert [store.get_run(f"{stamp(d)}_M")["outcome"] for d in (1, 2, 3)] == ["failed"] * 3
+
+
+def test_prune_records_an_unrecorded_folder_and_spares_a_published_run(tmp_path: Path) -> None:
+    var = tmp_path / "var"
+    store = ReviewStore.for_data_dir(var)
+    failed_run(var, store, f"{stamp(1)}_M", "M", recorded=False)
+    failed_run(var, store, f"{stamp(2)}_M", "M", recorded=False)
+    store.publish_run(types.SimpleNamespace(entity="M", run_id=f"{stamp(2)}_M", run_dir=var,
+                                            rescore_history=False), pl.DataFrame())
+    lifecycle.prune_failed(var, "M", store, keep=0)
+    assert [p.name for p in (var / "runs").iterdir()] == [f"{stamp(2)}_M.failed"]
+    assert store.get_run(f"{stamp(1)}_M")["outcome"] == "aborted"
+
+
+def test_a_run_applies_keep_failed_runs_and_logs_it(tmp_path: Path, stages: Stages) -> None:
+    """N + 2 failing nights leave N failed folders once the next run starts."""
+    var = tmp_path / "var"
+    settings = Settings(entity="M", store=StoreSettings(keep_failed_runs=2))
+    log = StepLog(quiet=True)
+    stages.fail_at, stages.error = "validate", DeliveryRejected("bad", file="d.csv")
+    failed_ids = []
+    for night in range(4):
+        with pytest.raises(DeliveryRejected):
+            pipeline.run_delivery([delivery(tmp_path / "in" / f"d{night}.csv",
+                                            {f"J{night}": "500.00"})],
+                                  fmt="auto", settings=settings, data_dir=var, log=log)
+        failed_ids.append(max(p.name for p in (var / "runs").glob("*.failed"))
+                          .removesuffix(".failed"))
+    assert len(list((var / "runs").glob("*.failed"))) == 3   # 2 kept + the newest failure
+    stages.fail_at = None
+    summary = pipeline.run_delivery([delivery(tmp_path / "in" / "ok.csv", {"J9": "500.00"})],
+                                    fmt="auto", settings=settings, data_dir=var, log=log)
+    assert sorted(p.name for p in (var / "runs").iterdir()) == sorted(
+        [f"{r}.failed" for r in failed_ids[2:]] + [summary.run_id])
+    [note] = [n for n in summary.manifest["recovered"] if n.startswith("removed")]
+    assert f"runs/{failed_ids[1]}.failed" in note and failed_ids[2] not in note
+    store = ReviewStore.for_data_dir(var)
+    assert [store.get_run(r)["outcome"] for r in failed_ids] == ["failed"] * 4
+
+
+def test_keep_zero_removes_the_last_failure_at_the_next_run_without_resurrecting_it(
+        tmp_path: Path, stages: Stages) -> None:
+    """An inbox shares one StepLog whose path still names the previous (failed) run's log:
+    the start-of-run warning about removing that folder must not create it again."""
+    var = tmp_path / "var"
+    settings = Settings(entity="M", store=StoreSettings(keep_failed_runs=0))
+    log = StepLog(quiet=True)
+    stages.fail_at = "rules"
+    for night in range(2):
+        with pytest.raises(RuntimeError):
+            pipeline.run_delivery([delivery(tmp_path / "in" / f"d{night}.csv",
+                                            {f"J{night}": "500.00"})],
+                                  fmt="auto", settings=settings, data_dir=var, log=log)
+        [failed] = list((var / "runs").glob("*.failed"))  # the newest failure only
+        assert (failed / "RUN_INFO.json").exists()
+    assert log.json_path == failed / "run.log.jsonl"
+
+
+@pytest.mark.parametrize("value", ["-2", "2.5", "true", '"ten"'])
+def test_keep_failed_runs_must_be_a_whole_number_from_minus_one(tmp_path: Path,
+                                                                 value: str) -> None:
+    path = tmp_path / "belegwacht.toml"
+    path.write_text(f"[store]\nkeep_failed_runs = {value}\n")
+    with pytest.raises(ConfigError, match=r"\[store\] keep_failed_runs must be a whole number "
+                                          r">= -1, not "):
+        load_settings(path)
+    path.write_text("[store]\nkeep_failed_runs = -1\n[entities.N.store]\nkeep_failed_runs = 0\n")
+    assert load_settings(path, entity="M").store.keep_failed_runs == -1
+    assert load_settings(path, entity="N").store.keep_failed_runs == 0
+    assert Settings().store.keep_failed_runs == 10
 
 
 # --- inbox -------------------------------------------------------------------------------------
