@@ -335,8 +335,7 @@ def _run_id_entity(run_id: str) -> str:
     return run_id.partition("_")[2]
 
 
-def prune_failed(data_dir: Path, entity: str, store: Any, keep: int,
-                 log: Any = None) -> list[str]:
+def prune_failed(data_dir: Path, entity: str, store: Any, keep: int) -> list[str]:
     """Remove all but the newest ``keep`` ``runs/<id>.failed`` folders of ``entity``.
 
     Why: a delivery that fails every night keeps its ingested Parquet in each ``.failed``
@@ -348,9 +347,6 @@ def prune_failed(data_dir: Path, entity: str, store: Any, keep: int,
     Only ``.failed`` folders are considered (never ``.partial`` ones, which ``recover``
     handles, nor published runs); another entity's folders, and any folder the store says
     was published, are left alone. ``keep`` < 0 keeps all. Returns the notes for the log.
-    ``log`` (a ``StepLog`` shared by the runs of an inbox) still points at the previous run's
-    ``run.log.jsonl``; if that folder is removed, the path is dropped, so that the next
-    warning does not create the folder again.
     """
     from detect.pipeline import RUNS
 
@@ -381,9 +377,6 @@ def prune_failed(data_dir: Path, entity: str, store: Any, keep: int,
             notes.append(f"could not remove runs/{run_id}.failed: {exc}")
             continue
         removed.append(run_id)
-    stale = getattr(log, "json_path", None)
-    if stale is not None and Path(stale).parent in {runs / f"{r}.failed" for r in removed}:
-        log.json_path = None
     if not removed:
         return notes
     return notes + [f"removed {len(removed)} old failed run folder(s) of {entity} ([store] "

@@ -243,6 +243,7 @@ def run_delivery(sources: list[Path], *, fmt: str, settings: Settings, data_dir:
         delivery = hashing.result()
     if wait_seconds is None:
         wait_seconds = float(os.environ.get("BELEGWACHT_LOCK_WAIT", "0") or 0)
+    log.json_path = None  # an inbox's log still names the previous run's file: not this run's
     with lifecycle.RunLock(data_dir, settings.entity, run_id=run_id,
                            wait_seconds=wait_seconds) as lock:
         lifecycle.crash_point("locked")
@@ -251,7 +252,7 @@ def run_delivery(sources: list[Path], *, fmt: str, settings: Settings, data_dir:
         review = ReviewStore.for_data_dir(data_dir, settings.store_url)
         recovered = lifecycle.recover(data_dir, settings.entity, review)
         recovered += lifecycle.prune_failed(data_dir, settings.entity, review,
-                                            settings.store.keep_failed_runs, log)
+                                            settings.store.keep_failed_runs)
         for note in recovered:
             log.warn(note)
         previous = review.delivery_run(settings.entity, delivery.hash)
@@ -272,6 +273,8 @@ def run_delivery(sources: list[Path], *, fmt: str, settings: Settings, data_dir:
             lifecycle.write_run_info(partial, run_id, settings.entity, delivery)
             review.start_run(run_id, settings.entity, delivery_hash=delivery.hash)
             log.json_path = partial / "run.log.jsonl"
+            for note in lock.notes + recovered:  # warned before this run's log existed
+                log.event("warning", message=note)
             ctx = RunContext(run_id, partial, data_dir, settings.entity, settings, log,
                              rescore_history)
             try:

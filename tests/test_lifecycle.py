@@ -517,6 +517,10 @@ def test_keep_zero_removes_the_last_failure_at_the_next_run_without_resurrecting
         [failed] = list((var / "runs").glob("*.failed"))  # the newest failure only
         assert (failed / "RUN_INFO.json").exists()
     assert log.json_path == failed / "run.log.jsonl"
+    # the removal was said before the second run's log existed: it is in that log all the same
+    events = [json.loads(line) for line in (failed / "run.log.jsonl").read_text().splitlines()]
+    assert [e["message"] for e in events if e["event"] == "warning"
+            and e["message"].startswith("removed 1 old failed run folder")]
 
 
 @pytest.mark.parametrize("value", ["-2", "2.5", "true", '"ten"'])
