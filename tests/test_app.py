@@ -277,6 +277,80 @@ def test_bulk_decision_on_filtered_selection(env: dict) -> None:
     assert f"{n} Entscheidungen gespeichert" in _all_text(at)
 
 
+def test_bulk_decision_keeps_each_items_assignee(env: dict) -> None:
+    """The bulk form has no assignee field: it must not undo the work allocation."""
+    store: ReviewStore = env["store"]
+    ids = env["findings"].filter(pl.col("rule_ids") == "TIM001")["item_id"].to_list()
+    store.record_decision(ids[0], "open", "", "anna", assignee="bert")
+    store.record_decision(ids[1], "open", "", "anna", assignee="anna")
+    at = app_as(AppUser("anna", "auditor")).run()
+    at.multiselect(key="f_rule").set_value(["TIM001"]).run()
+    at.switch_page("detect/app/pages/bulk.py").run()
+    at.radio(key="b_status").set_value("clarify")
+    at.checkbox(key="b_confirm").check()
+    at.form_submit_button[0].click().run()
+    assert not at.exception and f"{len(ids)} Entscheidungen gespeichert" in _all_text(at)
+    assert (store.get_item(ids[0])["assignee"], store.get_item(ids[1])["assignee"]) == (
+        "bert", "anna")
+    assert store.get_item(ids[0])["status"] == "clarify"
+    bulk = store.decision_log().filter(pl.col("id") > 2)
+    assert dict(zip(bulk["item_id"], bulk["assignee"], strict=True))[ids[0]] == "bert"
+    assert store.verify_log().ok
+
+
+@pytest.mark.parametrize("first_assignee, second_assignee", [("bert", None), (None, "bert")])
+def test_item_form_does_not_carry_an_assignee_over_to_the_next_item(
+        env: dict, first_assignee: str | None, second_assignee: str | None) -> None:
+    """The assignee field is keyed per page, and Streamlit keeps a keyed widget's value when
+    the options or index change: opening another item must show (and keep) that item's own
+    assignee, not the one left over from the item before."""
+    store: ReviewStore = env["store"]
+    first, second = env["findings"]["item_id"].to_list()[3:5]
+    for iid, who in ((first, first_assignee), (second, second_assignee)):
+        if who:
+            store.record_decision(iid, "open", "", "anna", assignee=who)
+    at = AppTest.from_file(str(PAGES / "item.py"), default_timeout=30)
+    at.session_state["bw_lang"] = "de"
+    at.session_state["bw_user"] = AppUser("anna", "auditor")
+    at.session_state["bw_item"] = first
+    at.run()
+    assert at.selectbox(key="d_assignee").value == (first_assignee or "")
+    at.session_state["bw_item"] = second
+    at.run()
+    assert not at.exception
+    assert at.selectbox(key="d_assignee").value == (second_assignee or "")
+    at.radio(key="d_status").set_value("clarify")
+    at.form_submit_button[0].click().run()
+    assert not at.exception and not at.error
+    assert store.get_item(second)["status"] == "clarify"
+    assert store.get_item(second)["assignee"] == second_assignee
+    assert store.history(second)[-1]["assignee"] == second_assignee
+
+
+def test_item_form_untouched_assignee_keeps_a_colleagues_newer_assignment(env: dict) -> None:
+    """Someone assigns the item while the form is open: saving a decision without touching
+    the assignee field must not overwrite that assignment with the value shown earlier."""
+    store: ReviewStore = env["store"]
+    item_id = env["findings"]["item_id"][5]
+    at = AppTest.from_file(str(PAGES / "item.py"), default_timeout=30)
+    at.session_state["bw_lang"] = "de"
+    at.session_state["bw_user"] = AppUser("anna", "auditor")
+    at.session_state["bw_item"] = item_id
+    at.run()
+    assert at.selectbox(key="d_assignee").value == ""
+    store.record_decision(item_id, "open", "", "max", assignee="bert")   # meanwhile
+    at.radio(key="d_status").set_value("clarify")
+    at.form_submit_button[0].click().run()
+    assert not at.exception and not at.error
+    assert store.get_item(item_id)["assignee"] == "bert"
+    assert at.selectbox(key="d_assignee").value == "bert"        # the form shows it now
+    # an explicit change still un-assigns
+    at.selectbox(key="d_assignee").set_value("")
+    at.radio(key="d_status").set_value("clarify")
+    at.form_submit_button[0].click().run()
+    assert store.get_item(item_id)["assignee"] is None
+
+
 # --- runs, rules, audit, users, export -----------------------------------------------------------
 
 def test_runs_page_offers_data_docs(env: dict) -> None:

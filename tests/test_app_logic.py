@@ -262,6 +262,25 @@ def test_decisions_enforce_role_comment_and_narrow_suppression(run: dict) -> Non
     assert store.verify_log().ok and store.verify_log().events == 6
 
 
+def test_decisions_without_an_assignee_keep_it(run: dict) -> None:
+    """Neither a bulk decision nor a single one that leaves the assignee out clears it."""
+    store: ReviewStore = run["store"]
+    ids = run["findings"]["item_id"].to_list()[:4]
+    item = run["findings"].row(0, named=True)
+    actions.decide(store, AUDITOR, item, "clarify", "", assignee="bert")
+    actions.decide(store, AUDITOR, run["findings"].row(1, named=True), "clarify", "",
+                   assignee="anna")
+    assert actions.decide_bulk(store, AUDITOR, ids, "clarify", "Rückfrage Kämmerei") == 4
+    assert [store.get_item(i)["assignee"] for i in ids] == ["bert", "anna", None, None]
+    assert [store.history(i)[-1]["assignee"] for i in ids] == ["bert", "anna", None, None]
+    actions.decide(store, AUDITOR, {**item, "assignee": "bert"}, "confirmed", "echt")
+    assert store.get_item(ids[0])["assignee"] == "bert"
+    actions.decide(store, AUDITOR, {**item, "assignee": "bert"}, "confirmed", "echt",
+                   assignee="")                                   # "nobody" in the form
+    assert store.get_item(ids[0])["assignee"] is None
+    assert store.verify_log().ok and store.verify_log().events == 8
+
+
 def test_admin_writes_and_reveal_are_checked_and_logged(run: dict, tmp_path: Path) -> None:
     store: ReviewStore = run["store"]
     with pytest.raises(PermissionDenied):

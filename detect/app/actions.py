@@ -17,7 +17,7 @@ from detect import auth
 from detect.app.rule_switch import set_rule_enabled
 from detect.auth import AppUser, PermissionDenied
 from detect.errors import UserError
-from detect.store import COMMENT_REQUIRED, SCOPE_KEYS, STATUSES, ReviewStore
+from detect.store import COMMENT_REQUIRED, KEEP, SCOPE_KEYS, STATUSES, Keep, ReviewStore
 
 NARROW_KEYS: tuple[str, ...] = tuple(k for k in SCOPE_KEYS if k != "rule_id")
 
@@ -54,25 +54,36 @@ def suppression_scope(item: dict[str, Any], rule_id: str, keys: list[str]) -> di
 
 
 def decide(store: ReviewStore, user: AppUser | None, item: dict[str, Any], status: str,
-           comment: str, *, assignee: str | None = None,
+           comment: str, *, assignee: str | None | Keep = KEEP,
            suppression: dict[str, str] | None = None, run_id: str | None = None) -> int:
-    """Record one decision; returns the event id."""
+    """Record one decision; returns the event id.
+
+    ``assignee``: ``KEEP`` (default) leaves the item's assignee untouched; a name (or ``""`` /
+    ``None`` for nobody) changes it, which needs the ``assign`` permission when it differs
+    from ``item["assignee"]``.
+    """
     actor = auth.require(user, "decide")
     comment = _check_decision(status, comment)
-    if assignee != item.get("assignee"):
-        auth.require(user, "assign")
+    if assignee is not KEEP:
+        assignee = assignee or None
+        if assignee != (item.get("assignee") or None):
+            auth.require(user, "assign")
     if suppression is not None:
         auth.require(user, "suppress")
         if status != "no_finding":
             raise DecisionError("a suppression can only accompany “no finding”")
     return store.record_decision(item["item_id"], status, comment, actor.username,
-                                 run_id=run_id, assignee=assignee or None,
+                                 run_id=run_id, assignee=assignee,
                                  suppression=suppression)
 
 
 def decide_bulk(store: ReviewStore, user: AppUser | None, item_ids: list[str], status: str,
                 comment: str) -> int:
-    """The same decision for many items in one transaction; returns how many were recorded."""
+    """The same decision for many items in one transaction; returns how many were recorded.
+
+    Each item keeps its own assignee (the store's ``KEEP``): the bulk form has no assignee
+    field, so it must not change the work allocation.
+    """
     actor = auth.require(user, "decide")
     comment = _check_decision(status, comment)
     if not item_ids:

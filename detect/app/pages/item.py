@@ -29,6 +29,10 @@ LINE_COLUMNS: dict[str, str] = {
     "vendor_id": "c_vendor", "reference": "c_reference", "bank_account": "c_bank_account",
     "entered_by": "c_user", "approved_by": "c_approved_by", "entered_at": "c_entered_at",
     "document_type": "c_document_type", "source": "c_source", "journal_id": "c_journal"}
+FORM_KEYS: tuple[str, ...] = ("d_status", "d_comment", "d_assignee", "d_suppress", "d_supp_rule",
+                              "d_supp_keys")
+FORM_FOR_KEY = "bw_form_item"          # the item the decision form's widget state belongs to
+FORM_ASSIGNEE_KEY = "bw_form_assignee"  # the assignee the form's field started with
 
 
 @st.cache_resource(show_spinner=False)
@@ -211,6 +215,14 @@ def decision_form(ctx: ui.AppContext, user: auth.AppUser, run: data.Run,
     rules = [r.strip() for r in str(item.get("rule_ids") or "").split(",") if r.strip()]
     scope_keys = [k for k in NARROW_KEYS if item.get(k) not in (None, "")]
     current = stored.get("status") or "open"
+    # Keyed widgets keep their value across reruns even when index/options change (Streamlit
+    # 1.67), so without this reset the next item's form would show, and save, the previous
+    # item's status and assignee. Reset on a new item and after each save (below).
+    if st.session_state.get(FORM_FOR_KEY) != item["item_id"]:
+        for key in FORM_KEYS:
+            st.session_state.pop(key, None)
+        st.session_state[FORM_FOR_KEY] = item["item_id"]
+        st.session_state[FORM_ASSIGNEE_KEY] = current_assignee or ""
     with st.form(f"decide_{item['item_id']}"):
         status = st.radio(tr("f_status"), data.STATUSES, horizontal=True,
                           index=data.STATUSES.index(current) if current in data.STATUSES else 0,
@@ -236,12 +248,15 @@ def decision_form(ctx: ui.AppContext, user: auth.AppUser, run: data.Run,
         return
     try:
         scope = actions.suppression_scope(item, rule, keys) if suppress else None
+        # An untouched field means "keep": a colleague may have assigned the item meanwhile.
+        touched = assignee != st.session_state.get(FORM_ASSIGNEE_KEY)
         event = actions.decide(ctx.store, user, {**item, "assignee": current_assignee}, status,
-                               comment, assignee=assignee or None, suppression=scope,
-                               run_id=run.run_id)
+                               comment, assignee=(assignee or None) if touched else actions.KEEP,
+                               suppression=scope, run_id=run.run_id)
     except (DecisionError, UserError) as exc:
         ui.show_error(exc)
         return
+    st.session_state.pop(FORM_FOR_KEY, None)   # the next run shows the item as now stored
     st.session_state["bw_flash"] = tr("saved", event=event)
     st.rerun()
 
