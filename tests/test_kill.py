@@ -19,7 +19,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import types
 from pathlib import Path
+from unittest import mock
 
 import polars as pl
 import pytest
@@ -92,8 +94,11 @@ def belegwacht_parallel(jobs: list[tuple[Path, Path, str | None]]) -> list[int]:
     """Independent runs (separate data dirs) at the same time; their exit codes in order."""
     procs = [_context().Process(target=killrun.run_cli, args=(_args(d, dl), crash))
              for d, dl, crash in jobs]
-    for proc in procs:
-        proc.start()
+    # Streamlit (AppTest, earlier in this worker) leaves its last page script as __main__; a
+    # child would run that script again while multiprocessing prepares it
+    with mock.patch.dict(sys.modules, {"__main__": types.ModuleType("__main__")}):
+        for proc in procs:
+            proc.start()
     for proc in procs:
         proc.join(300)
         assert proc.exitcode is not None, "child hung"
