@@ -436,3 +436,31 @@ def test_explain_mask_picks_top_lines_above_the_floor_or_of_hit_journals(with_jk
     assert explain_mask(scores, settings, hits).to_list() == \
         [True, False, True, True, False, True]
     assert explain_mask(scores.clear(), settings, hits).to_list() == []
+
+
+def test_tune_allocator_reuses_freed_big_blocks() -> None:
+    """After ``tune_allocator`` a freed 40 MB array's memory serves the next one (glibc's
+    dynamic threshold stops at 32 MB, so without it each is a fresh mmap, faulted in page by
+    page). Counted as minor page faults in a fresh process, NumPy's huge-page advice off."""
+    import subprocess
+    import sys
+
+    code = """
+import resource, sys
+import numpy as np
+np._core.multiarray._set_madvise_hugepage(False)
+from detect.models import tune_allocator
+if sys.argv[1] == "1":
+    assert tune_allocator()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    a = np.ones(5 << 20)  # 40 MB
+    del a
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+    if sys.platform != "linux":
+        pytest.skip("mallopt is glibc's")
+    faults = [int(subprocess.run([sys.executable, "-c", code, flag], capture_output=True,
+                                 text=True, check=True, cwd=Path(__file__).parents[1])
+                  .stdout.split()[-1]) for flag in ("0", "1")]
+    assert faults[1] < faults[0] / 3, faults
