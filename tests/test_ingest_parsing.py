@@ -206,6 +206,33 @@ def test_hash_cache_sees_a_rewritten_file(tmp_path: Path) -> None:
     assert sha256_of(f) != first
 
 
+def test_the_quote_scan_takes_what_hashing_noted(tmp_path: Path, monkeypatch) -> None:
+    """``sha256_of`` notes whether a file holds a quote; ``contains_byte`` then answers without
+    reading the file again, also for a file rewritten in between (new identity: read)."""
+    from detect.ingest import textio
+
+    quoted, plain = tmp_path / "q.csv", tmp_path / "p.csv"
+    quoted.write_bytes(b"a,b\n" * 1000 + b'1,"x"\n')
+    plain.write_bytes(b"a,b\n1,x\n")
+    sha256_of(quoted), sha256_of(plain)
+    real_open = open
+
+    def no_read(path, *args, **kwargs):
+        if Path(path) in (quoted, plain):
+            raise AssertionError(f"{path} read again")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", no_read)
+    assert textio.contains_byte(quoted, b'"') is True
+    assert textio.contains_byte(plain, b'"') is False
+    monkeypatch.setattr("builtins.open", real_open)
+    assert textio.contains_byte(plain, b"x") is True   # other bytes: scanned as before
+    plain.write_bytes(b'a,b\n1,"x"\n')
+    st = plain.stat()
+    os.utime(plain, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert textio.contains_byte(plain, b'"') is True
+
+
 def _long_ascii_start(rows: int = 40_000) -> bytes:
     """More than the first MiB (``textio.HEAD_CHECK``) of plain ASCII rows."""
     return b"".join(b"1,%d,20240201,2024,4000,1,D,A\n" % i for i in range(1, rows))

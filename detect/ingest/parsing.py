@@ -282,7 +282,9 @@ def text_state(values: pl.Series | Any) -> tuple[bool, bool]:
 
 def _chunk_state(chunk: Any, np: Any, pa: Any) -> tuple[bool, bool]:
     """``text_state`` of one Arrow array (not combined: concatenating views cost more than
-    the checks)."""
+    the checks). Lookups by ``np.take`` and view positions from a cached ``_view_ends``
+    (indexing by ``table[bytes]`` and a fresh ``arange`` per array cost a quarter more:
+    1M lines, 14 columns, 0.23 -> 0.18 CPU s)."""
     n, offset = len(chunk), chunk.offset
     if n == 0 or chunk.null_count == n:
         return False, False
@@ -290,27 +292,28 @@ def _chunk_state(chunk: Any, np: Any, pa: Any) -> tuple[bool, bool]:
         return True, True   # other layouts (large_string, ...) or views read below as "<i4"
     buffers = chunk.buffers()
     raw = np.frombuffer(buffers[1], dtype=np.uint8)[offset * 16:(offset + n) * 16]
-    views = raw.view("<i4").reshape(n, 4)   # length, then 12 bytes: the value (up to 12
-    length = views[:, 0]                    # bytes) or its prefix, buffer index and offset
-    present = length > 0
-    if chunk.null_count:
+    length = raw.view("<i4")[::4]   # length, then 12 bytes: the value (up to 12 bytes) or
+    if chunk.null_count:            # its prefix, buffer index and offset
         first = offset // 8
         bits = np.unpackbits(np.frombuffer(buffers[0], dtype=np.uint8)
                              [first:(offset + n + 7) // 8 + 1], bitorder="little")
-        valid = bits[offset - 8 * first:offset - 8 * first + n].astype(bool)
-        present &= valid
+        valid = bits[offset - 8 * first:offset - 8 * first + n].view(bool)
+        present = (length > 0) & valid
         empty = bool((valid & (length == 0)).any())
-    else:
-        empty = bool((length == 0).any())
+        end = np.clip(length, 0, 12)    # a null's view is not data (Arrow leaves its bytes
+    else:                               # unspecified): clipped, and masked below
+        present = length > 0
+        empty = not present.all()
+        end = np.minimum(length, 12)
+    inline = present & (length <= 12)
     # first byte: byte 4 of every view; last byte of a value of up to 12 bytes: byte 3 + length
-    if (_FIRST_BYTES[raw[4::16]] & present).any():
+    if (np.take(_FIRST_BYTES, raw[4::16]) & present).any():
         return True, True
-    # clipped: a null's view is not data (Arrow leaves its bytes unspecified)
-    last = raw[np.arange(3, 16 * n, 16) + np.clip(length, 0, 12)]
-    if (_LAST_BYTES[last] & present & (length <= 12)).any():
+    if (np.take(_LAST_BYTES, np.take(raw, _view_ends(n, np) + end)) & inline).any():
         return True, True
-    outside = np.flatnonzero(present & (length > 12))
+    outside = np.flatnonzero(present ^ inline)
     if outside.size:  # longer values: their last byte in the data buffers (copied together)
+        views = raw.view("<i4").reshape(n, 4)
         data = buffers[2:]
         sizes = np.array([b.size for b in data], dtype=np.int64)
         if int(sizes.sum()) > 8 * int(length[outside].sum()) + (1 << 20):
@@ -318,9 +321,19 @@ def _chunk_state(chunk: Any, np: Any, pa: Any) -> tuple[bool, bool]:
         joined = np.concatenate([np.frombuffer(b, dtype=np.uint8) for b in data])
         base = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         ends = base[views[outside, 2]] + views[outside, 3] + length[outside] - 1
-        if _LAST_BYTES[joined[ends]].any():
+        if np.take(_LAST_BYTES, joined[ends]).any():
             return True, True
     return False, empty
+
+
+_VIEW_ENDS: list[Any] = []
+
+
+def _view_ends(n: int, np: Any) -> Any:
+    """``3 + 16 * i`` for i < n (byte before the value in view i), from a cached array."""
+    if not _VIEW_ENDS or _VIEW_ENDS[0].size < n:
+        _VIEW_ENDS[:] = [np.arange(3, 16 * max(n, 1 << 16), 16, dtype=np.intp)]
+    return _VIEW_ENDS[0][:n]
 
 
 def finish_text(batch: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
