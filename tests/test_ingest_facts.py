@@ -99,6 +99,38 @@ def test_gl_stats_of_batches_equal_the_query_on_the_whole_file():
     assert not stats.adjacent()["differs"][0]
 
 
+def test_gl_stats_hash_a_key_alike_in_batches_of_one_file_and_of_several():
+    """A key hashed in a batch of one file (the file's hash as one scalar) and in a batch of
+    several files (per row) must count once: twice would make a repeated key look distinct."""
+    from detect.ingest.ads import PLACEHOLDER_FLAG, UNIT_GIVEN, GLStats, _adjacent_units
+
+    frame = pl.DataFrame({"source_file": ["a", "a", "b", "a", "a"],
+                          "journal_id": ["1", "2", "1", "1", "2"], "entity": ["X"] * 5,
+                          UNIT_GIVEN: [True] * 5, PLACEHOLDER_FLAG: [False] * 5})
+    expected = _adjacent_units(frame.lazy(), ["source_file", "journal_id"]).collect()
+    assert expected["distinct"][0] == 3 and expected["runs"][0] == 5
+    for cuts in ([3], [2], [1, 3], [4]):
+        stats = GLStats(units=True)
+        bounds = [0, *cuts, frame.height]
+        for lo, hi in zip(bounds, bounds[1:], strict=False):
+            stats(frame.slice(lo, hi - lo))
+        assert stats.adjacent().equals(expected, null_equal=True), cuts
+
+
+def test_facts_order_of_one_file_batches_and_mixed_ones():
+    one = Facts()
+    one.add(_frame(["a", "a", "a"], [2, 2, 3]))   # equal lines are in order
+    one.add(_frame(["a", "a"], [3, 9]))
+    assert one.in_order and one.rows == 5
+    back = Facts()
+    back.add(_frame(["a", "a", "a"], [2, 3, 4]))
+    back.add(_frame(["a", "a"], [3, 9]))          # one file, back across the boundary
+    assert not back.in_order
+    mixed = Facts()
+    mixed.add(_frame(["a", "b", "a"], [2, 1, 3]))  # a file name goes back inside a batch
+    assert not mixed.in_order
+
+
 def test_whitespace_list_is_what_strip_chars_removes():
     from detect.ingest.parsing import WHITESPACE
 

@@ -244,7 +244,9 @@ class GLStats:
 
     Batches come in delivered order; a run that continues across a batch boundary is counted
     once, and the unit is compared across the boundary too. Distinct keys are counted by hash
-    over the first line of each run (every key starts some run)."""
+    over the first line of each run (every key starts some run): hash(journal_id) +
+    hash(source_file), the same function of the key in every batch (a collision can only lower
+    the count, see ``_one_unit_per_journal``)."""
 
     def __init__(self, units: bool) -> None:
         self.units = units
@@ -285,8 +287,11 @@ class GLStats:
         self.runs += runs + (0 if continues else 1)
         self.differs = self.differs or bool(differs) or (
             continues and self._last[2] != head[2])  # type: ignore[index]
-        self._hashes.append(starts.select(pl.struct("source_file", "journal_id").hash())
-                            .to_series())
+        # key hash: hash(journal_id) + hash(source_file) (wrapping); for a batch of one file the
+        # file's hash is one scalar (a struct hash of both columns cost 0.03 CPU s per 1M lines)
+        file_hash = pl.lit(pl.Series([name], dtype=pl.String).hash()[0], pl.UInt64) \
+            if one and name is not None else pl.col("source_file").hash()
+        self._hashes.append(starts.select(pl.col("journal_id").hash() + file_hash).to_series())
         self._last = frame.row(frame.height - 1)[:3]
 
     def adjacent(self) -> pl.DataFrame:
