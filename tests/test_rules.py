@@ -467,3 +467,48 @@ def test_a_copy_of_the_delivery_among_other_history_files_keeps_the_filter(
         2 * first["journal_id"].n_unique()
     assert not delivery_is_whole_history(con)
     assert hits.height and hits["journal_id"].is_in(first["journal_id"].implode()).all()
+
+
+def test_manual_entry_is_one_engine_column_that_follows_the_entity_settings() -> None:
+    """``manual_entry`` (bookings and journals) is what the rules' manual-source filter was:
+    ``manual_sources`` compared in lower case, an empty source counts as manual, the journal's
+    source is that of its first line with a source; the history copy carries it."""
+    rows = [dict(journal_id="1", line_no=1, amount=100, posting_date="2025-01-10", source="FB50"),
+            dict(journal_id="1", line_no=2, amount=-100, posting_date="2025-01-10",
+                 source="interface"),
+            dict(journal_id="2", line_no=1, amount=100, posting_date="2025-01-10", source=None),
+            dict(journal_id="2", line_no=2, amount=-100, posting_date="2025-01-10",
+                 source="Interface"),
+            dict(journal_id="3", line_no=1, amount=100, posting_date="2025-01-10", source=None)]
+    con = duckdb.connect()
+    con.register("b", bookings(rows))
+
+    def flags(settings: Settings) -> tuple[list[tuple], list[tuple]]:
+        lines = con.execute("SELECT journal_id, line_no, manual_entry FROM bookings "
+                            "ORDER BY ALL").fetchall()
+        journals = con.execute("SELECT journal_id, manual_entry FROM journals "
+                               "ORDER BY ALL").fetchall()
+        return lines, journals
+
+    setup_views(con, "b", "b", {}, Settings())
+    expected = ([("1", 1, True), ("1", 2, False), ("2", 1, True), ("2", 2, False),
+                 ("3", 1, True)], [("1", True), ("2", False), ("3", True)])
+    assert flags(Settings()) == expected
+    run_catalog(con, Settings(), load_catalog())  # the copy and `_journals` carry it too
+    assert con.execute("SELECT count(*) FROM _bookings WHERE manual_entry").fetchall() == [(3,)]
+    assert flags(Settings()) == expected
+    setup_views(con, "b", "b", {}, Settings(manual_sources=["INTERFACE"]))
+    assert flags(Settings()) == ([("1", 1, False), ("1", 2, True), ("2", 1, True),
+                                  ("2", 2, True), ("3", 1, True)],
+                                 [("1", False), ("2", True), ("3", True)])
+
+
+def test_a_per_rule_manual_sources_is_refused_where_the_rule_reads_manual_entry() -> None:
+    con = duckdb.connect()
+    con.register("b", bookings([dict(journal_id="1", line_no=1, amount=100,
+                                     posting_date="2025-01-10")]))
+    setup_views(con, "b", "b", {}, Settings())
+    with pytest.raises(UserError, match=r"\[rules.TIM001\] manual_sources.*manual_entry"):
+        run_catalog(con, Settings(rules={"TIM001": {"manual_sources": ["x"]}}), load_catalog())
+    # AMT001 still reads $manual_sources itself: its own value is allowed
+    run_catalog(con, Settings(rules={"AMT001": {"manual_sources": ["x"]}}), load_catalog())

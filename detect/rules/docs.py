@@ -236,7 +236,15 @@ Queries may read these views: `bookings` (the canonical history, `detect.schema`
 (one row per journal: first posting/document/entry date, entered_by, approved_by, source,
 document_type, reversal_of, n_lines, `debit_total`, `balance`), `delivery` (keys of this run's
 lines), `holidays` (date, name) and the master views `accounts`, `vendors`, `vendor_changes`,
-`users`, `cost_centers` (empty when not delivered). The query must return `entity,
+`users`, `cost_centers` (empty when not delivered). Besides the canonical columns, `bookings`
+and `journals` carry engine columns, computed once per run (and copied with the history only
+when a rule names them) instead of once per rule and line: `manual_entry` (true when the
+line's / the journal's `source` is one of the `manual_sources` setting, compared in lower
+case; an empty source counts as manual - the same as `coalesce(list_contains($manual_sources,
+lower(source)), true)`, ~0,03 CPU s less per rule at 1M lines). A rule that reads one lists
+the setting under `config_params` all the same (so `rules show` names it); the column follows
+the entity's settings, and a `[rules.<ID>]` value of that setting for such a rule stops the
+run with a message (it would be ignored). The query must return `entity,
 fiscal_year, journal_id` (and `line_no` for line rules); every other column becomes evidence
 and may be used in the explanation. Case rows fill unspecified columns with harmless defaults
 (entity Musterstadt, posting date Thursday 14.03.2024, entered 10:00 by MEIER, approved by
@@ -396,6 +404,40 @@ Measured and left: a dense integer journal key in the history copy (joining it b
 saves); ACC002 from per-journal min/max accounts (string min/max aggregates cost more than
 its journal/account group-by); AMT004's window over fewer lines (no gain: the window is not
 its cost); JRN003 from `journals` min/max (+0,12 for the aggregates, -0,16 in the rule).
+
+Round 5 (issue #10): the manual-source filter (`coalesce(list_contains($manual_sources,
+lower(source)), true)`, ~0,03 CPU s per scan of the 1M lines, ~0,015 per scan of `journals`)
+ran in 10 rules (ACC003, AMT003, AMT005, BEN001, BEN002 over the lines; TIM001, TIM002,
+TIM003, TIM006, USR002 over `journals`): it is now the engine column `manual_entry`, computed
+in the history copy and in `journals` (+0,04-0,07 CPU s there). Those 10 rules plus the copy
+and `journals`, 4 alternating runs each (load 9-11): 2,00-2,37 -> 1,81-2,15 CPU s; the whole
+catalog (`connect` + `run_catalog` on the baseline's `bookings.parquet`, 4 alternating runs,
+load 9-13): 7,18-7,64 -> 6,87-7,32 CPU s. Same 54.265 hits, texts, evidence and
+`history_journals`. AMT001 keeps `$manual_sources` (it tests only its few round lines).
+
+Measured in round 5 and left (CPU s at 1M, min of 3 unless said):
+
+- One line table shared by BEN001 and BEN002 (the lines with their first two digits, built
+  once, BEN001 taking `digit2 // 10`; a "derived table" declared in `rules/`): table 0,19 +
+  BEN001 0,13 + BEN002 0,19 = 0,51 against 0,47-0,51 for the two rules as they are (3 runs
+  each): writing 546.397 lines into a table costs what the second scan saves. The digit
+  itself is cheap (string digits 0,04 over 1M lines, an integer `CASE` ladder 0,01).
+- ACC002 keyed by `hash(entity, fiscal_year, journal_id)` (with `entity` kept, the hit keys
+  joined back from `journals`): 0,44-0,49 -> 0,58-0,64 (hashing three columns per line costs
+  more than the string group-by keys it replaces); same 205 hits.
+- The history copy in a compressed in-memory database (`ATTACH ':memory:' (COMPRESS)`):
+  DuckDB leaves the VARCHAR columns uncompressed; whole catalog 6,64 / 7,01 -> 6,86 / 7,03.
+  `source` as an ENUM: the filter costs the same (0,031 / 0,030: no per-dictionary
+  evaluation).
+- Rendering the hits (0,28-0,33 in all): the explanation texts are the cost (BEN002's 29.946
+  hits 0,086: `DISTINCT` 0,019, evidence JSON ~0,004, number formatting the rest);
+  `translate(x, ',.', '.,')` instead of the three `replace` is no cheaper. Leaving out the
+  `DISTINCT` would save ~0,06 in all but needs proof that rendering never maps two rule rows
+  to one text (float `-0.0`, key casts): not done.
+- The calendar years of `connect` from the copy instead of the Parquet source: 0,04 -> 0,02;
+  not worth running `setup_views` in two parts.
+- One DuckDB thread: the 34 queries took 4,31 instead of 4,71 CPU s (load ~9, min of 3 per
+  rule); see above for why the caller (the pipeline) decides.
 
 Not done (measured, not worth it yet): running rules concurrently on DuckDB cursors (the
 rules already keep both cores busy, ~1,9 CPU s per wall second, and temporary tables are per

@@ -25,7 +25,7 @@ from detect.config import Settings
 from detect.errors import ConfigError
 from detect.rules.loader import load_catalog
 from detect.rules.model import KEY_COLUMNS, MASTER_NAMES, Rule
-from detect.rules.params import effective_params, query_params, strip_comments
+from detect.rules.params import CONFIG_PARAMS, effective_params, query_params, strip_comments
 from detect.rules.render import quote_ident, sql_literal, template_sql
 from detect.schema import BOOKING_SCHEMA, MASTER_SCHEMAS
 
@@ -42,6 +42,18 @@ _DUCK_TYPES = {
     pl.Datetime("us"): "TIMESTAMP", pl.Boolean(): "BOOLEAN", pl.Decimal(18, 2): "DECIMAL(18,2)",
 }
 
+MANUAL_MACRO = "_manual_source"
+"""Macro ``setup_views`` defines: whether a ``source`` value means keyed in by a person
+(``manual_sources`` of the settings, compared in lower case; an empty source counts as manual)."""
+
+DERIVED_COLUMNS: dict[str, tuple[str, str, str]] = {
+    "manual_entry": (f"{MANUAL_MACRO}(source)", "BOOLEAN", "manual_sources"),
+}
+"""Columns the engine adds to ``bookings`` (and ``journals``): name -> (SQL over the line, DuckDB
+type, the setting it reads). Copied with the history when a rule names one, so a flag several
+rules filter on is computed once per run instead of once per rule and line (``manual_entry``:
+~0,03 CPU s per rule at 1M lines). They follow the entity's settings, not ``[rules.<ID>]``."""
+
 JOURNAL_AGGREGATES: dict[str, tuple[str, str]] = {
     "posting_date": ("min(posting_date)", "DATE"),
     "last_posting_date": ("max(posting_date)", "DATE"),
@@ -54,6 +66,7 @@ JOURNAL_AGGREGATES: dict[str, tuple[str, str]] = {
     "document_type": ("arg_min(document_type, line_no)", "VARCHAR"),
     "reversal_of": ("max(reversal_of)", "VARCHAR"),
     "description": ("arg_min(description, line_no)", "VARCHAR"),
+    "manual_entry": (f"{MANUAL_MACRO}(arg_min(source, line_no))", "BOOLEAN"),
     "n_lines": ("count(*)", ""),
     "debit_total": ("coalesce(sum(amount) FILTER (WHERE amount > 0), 0)", ""),
     "balance": ("coalesce(sum(amount), 0)", ""),
@@ -113,6 +126,13 @@ def _placeholders_to_null(select_sql: str, settings: Settings) -> str:
     return f"SELECT {', '.join(cols)} FROM ({select_sql})"
 
 
+def _manual_sql(column: str, settings: Settings) -> str:
+    """The rules' test for a manual entry, once for all of them (``manual_sources`` is
+    lower-cased by ``CONFIG_PARAMS``; a null source is manual)."""
+    listed = ", ".join(sql_literal(v) for v in CONFIG_PARAMS["manual_sources"][1](settings))
+    return f"coalesce(list_contains([{listed}]::VARCHAR[], lower({column})), true)"
+
+
 def _columns_of(con: duckdb.DuckDBPyConnection, source_sql: str) -> set[str]:
     return set(con.sql(f"SELECT * FROM {source_sql} LIMIT 0").columns)
 
@@ -153,10 +173,14 @@ def setup_views(con: duckdb.DuckDBPyConnection, bookings_source: str, delivery_s
     """
     present = _columns_of(con, bookings_source)
     conformed = _conform_select(bookings_source, BOOKING_SCHEMA, present)
+    con.execute(f"CREATE OR REPLACE TEMP MACRO {MANUAL_MACRO}(s) AS "
+                f"{_manual_sql('s', settings)}")
+    derived = ", ".join(f"{expr} AS {quote_ident(name)}"
+                        for name, (expr, _, _) in DERIVED_COLUMNS.items())
     # the conformed source stays reachable under its own name: ``materialise_inputs`` copies
     # from it (again, on a second catalog run) while ``bookings`` points at the copy
-    con.execute("CREATE OR REPLACE VIEW _bookings_source AS "
-                f"{_placeholders_to_null(conformed, settings)}")
+    con.execute(f"CREATE OR REPLACE VIEW _bookings_source AS SELECT *, {derived} FROM ("
+                f"{_placeholders_to_null(conformed, settings)})")
     con.execute("CREATE OR REPLACE VIEW bookings AS SELECT * FROM _bookings_source")
     con.execute("CREATE OR REPLACE VIEW delivery AS SELECT DISTINCT "
                 "CAST(entity AS VARCHAR) AS entity, CAST(fiscal_year AS INTEGER) AS fiscal_year, "
@@ -331,7 +355,7 @@ def catalog_columns(catalog: list[Rule]) -> tuple[set[str] | None, set[str] | No
     if any(_reads_all_columns(q, "bookings") for q in queries):
         return None, journal_cols
     booking_cols = set(KEY_COLUMNS) | _named(queries + [journals_select(journal_cols)],
-                                             list(BOOKING_SCHEMA.names()))
+                                             list(BOOKING_SCHEMA.names()) + list(DERIVED_COLUMNS))
     for rule in catalog:
         booking_cols |= set(rule.requires)
     return booking_cols, journal_cols
@@ -345,11 +369,13 @@ def materialise_inputs(con: duckdb.DuckDBPyConnection, columns: set[str] | None 
     ``columns`` (see ``catalog_columns``) limits the copy to the columns rules read; the others
     stay in ``bookings`` as typed nulls so every rule still sees the documented shape.
     """
-    names = [n for n in BOOKING_SCHEMA.names() if columns is None or n in columns]
+    types = {n: _duck_type(t) for n, t in BOOKING_SCHEMA.items()}
+    types.update({n: dtype for n, (_, dtype, _) in DERIVED_COLUMNS.items()})
+    names = [n for n in types if columns is None or n in columns]
     con.execute("CREATE OR REPLACE TEMP TABLE _bookings AS SELECT "
                 + ", ".join(quote_ident(n) for n in names) + " FROM _bookings_source")
-    view = [quote_ident(n) if n in names else
-            f"CAST(NULL AS {_duck_type(t)}) AS {quote_ident(n)}" for n, t in BOOKING_SCHEMA.items()]
+    view = [quote_ident(n) if n in names else f"CAST(NULL AS {t}) AS {quote_ident(n)}"
+            for n, t in types.items()]
     con.execute(f"CREATE OR REPLACE VIEW bookings AS SELECT {', '.join(view)} FROM _bookings")
     # no rule reads ``delivery`` line by line: it stays a view; the hit filter's journal keys
     # are copied by ``materialise_delivery_journals`` only when the filter is needed
@@ -621,6 +647,14 @@ def check_rule_settings(settings: Settings, catalog: list[Rule], log: Any = None
         known = {p.name for p in rule.params} | set(rule.config_params) | {"enabled",
                                                                              "max_hit_share"}
         unknown = sorted(set(values) - known)
+        # an engine column follows the entity's settings: a per-rule value would be ignored
+        query = strip_comments(rule.query)
+        for name, (_, _, setting) in DERIVED_COLUMNS.items():
+            if setting in values and re.search(rf"\b{name}\b", query, re.IGNORECASE):
+                raise ConfigError(
+                    f"[rules.{rule_id}] {setting}: {rule_id} reads the engine column {name}, "
+                    f"which follows {setting} of the entity, not of one rule",
+                    file="belegwacht.toml", hint=f"set {setting} for the entity instead")
         if unknown:
             raise ConfigError(f"[rules.{rule_id}] has unknown parameter(s) {', '.join(unknown)}",
                               file="belegwacht.toml",
