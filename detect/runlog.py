@@ -27,6 +27,17 @@ def max_rss_mb() -> int | None:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 
 
+def minor_faults() -> int | None:
+    """Minor page faults of this process so far: each is a page the kernel had to map (and
+    usually zero) on first touch, the system time an allocator that returns freed memory too
+    eagerly costs (docs/performance.md, "Memory allocator")."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 @dataclass
 class StepLog:
     json_path: Path | None = None
@@ -59,9 +70,11 @@ class StepLog:
         Yields a dict the stage may fill: ``seconds``, ``cpu_seconds`` and ``max_rss_mb``
         given there replace this process's figures (a stage run by a worker process reports
         the worker's own; this process's are then kept as ``main_seconds``,
-        ``main_cpu_seconds``, ``main_max_rss_mb``), any other key is added to the event."""
+        ``main_cpu_seconds``, ``main_max_rss_mb``), any other key is added to the event.
+        ``minor_faults``: this process's minor page faults during the step."""
         label = label or name
         start, cpu_start = time.perf_counter(), time.process_time()
+        faults_start = minor_faults()
         self.event("step_start", step=name)
         status = None
         if not self.quiet and self.console.is_terminal:
@@ -81,6 +94,9 @@ class StepLog:
         own = {"seconds": round(time.perf_counter() - start, 3),
                "cpu_seconds": round(time.process_time() - cpu_start, 3),
                "max_rss_mb": max_rss_mb()}
+        faults = minor_faults()
+        if faults is not None and faults_start is not None:
+            own["minor_faults"] = faults - faults_start
         record = dict(own)
         if any(k in report for k in own):
             record.update({f"main_{k}": v for k, v in own.items()})
