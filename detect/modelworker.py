@@ -1,19 +1,21 @@
-"""The model stage in a worker process, overlapping the rules: ``python -m detect.modelworker``.
+"""The model stage in the run's worker process, overlapping the rules (``detect.jobworker``).
 
 Why: the stage needs the rule hits only to pick which lines get reason texts
 (``models.explain_mask``, ~0.4 s of ~5 s at 1M lines); its import of PyOD/scikit-learn
 (~1.9 CPU s), features, fit and scoring need only the merged history. On two cores the rules
 (~1.5 cores busy) and the models (~1.2) overlap well, so the worker
 
-1. is started when the run starts (``ModelWorker(run_id)``, via ``workerproc.BoundWorker``)
-   and imports Polars, PyOD and scikit-learn while the parent hashes and ingests;
-2. gets ``go`` once the history is merged (``start``: ``job.pkl`` with the history glob, the run
-   folder and the settings), fits and scores the delivery's lines (``models.start_stage``)
+1. is started when the run starts (the pipeline's ``JobWorker`` with GX's part, handed to
+   ``ModelWorker(run_id, worker)``; alone: ``ModelWorker(run_id)``) and imports Polars, PyOD
+   and scikit-learn (after GX, reusing its NumPy/SciPy/pandas) while the parent hashes and
+   ingests (``import_models``);
+2. gets ``models go`` once the history is merged (``start``: ``job.pkl`` with the history
+   glob, the run folder and the settings), fits and scores the delivery's lines (``models.start_stage``)
    and explains the lines ranking prints (journals at or above ``[scoring] model_floor``:
    they need no rule hits), all while the parent runs the rules, and hands the scores over as
    ``scores.arrow`` with its ``result.json`` (the stage's warnings and notes for the run log,
    its timings, or its error) -- usually before the rules are done, so the job does not wait;
-3. gets ``explain`` once the rules are done (``finish``: the hit journals as
+3. gets ``models explain`` once the rules are done (``finish``: the hit journals as
    ``explain.parquet``), explains the hit journals' top lines below the floor (the app shows
    those texts; ranking does not), writes ``models/`` and ``model_scores.parquet`` into the
    run folder (``models.save_stage``) while the parent ranks the items, and ``done.json``; the
@@ -22,8 +24,9 @@ Why: the stage needs the rule hits only to pick which lines get reason texts
 Errors: a ``UserError`` in the worker is raised again in the parent as the same class with
 the same message, file and hint; any other exception as ``ModelWorkerError`` with its
 traceback in the run log; a worker that dies without a result (killed, out of memory) as
-``ModelWorkerDied`` naming its exit code. The parent kills the worker when the run fails
-(``close``); the worker dies with the parent.
+``ModelWorkerDied`` naming its exit code. GX's part in the same process reports its own
+failures (``gxrun.GxJob``). The parent kills the worker when the run fails (the pipeline's
+``Workers.close``); the worker dies with the parent.
 
 Used for deliveries of at least ``[models] worker_min_mb`` and histories of at most
 ``[models] worker_max_lines``; otherwise the stage runs in-process (``models.score_lines``):
@@ -34,18 +37,16 @@ history rules and models side by side would need the memory of both.
 from __future__ import annotations
 
 import pickle
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from detect import workerproc
+from detect import jobworker, workerproc
 from detect.errors import UserError
 from detect.runlog import max_rss_mb
 
-WORKER = "detect.modelworker"
-JOB_PREFIX = "belegwacht-models-"
+PART = jobworker.MODELS
 JOB, JOURNALS, SCORES, DONE = "job.pkl", "explain.parquet", "scores.arrow", "done.json"
 
 
@@ -60,11 +61,16 @@ class ModelWorkerDied(UserError):
 # --------------------------------------------------------------------------- parent side
 
 class ModelWorker:
-    """The parent's handle of one run's model worker (see the module docstring)."""
+    """The parent's handle of the models part of a run's worker (see the module docstring):
+    of ``worker`` (shared with GX's part; the pipeline ends it), or of a worker of its own
+    (``close`` ends that)."""
 
-    def __init__(self, run_id: str) -> None:
-        self.job_dir = workerproc.new_job_dir(JOB_PREFIX, run_id)
-        self._worker = workerproc.BoundWorker(WORKER, self.job_dir)
+    def __init__(self, run_id: str, worker: jobworker.JobWorker | None = None) -> None:
+        self._own = worker is None
+        self._shared = worker if worker is not None else \
+            jobworker.JobWorker.start(run_id, (PART,))
+        self._worker = self._shared.bound
+        self.job_dir = self._shared.part_dir(PART)
         self.started = self._worker.proc is not None
         self.start_error = self._worker.start_error  # why it could not be started, if so
         self._sent_go = False
@@ -78,13 +84,14 @@ class ModelWorker:
     def start(self, history_glob: str, ctx: Any) -> None:
         """The history is merged: fit and score now (while the parent runs the rules)."""
         job = {"history_glob": history_glob, "run_id": ctx.run_id, "run_dir": str(ctx.run_dir),
+               "sent_at": time.time(),
                "entity": ctx.entity, "settings": ctx.settings,
                "rescore_history": bool(getattr(ctx, "rescore_history", False))}
         tmp = self.job_dir / (JOB + ".tmp")
         tmp.write_bytes(pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL))
         tmp.replace(self.job_dir / JOB)
         self._sent_go = True
-        self._worker.send(b"go\n")  # a worker that is gone is reported by finish()
+        self._shared.send(PART, "go")  # a worker that is gone is reported by finish()
 
     def _fetch(self) -> tuple[dict[str, Any] | None, Any, BaseException | None]:
         """The worker's ``result.json`` and the scores it handed over, once (None, None, None:
@@ -94,7 +101,7 @@ class ModelWorker:
             if self._fetched is None:
                 import polars as pl
 
-                payload = self._worker.await_result(poll=0.005)
+                payload = self._worker.await_result(f"{PART}/{workerproc.RESULT}", poll=0.005)
                 scores, error = None, None
                 if payload is not None and payload.get("error") is None:
                     try:
@@ -129,7 +136,8 @@ class ModelWorker:
         if explain_journals is not None:
             explain_journals.select(JOURNAL).write_parquet(self.job_dir / JOURNALS,
                                                            statistics=False)
-        self._worker.send(b"explain\n", last=True)
+        self._shared.send(PART, "explain")
+        self._shared.end(PART)
         waited_from = time.perf_counter()
         payload, scores, error = self._fetch()
         if payload is None:
@@ -138,7 +146,6 @@ class ModelWorker:
         for note in payload.get("log", []):
             (log.warn if note["kind"] == "warning" else log.info)(note["message"])
         if payload.get("error") is not None:
-            self._worker.wait()
             _raise(payload["error"], log, self.pid)
         if error is not None:
             raise error
@@ -157,20 +164,26 @@ class ModelWorker:
 
     def join(self, log: Any) -> None:
         """Wait until the worker has written ``models/`` and ``model_scores.parquet`` into
-        the run folder and has ended (before the run's manifest reads them); the
-        ``model_worker_done`` event has its whole CPU and peak RSS (``wait4``)."""
+        the run folder (before the run's manifest reads them). The ``model_worker_done``
+        event has the worker's CPU and peak RSS when it wrote them (the whole process: with
+        GX's part and the shared imports; ``wait4``'s figures when it has ended already)."""
         clock = time.perf_counter()
-        self._worker.wait()
+        done = self._worker.await_result(f"{PART}/{DONE}", poll=0.005)
         waited = time.perf_counter() - clock
-        done = self._worker.result(DONE)
         if done is None:
+            self._worker.wait()
             raise self._died()
         if done.get("error") is not None:
             _raise(done["error"], log, self.pid)
+        timings = done.get("timings", {})
+        cpu, rss = timings.get("cpu"), timings.get("max_rss_mb")
+        if self._own or not self._worker.running():
+            self._worker.wait()  # ends right after its files: the figures of the whole process
+            cpu = self._worker.cpu_seconds if self._worker.cpu_seconds is not None else cpu
+            rss = self._worker.max_rss_mb if self._worker.max_rss_mb is not None else rss
         log.event("model_worker_done", pid=self.pid, waited_seconds=round(waited, 3),
-                  cpu_seconds=self._worker.cpu_seconds, max_rss_mb=self._worker.max_rss_mb,
-                  save_seconds=done.get("timings", {}).get("save"),
-                  explain_hits_seconds=done.get("timings", {}).get("explain_hits"))
+                  cpu_seconds=cpu, max_rss_mb=rss, save_seconds=timings.get("save"),
+                  explain_hits_seconds=timings.get("explain_hits"))
 
     def _died(self) -> ModelWorkerDied:
         return ModelWorkerDied(
@@ -179,8 +192,12 @@ class ModelWorker:
                  "worker_min_mb = -1 runs the model stage in the job's own process")
 
     def close(self) -> None:
-        """Kill the worker if it still runs; remove its job folder."""
-        self._worker.close()
+        """No model job (more): a worker of its own is killed and its folder removed; in a
+        shared worker the part just ends (GX's part goes on; the pipeline ends the worker)."""
+        if self._own:
+            self._shared.close()
+        else:
+            self._shared.end(PART)
 
 
 def _raise(error: dict[str, Any], log: Any, pid: int | None) -> None:
@@ -304,70 +321,107 @@ def _explain_hits(scored: Any, ranked: Any, journals: Any, ctx: Any) -> Any:
                                for c in TEXTS)
 
 
-def main(argv: list[str]) -> int:
-    job_dir, parent, main_thread = workerproc.worker_args(argv)
-    workerproc.bind_to_parent(parent, main_thread, job_dir, "models")
-    started = time.perf_counter()
-    directory = Path(job_dir)
-    failed: BaseException | None = None
-    try:  # while the parent hashes and ingests
+def import_models() -> BaseException | None:
+    """Import Polars and the model stage (PyOD, scikit-learn, SciPy; matplotlib and pandas
+    lazily: ``models._deferred_imports``) with the cyclic garbage collector paused, the
+    modules' objects then frozen out of later collections (an import makes thousands of
+    objects, none garbage: ~0.09 of ~0.85 CPU s after GX's import, measured); the error, if
+    any, is raised when the job comes."""
+    import gc
+
+    gc.disable()
+    try:
+        import polars  # noqa: F401
+
+        from detect import models  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - reported when the job comes
+        return exc
+    finally:
+        gc.enable()
+    gc.freeze()
+    return None
+
+
+class ModelPart:
+    """The models part of the worker process (``detect.jobworker``): imports when made (while
+    the parent ingests), ``go`` fits, scores and hands the scores over (``result.json``,
+    ``scores.arrow``), ``explain`` completes the texts and writes the outputs
+    (``done.json``). Both in the worker's main thread, at normal priority."""
+
+    def __init__(self, directory: Path, started: float) -> None:
+        self.directory = directory
+        clock = time.perf_counter()
+        self.failed = import_models()
+        imported = time.perf_counter()
+        # import: from the worker's start (GX's import before it, if shared); import_cpu: the
+        # process's CPU until then; import_models: this part's own import
+        self.timings: dict[str, float] = {"import": round(imported - started, 3),
+                                          "import_cpu": round(time.process_time(), 3),
+                                          "import_models": round(imported - clock, 3)}
+        self.imported, self.imported_at = imported, time.time()
+        self.scored: Any = None
+
+    def go(self) -> None:
+        import polars as pl
+
+        go, cpu_go = time.perf_counter(), time.process_time()
+        directory, timings = self.directory, self.timings
+        notes = _Notes()
+        timings["idle_go"] = round(go - self.imported, 3)
+        payload: dict[str, Any] = {"log": notes.items, "timings": timings, "error": None}
+        try:
+            from detect import models
+
+            if self.failed is not None:
+                raise self.failed
+            job = pickle.loads((directory / JOB).read_bytes())
+            # how long the job waited for the imports (GX's and this part's, one after the
+            # other), 0 when they were done in time: the models' start on the critical path
+            timings["late_go"] = round(max(0.0, self.imported_at - job.get("sent_at", 0)), 3)
+            self.ctx = ctx = _Context(job, notes)
+            scored = models.start_stage(pl.scan_parquet(job["history_glob"]), ctx)
+            timings["fit_score"] = round(time.perf_counter() - go, 3)
+            timings["fit_score_cpu"] = round(time.process_time() - cpu_go, 3)
+            # while the rules still run: the texts ranking reads (journals at or above
+            # ``model_floor``), then the scores go to the job before it asks for them
+            clock, cpu = time.perf_counter(), time.process_time()
+            scores, model, meta = _explain_ranked(scored, ctx)
+            # Arrow IPC, uncompressed: ~0.1 s to write and read at 1M lines, against ~0.3-0.6
+            # s for the Parquet file, which is written after the job has the scores
+            scores.write_ipc(directory / SCORES, compression="uncompressed")
+            timings["explain"] = round(time.perf_counter() - clock, 3)
+            timings["explain_cpu"] = round(time.process_time() - cpu, 3)
+            self.scored = (scored, scores, model, meta)
+        except Exception as exc:  # noqa: BLE001 - the parent raises it again
+            payload["error"] = _error(exc)
+        timings["cpu"] = round(time.process_time(), 3)
+        timings["max_rss_mb"] = max_rss_mb()
+        self.waiting = time.perf_counter()
+        workerproc.write_result(directory, payload)
+
+    def explain(self) -> None:
+        """The hit journals' texts, then ``models/`` and ``model_scores.parquet`` (while the
+        job ranks the items); nothing after a failed ``go`` (the job raised its error)."""
+        if self.scored is None:
+            return
         import polars as pl
 
         from detect import models
-    except Exception as exc:  # noqa: BLE001 - reported when the job comes
-        failed = exc
-    imported = time.perf_counter()
-    import_cpu = time.process_time()
-    if workerproc.next_line(directory) != "go":
-        return 0
-    go, cpu_go = time.perf_counter(), time.process_time()
-    notes = _Notes()
-    timings: dict[str, float] = {"import": round(imported - started, 3),
-                                 "import_cpu": round(import_cpu, 3),
-                                 "idle_go": round(go - imported, 3)}
-    payload: dict[str, Any] = {"log": notes.items, "timings": timings, "error": None}
-    try:
-        if failed is not None:
-            raise failed
-        job = pickle.loads((directory / JOB).read_bytes())
-        ctx = _Context(job, notes)
-        scored = models.start_stage(pl.scan_parquet(job["history_glob"]), ctx)
-        timings["fit_score"] = round(time.perf_counter() - go, 3)
-        timings["fit_score_cpu"] = round(time.process_time() - cpu_go, 3)
-        # while the rules still run: the texts ranking reads (journals at or above
-        # ``model_floor``), then the scores go to the job before it asks for them
-        clock, cpu = time.perf_counter(), time.process_time()
-        scores, model, meta = _explain_ranked(scored, ctx)
-        # Arrow IPC, uncompressed: ~0.1 s to write and read at 1M lines, against ~0.3-0.6 s
-        # for the Parquet file, which is written after the job has the scores
-        scores.write_ipc(directory / SCORES, compression="uncompressed")
-        timings["explain"] = round(time.perf_counter() - clock, 3)
-        timings["explain_cpu"] = round(time.process_time() - cpu, 3)
-    except Exception as exc:  # noqa: BLE001 - the parent raises it again
-        payload["error"] = _error(exc)
-    timings["cpu"] = round(time.process_time(), 3)
-    timings["max_rss_mb"] = max_rss_mb()
-    workerproc.write_result(directory, payload)
-    if payload["error"] is not None:
-        return 0
-    waiting = time.perf_counter()
-    if workerproc.next_line(directory) != "explain":
-        return 0
-    clock = saving = time.perf_counter()
-    done: dict[str, Any] = {"error": None, "timings": {"idle_explain": round(clock - waiting, 3)}}
-    try:  # while the job ranks the items
-        path = directory / JOURNALS
-        journals = pl.read_parquet(path) if path.exists() else None
-        scores = _explain_hits(scored, scores, journals, ctx)
-        saving = time.perf_counter()
-        done["timings"]["explain_hits"] = round(saving - clock, 3)
-        models.save_stage(scores, model, meta, ctx)
-    except Exception as exc:  # noqa: BLE001 - the parent raises it again
-        done["error"] = _error(exc)
-    done["timings"]["save"] = round(time.perf_counter() - saving, 3)
-    workerproc.write_result(directory, done, DONE)
-    return 0
 
-
-if __name__ == "__main__":
-    workerproc.exit_now(main(sys.argv[1:]))
+        (scored, scores, model, meta), self.scored = self.scored, None
+        clock = saving = time.perf_counter()
+        done: dict[str, Any] = {"error": None,
+                                "timings": {"idle_explain": round(clock - self.waiting, 3)}}
+        try:
+            path = self.directory / JOURNALS
+            journals = pl.read_parquet(path) if path.exists() else None
+            scores = _explain_hits(scored, scores, journals, self.ctx)
+            saving = time.perf_counter()
+            done["timings"]["explain_hits"] = round(saving - clock, 3)
+            models.save_stage(scores, model, meta, self.ctx)
+        except Exception as exc:  # noqa: BLE001 - the parent raises it again
+            done["error"] = _error(exc)
+        done["timings"]["save"] = round(time.perf_counter() - saving, 3)
+        done["timings"]["cpu"] = round(time.process_time(), 3)
+        done["timings"]["max_rss_mb"] = max_rss_mb()
+        workerproc.write_result(self.directory, done, DONE)

@@ -54,33 +54,39 @@ class RunSummary:
 
 
 class Workers:
-    """The run's worker processes, started once the run holds its lock and knows the delivery
-    is new, so their imports overlap ingest: the Great Expectations worker
+    """The run's worker process, started once the run holds its lock and knows the delivery
+    is new, so its imports overlap ingest (``detect.jobworker``): Great Expectations' part
     (``gxrun.prestart``; ``validate`` adopts it) and, for deliveries of at least ``[models]
-    worker_min_mb``, the model worker (``detect.modelworker``). ``close()`` kills whatever
-    was not collected: a run that fails leaves no worker behind."""
+    worker_min_mb``, the outlier models' part (``detect.modelworker``) in the same process,
+    which then imports NumPy, SciPy, pandas and Polars once. ``close()`` kills whatever was not
+    collected: a run that fails leaves no worker behind."""
 
     def __init__(self, run_id: str, settings: Settings, files: list[Path]) -> None:
         from detect.validation import gxrun
 
         self.models: Any = None
         self.gx: Any = None
+        self.worker: Any = None
         self.notes: list[str] = []  # for the run log, once it has its file
         self.delivery_mb = _size_mb(files)
         threshold = float(settings.models.worker_min_mb)
         try:
-            self.gx = gxrun.prestart(run_id)
             if threshold >= 0 and self.delivery_mb >= threshold:
+                from detect.jobworker import GX, MODELS, JobWorker
                 from detect.modelworker import ModelWorker
 
-                worker = ModelWorker(run_id)
-                # could not be started (no interpreter, process limits): in-process instead
-                self.models = worker if worker.started else None
-                if self.models is None:
+                worker = JobWorker.start(run_id, (GX, MODELS))
+                if worker.started:
+                    self.worker = worker
+                    self.models = ModelWorker(run_id, worker)
+                else:  # no process (no interpreter, process limits): models in-process
                     worker.close()
                     self.notes.append(f"the model worker could not be started "
-                                      f"({worker.start_error}); the outlier models run in "
-                                      "this process after the rules")
+                                      f"({worker.bound.start_error}); the outlier models run "
+                                      "in this process after the rules")
+            # GX's part of the shared worker, or a worker of its own (which reports its own
+            # start failure when the gate collects it)
+            self.gx = gxrun.prestart(run_id, self.worker)
         except BaseException:
             self.close()
             raise
@@ -92,7 +98,8 @@ class Workers:
         self.close()
 
     def drop_models(self) -> None:
-        """Run the model stage in this process after all (the worker is ended)."""
+        """Run the model stage in this process after all (the worker's models part ends; GX's
+        part goes on)."""
         if self.models is not None:
             self.models.close()
             self.models = None
@@ -103,12 +110,14 @@ class Workers:
             self.gx.close()
 
     def close(self) -> None:
-        """The run ends (published or failed): end both workers, the GX worker also when
+        """The run ends (published or failed): end the workers, the GX worker also when
         ``validate`` adopted it (it is collected before publishing; a failed run never will)."""
         if self.models is not None:
             self.models.close()
         if self.gx is not None:
             self.gx.close(adopted_too=True)
+        if self.worker is not None:
+            self.worker.close()
 
 
 def _size_mb(files: list[Path]) -> float:

@@ -1,15 +1,16 @@
 """Worker processes bound to the job: started early, handed a job later, collected at the end.
 
-Two parts of a run live in child processes: Great Expectations (``validation/gxrun.py`` +
-``gxworker.py``) and the outlier models (``modelworker.py``). Both follow one pattern, kept
-here so it exists once:
+Two parts of a run live in a child process: Great Expectations (``validation/gxrun.py`` +
+``gxworker.py``) and the outlier models (``modelworker.py``), in one shared worker process when
+a run uses both (``detect.jobworker``). The pattern is kept here so it exists once:
 
 * the parent starts ``python -m <module> JOB_DIR PARENT_PID MAIN`` early (``BoundWorker``), so
   the worker's imports overlap the parent's own work; its output goes to ``JOB_DIR/worker.log``;
 * the worker ties its life to the parent (``bind_to_parent``): a killed job leaves no worker;
 * the parent writes the job's inputs into ``JOB_DIR`` and a line to the worker's stdin
-  (``send``; the worker reads it with ``next_line``); end of file instead means "no job":
-  the worker removes its folder and exits;
+  (``send``); end of input before the job is complete means the parent gave up or died (a
+  dying parent's pipe is closed before its death signal arrives): the worker removes its
+  folder and exits;
 * the worker writes ``JOB_DIR/result.json`` atomically (``write_result``): no result means it
   died, which the parent reports with its exit code (``exit_text``);
 * the parent reaps it with ``wait4`` (``wait``): the worker's CPU seconds (all threads) and
@@ -75,14 +76,16 @@ def owner_alive(name: str) -> bool:
 
 
 class BoundWorker:
-    """One worker process (``python -m module JOB_DIR PARENT_PID MAIN``), bound to this one.
+    """One worker process (``python -m module JOB_DIR PARENT_PID MAIN [ARGS...]``), bound to
+    this one.
 
     ``start_error`` is set (and ``proc`` None) when it could not be started at all; callers
     decide what that means (GX: a warning; models: the stage runs in-process). A worker not
     collected is killed and its folder removed by ``close()``, when the object is garbage
     collected, or at interpreter exit."""
 
-    def __init__(self, module: str, job_dir: Path, *, env: dict[str, str] | None = None) -> None:
+    def __init__(self, module: str, job_dir: Path, *, env: dict[str, str] | None = None,
+                 args: tuple[str, ...] = ()) -> None:
         self.module = module
         self.job_dir = job_dir
         # PR_SET_PDEATHSIG fires when the *thread* that started the child ends: only asked for
@@ -94,7 +97,7 @@ class BoundWorker:
             with open(job_dir / LOG, "wb") as log:
                 # no preexec_fn: it is not safe with Polars'/DuckDB's threads running
                 self.proc = subprocess.Popen(
-                    [sys.executable, "-m", module, str(job_dir), str(os.getpid()), main],
+                    [sys.executable, "-m", module, str(job_dir), str(os.getpid()), main, *args],
                     stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
                     env=env, close_fds=True)  # None: this process's environment
         except OSError as exc:
@@ -238,7 +241,7 @@ def renice(pid: int, nice: int) -> None:
 # --------------------------------------------------------------------------- worker side
 
 def worker_args(argv: list[str]) -> tuple[str, int, bool]:
-    """``JOB_DIR PARENT_PID MAIN`` as given by ``BoundWorker``."""
+    """``JOB_DIR PARENT_PID MAIN`` as given by ``BoundWorker`` (its ``args`` follow them)."""
     return argv[0], int(argv[1]), argv[2] == "1"
 
 
@@ -272,18 +275,6 @@ def bind_to_parent(parent: int, pdeathsig: bool, job_dir: str, name: str = "work
                 orphaned()
 
     threading.Thread(target=watch, name=f"{name}-parent-watch", daemon=True).start()
-
-
-def next_line(job_dir: str | Path) -> str:
-    """The parent's next line on stdin. End of input means "no job": the parent gave up or
-    died. A dying parent's pipe is closed before its death signal arrives, so the worker may
-    wake here first: it removes the job folder itself (as ``bind_to_parent``'s handler would)
-    and ends."""
-    line = sys.stdin.readline()
-    if not line:
-        shutil.rmtree(job_dir, ignore_errors=True)
-        exit_now(0)
-    return line.strip()
 
 
 def exit_now(code: int) -> None:

@@ -9,6 +9,7 @@ once, in place, and every reference to it is the real module.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -337,3 +338,36 @@ def test_gx_models_are_the_same_with_fast_field_copies() -> None:
     assert all(d.returncode == 0 for d in dumps), dumps[0].stderr[-2000:] + dumps[1].stderr[-2000:]
     fast, plain = (json.loads(d.stdout) for d in dumps)
     assert len(fast) > 200 and fast == plain
+
+
+SHARED = textwrap.dedent("""
+    import json, sys
+    from detect.validation import gxworker
+    from detect import modelworker
+    gxworker.import_gx()
+    failed = modelworker.import_models()
+    state = {name: type(sys.modules.get(name)).__name__
+             for name in ("scipy.stats", "altair", "jsonschema", "sqlalchemy", "pandas",
+                          "matplotlib.pyplot")}
+    from detect import models
+    import numpy as np
+    fitted = models.TailECOD().fit(np.arange(20.0).reshape(10, 2))
+    print("PROBE", json.dumps({"failed": repr(failed), "state": state,
+                               "scored": len(fitted.decision_function(np.zeros((3, 2))))}))
+""")
+
+
+@pytest.mark.slow
+def test_the_shared_worker_keeps_gx_lean_and_the_models_lazy() -> None:
+    """GX's lean import, then the models' (``detect.jobworker``): GX's unused modules stay
+    deferred or hidden, matplotlib stays lazy, pandas and scipy.stats are simply loaded
+    (GX and the models use them), and the models work."""
+    done = subprocess.run([sys.executable, "-c", SHARED], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300,
+                          env={**os.environ, "BELEGWACHT_LAZY_IMPORTS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(next(x for x in done.stdout.splitlines() if x.startswith("PROBE"))[6:])
+    assert out["failed"] == "None" and out["scored"] == 3
+    assert out["state"] == {"scipy.stats": "module", "altair": "_Deferred",
+                            "jsonschema": "_Deferred", "sqlalchemy": "NoneType",
+                            "pandas": "module", "matplotlib.pyplot": "_LazyModule"}

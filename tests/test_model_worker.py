@@ -1,8 +1,10 @@
-"""The model stage in a worker process (``detect.modelworker``) and the pre-started GX worker.
+"""The model stage in a worker process (``detect.modelworker``), the pre-started GX worker and
+the run's worker shared by both (``detect.jobworker``).
 
 The worker must give bit-identical outputs to the in-process stage, raise the worker's errors
-in the job as the job would raise them itself, and never outlive the job. Each worker start
-costs ~1-2 s (interpreter, Polars, PyOD, scikit-learn), so only a handful of tests start one.
+in the job as the job would raise them itself, report a GX failure and a model failure each
+on its own, and never outlive the job. Each worker start costs ~1-2 s (interpreter, Polars,
+PyOD, scikit-learn, GX), so only a handful of tests start one.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from detect import modelworker, pipeline, workerproc
+from detect import jobworker, modelworker, pipeline, workerproc
 from detect.config import ModelSettings, Settings
 from detect.errors import UserError
 from detect.models import ModelLoadError, score_lines
@@ -204,7 +206,7 @@ def test_a_worker_that_ended_before_it_is_collected_reports_its_cpu_and_memory()
     """``running()`` must not reap the worker (the GX worker is usually done before the run
     collects it): ``wait()`` reads its CPU seconds and peak RSS from ``wait4``."""
     worker = workerproc.BoundWorker("detect.workerproc",
-                                    workerproc.new_job_dir(modelworker.JOB_PREFIX, "reap"))
+                                    workerproc.new_job_dir(jobworker.JOB_PREFIX, "reap"))
     try:
         deadline = time.monotonic() + 30
         while worker.running() and time.monotonic() < deadline:
@@ -220,11 +222,11 @@ def test_a_worker_that_ended_before_it_is_collected_reports_its_cpu_and_memory()
 
 _ORPHAN = """
 import os, signal, sys, time
-from detect.modelworker import ModelWorker
+from detect.jobworker import JobWorker
 from detect.validation import gxrun
-worker = ModelWorker("orphan")
-gx = gxrun.prestart("orphan")
-print(worker.pid, worker.job_dir, gx.pid, gx.job_dir, flush=True)
+worker = JobWorker.start("orphan", ("gx", "models"))
+gx = gxrun.prestart("orphan-gx")
+print(worker.pid, worker.job_dir, gx.pid, gx.worker.job_dir, flush=True)
 time.sleep(1.0)
 os.kill(os.getpid(), signal.SIGKILL)
 """
@@ -277,17 +279,19 @@ def test_a_job_with_the_worker_publishes_what_the_job_without_it_does(
         tmp_path: Path, ledger: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     started: list[Any] = []
     adopted: list[bool] = []
+    pids: list[int | None] = []
     original_job = gxrun.GxJob.__init__
 
     def job_init(self: Any, job_dir: Path) -> None:
         original_job(self, job_dir)
         adopted.append(self.adopted)
+        pids.append(self.pid)
 
     monkeypatch.setattr(gxrun.GxJob, "__init__", job_init)
     original = modelworker.ModelWorker.__init__
 
-    def init(self: Any, run_id: str) -> None:
-        original(self, run_id)
+    def init(self: Any, run_id: str, worker: Any = None) -> None:
+        original(self, run_id, worker)
         started.append(self)
 
     monkeypatch.setattr(modelworker.ModelWorker, "__init__", init)
@@ -297,6 +301,8 @@ def test_a_job_with_the_worker_publishes_what_the_job_without_it_does(
     shutil.copy(tmp_path / "local" / KEY_FILE, tmp_path / "worker" / KEY_FILE)
     remote = _run(ledger, tmp_path / "worker", _settings(0))
     assert len(started) == 1 and adopted == [True, True]
+    # one worker process for both parts: GX's part is the model worker's process
+    assert pids[1] == started[0].pid and pids[0] != pids[1]
     assert _gone(started[0].pid, 1) and not started[0].job_dir.exists()
     for name in ("model_scores", "findings", "rule_hits"):
         a = pl.read_parquet(local.run_dir / f"{name}.parquet")
@@ -314,7 +320,13 @@ def test_a_job_with_the_worker_publishes_what_the_job_without_it_does(
     assert remote.manifest["models"]["scored_lines"] == local.manifest["models"]["scored_lines"]
     assert "worker" not in _steps(local.run_dir)["models"]
     assert not list(Path(tempfile.gettempdir()).glob(
-        f"{modelworker.JOB_PREFIX}{remote.run_id}-*"))
+        f"{jobworker.JOB_PREFIX}{remote.run_id}-*"))
+    # GX ran in the shared worker, after the models had handed over their scores
+    validation = remote.manifest["validation"]
+    assert not [w for w in validation["warnings"] if "Great Expectations" in w]
+    assert validation["timings"]["gx_queued"] >= 0 and validation["timings"]["gx_bookings"] > 0
+    assert json.loads((remote.run_dir / "validation.json").read_text())[
+        "great_expectations"] == "done"
 
 
 def test_a_failing_job_leaves_no_worker(tmp_path: Path, ledger: Path,
@@ -329,12 +341,12 @@ def test_a_failing_job_leaves_no_worker(tmp_path: Path, ledger: Path,
     original = modelworker.ModelWorker.__init__
     original_prestart = gxrun.prestart
 
-    def init(self: Any, run_id: str) -> None:
-        original(self, run_id)
+    def init(self: Any, run_id: str, worker: Any = None) -> None:
+        original(self, run_id, worker)
         started.append(self)
 
-    def prestart(run_id: str) -> gxrun.GxPrestart:
-        prestarted.append(original_prestart(run_id))
+    def prestart(run_id: str, worker: Any = None) -> gxrun.GxPrestart:
+        prestarted.append(original_prestart(run_id, worker))
         return prestarted[-1]
 
     def broken(*_: Any, **__: Any) -> Any:
@@ -358,8 +370,8 @@ def test_a_job_failing_before_its_gate_leaves_no_gx_worker(tmp_path: Path,
     prestarted: list[gxrun.GxPrestart] = []
     original = gxrun.prestart
 
-    def prestart(run_id: str) -> gxrun.GxPrestart:
-        prestarted.append(original(run_id))
+    def prestart(run_id: str, worker: Any = None) -> gxrun.GxPrestart:
+        prestarted.append(original(run_id, worker))
         return prestarted[-1]
 
     def ingest(*_: Any, **__: Any) -> Any:
@@ -383,8 +395,8 @@ def test_a_history_above_worker_max_lines_runs_the_models_in_the_job(
     started: list[Any] = []
     original = modelworker.ModelWorker.__init__
 
-    def init(self: Any, run_id: str) -> None:
-        original(self, run_id)
+    def init(self: Any, run_id: str, worker: Any = None) -> None:
+        original(self, run_id, worker)
         started.append(self)
 
     def no_start(*_: Any, **__: Any) -> None:
@@ -402,6 +414,9 @@ def test_a_history_above_worker_max_lines_runs_the_models_in_the_job(
     [note] = [e["message"] for e in _events(summary.run_dir)
               if e["event"] == "info" and "worker_max_lines" in e["message"]]
     assert note.startswith("outlier models after the rules, in this process: the history has ")
+    # the shared worker's GX part went on without the models
+    assert json.loads((summary.run_dir / "validation.json").read_text())[
+        "great_expectations"] == "done"
 
 
 def test_a_model_worker_that_cannot_start_leaves_the_models_to_the_job_and_says_so(
@@ -411,7 +426,7 @@ def test_a_model_worker_that_cannot_start_leaves_the_models_to_the_job_and_says_
     real_popen = subprocess.Popen
 
     def popen(args: list[str], *a: Any, **kw: Any) -> Any:
-        if modelworker.WORKER in args:
+        if "gx,models" in args:  # the shared worker; GX alone may start
             raise OSError("fork refused")
         return real_popen(args, *a, **kw)
 
@@ -452,7 +467,7 @@ def test_a_job_killed_while_the_worker_fits_leaves_no_worker_and_reruns(
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _, err = job.communicate(timeout=300)
     assert job.returncode == -9, err
-    pattern = f"{modelworker.JOB_PREFIX}*-p{job.pid}-*"
+    pattern = f"{jobworker.JOB_PREFIX}*-p{job.pid}-*"
 
     def left() -> list[Any]:  # the model worker's folder, any worker process (GX's too)
         return list(Path(tempfile.gettempdir()).glob(pattern)) + [

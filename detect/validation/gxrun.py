@@ -9,11 +9,12 @@ end into the job folder and moved into the run folder when the run collects them
 quarantine come from ``masks`` (same suite, vectorised).
 
 GX decides nothing, so ``detect.validate`` runs it off the critical path: ``GxJob`` starts a
-niced child process (``gxworker``; the pipeline pre-starts it when the run starts, ``prestart``,
-else the gate starts it when it begins); it imports GX meanwhile, validates once the gate hands
-over its sample, while the next stages run, and the run collects the outcome before it is
+niced child process (``detect.jobworker`` with GX's part, ``gxworker``; the pipeline starts it
+when the run starts, ``prestart``, shared with the model worker when the run has one, else the
+gate starts it when it begins); it imports GX meanwhile, validates once the gate hands over
+its sample, while the next stages run, and the run collects the outcome before it is
 published. Nothing in the parent process imports GX. Spawning, binding to the parent and
-collecting the worker is ``detect.workerproc`` (shared with the model worker).
+collecting the worker is ``detect.workerproc``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -59,41 +61,45 @@ class GxWorkerError(RuntimeError):
     """The GX worker process ended without writing its result (crashed, was killed, ...)."""
 
 
-WORKER = "detect.validation.gxworker"
 JOB_PREFIX = "belegwacht-gx-"
+PART = "gx"
 RESULT, JOB, LOG = workerproc.RESULT, "job.json", workerproc.LOG
 
 
 class GxJob:
-    """Great Expectations' part of the gate in a child process (``python -m
-    detect.validation.gxworker JOB_DIR``). Started early (``validate`` does so before its own
-    work, or the pipeline when the run starts: ``prestart``), the worker imports GX meanwhile
-    and then waits on its stdin; ``submit()`` tells it that ``job_dir`` holds ``job.json`` and
-    the frames as Parquet. It writes ``result.json`` (and the Data Docs into ``job_dir/docs``);
-    ``result()`` waits for it and reads that.
+    """Great Expectations' part of the gate in a child process (``detect.jobworker``, its
+    ``gx`` part). Started early (``validate`` does so before its own work, or the pipeline
+    when the run starts: ``prestart``, or its worker shared with the models), the worker
+    imports GX meanwhile and then waits on its stdin; ``submit()`` tells it that ``job_dir``
+    holds ``job.json`` and the frames as Parquet. It writes ``result.json`` (and the Data Docs
+    into ``job_dir/docs``); ``result()`` waits for it and reads that.
 
     Why a process and not a thread: GX's import (pandas, SQLAlchemy, narwhals, ...) overlapped
     the main thread's first imports of PyOD/scikit-learn/SciPy/pandas in the models stage, and
     CPython's per-module import locks then deadlocked (``_DeadlockError`` on
     ``narwhals.stable.v1``) or handed out half-initialised modules. A process shares no import
-    state, is niced as a whole (``BELEGWACHT_GX_NICE``, default 10, set by the worker itself)
-    and costs the parent no GIL time.
+    state, is niced (``BELEGWACHT_GX_NICE``, default 10, set by the worker itself: the process,
+    or only GX's thread beside the models) and costs the parent no GIL time.
 
     The worker dies with its parent (``workerproc.bind_to_parent``), so a killed run leaves no
     GX process behind; a job that is never collected (a run failing before publish) is killed
     and its folder removed when the ``GxJob`` is garbage collected or the process exits.
 
     A ``job_dir`` handed out by ``new_dir`` for a run whose worker was pre-started
-    (``prestart``) is that worker's folder: the ``GxJob`` adopts the running worker instead of
-    starting another."""
+    (``prestart``) is that worker's GX folder: the ``GxJob`` adopts the running worker instead
+    of starting another. A worker shared with the models is never ended by the ``GxJob``
+    (the pipeline ends it): ``result()`` waits for GX's result file, not for the process."""
 
     def __init__(self, job_dir: Path) -> None:
-        self.job_dir = job_dir
+        from detect.jobworker import JobWorker
+
         with _PRESTART_LOCK:
             pre = _PRESTARTED.pop(job_dir, None)
             if pre is not None:
                 pre.adopted = True
-        self._worker = pre._worker if pre is not None else _spawn(job_dir)
+        self._shared = pre.worker if pre is not None else JobWorker(job_dir, (PART,))
+        self._worker = self._shared.bound
+        self.job_dir = self._shared.part_dir(PART)
         self.adopted = pre is not None
         self.cpu_seconds: float | None = None
         self.max_rss_mb: int | None = None
@@ -112,30 +118,41 @@ class GxJob:
     def submit(self) -> None:
         """The job files are in place: let the worker start on them. A worker that died
         already is reported by ``result()``."""
-        self._worker.send(b"go\n", last=True)
+        self._shared.send(PART, "go")
+        self._shared.end(PART)
 
     def result(self) -> dict[str, Any]:
-        """Wait for the worker and return its ``result.json``; ``cpu_seconds`` is then the
-        worker's whole CPU time (its own and its threads', from ``wait4``). Raises
-        ``GxWorkerError`` when it ended without a result."""
+        """Wait for the worker's ``result.json`` and return it. A worker of GX alone is waited
+        for: ``cpu_seconds`` is then its whole CPU time (its own and its threads', from
+        ``wait4``); a shared one goes on (the GX thread's CPU is in the result's timings).
+        Raises ``GxWorkerError`` when it ended without a result."""
         worker = self._worker
         if worker.proc is None:
             raise GxWorkerError(f"the GX worker process could not be started "
                                 f"({worker.start_error})")
-        worker.send(b"", last=True)  # never submitted: the worker ends without a result
-        if worker.running():
-            workerproc.renice(worker.proc.pid, 0)  # someone waits: no reason to be polite
-        worker.wait()
-        self.cpu_seconds, self.max_rss_mb = worker.cpu_seconds, worker.max_rss_mb
-        payload = worker.result()
+        self._shared.end(PART)  # never submitted: the worker ends without a result
+        name = f"{PART}/{RESULT}"
+        if self._shared.shared():
+            payload = worker.await_result(name)
+        else:
+            if worker.running():
+                workerproc.renice(worker.proc.pid, 0)  # someone waits: no reason to be polite
+            worker.wait()
+            self.cpu_seconds, self.max_rss_mb = worker.cpu_seconds, worker.max_rss_mb
+            payload = worker.result(name)
         if payload is not None:
             return payload
+        worker.wait()
         raise GxWorkerError(f"the GX worker process {worker.exit_text()}")
 
     def close(self) -> None:
-        """Kill the worker if it still runs; remove the job folder (move the Data Docs out
-        first)."""
-        self._worker.close()
+        """No GX job (more): a worker of GX alone is killed and its folder removed (move the
+        Data Docs out first); in a shared worker the part ends and its folder goes."""
+        if self._shared.shared():
+            self._shared.end(PART)
+            shutil.rmtree(self.job_dir, ignore_errors=True)
+        else:
+            self._shared.close()
 
     @staticmethod
     def new_dir(run_id: str) -> Path:
@@ -148,13 +165,7 @@ class GxJob:
         return workerproc.new_job_dir(JOB_PREFIX, run_id)
 
 
-def _spawn(job_dir: Path) -> workerproc.BoundWorker:
-    env = {**os.environ, "GX_ANALYTICS_ENABLED": "False",
-           "POLARS_MAX_THREADS": os.environ.get("BELEGWACHT_GX_THREADS", "1")}
-    return workerproc.BoundWorker(WORKER, job_dir, env=env)
-
-
-# pre-started workers not yet adopted, by job folder; their folders by run id until handed out
+# pre-started workers not yet adopted, by GX folder; their GX folders by run id until handed out
 _PRESTARTED: dict[Path, GxPrestart] = {}
 _PRESTARTED_RUNS: dict[str, Path] = {}
 _PRESTART_LOCK = threading.Lock()
@@ -162,17 +173,20 @@ _PRESTART_LOCK = threading.Lock()
 
 class GxPrestart:
     """A GX worker started when the run starts (``prestart``), before ``validate`` creates its
-    ``GxJob``: GX's import (~1 CPU s with ``gxworker.import_gx``, niced) then overlaps ingest
-    as well as the gate, and is done by the time the gate hands over its sample. ``validate``'s
+    ``GxJob``: GX's import (~1 CPU s with ``gxworker.import_gx``) then overlaps ingest as well
+    as the gate, and is done by the time the gate hands over its sample. ``validate``'s
     ``GxJob(GxJob.new_dir(run_id))`` adopts it. ``close()`` kills it unless it was adopted
     (a run that failed or was skipped before its gate); the pipeline calls it once the gate
     is done, and with ``adopted_too`` when the run ends (a run failing after its gate does not
-    leave the adopted worker to garbage collection)."""
+    leave the adopted worker to garbage collection). With ``worker`` (the pipeline's worker
+    shared with the models) it is that worker's GX part, and closing it only ends the part."""
 
-    def __init__(self, run_id: str) -> None:
+    def __init__(self, run_id: str, worker: Any = None) -> None:
+        from detect.jobworker import JobWorker
+
         self.run_id = run_id
-        self.job_dir = workerproc.new_job_dir(JOB_PREFIX, run_id)
-        self._worker = _spawn(self.job_dir)
+        self.worker = worker if worker is not None else JobWorker.start(run_id, (PART,))
+        self.job_dir = self.worker.part_dir(PART)
         self.adopted = False
         """A ``GxJob`` took the worker over (it collects and closes it then)."""
         with _PRESTART_LOCK:
@@ -181,24 +195,30 @@ class GxPrestart:
 
     @property
     def pid(self) -> int | None:
-        return self._worker.pid
+        return self.worker.pid
 
     def close(self, *, adopted_too: bool = False) -> None:
         """Kill the worker unless a ``GxJob`` adopted it (that job collects it); with
         ``adopted_too`` in any case: the run ends, nobody collects it any more (after a
-        published run it has been collected already, and this does nothing)."""
+        published run it has been collected already, and this does nothing). A shared
+        worker's GX part just ends."""
         with _PRESTART_LOCK:
             if _PRESTARTED_RUNS.get(self.run_id) == self.job_dir:
                 del _PRESTARTED_RUNS[self.run_id]
             _PRESTARTED.pop(self.job_dir, None)
             adopted = self.adopted
         if adopted_too or not adopted:
-            self._worker.close()
+            if self.worker.shared():
+                self.worker.end(PART)
+            else:
+                self.worker.close()
 
 
-def prestart(run_id: str) -> GxPrestart:
-    """Start the GX worker of run ``run_id`` now; ``validate`` adopts it (see ``GxPrestart``)."""
-    return GxPrestart(run_id)
+def prestart(run_id: str, worker: Any = None) -> GxPrestart:
+    """Start the GX worker of run ``run_id`` now, or offer ``worker``'s GX part (a
+    ``jobworker.JobWorker`` shared with the models); ``validate`` adopts it (see
+    ``GxPrestart``)."""
+    return GxPrestart(run_id, worker)
 
 
 def quiet_gx() -> None:

@@ -1,13 +1,14 @@
-"""The GX worker process: ``python -m detect.validation.gxworker JOB_DIR PARENT_PID MAIN``.
+"""Great Expectations' part of the run's worker process (``detect.jobworker``).
 
-Started by ``gxrun.GxJob`` when the gate begins, or by ``gxrun.prestart`` when the run starts
-(see there why a process). It lowers its own priority, ties its life to the parent's
-(``workerproc.bind_to_parent``) and imports GX (``import_gx``: without the modules our suites
-never use, ~1 instead of ~2.3 CPU s); when the parent writes ``go`` to its stdin (EOF
-instead: no job, exit) it reads ``JOB_DIR/job.json`` and the frames
-(``sample.parquet``, ``master/<name>.parquet``), validates them through Great Expectations,
-builds the Data Docs into ``JOB_DIR/docs`` and writes ``JOB_DIR/result.json`` (atomically: a
-worker that dies leaves no result, which the parent reports as GX having failed).
+The worker process is started by ``gxrun.GxJob`` when the gate begins, or when the run starts
+(``gxrun.prestart``, or the pipeline's shared worker with the models; see there why a
+process). It imports GX first (``import_gx``: without the modules our suites never use, ~1
+instead of ~2.3 CPU s), niced (``be_polite``: the process when GX is alone in it, else the GX
+thread); when the parent writes ``gx go`` it reads ``job.json`` and the frames
+(``sample.parquet``, ``master/<name>.parquet``) from its folder (``JOB_DIR/gx``), validates them
+through Great Expectations (``run``), builds the Data Docs into ``docs`` and writes
+``result.json`` (atomically: a worker that dies leaves no result, which the parent reports as
+GX having failed).
 
 GX decides nothing (the vectorised masks did), so every GX failure is caught and written as the
 result's ``error``; only a crash of the worker itself leaves no result. The job description:
@@ -26,7 +27,6 @@ from importlib.abc import Loader, MetaPathFinder
 from importlib.machinery import ModuleSpec
 from importlib.util import find_spec
 
-from detect import workerproc
 
 DEFERRED = ("scipy.stats", "altair", "jsonschema")
 """Imported by GX's ``__init__`` (``expect_column_kl_divergence_to_be_less_than``, the KS-test
@@ -39,40 +39,20 @@ HIDDEN = ("sqlalchemy",)
 frames only, and its SQL dialect models cost ~0.2 CPU s at start-up."""
 
 
-def _be_polite() -> None:
+def be_polite(*, thread: bool = False) -> None:
     """Run below the job's own stages (``BELEGWACHT_GX_NICE``, default 10): on a busy
-    machine GX takes the idle core time first."""
+    machine GX takes the idle core time first. ``thread``: only the calling thread (the
+    shared worker's GX thread; Linux keeps a nice value per thread), never the process whose
+    models the job waits for; elsewhere that thread is not niced."""
     try:
-        os.nice(int(os.environ.get("BELEGWACHT_GX_NICE", "10") or 0))
+        nice = int(os.environ.get("BELEGWACHT_GX_NICE", "10") or 0)
+        if not thread:
+            os.nice(nice)
+        elif sys.platform.startswith("linux"):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
+                           os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) + nice)
     except (AttributeError, OSError, ValueError):
         pass
-
-
-def main(argv: list[str]) -> int:
-    job_dir, parent, main_thread = workerproc.worker_args(argv)
-    workerproc.bind_to_parent(parent, main_thread, job_dir, "gx")
-    _be_polite()
-
-    started = time.perf_counter()
-    import json
-    from pathlib import Path
-
-    from detect.validation.gxrun import JOB, quiet_gx
-
-    quiet_gx()
-    import_gx()
-    imported = time.perf_counter()
-    if workerproc.next_line(job_dir) != "go":
-        return 0
-    go = time.perf_counter()
-    directory = Path(job_dir)
-    spec = json.loads((directory / JOB).read_text(encoding="utf-8"))
-    outcome = run(spec, directory)
-    # gx_import: start-up and GX's import; gx_idle: then waiting for the gate to hand over
-    outcome["timings"] = {"gx_import": round(imported - started, 3),
-                          "gx_idle": round(go - imported, 3), **outcome["timings"]}
-    workerproc.write_result(directory, outcome)
-    return 0
 
 
 class _Deferred(types.ModuleType):
@@ -84,7 +64,9 @@ class _Deferred(types.ModuleType):
     keeps it deferred.
 
     Not for modules used from several threads: the lock runs it once, but another thread that
-    reads one of its names while it runs sees it half-run (the worker uses GX in one thread)."""
+    reads one of its names while it runs sees it half-run. The worker uses GX in one thread;
+    beside the models (``detect.jobworker``) the deferred modules left after both imports
+    (altair, jsonschema: the models import scipy.stats) are GX's alone."""
 
     def __getattr__(self, name: str) -> object:
         with _LOAD_LOCK:
@@ -362,7 +344,8 @@ def run(spec: dict, job_dir) -> dict:
     from detect.validation.gxrun import GxRunner
     from detect.validation.suites import suite_from_raw
 
-    started, cpu = time.perf_counter(), time.process_time()
+    # this thread's CPU: in the shared worker the models run in the process's main thread
+    started, cpu = time.perf_counter(), time.thread_time()
     times: dict[str, float] = {}
 
     def lap(name: str) -> None:
@@ -403,9 +386,7 @@ def run(spec: dict, job_dir) -> dict:
         except Exception as exc:  # noqa: BLE001 - the run's data are complete without the HTML
             out["docs_error"] = f"Data Docs could not be built ({type(exc).__name__}: {exc})"
         lap("data_docs")
-    out["timings"] = {**times, "gx_cpu_worker": round(time.process_time() - cpu, 3)}
+    out["timings"] = {**times, "gx_cpu_worker": round(time.thread_time() - cpu, 3)}
     return out
 
 
-if __name__ == "__main__":
-    workerproc.exit_now(main(sys.argv[1:]))
