@@ -24,9 +24,11 @@ ordered functions applied once each, inside a write transaction.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -322,12 +324,29 @@ class ReviewStore:
     # -- transactions --
 
     @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        """A write transaction: BEGIN IMMEDIATE on SQLite, so the write lock is taken up front."""
+    def _write(self, *, checkpoint_later: bool = False) -> Iterator[Connection]:
+        """A write transaction: BEGIN IMMEDIATE on SQLite, so the write lock is taken up front.
+
+        ``checkpoint_later`` (SQLite): the commit does not copy the WAL into the database file
+        itself (SQLite's automatic checkpoint once the WAL passes 1,000 pages); a background
+        thread does it right after (``_checkpoint_soon``). For a publish of ~18 MB (28k items)
+        that takes ~0.05 s of writing and fsync off the commit. The commit is as durable either
+        way: it is fsynced into the WAL, which a checkpoint only copies on."""
         with self.engine.connect() as conn:
             conn.execution_options(belegwacht_write=True)
-            with conn.begin():
-                yield conn
+            raw = conn.connection.dbapi_connection if checkpoint_later and \
+                self.dialect == "sqlite" else None
+            if raw is not None:  # the driver's own connection: SQLAlchemy would begin here
+                pages = raw.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+                raw.execute("PRAGMA wal_autocheckpoint = 0")
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                if raw is not None:
+                    raw.execute(f"PRAGMA wal_autocheckpoint = {int(pages)}")
+        if raw is not None:
+            _checkpoint_soon(self.engine)
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -446,7 +465,7 @@ class ReviewStore:
         run_id = ctx.run_id
         new = _normalise_findings(findings, entity)
         scope_keys = self._scope(ctx, new, scope)
-        with self._write() as conn:
+        with self._write(checkpoint_later=True) as conn:
             active = self._active_suppressions(conn)
             new = _apply_suppressions(new, active)
             entities = {entity, *new["entity"].to_list()}
@@ -871,6 +890,43 @@ class ReviewStore:
 
 
 # --- helpers -----------------------------------------------------------------------------------
+
+_CHECKPOINTS: list[threading.Thread] = []
+_CHECKPOINTS_LOCK = threading.Lock()
+_JOIN_AT_EXIT: list[bool] = []  # the exit handler is registered once
+
+
+def _checkpoint_soon(engine: Engine) -> None:
+    """Copy the WAL into the database file in a background thread (``PRAGMA
+    wal_checkpoint(PASSIVE)``: never waits for readers or writers, does what it can). The
+    process waits for it when it exits (``join_checkpoints``, an exit handler): one cut short
+    loses nothing, the next commit's automatic checkpoint would finish it."""
+    def run() -> None:
+        try:
+            raw = engine.raw_connection()
+            try:
+                raw.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            finally:
+                raw.close()
+        except Exception:  # noqa: BLE001 - an optimisation: SQLite's own checkpoint catches up
+            pass
+
+    thread = threading.Thread(target=run, name="belegwacht-checkpoint", daemon=True)
+    with _CHECKPOINTS_LOCK:
+        if not _JOIN_AT_EXIT:
+            atexit.register(join_checkpoints)
+            _JOIN_AT_EXIT.append(True)
+        _CHECKPOINTS[:] = [t for t in _CHECKPOINTS if t.is_alive()] + [thread]
+    thread.start()
+
+
+def join_checkpoints(timeout: float | None = 30.0) -> None:
+    """Wait for the background checkpoints started so far (``_checkpoint_soon``)."""
+    with _CHECKPOINTS_LOCK:
+        pending = list(_CHECKPOINTS)
+    for thread in pending:
+        thread.join(timeout)
+
 
 def _executemany(conn: Connection, stmt: Any, rows: pl.DataFrame) -> None:
     """Run ``stmt`` for every row of ``rows`` (columns named like its parameters) as ONE
