@@ -326,12 +326,19 @@ def import_models() -> BaseException | None:
     lazily: ``models._deferred_imports``) with the cyclic garbage collector paused, the
     modules' objects then frozen out of later collections (an import makes thousands of
     objects, none garbage: ~0.09 of ~0.85 CPU s after GX's import, measured); the error, if
-    any, is raised when the job comes."""
+    any, is raised when the job comes. With them the modules ``models.save_stage`` first
+    imports when it writes (pyod's persistence, Polars' Parquet writer): the ``models explain``
+    step may run beside the shared worker's GX thread, and two threads importing at once is
+    what deadlocked CPython's import locks (``workerproc``); measured, the step then imports
+    nothing new (GX's thread imports 7 small modules: its masks, Data Docs renderer, jinja2.ext,
+    pyarrow's pandas bridge)."""
     import gc
 
     gc.disable()
     try:
         import polars  # noqa: F401
+        import polars._utils.parquet  # noqa: F401
+        from pyod.utils import persistence  # noqa: F401
 
         from detect import models  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - reported when the job comes

@@ -123,3 +123,46 @@ def test_ending_every_part_without_a_job_ends_the_worker() -> None:
     finally:
         worker.close()
     assert not worker.job_dir.exists()
+
+
+EXPLAIN_IMPORTS = """
+import json, pickle, sys, tempfile, time
+from pathlib import Path
+import polars as pl
+from detect.validation import gxworker
+from detect import modelworker
+from detect.config import Settings
+from test_features import tiny_ledger
+gxworker.import_gx()
+assert modelworker.import_models() is None
+tmp = Path(tempfile.mkdtemp())
+tiny_ledger(300).write_parquet(tmp / "h.parquet")
+(tmp / "run").mkdir()
+(tmp / "models").mkdir()
+job = {"history_glob": str(tmp / "h.parquet"), "run_id": "r", "run_dir": str(tmp / "run"),
+       "entity": "Testdorf", "settings": Settings(), "rescore_history": False}
+(tmp / "models" / "job.pkl").write_bytes(pickle.dumps(job))
+part = modelworker.ModelPart(tmp / "models", time.perf_counter())
+part.go()
+before = set(sys.modules)
+part.explain()
+print("PROBE", json.dumps({"new": sorted(set(sys.modules) - before),
+                           "done": (tmp / "models" / "done.json").exists()}))
+"""
+
+
+def test_the_models_explain_step_imports_nothing_beside_the_gx_thread() -> None:
+    """``models explain`` may run while GX's thread validates: it must not import modules
+    then (two threads importing at once deadlocked CPython's import locks), so
+    ``import_models`` imports what writing the outputs needs."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", EXPLAIN_IMPORTS], capture_output=True,
+                          text=True, cwd=root / "tests", timeout=300,
+                          env={**os.environ, "BELEGWACHT_LAZY_IMPORTS": "1",
+                               "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(next(x for x in done.stdout.splitlines() if x.startswith("PROBE"))[6:])
+    assert out == {"new": [], "done": True}
