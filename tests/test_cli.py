@@ -86,3 +86,49 @@ def test_program_exit_skips_teardown_but_runs_exit_handlers_and_flushes(tmp_path
                             text=True, cwd=ROOT, env={"PATH": "/usr/bin:/bin"}, timeout=120)
     assert failed.returncode == 2 and "no such file" in failed.stderr
     assert marker.read_text() == "ran"
+
+
+def test_run_sets_the_allocator_defaults_before_polars_loads(tmp_path: Path) -> None:
+    """``belegwacht run`` sets ``RUN_ALLOCATOR_ENV`` (read by Polars' jemalloc when Polars
+    loads; the workers inherit the environment) before anything imports Polars; a value the
+    user has set stays. (The run itself fails at once: the file does not exist.)"""
+    script = ("import os, sys\n"
+              "from detect import cli\n"
+              "assert 'polars' not in sys.modules, 'detect.cli imports Polars'\n"
+              f"cli.main(['run', {str(tmp_path / 'nope.csv')!r}, '--data-dir', "
+              f"{str(tmp_path / 'var')!r}])\n"
+              "print(os.environ.get('_RJEM_MALLOC_CONF'))\n")
+
+    def run(env: dict[str, str]) -> str:
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              cwd=ROOT, env={"PATH": "/usr/bin:/bin", **env}, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    from detect.cli import RUN_ALLOCATOR_ENV, allocator_env
+
+    # Polars puts its own defaults in front when it loads; the last setting of a key wins
+    assert run({}).endswith("," + RUN_ALLOCATOR_ENV["_RJEM_MALLOC_CONF"])
+    mine = run({"_RJEM_MALLOC_CONF": "narenas:2"})
+    assert mine.endswith(",narenas:2") and RUN_ALLOCATOR_ENV["_RJEM_MALLOC_CONF"] not in mine
+    env = {"_RJEM_MALLOC_CONF": "mine"}
+    assert allocator_env(env) == {k: v for k, v in RUN_ALLOCATOR_ENV.items() if k not in env}
+    assert env["_RJEM_MALLOC_CONF"] == "mine"
+
+
+def test_step_log_records_the_page_faults_of_each_step(tmp_path: Path) -> None:
+    """``step_done`` carries this process's minor page faults during the step (what an
+    allocator setting changes, docs/performance.md), next to seconds, CPU and peak RSS."""
+    from detect.runlog import StepLog
+
+    log = StepLog(json_path=tmp_path / "run.log.jsonl", quiet=True)
+    with log.step("touch"):
+        block = bytearray(32 << 20)  # 32 MB, zeroed: a fresh mapping, faulted in page by page
+        block[::4096] = b"\1" * len(block[::4096])
+    with log.step("idle"):
+        pass
+    done = {e["step"]: e for e in map(json.loads, log.json_path.read_text().splitlines())
+            if e["event"] == "step_done"}
+    # 8192 pages of 4 KB (16 where transparent huge pages map 2 MB at a time)
+    assert done["touch"]["minor_faults"] >= 16
+    assert 0 <= done["idle"]["minor_faults"] < done["touch"]["minor_faults"]
