@@ -414,14 +414,6 @@ and `journals`, 4 alternating runs each (load 9-11): 2,00-2,37 -> 1,81-2,15 CPU 
 catalog (`connect` + `run_catalog` on the baseline's `bookings.parquet`, 4 alternating runs,
 load 9-13): 7,18-7,64 -> 6,87-7,32 CPU s. Same 54.265 hits, texts, evidence and
 `history_journals`. AMT001 keeps `$manual_sources` (it tests only its few round lines).
-Two rules count their neighbours only for the few rows that pass every other test, instead of
-a window over all rows (min of 3, 3 alternating runs each; same hits): AMT004's similar
-lines for its 1.603 candidates instead of a `RANGE` window over 106.787 big lines (0,33 ->
-0,29), PRC002's clerk and vendor counts around a start for the 5.029 starts with enough parts
-instead of two windows over 59.700 parts (0,28 -> 0,23; a null day counts the other null
-days, as the window's frame did). A correlated `count(*)` subquery over a small outer set is
-decorrelated into a join and aggregate: cheaper than a window that sorts every row to answer
-a question about a few.
 
 Measured in round 5 and left (CPU s at 1M, min of 3 unless said):
 
@@ -442,6 +434,18 @@ Measured in round 5 and left (CPU s at 1M, min of 3 unless said):
   `translate(x, ',.', '.,')` instead of the three `replace` is no cheaper. Leaving out the
   `DISTINCT` would save ~0,06 in all but needs proof that rendering never maps two rule rows
   to one text (float `-0.0`, key casts): not done.
+- Counting neighbours only for the few rows that pass every other test, with a correlated
+  `count(*)` instead of a window over every row: AMT004's similar lines for its 1.603
+  candidates (0,33 -> 0,29, same hits), PRC002's clerk and vendor counts around the 5.029
+  starts with enough parts (0,28 -> 0,23, same hits). Reverted: DuckDB runs the subquery as a
+  hash join on the partition keys with the range as a residual filter, so the work grows
+  with candidates x lines per account or vendor - 9,3 million pairs at 1M (AMT004; 30
+  accounts at both sizes) would be ~100x at 10M, while the window grows with n log n.
+- PAY001 grouped by (vendor, account, amount) before the reference key is built: 0,26 ->
+  0,28. `AS NOT MATERIALIZED` on the first line CTE of PAY001, PAY002, AMT004, AMT005,
+  BEN001, BEN002, ACC002, PAY005: within 0,015 or slower (PAY001 0,24 -> 0,35, ACC002 0,49 ->
+  0,60-0,65). BEN001/BEN002 picking each line's group by two anti joins instead of
+  `QUALIFY row_number()`: 0,19 -> 0,18 / 0,26 -> 0,245, not worth the longer query.
 - The calendar years of `connect` from the copy instead of the Parquet source: 0,04 -> 0,02;
   not worth running `setup_views` in two parts.
 - One DuckDB thread: the 34 queries took 4,31 instead of 4,71 CPU s (load ~9, min of 3 per
@@ -473,10 +477,9 @@ cost at 10 million lines):
   filter into the scan and evaluates the expression there again (JRN002 ran its journal-id
   regex three times per journal). Compute it once in a projection and let a later, cheap
   condition drop the rows (a null sorted last, a null difference).
-- Count neighbours only where the answer matters: a window evaluates its frame for every row,
-  a correlated `(SELECT count(*) ... WHERE ...)` over the few rows that pass every other test
-  does not (AMT004, PRC002). Mind the frame's nulls: a `RANGE` frame of a null sort value is
-  the other nulls.
+- A correlated `(SELECT count(*) ... WHERE <range>)` instead of a window is cheaper at 1M
+  lines only when the outer rows are few, and it grows with outer rows x lines per key (a hash
+  join with the range as a residual filter): keep the window where a key holds many lines.
 - Join each payment with the few changes near it, not with every change of its vendor: an
   equality on a time bucket (or a small candidate set first) keeps a join from growing with
   the square of the history.
