@@ -1,4 +1,4 @@
-"""PyOD outlier ensemble per entity: fit on the history, score this delivery, explain each score.
+"""Outlier ensemble per entity: fit on the history, score this delivery, explain each score.
 
 Why an ensemble: IForest sees combinations of features (a large amount *and* a rare user),
 HBOS and ECOD see each feature's tail; they fail differently, and averaging their ranks is
@@ -7,15 +7,24 @@ detectors live on different scales; each detector's score is turned into its per
 the training lines' scores (a rank against the fit sample, so a line's score does not depend on
 which other lines are scored in the same batch), and the percentiles are averaged -> 0..1.
 
-ECOD here is ``TailECOD``, an inductive variant of PyOD's ECOD: PyOD recomputes the empirical
-CDFs on training + scored rows at every ``decision_function`` call, which makes a score depend
-on the batch and costs memory proportional to both. ``TailECOD`` keeps the sorted training
-columns as lookup tables over their distinct values (``searchsorted``); its per-feature tail scores
-``-log P(tail)`` are also the explanations.
+ECOD here is ``TailECOD``, our inductive ECOD following PyOD's detector interface (``fit``,
+``decision_function``, ``predict``, ``decision_scores_``, ``threshold_``, ``labels_``): PyOD
+recomputes the empirical CDFs on training + scored rows at every ``decision_function`` call,
+which makes a score depend on the batch and costs memory proportional to both. ``TailECOD``
+keeps the sorted training columns as lookup tables over their distinct values
+(``searchsorted``); its per-feature tail scores ``-log P(tail)`` are also the explanations.
+PyOD provides IForest and HBOS when configured (imported on use).
 
-Persistence: ``models/ensemble.joblib`` (PyOD's versioned envelope) with ``ensemble.json``
-(parameters, features, versions, sha256 of the joblib). ``load_ensemble`` refuses a file whose
-hash does not match the sidecar and only then calls ``pyod.utils.persistence.load(trusted=True)``.
+Why NumPy only: the default ensemble (``["ecod"]``) imports neither PyOD nor scikit-learn
+(importing ``pyod.models.ecod`` cost the model worker ~1.0 CPU s per run, ``sklearn.base``
+0.83 and ``scipy.stats`` 0.54 of it); ``BookingOutlierEnsemble`` and ``TailECOD`` keep
+scikit-learn's parameter conventions (``get_params``/``set_params``, ``sklearn.base.clone``).
+
+Persistence: ``models/ensemble.joblib`` (our versioned envelope: a joblib dump of a dict with
+the format, the library versions and the model) with ``ensemble.json`` (format, parameters,
+features, versions, sha256 of the joblib). ``load_ensemble`` refuses a file whose hash does not
+match the sidecar and only then unpickles it; files of older runs (PyOD's envelope, no
+``format`` in the sidecar) load through ``pyod.utils.persistence.load(trusted=True)``.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import importlib.abc
 import importlib.util
+import inspect
 import json
 import os
 import platform
@@ -43,7 +53,7 @@ DEFERRED_IMPORTS = ("matplotlib.pyplot", "pandas")
 ``pyod.models.ecod`` imports ``matplotlib.pyplot`` for its plot method (with
 ``mpl_toolkits.mplot3d``, ~0.35 CPU s), ``sklearn.utils.fixes`` imports ``pandas`` in case an
 input is a DataFrame (~0.3 CPU s). In the model worker they are imported lazily
-(``_deferred_imports``)."""
+(``_deferred_imports``) when IForest or HBOS are configured (the default imports no PyOD)."""
 
 
 class _LazyFinder(importlib.abc.MetaPathFinder):
@@ -97,10 +107,6 @@ def _deferred_imports(names: tuple[str, ...]) -> Iterator[None]:
         sys.meta_path.remove(finder)
 
 
-with _deferred_imports(DEFERRED_IMPORTS):
-    from pyod.models.ecod import ECOD
-    from sklearn.base import BaseEstimator
-
 from detect import explain
 from detect.errors import UserError
 from detect.runlog import max_rss_mb
@@ -152,8 +158,77 @@ class ModelLoadError(UserError):
     """A saved model is missing, altered or not from this tool: it is not unpickled."""
 
 
-class TailECOD(ECOD):
+class NotFittedError(ValueError, AttributeError):
+    """``predict`` before ``fit`` (the bases of scikit-learn's error of that name)."""
+
+
+class Params:
+    """scikit-learn's estimator conventions without importing scikit-learn: the constructor's
+    keyword arguments are the parameters, stored unchanged under their names; ``get_params``,
+    ``set_params`` and the repr follow from them, so ``sklearn.base.clone`` works.
+
+    Why not ``sklearn.base.BaseEstimator``: importing it costs ~0.8 CPU s per process (the
+    model worker's whole default stage needs none of it)."""
+
+    @classmethod
+    def _get_param_names(cls) -> list[str]:
+        params = inspect.signature(cls.__init__).parameters.values()
+        return sorted(p.name for p in params if p.name != "self" and p.kind != p.VAR_KEYWORD)
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key in self._get_param_names():
+            value = getattr(self, key)
+            if deep and hasattr(value, "get_params") and not isinstance(value, type):
+                out.update((f"{key}__{k}", v) for k, v in value.get_params().items())
+            out[key] = value
+        return out
+
+    def set_params(self, **params: Any) -> "Params":
+        valid = self.get_params(deep=True)
+        nested: dict[str, dict[str, Any]] = {}
+        for key, value in params.items():
+            key, sep, sub = key.partition("__")
+            if key not in valid:
+                raise ValueError(f"Invalid parameter {key!r} for estimator {self!r}. "
+                                 f"Valid parameters are: {sorted(self._get_param_names())!r}.")
+            if sep:
+                nested.setdefault(key, {})[sub] = value
+            else:
+                setattr(self, key, value)
+                valid[key] = value
+        for key, sub_params in nested.items():
+            valid[key].set_params(**sub_params)
+        return self
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # files written while the classes derived from scikit-learn's BaseEstimator hold its
+        # version tag in the state; nothing reads it now
+        state = dict(state)
+        state.pop("_sklearn_version", None)
+        self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        defaults = {name: p.default for name, p in
+                    inspect.signature(type(self).__init__).parameters.items()}
+        changed = [f"{k}={v!r}" for k, v in self.get_params(deep=False).items()
+                   if not (k in defaults and _same(defaults[k], v))]
+        return f"{type(self).__name__}({', '.join(changed)})"
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - e.g. arrays: shown as changed
+        return False
+
+
+class TailECOD(Params):
     """Inductive ECOD: per-feature empirical tail probabilities against the training sample.
+
+    Follows PyOD's detector interface with the same values as when it derived from PyOD's
+    ``ECOD`` (``decision_scores_``, ``threshold_``/``labels_`` from ``contamination``,
+    ``predict``, ``_classes``/``_mu``/``_sigma``), without importing PyOD.
 
     ``directions[j]`` = +1 scores only the upper tail of feature j (e.g. rarity), 0 both tails.
     ``aggregate``: "sum" (PyOD's ECOD: all tails add up) or "max" (the line is as unusual as
@@ -164,13 +239,18 @@ class TailECOD(ECOD):
 
     def __init__(self, contamination: float = 0.1, directions: tuple[int, ...] | None = None,
                  aggregate: str = "max"):
-        super().__init__(contamination=contamination)
+        if isinstance(contamination, (float, int)) and not 0.0 < contamination <= 0.5:
+            raise ValueError(f"contamination must be in (0, 0.5], got: {contamination:f}")
+        self.contamination = contamination
+        self.n_jobs = 1  # PyOD's ECOD attribute; nothing here runs in parallel
         self.directions = directions
         self.aggregate = aggregate
 
     def fit(self, X: np.ndarray, y: Any = None) -> "TailECOD":
         X = np.asarray(X, dtype=np.float64)
-        self._set_n_classes(y)
+        self._classes = 2  # PyOD's binary default; y is ignored (unsupervised)
+        if y is not None:
+            self._classes = len(np.unique(y))
         self.n_features_in_ = X.shape[1]
         self.n_train_ = X.shape[0]
         dirs = self.directions if self.directions is not None else (0,) * X.shape[1]
@@ -183,6 +263,24 @@ class TailECOD(ECOD):
         self.decision_scores_ = self.decision_function(X)
         self._process_decision_scores()
         return self
+
+    def _process_decision_scores(self) -> "TailECOD":
+        """``threshold_`` (the training scores' 1 - contamination percentile) and ``labels_``
+        (1 above it), as PyOD's ``BaseDetector`` computes them for a numeric contamination."""
+        if not isinstance(self.contamination, (float, int)):
+            raise UserError("TailECOD takes a numeric contamination",
+                            hint="e.g. 0.1 (PyThresh objects need PyOD's own detectors)")
+        self.threshold_ = np.percentile(self.decision_scores_, 100 * (1 - self.contamination))
+        self.labels_ = (self.decision_scores_ > self.threshold_).astype("int").ravel()
+        self._mu = np.mean(self.decision_scores_)
+        self._sigma = np.std(self.decision_scores_)
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """1 for lines scoring above ``threshold_``, else 0 (PyOD's ``predict``)."""
+        if not all(hasattr(self, a) for a in ("decision_scores_", "threshold_", "labels_")):
+            raise NotFittedError(f"This {type(self).__name__} instance is not fitted yet.")
+        return (self.decision_function(X) > self.threshold_).astype("int").ravel()
 
     def _tail_table(self, col: np.ndarray, direction: int) -> tuple[np.ndarray, np.ndarray]:
         """The ECDF of one training column as a lookup table over its distinct values.
@@ -323,8 +421,9 @@ def row_sum(cols: list[np.ndarray]) -> np.ndarray:
     return total
 
 
-class BookingOutlierEnsemble(BaseEstimator):
-    """Rank-averaged ensemble of PyOD detectors (scikit-learn estimator conventions).
+class BookingOutlierEnsemble(Params):
+    """Rank-averaged ensemble of outlier detectors (scikit-learn estimator conventions: ``Params``):
+    our ``TailECOD``, and PyOD's IForest and HBOS when configured.
 
     ``decision_function`` returns 0..1: the mean over detectors of the score's percentile
     among the training scores (higher = more unusual). ``tail_scores`` gives the per-feature
@@ -345,15 +444,17 @@ class BookingOutlierEnsemble(BaseEstimator):
         self.random_state = random_state
 
     def _make(self, name: str, n_rows: int) -> Any:
-        # imported on use: the default ECOD-only model never loads sklearn.ensemble (~0.15 s)
+        # PyOD imported on use: the default ECOD-only model loads neither PyOD nor scikit-learn
         if name == "iforest":
-            from pyod.models.iforest import IForest
+            with _deferred_imports(DEFERRED_IMPORTS):
+                from pyod.models.iforest import IForest
 
             return IForest(n_estimators=self.n_estimators,
                            max_samples=max(2, min(self.max_samples, n_rows)),
                            random_state=self.random_state, n_jobs=1)
         if name == "hbos":
-            from pyod.models.hbos import HBOS
+            with _deferred_imports(DEFERRED_IMPORTS):
+                from pyod.models.hbos import HBOS
 
             return HBOS(n_bins=self.n_bins)
         if name == "ecod":
@@ -436,28 +537,40 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+MODEL_FORMAT = "belegwacht-ensemble-1"
+"""The envelope ``save_ensemble`` writes (in the joblib and in ``ensemble.json``). Files of
+runs before it (no ``format`` in the sidecar) are PyOD's ``persistence`` envelope."""
+
+
 def save_ensemble(model: BookingOutlierEnsemble, folder: Path, meta: dict[str, Any]) -> Path:
-    """Write ``ensemble.joblib`` + ``ensemble.json`` (params, versions, sha256)."""
-    from pyod.utils.persistence import save
+    """Write ``ensemble.joblib`` (our envelope: format, versions, run, model) and
+    ``ensemble.json`` (format, params, versions, sha256).
+
+    Why our own envelope: PyOD's ``persistence.save`` imports PyOD and scikit-learn (~1 CPU s
+    per run) to record their versions; the default model uses neither."""
+    import joblib
 
     folder.mkdir(parents=True, exist_ok=True)
     blob = folder / "ensemble.joblib"
-    save(model, blob, metadata={"run": meta.get("run_id")})
+    versions = _versions()
+    joblib.dump({"format": MODEL_FORMAT, "versions": versions,
+                 "metadata": {"run": meta.get("run_id")}, "model": model}, blob)
     sidecar = {
         "sha256": _sha256(blob),
         "params": {k: (list(v) if isinstance(v, tuple) else v)
                    for k, v in model.get_params().items()},
-        "versions": _versions(),
+        "versions": versions,
         **meta,
     }
+    sidecar["format"] = MODEL_FORMAT
     (folder / "ensemble.json").write_text(json.dumps(sidecar, indent=2, default=str), "utf-8")
     return blob
 
 
 def load_ensemble(folder: Path) -> tuple[BookingOutlierEnsemble, dict[str, Any]]:
-    """Load a saved ensemble only if its sha256 matches the sidecar written with it."""
-    from pyod.utils.persistence import load
-
+    """Load a saved ensemble only if its sha256 matches the sidecar written with it: nothing is
+    unpickled before. Our envelope with joblib; a file of an older run (PyOD's envelope, the
+    sidecar without ``format``) with ``pyod.utils.persistence.load``, which imports PyOD."""
     blob, sidecar = folder / "ensemble.joblib", folder / "ensemble.json"
     if not blob.exists() or not sidecar.exists():
         raise ModelLoadError("saved model or its ensemble.json is missing", file=str(folder))
@@ -469,7 +582,21 @@ def load_ensemble(folder: Path) -> tuple[BookingOutlierEnsemble, dict[str, Any]]
         raise ModelLoadError("model file does not match the sha256 in ensemble.json; "
                              "refusing to unpickle it", file=str(blob),
                              hint="re-run the scoring to fit a fresh model")
-    model = load(blob, trusted=True)
+    fmt = meta.get("format")
+    if fmt == MODEL_FORMAT:
+        import joblib
+
+        envelope = joblib.load(blob)
+        if not isinstance(envelope, dict) or envelope.get("format") != MODEL_FORMAT:
+            raise ModelLoadError("file is not a saved ensemble of this format", file=str(blob))
+        model = envelope.get("model")
+    elif fmt is None:  # written before MODEL_FORMAT: PyOD's versioned envelope
+        from pyod.utils.persistence import load
+
+        model = load(blob, trusted=True)
+    else:
+        raise ModelLoadError(f"unknown model format {fmt!r}", file=str(sidecar),
+                             hint="saved by a newer belegwacht? re-run the scoring")
     if not isinstance(model, BookingOutlierEnsemble):
         raise ModelLoadError("file does not hold a BookingOutlierEnsemble", file=str(blob))
     return model, meta

@@ -136,7 +136,8 @@ def test_save_load_roundtrip_and_tamper_refusal(tmp_path: Path) -> None:
                                  directions=(1, 0)).fit(X)
     save_ensemble(est, tmp_path, {"run_id": "r1", "features": ["a", "b"]})
     meta = json.loads((tmp_path / "ensemble.json").read_text())
-    assert meta["params"]["random_state"] == 3 and meta["versions"]["pyod"]
+    assert meta["params"]["random_state"] == 3 and meta["versions"]["numpy"]
+    assert meta["format"] == "belegwacht-ensemble-1"
     loaded, meta2 = load_ensemble(tmp_path)
     np.testing.assert_array_equal(loaded.decision_function(X), est.decision_function(X))
     blob = tmp_path / "ensemble.joblib"
@@ -146,6 +147,88 @@ def test_save_load_roundtrip_and_tamper_refusal(tmp_path: Path) -> None:
     (tmp_path / "ensemble.json").unlink()
     with pytest.raises(ModelLoadError, match="missing"):
         load_ensemble(tmp_path)
+
+
+def _digest(a: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
+
+
+def test_scores_have_the_bits_of_the_pyod_derived_ecod() -> None:
+    """Frozen from the code before TailECOD and the ensemble stopped deriving from PyOD's
+    ECOD and scikit-learn's BaseEstimator (13ac485): the standalone classes give the same
+    bits for the raw and training scores, threshold_, labels_, predict, the tail scores, the
+    ensemble's percentiles and the whole stage on a ledger."""
+    from detect.models import TailECOD
+    from test_features import tiny_ledger
+
+    rng = np.random.default_rng(11)
+    X = np.column_stack([rng.normal(size=3000), np.round(rng.exponential(size=3000), 1),
+                         rng.integers(0, 5, 3000).astype(float)]).astype(np.float32)
+    Y = np.column_stack([rng.normal(scale=2, size=500), np.round(rng.exponential(size=500), 2),
+                         rng.integers(-1, 7, 500).astype(float)]).astype(np.float32)
+    frozen = {"max": ("3f2668bb8572af8b", 2.9310259896317206, "9fd13736d6999b4f",
+                      "dd5b177be97e9611", 1.6076395644021362, 1.0116128128750135),
+              "sum": ("049e5aaca4865881", 4.503031090901469, "d508e8caa1d83cd7",
+                      "7902d6eb2359080f", 2.59137574258852, 1.4872736397109196)}
+    for agg, (train, threshold, scores, labels, mu, sigma) in frozen.items():
+        det = TailECOD(directions=(0, 1, 1), aggregate=agg).fit(X)
+        assert _digest(det.decision_scores_) == train and det.threshold_ == threshold
+        assert det.labels_.sum() == 300 and det.labels_.dtype == np.int_
+        assert _digest(det.decision_function(Y)) == scores
+        assert _digest(det.predict(Y)) == labels
+        assert _digest(det.tail_scores(Y)) == "1e132ce713f6596a"
+        assert (det._mu, det._sigma, det._classes, det.n_features_in_) == (mu, sigma, 2, 3)
+        assert det.get_params() == {"aggregate": agg, "contamination": 0.1,
+                                    "directions": (0, 1, 1)}
+    ens = BookingOutlierEnsemble(directions=(0, 1, 1)).fit(X)
+    assert _digest(ens.decision_function(Y)) == "c0a796a550738367"
+    assert _digest(ens.decision_function(X)) == "7282a5e3284395d0"
+    scores, _, _ = fit_and_score(tiny_ledger(400).lazy(), Settings())
+    assert _digest(scores["model_score"].to_numpy()) == "7ab19882c90309ac"
+
+
+def test_detector_interface_and_params() -> None:
+    from detect.models import NotFittedError, TailECOD
+
+    with pytest.raises(ValueError, match="contamination"):
+        TailECOD(contamination=0.7)
+    with pytest.raises(NotFittedError):
+        TailECOD().predict(np.zeros((2, 1)))
+    est = BookingOutlierEnsemble(detectors=("ecod", "hbos"), n_bins=7)
+    assert repr(est) == "BookingOutlierEnsemble(detectors=('ecod', 'hbos'), n_bins=7)"
+    assert est.set_params(n_bins=9, random_state=5) is est
+    assert (est.n_bins, est.random_state) == (9, 5)
+    with pytest.raises(ValueError, match="Invalid parameter"):
+        est.set_params(bins=3)
+    twin = clone(est)
+    assert twin is not est and twin.get_params() == est.get_params()
+
+
+def test_files_of_older_runs_load_with_pyods_envelope(tmp_path: Path) -> None:
+    """Runs before our envelope saved with ``pyod.utils.persistence.save`` and a sidecar
+    without ``format``: they still load (through PyOD), the hash still guards them; an unknown
+    format is refused."""
+    import hashlib
+
+    from pyod.utils.persistence import save
+
+    X = np.random.default_rng(0).normal(size=(300, 2))
+    for detectors in (("ecod",), ("iforest", "ecod")):
+        est = BookingOutlierEnsemble(detectors=detectors, random_state=3, max_samples=256,
+                                     directions=(1, 0)).fit(X)
+        folder = tmp_path / "_".join(detectors)
+        folder.mkdir()
+        save(est, folder / "ensemble.joblib", metadata={"run": "r0"})
+        digest = hashlib.sha256((folder / "ensemble.joblib").read_bytes()).hexdigest()
+        (folder / "ensemble.json").write_text(json.dumps({"sha256": digest, "run_id": "r0"}))
+        loaded, meta = load_ensemble(folder)
+        assert meta["run_id"] == "r0"
+        np.testing.assert_array_equal(loaded.decision_function(X), est.decision_function(X))
+    (folder / "ensemble.json").write_text(json.dumps({"sha256": digest, "format": "x-9"}))
+    with pytest.raises(ModelLoadError, match="unknown model format"):
+        load_ensemble(folder)
 
 
 def test_score_lines_scores_only_the_delivery(tmp_path: Path) -> None:
@@ -339,14 +422,17 @@ from pathlib import Path
 from types import SimpleNamespace
 sys.path.insert(0, {tests!r})
 from detect.config import Settings
-from detect.models import score_lines
+from detect.models import load_ensemble, score_lines
 from detect.runlog import StepLog
 from test_features import tiny_ledger
+settings = Settings()
+settings.models.detectors = {detectors!r}
 ctx = SimpleNamespace(run_dir=Path({out!r}), run_id="r1", entity="Testdorf",
-                      settings=Settings(), log=StepLog(quiet=True), rescore_history=False)
+                      settings=settings, log=StepLog(quiet=True), rescore_history=False)
 scores = score_lines(tiny_ledger(400).lazy(), ctx)   # features, fit, score, texts, save
+load_ensemble(Path({out!r}) / "models")
 loaded = sorted(m for m in ("pandas.core.frame", "matplotlib.figure", "mpl_toolkits.mplot3d",
-                            "sklearn.ensemble") if m in sys.modules)
+                            "sklearn", "pyod", "sklearn.ensemble") if m in sys.modules)
 import pandas, matplotlib.pyplot as plt  # a deferred module that is touched simply loads
 ok = pandas.DataFrame({{"a": [1]}}).shape == (1, 1) and callable(plt.figure)
 print(json.dumps({{"loaded": loaded, "ok": ok, "scores": hashlib.sha256(
@@ -354,14 +440,15 @@ print(json.dumps({{"loaded": loaded, "ok": ok, "scores": hashlib.sha256(
 """
 
 
-def _run_lazy(tmp_path: Path, flag: str) -> dict:
+def _run_lazy(tmp_path: Path, flag: str, detectors: tuple[str, ...] = ("ecod",)) -> dict:
     import os
     import subprocess
     import sys
 
-    out = tmp_path / flag
+    out = tmp_path / f"{flag}_{'_'.join(detectors)}"
     out.mkdir()
-    script = _LAZY_SCRIPT.format(tests=str(Path(__file__).parent), out=str(out))
+    script = _LAZY_SCRIPT.format(tests=str(Path(__file__).parent), out=str(out),
+                                 detectors=list(detectors))
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           env={**os.environ, "BELEGWACHT_LAZY_IMPORTS": flag},
                           cwd=Path(__file__).parent.parent, timeout=300)
@@ -369,14 +456,23 @@ def _run_lazy(tmp_path: Path, flag: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def test_default_model_imports_neither_pyod_nor_sklearn(tmp_path: Path) -> None:
+    """The default ensemble (ECOD alone) is fitted, scored, explained, saved and loaded in a
+    fresh interpreter without PyOD or scikit-learn in ``sys.modules`` (their import cost the
+    model worker ~1 CPU s per run), lazy imports on or off."""
+    for flag in ("0", "1"):
+        assert _run_lazy(tmp_path, flag)["loaded"] == []
+
+
 def test_deferred_imports_change_no_score(tmp_path: Path) -> None:
-    """In the model worker, matplotlib.pyplot and pandas (imported by PyOD and scikit-learn,
-    never called by the model stage) are lazy: the whole stage leaves them unloaded, the
-    scores and texts are the same as with eager imports, and touching them loads them."""
-    lazy, eager = _run_lazy(tmp_path, "1"), _run_lazy(tmp_path, "0")
-    assert lazy["loaded"] == [] and lazy["ok"]
-    assert {"matplotlib.figure", "pandas.core.frame"} <= set(eager["loaded"])
-    assert "sklearn.ensemble" not in eager["loaded"]  # IForest is imported when configured
+    """With IForest configured, PyOD is imported on use (under ``_deferred_imports`` in the
+    model worker): the scores and texts are the same with lazy imports on and off, and a
+    deferred module that is touched simply loads. (Since ``pyod.models.ecod`` is no longer
+    imported, matplotlib is not imported either way; pandas is touched by scikit-learn.)"""
+    both = ("ecod", "iforest")
+    lazy, eager = _run_lazy(tmp_path, "1", both), _run_lazy(tmp_path, "0", both)
+    assert {"sklearn.ensemble", "pyod"} <= set(lazy["loaded"]) and lazy["ok"]
+    assert {"sklearn.ensemble", "pyod"} <= set(eager["loaded"])
     assert lazy["scores"] == eager["scores"]
 
 
