@@ -414,6 +414,15 @@ and `journals`, 4 alternating runs each (load 9-11): 2,00-2,37 -> 1,81-2,15 CPU 
 catalog (`connect` + `run_catalog` on the baseline's `bookings.parquet`, 4 alternating runs,
 load 9-13): 7,18-7,64 -> 6,87-7,32 CPU s. Same 54.265 hits, texts, evidence and
 `history_journals`. AMT001 keeps `$manual_sources` (it tests only its few round lines).
+In the whole job (`belegwacht run bench/cache/ledger_1000000_7/ads`, step `rules` of
+`run.log.jsonl`, 3 alternating runs each against the tree without these changes, load 5-9):
+6,98 / 7,33 / 7,41 -> 6,94 / 6,98 / 7,03 CPU s (median -0,35), page faults of the step
+310-328k -> 303-326k, peak RSS unchanged (880-965 MB). At 10M lines (`connect` +
+`run_catalog` on the history of a 10M run, under the 10M lock, per-rule CPU, load 5-8): the
+10 rules 14,79 -> 11,85 CPU s, the setup (copy, `journals`, fixed costs) 13,93 -> 15,00, the
+other rules 51,6 / 50,0 (noise), in all 80,3 -> 76,8 CPU s; peak RSS 3.535 -> 3.514 MB; the
+same 577.393 hits (two more pairs on a busier machine: 71,5 / 72,2 and 72,5 / 77,7 CPU s,
+wall times 79-115 s: load, not the change).
 
 Measured in round 5 and left (CPU s at 1M, min of 3 unless said):
 
