@@ -4,18 +4,19 @@ A run hands two parts of its work to a child process: Great Expectations (``gx``
 cross-check, the master-data suites, the Data Docs; ``gxrun.GxJob``, ``gxworker.run``) and the
 outlier models (``models``: features, fit, scores, reason texts; ``modelworker.ModelWorker``).
 When a run uses both (deliveries of at least ``[models] worker_min_mb``), both live in **one**
-process (``PARTS`` = ``gx,models``): NumPy, SciPy, pandas, Polars, pyarrow and the interpreter
-are then loaded once. Measured at 1M lines: the imports cost ~1.8 CPU s in one process against
-~1.0 (lean GX) + ~1.4 (PyOD/scikit-learn) in two, and the second interpreter's start-up and
-~45k page faults go too (docs/validation.md). A run without the model worker starts the same
-module with ``gx`` only, and ``validate`` alone (no pre-started worker) too.
+process (``PARTS`` = ``gx,models``): NumPy, Polars, pyarrow (and SciPy/pandas where both use
+them) and the interpreter are then loaded once. Measured: the imports cost ~1.14 CPU s in one
+process against ~1.1 (lean GX) + ~0.3 (the models since they import neither PyOD nor
+scikit-learn; ~1.4 before) in two, ~10k page faults less, and one interpreter's start-up goes
+too (docs/validation.md). A run without the model worker starts the same module with ``gx``
+only, and ``validate`` alone (no pre-started worker) too.
 
 Order inside the worker (one thread reads the parent's lines from stdin; ``workerproc``
 describes the pattern):
 
 * the imports, one after the other in the main thread while the parent ingests: GX first
-  (``gxworker.import_gx``, lean), then PyOD/scikit-learn (``modelworker.import_models``), which
-  reuses GX's NumPy/SciPy/pandas. Never two imports in two threads at once: CPython's
+  (``gxworker.import_gx``, lean), then the model stage (``modelworker.import_models``), which
+  reuses GX's NumPy/Polars/pyarrow. Never two imports in two threads at once: CPython's
   per-module import locks deadlocked on that (see ``workerproc``);
 * ``models go`` (the history is merged): features, fit, scores and the texts ranking prints
   run at once in the main thread at normal priority -- the job needs the scores before its

@@ -6,9 +6,9 @@ Why: the stage needs the rule hits only to pick which lines get reason texts
 (~1.5 cores busy) and the models (~1.2) overlap well, so the worker
 
 1. is started when the run starts (the pipeline's ``JobWorker`` with GX's part, handed to
-   ``ModelWorker(run_id, worker)``; alone: ``ModelWorker(run_id)``) and imports Polars, PyOD
-   and scikit-learn (after GX, reusing its NumPy/SciPy/pandas) while the parent hashes and
-   ingests (``import_models``);
+   ``ModelWorker(run_id, worker)``; alone: ``ModelWorker(run_id)``) and imports the stage
+   (after GX, reusing its NumPy/Polars/pyarrow) while the parent hashes and ingests
+   (``import_models``);
 2. gets ``models go`` once the history is merged (``start``: ``job.pkl`` with the history
    glob, the run folder and the settings), fits and scores the delivery's lines (``models.start_stage``)
    and explains the lines ranking prints (journals at or above ``[scoring] model_floor``:
@@ -322,23 +322,23 @@ def _explain_hits(scored: Any, ranked: Any, journals: Any, ctx: Any) -> Any:
 
 
 def import_models() -> BaseException | None:
-    """Import Polars and the model stage (PyOD, scikit-learn, SciPy; matplotlib and pandas
-    lazily: ``models._deferred_imports``) with the cyclic garbage collector paused, the
-    modules' objects then frozen out of later collections (an import makes thousands of
-    objects, none garbage: ~0.09 of ~0.85 CPU s after GX's import, measured); the error, if
+    """Import Polars and the model stage (NumPy; PyOD/scikit-learn only for detectors that
+    need them, matplotlib and pandas lazily: ``models._deferred_imports``) with the cyclic
+    garbage collector paused, the modules' objects then frozen out of later collections (an
+    import makes thousands of objects, none garbage); the error, if
     any, is raised when the job comes. With them the modules ``models.save_stage`` first
-    imports when it writes (pyod's persistence, Polars' Parquet writer): the ``models explain``
-    step may run beside the shared worker's GX thread, and two threads importing at once is
-    what deadlocked CPython's import locks (``workerproc``); measured, the step then imports
-    nothing new (GX's thread imports 7 small modules: its masks, Data Docs renderer, jinja2.ext,
-    pyarrow's pandas bridge)."""
+    imports when it writes (joblib for the model file, Polars' Parquet writer; ~0.17 CPU s,
+    paid there otherwise): the ``models explain`` step may run beside the shared worker's GX
+    thread, and two threads importing at once is what deadlocked CPython's import locks
+    (``workerproc``); measured, the step then imports nothing new (GX's thread imports 7 small
+    modules: its masks, Data Docs renderer, jinja2.ext, pyarrow's pandas bridge)."""
     import gc
 
     gc.disable()
     try:
         import polars  # noqa: F401
+        import joblib  # noqa: F401
         import polars._utils.parquet  # noqa: F401
-        from pyod.utils import persistence  # noqa: F401
 
         from detect import models  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - reported when the job comes

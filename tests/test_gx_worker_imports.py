@@ -360,14 +360,18 @@ SHARED = textwrap.dedent("""
 @pytest.mark.slow
 def test_the_shared_worker_keeps_gx_lean_and_the_models_lazy() -> None:
     """GX's lean import, then the models' (``detect.jobworker``): GX's unused modules stay
-    deferred or hidden, matplotlib stays lazy, pandas and scipy.stats are simply loaded
-    (GX and the models use them), and the models work."""
+    deferred or hidden, matplotlib is not loaded, pandas is (GX uses it), and the models
+    work."""
     done = subprocess.run([sys.executable, "-c", SHARED], capture_output=True, text=True,
                           cwd=ROOT, timeout=300,
                           env={**os.environ, "BELEGWACHT_LAZY_IMPORTS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(next(x for x in done.stdout.splitlines() if x.startswith("PROBE"))[6:])
     assert out["failed"] == "None" and out["scored"] == 3
-    assert out["state"] == {"scipy.stats": "module", "altair": "_Deferred",
-                            "jsonschema": "_Deferred", "sqlalchemy": "NoneType",
-                            "pandas": "module", "matplotlib.pyplot": "_LazyModule"}
+    state = out["state"]
+    assert {k: state[k] for k in ("altair", "jsonschema", "sqlalchemy", "pandas")} == {
+        "altair": "_Deferred", "jsonschema": "_Deferred", "sqlalchemy": "NoneType",
+        "pandas": "module"}
+    # still deferred, or loaded because a detector's import used it: never half
+    assert state["scipy.stats"] in ("_Deferred", "module")
+    assert state["matplotlib.pyplot"] in ("NoneType", "_LazyModule")  # never really loaded
