@@ -340,7 +340,10 @@ def import_models() -> BaseException | None:
         import joblib  # noqa: F401
         import polars._utils.parquet  # noqa: F401
 
-        from detect import models  # noqa: F401
+        from detect import models
+
+        # big NumPy blocks reused instead of fresh mmaps (1M: ~-0.15 CPU s, ~-55k faults)
+        models.tune_allocator()
     except Exception as exc:  # noqa: BLE001 - reported when the job comes
         return exc
     finally:
