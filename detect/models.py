@@ -78,17 +78,14 @@ class _LazyFinder(importlib.abc.MetaPathFinder):
 
 
 def _defer_wanted() -> bool:
-    """Lazy imports only in the model worker process (``python -m detect.modelworker``) or when
-    ``BELEGWACHT_LAZY_IMPORTS=1`` (tests); ``=0`` turns them off.
+    """Lazy imports only where ``BELEGWACHT_LAZY_IMPORTS=1``: the run's worker process
+    (``detect.jobworker`` sets it when it has a models part) and tests.
 
     Why not everywhere: before Python 3.12.3 a lazy module is not thread-safe on its first use
-    (a second thread can see it half-executed). The worker's only other thread (the parent
-    watch) imports nothing; the job's process has threads that might (GX, the publish pool)."""
-    flag = os.environ.get("BELEGWACHT_LAZY_IMPORTS", "")
-    if flag in ("0", "1"):
-        return flag == "1"
-    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    return getattr(spec, "name", None) == "detect.modelworker"
+    (a second thread can see it half-executed). In the worker the models import after GX and
+    GX's thread starts only after the models' imports; the job's process has threads that might
+    import (the publish pool, scoring's preparation)."""
+    return os.environ.get("BELEGWACHT_LAZY_IMPORTS", "") == "1"
 
 
 @contextmanager

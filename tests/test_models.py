@@ -476,7 +476,7 @@ def test_deferred_imports_change_no_score(tmp_path: Path) -> None:
     assert lazy["scores"] == eager["scores"]
 
 
-def test_deferred_imports_only_in_the_model_worker(monkeypatch) -> None:
+def test_deferred_imports_only_where_the_worker_asks(monkeypatch) -> None:
     import sys
     import types
 
@@ -484,10 +484,10 @@ def test_deferred_imports_only_in_the_model_worker(monkeypatch) -> None:
 
     monkeypatch.delenv("BELEGWACHT_LAZY_IMPORTS", raising=False)
     main = types.ModuleType("__main__")
-    main.__spec__ = SimpleNamespace(name="detect.modelworker")
-    monkeypatch.setitem(sys.modules, "__main__", main)
-    assert _defer_wanted()
     main.__spec__ = SimpleNamespace(name="detect.cli")
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    assert not _defer_wanted()
+    monkeypatch.setenv("BELEGWACHT_LAZY_IMPORTS", "0")
     assert not _defer_wanted()
     monkeypatch.setenv("BELEGWACHT_LAZY_IMPORTS", "1")
     assert _defer_wanted()

@@ -65,8 +65,9 @@ class _Deferred(types.ModuleType):
 
     Not for modules used from several threads: the lock runs it once, but another thread that
     reads one of its names while it runs sees it half-run. The worker uses GX in one thread;
-    beside the models (``detect.jobworker``) the deferred modules left after both imports
-    (altair, jsonschema: the models import scipy.stats) are GX's alone."""
+    beside the models (``detect.jobworker``) the deferred modules are GX's alone (the default
+    models import neither SciPy's stats nor altair nor jsonschema), and its thread starts
+    after both imports."""
 
     def __getattr__(self, name: str) -> object:
         with _LOAD_LOCK:
