@@ -512,3 +512,54 @@ def test_a_per_rule_manual_sources_is_refused_where_the_rule_reads_manual_entry(
         run_catalog(con, Settings(rules={"TIM001": {"manual_sources": ["x"]}}), load_catalog())
     # AMT001 still reads $manual_sources itself: its own value is allowed
     run_catalog(con, Settings(rules={"AMT001": {"manual_sources": ["x"]}}), load_catalog())
+
+
+def _dup_rule(level: str, select: str) -> str:
+    """A rule whose query returns every line twice (UNION ALL)."""
+    return (GOOD_RULE.replace("level: line", f"level: {level}")
+            .replace("SELECT entity, fiscal_year, journal_id, line_no, amount FROM bookings "
+                     "WHERE amount > $limit",
+                     f"SELECT {select} FROM bookings WHERE amount > $limit UNION ALL "
+                     f"SELECT {select} FROM bookings WHERE amount > $limit"))
+
+
+@pytest.mark.parametrize("check_rows", [0, 10_000])
+def test_duplicate_rule_rows_give_one_hit_and_unique_rows_the_same_hits(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, check_rows: int) -> None:
+    """The ``DISTINCT`` over the rendered hits is left out only where the hit keys are unique:
+    a line rule's repeated rows and a journal rule's several lines per journal still give one
+    hit each, whether or not the line check runs (``UNIQUE_CHECK_ROWS``)."""
+    import detect.rules.runner as runner
+    monkeypatch.setattr(runner, "UNIQUE_CHECK_ROWS", check_rows)
+    write_rule(tmp_path, "amounts", "TST001", GOOD_RULE)
+    write_rule(tmp_path, "amounts", "TST002", _dup_rule(
+        "line", "entity, fiscal_year, journal_id, line_no, amount").replace("TST001", "TST002")
+        .replace("big-amount", "big-twice"))
+    write_rule(tmp_path, "amounts", "TST003", _dup_rule(
+        "journal", "entity, fiscal_year, journal_id, line_no, amount").replace(
+        "TST001", "TST003").replace("big-amount", "big-journal").replace(
+        "{amount}", "{limit}"))
+    con = duckdb.connect()
+    con.register("b", bookings([dict(journal_id="1", line_no=n, amount=5000,
+                                     posting_date="2025-01-10") for n in (1, 2)]))
+    setup_views(con, "b", "b", {}, Settings())
+    result = run_catalog(con, Settings(), load_catalog(tmp_path))
+    per_rule = result.hits_per_rule()
+    assert per_rule == {"TST001": 2, "TST002": 2, "TST003": 1}
+    once = result.hits.filter(pl.col("rule_id") == "TST001").drop("rule_id")
+    twice = result.hits.filter(pl.col("rule_id") == "TST002").drop("rule_id")
+    assert once.drop("family", "severity").equals(twice.drop("family", "severity"))
+    assert result.history_journals == {"TST001": 1, "TST002": 1, "TST003": 1}
+
+
+def test_calendar_years_come_from_every_date_column() -> None:
+    con = duckdb.connect()
+    con.register("b", bookings([dict(journal_id="1", line_no=1, amount=1,
+                                     posting_date="2025-06-19", document_date=date(2019, 3, 1),
+                                     entered_at=datetime(2030, 1, 2, 10)),
+                                dict(journal_id="2", line_no=1, amount=1,
+                                     posting_date="1900-01-01")]))
+    setup_views(con, "b", "b", {}, Settings())
+    years = [r[0] for r in con.execute(
+        "SELECT DISTINCT year(date) FROM holidays ORDER BY 1").fetchall()]
+    assert years == [2018, 2019, 2020, 2024, 2025, 2026, 2029, 2030, 2031]

@@ -202,10 +202,12 @@ def setup_views(con: duckdb.DuckDBPyConnection, bookings_source: str, delivery_s
         else:
             select = _conform_select("(SELECT 1) AS empty WHERE false", schema, set())
         con.execute(f"CREATE OR REPLACE VIEW {name} AS {select}")
+    # one scan of the three dates (the distinct year triples are few), not one scan per date
+    # column joined by UNION: 0.07 -> 0.035 CPU s at 1M lines
     years = [r[0] for r in con.execute(
-        "SELECT DISTINCT y FROM (SELECT year(posting_date) AS y FROM bookings UNION "
-        "SELECT year(entered_at) FROM bookings UNION SELECT year(document_date) FROM bookings) "
-        "WHERE y BETWEEN 1900 AND 2200").fetchall()]
+        "SELECT DISTINCT y FROM (SELECT unnest([py, ey, dy]) AS y FROM ("
+        "SELECT year(posting_date) AS py, year(entered_at) AS ey, year(document_date) AS dy "
+        "FROM bookings GROUP BY ALL)) WHERE y BETWEEN 1900 AND 2200").fetchall()]
     years = sorted({y for year in years for y in (year - 1, year, year + 1)})
     frame = holiday_frame(settings, years)
     con.register("_holidays_frame", frame)
@@ -492,8 +494,12 @@ class Availability:
 
 
 def hit_sql(rule: Rule, columns: dict[str, str], params: dict[str, Any],
-            delivery_only: bool) -> str:
-    """Wrap the rule query: key columns, rendered explanations, evidence JSON, delivery filter."""
+            delivery_only: bool, unique_keys: bool = False) -> str:
+    """Wrap the rule query: key columns, rendered explanations, evidence JSON, delivery filter.
+
+    The hits are ``DISTINCT`` (a query may return a row twice; a journal-level rule's rows of
+    one journal may differ only in lines); ``unique_keys`` (see ``_rule_output``) says no two
+    rows share the hit's key, so no two hits can be equal and the ``DISTINCT`` is left out."""
     evidence_cols = [c for c in columns if c not in KEY_COLUMNS]
     evidence = ("to_json(struct_pack(" + ", ".join(
         f"{quote_ident(c)} := h.{quote_ident(c)}" for c in evidence_cols) + "))::VARCHAR"
@@ -506,7 +512,7 @@ def hit_sql(rule: Rule, columns: dict[str, str], params: dict[str, Any],
              if delivery_only else "")
     return f"""
         WITH h AS (SELECT * FROM _rule_out)
-        SELECT DISTINCT {sql_literal(rule.id)} AS rule_id, {sql_literal(rule.family)} AS family,
+        SELECT {'' if unique_keys else 'DISTINCT '}{sql_literal(rule.id)} AS rule_id, {sql_literal(rule.family)} AS family,
                {sql_literal(rule.severity)} AS severity,
                CAST(h.entity AS VARCHAR) AS entity, CAST(h.fiscal_year AS INTEGER) AS fiscal_year,
                CAST(h.journal_id AS VARCHAR) AS journal_id, CAST({line_no} AS INTEGER) AS line_no,
@@ -526,30 +532,57 @@ def run_rule(con: duckdb.DuckDBPyConnection, rule: Rule, params: dict[str, Any],
 def run_rule_counted(con: duckdb.DuckDBPyConnection, rule: Rule, params: dict[str, Any],
                      delivery_only: bool = True) -> tuple[pl.DataFrame, int]:
     """Hits of one rule, and how many journals of the whole history it flags."""
-    columns, flagged = _rule_output(con, rule, params)
+    columns, flagged, unique = _rule_output(con, rule, params)
     try:
-        frame = con.sql(hit_sql(rule, columns, params, delivery_only)).pl()
+        frame = con.sql(hit_sql(rule, columns, params, delivery_only, unique)).pl()
     finally:
         con.execute("DROP TABLE IF EXISTS _rule_out")
     return frame.cast(dict(HIT_SCHEMA)).select(HIT_SCHEMA.names()), flagged
 
 
+_KEY_TYPES = {"entity": "VARCHAR", "fiscal_year": "INTEGER", "journal_id": "VARCHAR",
+              "line_no": "INTEGER"}
+"""The hit's key columns in their ``HIT_SCHEMA`` types: keys already of these types are the
+same values after the casts of ``hit_sql``."""
+
+
+UNIQUE_CHECK_ROWS = 2000
+"""A line-level rule's lines are checked for a unique key (to leave out the ``DISTINCT``) only
+from this many rows of output on."""
+
+
 def _rule_output(con: duckdb.DuckDBPyConnection, rule: Rule,
-                 params: dict[str, Any]) -> tuple[dict[str, str], int]:
+                 params: dict[str, Any]) -> tuple[dict[str, str], int, bool]:
     """Run the rule query into ``_rule_out``: (its columns -> DuckDB types, journals of the
-    whole history it flags)."""
+    whole history it flags, whether no two rows share the hit's key).
+
+    The key of a hit is the journal (journal-level rules) or the journal and a non-null line;
+    where it is unique, every rendered hit differs from the others in its key, so the
+    ``DISTINCT`` over the rendered hits (hashing their texts) can be left out."""
     used = {name: params[name] for name in query_params(rule.query)}
     con.execute(f"CREATE OR REPLACE TEMP TABLE _rule_out AS {rule.query}", used).fetchall()
-    info = con.execute("DESCRIBE _rule_out").fetchall()
-    columns = {row[0]: str(row[1]) for row in info}
+    # the types of a bound relation, not ``DESCRIBE`` (same type names, ~4x cheaper)
+    out = con.sql("SELECT * FROM _rule_out")
+    columns = {name: str(dtype) for name, dtype in zip(out.columns, out.types, strict=True)}
     missing = [c for c in ("entity", "fiscal_year", "journal_id") if c not in columns]
     if rule.level == "line" and "line_no" not in columns:
         missing.append("line_no")
     if missing:
         raise ValueError(f"{rule.id}: query must select {', '.join(missing)}")
-    flagged = con.execute("SELECT count(*) FROM (SELECT DISTINCT entity, fiscal_year, journal_id "
-                          "FROM _rule_out)").fetchall()[0][0]
-    return columns, flagged
+    # rows with null keys fall into one group here as in ``DISTINCT``
+    flagged, rows = con.execute(
+        "SELECT count(*), coalesce(sum(n), 0) FROM (SELECT count(*) AS n FROM _rule_out "
+        "GROUP BY entity, fiscal_year, journal_id)").fetchall()[0]
+    typed = all(columns[c] == t for c, t in _KEY_TYPES.items()
+                if c != "line_no" or rule.level == "line")
+    if rule.level == "journal":
+        unique = typed and rows == flagged
+    else:
+        # a second pass over the lines pays only where the DISTINCT it saves hashes many hits
+        unique = typed and rows >= UNIQUE_CHECK_ROWS and con.execute(
+            "SELECT count(*) FROM (SELECT DISTINCT entity, fiscal_year, journal_id, line_no "
+            "FROM _rule_out WHERE line_no IS NOT NULL)").fetchall()[0][0] == rows
+    return columns, flagged, bool(unique)
 
 
 _HITS_TABLE = "_catalog_hits"
@@ -688,8 +721,8 @@ def run_catalog(con: duckdb.DuckDBPyConnection, settings: Settings, catalog: lis
         params = effective_params(rule.id, rule.defaults(), rule.config_params, settings)
         started = time.perf_counter()
         try:
-            columns, journals = _rule_output(con, rule, params)
-            sql = hit_sql(rule, columns, params, delivery_only)
+            columns, journals, unique = _rule_output(con, rule, params)
+            sql = hit_sql(rule, columns, params, delivery_only, unique)
             limit = float(settings.rules.get(rule.id, {}).get("max_hit_share", MAX_HIT_SHARE))
             # judged on the whole history, so a delivery of weekend entries still gets reported
             noisy = population >= MIN_POPULATION and journals > limit * population
@@ -711,9 +744,10 @@ def run_catalog(con: duckdb.DuckDBPyConnection, settings: Settings, catalog: lis
             result.failed.append({"rule_id": rule.id, "reason": message})
             if log is not None:
                 log.warn(f"rule {rule.id} failed: {message}", rule_id=rule.id)
-        finally:
-            con.execute("DROP TABLE IF EXISTS _rule_out")
         result.durations[rule.id] = time.perf_counter() - started
+    # the next rule's ``CREATE OR REPLACE`` replaces ``_rule_out`` (a rule whose query fails
+    # never reads it): dropped once here, not after every rule
+    con.execute("DROP TABLE IF EXISTS _rule_out")
     result.hits = _collect_hits(con)
     return result
 
