@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
@@ -311,34 +312,84 @@ def _sample_pick(height: int, gx_rows: int, runs: pl.DataFrame | None) -> pl.Exp
     return pl.col("journal_id").is_in(chosen.implode())
 
 
-def _collect_rows(flagged: pl.LazyFrame, suite: Suite, flags: dict[str, str], height: int,
-                  gx_rows: int, runs: pl.DataFrame | None = None
+DERIVED_FROM = ["fiscal_year", "period", "posting_date", "document_date"]
+"""The delivered columns ``prepare.add_derived`` computes its ``v_`` columns from."""
+
+
+def _bound_is_superset(suite: Suite) -> bool:
+    """True when every check reading ``prepare.LATEST`` fails only where the document date lies
+    after it (a pair check with it as ``column_A``), so a lower bound of it fails a superset
+    of the rows."""
+    for check in suite.checks:
+        if prepare.LATEST in check.columns and not (
+                check.type == "expect_column_pair_values_a_to_be_greater_than_b"
+                and check.kwargs.get("column_A") == prepare.LATEST
+                and not check.kwargs.get("row_condition")):
+            return False
+    return True
+
+
+def _collect_rows(frame: pl.LazyFrame, derive: Callable[[Any, bool], Any], suite: Suite,
+                  exprs: dict[str, pl.Expr], flags: dict[str, str], height: int, gx_rows: int,
+                  runs: pl.DataFrame | None = None, nulls: dict[str, int] | None = None
                   ) -> tuple[dict[str, int], pl.DataFrame, pl.DataFrame]:
     """Every check's failing-row count, the rows failing a quarantining check (whole, in row
     order) and GX's sample of whole journals or all rows (row id, flags and the suite's columns).
 
-    One narrow query (row id, the check flags, the suite's columns, the sample pick) keeps the
-    rows failing any check or picked for GX; the counts are its column sums (a row failing a
-    check is always kept). Only if some row is to be quarantined, a second query fetches the full
-    rows of just those ids; filtering the full-width scan by the checks directly read the whole
-    delivery into memory. (Before, counts, failing ids, their rows and the sample were four
-    passes over the delivery, one of them over every column.)"""
+    One narrow query over the delivery (``frame``) keeps the rows that may fail some check or
+    are picked for GX, with the delivered columns the masks read; the ``v_`` columns
+    (``derive``: ``prepare.add_derived``) and the masks (``exprs``) are then computed on those
+    few rows only, and the rows failing none (and not picked) dropped again. The query's filter
+    leaves out masks known to be false everywhere (``rowchecks.can_fail``: the ingest's null
+    counts ``nulls``, keys known unique) and compares the document date with a lower bound of
+    its latest allowed date (``derive(.., True)``), a superset of the failing rows. The counts
+    are the flags' column sums (a row failing a check is always kept). Only if some row is to
+    be quarantined, a second query fetches the full rows of just those ids. (Computing every
+    mask as a column over every row before filtering cost 0.2 CPU s at 1M lines, this 0.1.)"""
     quarantining = [flags[c.key] for c in suite.checks if c.key in flags and c.quarantines]
     is_bad = pl.any_horizontal(quarantining) if quarantining else pl.lit(False)
     pick = _sample_pick(height, gx_rows, runs)
     if pick is None:  # GX validates every row (small delivery, or gx_rows = 0), but it too
         pick = pl.lit(True)  # needs only the suite's columns, not the whole delivery's
-    names = flagged.collect_schema().names()
+    by_key = {c.key: c for c in suite.checks}
+    maybe = [e for k, e in exprs.items() if rowchecks.can_fail(by_key[k], e, nulls, height)]
+    bound = _bound_is_superset(suite)
+    base = frame.collect_schema().names()
+    wanted = set(suite.columns()) | set(JOURNAL) | set(DERIVED_FROM) | set(pick.meta.root_names())
+    for e in exprs.values():
+        wanted |= set(e.meta.root_names())
+    read = [c for c in base if c in wanted and c != ROW]
+    rows = (derive(frame, bound).filter(pl.any_horizontal([*maybe, pick]))
+            .select(ROW, *read).collect().sort(ROW))
+    view = derive(rows, False)
+    names = view.collect_schema().names()
     columns = [c for c in dict.fromkeys([*suite.columns(), *JOURNAL]) if c in names]
-    narrow = (flagged.select(ROW, *flags.values(), *columns, pick.alias("_gx"))
-              .filter(pl.any_horizontal([*flags.values(), "_gx"])).sort(ROW).collect())
+    narrow = (view.with_columns(exprs.values())
+              .select(ROW, *flags.values(), *columns, pick.alias("_gx"))
+              .filter(pl.any_horizontal([*flags.values(), "_gx"])))
     totals = rowchecks.flag_counts(narrow, flags)
     sample = narrow.filter(pl.col("_gx")).drop("_gx")
     ids = narrow.filter(is_bad).get_column(ROW)
+    flagged = derive(frame, False).with_columns(exprs.values())
     if ids.is_empty():
         return totals, flagged.head(0).collect(), sample
     bad = flagged.filter(pl.col(ROW).is_in(ids.implode())).sort(ROW).collect()
     return totals, bad, sample
+
+
+def _lines_source(ingested: IngestResult, clean: pl.LazyFrame, quarantined: int
+                  ) -> pl.LazyFrame:
+    """Where ``journals.unbalanced`` reads the lines of the unbalanced journals: with nothing
+    quarantined, the ingest's main Parquet file itself (it holds every delivered line and the
+    columns needed; the sums do not depend on row order). Polars pushes the journal filter into
+    that file's reader and decodes the other columns only for matching rows, which the row
+    index and the side file of ``clean`` prevent (1M lines: 0.050 -> 0.027 CPU s)."""
+    path = ingested.bookings_file
+    if quarantined or path is None or ingested.facts_of(ingested.bookings) is None:
+        return clean
+    main = pl.scan_parquet(path)
+    needed = {"entity", "fiscal_year", "journal_id", "amount", "currency"}
+    return main if needed <= set(main.collect_schema().names()) else clean
 
 
 def _pseudonymise_master(master: dict[str, pl.DataFrame], key: bytes, run_dir: Path) -> None:
@@ -478,7 +529,9 @@ def _gate(ingested: IngestResult, ctx: RunContext, job: GxJob, shas: list[str],
         if r.unreliable:
             warnings_.append(r.message(rows_in, ingested.format))
     warnings_ += prepare.currency_warnings(frame, settings)
-    view = prepare.add_derived(frame, settings, unreliable)
+    def derive(rows: Any, bound: bool) -> Any:
+        return prepare.add_derived(rows, settings, unreliable, bound=bound)
+    view = derive(frame, False)
     clock.lap("prepare")
 
     # row level: the booking suite (vectorised masks decide, GX cross-checks and documents)
@@ -494,15 +547,20 @@ def _gate(ingested: IngestResult, ctx: RunContext, job: GxJob, shas: list[str],
                                        .unique().sort().to_list())
     unique_cols: list[list[str]] = []
     keys_unique = runs is not None and runs.lines_increase  # runs distinct, lines increasing
-    flagged, flags, row_checks = rowchecks.row_masks(
+    exprs, flags = rowchecks.mask_exprs(
         view, suite, params, unique_cols, list(BOOKING_KEY) if keys_unique else None)
+    row_checks = set(flags)
     clock.lap("row_checks")
 
     # only the rows failing some check are collected (with the columns their reasons show),
     # together with GX's sample
     base = frame.collect_schema().names()
-    totals, bad, gx_part = _collect_rows(flagged, suite, flags, rows_in, vs.gx_rows,
-                                         runs.table if runs is not None else None)
+    # null counts of the delivered columns the masks read as the ingest wrote them
+    known = None if facts is None else \
+        {c: n for c, n in facts.nulls.items() if pseudonymised or c != "bank_account"}
+    totals, bad, gx_part = _collect_rows(frame, derive, suite, exprs, flags, rows_in,
+                                         vs.gx_rows, runs.table if runs is not None else None,
+                                         known)
     on_gx = rowchecks.flag_counts(gx_part, flags)
     label = ("all rows" if gx_part.height == rows_in else
              f"sample of {gx_part.height:,} of {rows_in:,} rows")
@@ -541,7 +599,8 @@ def _gate(ingested: IngestResult, ctx: RunContext, job: GxJob, shas: list[str],
         writing = pool.submit(output.keep, ingested.bookings_file, clean_path) if keep else \
             pool.submit(output.write_clean, frame, rows.get_column(ROW), clean_path, rows_in)
         findings = pl.concat([
-            journals.unbalanced(clean, q_rows, vs.balance_tolerance,
+            journals.unbalanced(_lines_source(ingested, clean, rows.height), q_rows,
+                                vs.balance_tolerance,
                                 runs.table if runs is not None else None),
             journals.gaps(ids, state.previous_ranges(ctx.data_dir, ctx.entity),
                           vs.journal_gap_max, frame),

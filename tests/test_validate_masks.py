@@ -182,3 +182,83 @@ def test_fiscal_year_bounds_equal_date_arithmetic_for_odd_starts_and_leap_years(
                 (pl.date(fy + 1, start, 1).dt.offset_by("-1d") + pl.duration(days=tol) + extra)
                 .alias("v_fy_last_day"))
             assert got.equals(want), (start, tol, closing)
+
+
+def test_lower_bound_of_latest_document_date_never_exceeds_offset_by() -> None:
+    """The query's cheap ``v_document_date_latest`` (``add_derived(bound=True)``) lies at or below
+    the exact one for every day 1996..2032 (leap days included) and several year offsets, so
+    its failing rows are a superset of the exact check's."""
+    days = pl.date_range(date(1996, 1, 1), date(2032, 12, 31), eager=True)
+    frame = pl.DataFrame({"fiscal_year": pl.Series([2000] * days.len(), dtype=pl.Int32),
+                          "period": pl.Series([1] * days.len(), dtype=pl.Int32),
+                          "posting_date": days, "document_date": days})
+    for years in (-2, -1, 0, 1, 2, 4):
+        cfg = Settings()
+        cfg.validation.document_date_max_years_after_posting = years
+        exact = prepare.add_derived(frame, cfg, set())[prepare.LATEST]
+        bound = prepare.add_derived(frame, cfg, set(), bound=True)[prepare.LATEST]
+        assert (bound <= exact).all(), years
+        assert ((exact - bound).dt.total_days() <= 3 * abs(years) + 2).all(), years
+
+
+def test_null_checks_known_to_pass_from_the_ingests_null_counts() -> None:
+    """``rowchecks.can_fail``: the ingest's null counts settle (not-)null checks; a constant
+    mask (keys known unique) never fails; everything else is queried."""
+    from detect.validation import rowchecks
+
+    suite = load_suite("bookings", BUNDLED_DIR)
+    by_key = {c.key: c for c in suite.checks}
+    frame = _messy_frame().lazy()
+    params = {"min_document_date": date(1990, 1, 1), "chart_of_accounts": ["4000", "1800"]}
+    exprs, _ = rowchecks.mask_exprs(frame, suite, params, [], ["entity", "fiscal_year",
+                                                               "journal_id", "line_no"])
+    nulls = {"entity": 0, "journal_id": 3, "ingest_issue": 10, "currency": 0}
+    can = {k for k, e in exprs.items() if rowchecks.can_fail(by_key[k], e, nulls, 10)}
+    assert "entity_missing" not in can and "journal_id_missing" in can
+    assert "unreadable_value" not in can           # ingest_issue null in all 10 rows
+    assert "duplicate_line" not in can             # over the known-unique key
+    assert "currency_not_iso4217" in can           # a value check: always queried
+    assert "amount_missing" in can                 # no count known
+    assert all(rowchecks.can_fail(by_key[k], e, None, 10) for k, e in exprs.items()
+               if k != "duplicate_line")
+
+
+def test_failing_rows_and_sample_equal_masks_over_every_row() -> None:
+    """``validate._collect_rows`` (a superset filter, then the masks on the kept rows) finds the
+    same counts, quarantined rows and GX sample as the masks computed on every row, also for
+    document dates around one year after posting (leap days) and known null counts."""
+    from detect import validate
+    from detect.validation import rowchecks
+
+    raw = _messy_frame(600).drop(c for c in _messy_frame(1).columns if c.startswith("v_"))
+    posting = raw["posting_date"]
+    edge = pl.Series([date(2024, 2, 29), date(2025, 2, 28), date(2025, 3, 1), date(2023, 3, 1),
+                      date(2024, 3, 1), date(2024, 3, 2)] * 100)
+    raw = raw.with_columns(
+        pl.when(pl.col(ROW) % 5 == 0).then(pl.lit(date(2024, 2, 29))).otherwise(posting)
+        .alias("posting_date"),
+        pl.when(pl.col(ROW) % 5 == 0).then(edge).otherwise(pl.col("document_date"))
+        .alias("document_date"))
+    suite = load_suite("bookings", BUNDLED_DIR)
+    params = {"min_document_date": date(1990, 1, 1), "chart_of_accounts": ["4000", "1800"]}
+    cfg = Settings()
+
+    def derive(rows, bound):
+        return prepare.add_derived(rows, cfg, set(), bound=bound)
+
+    lazy = raw.lazy()
+    exprs, flags = rowchecks.mask_exprs(derive(lazy, False), suite, params)
+    nulls = dict(zip(raw.columns, raw.null_count().row(0)))
+    for gx_rows in (0, 50):
+        totals, bad, sample = validate._collect_rows(lazy, derive, suite, exprs, flags,
+                                                     raw.height, gx_rows, None, nulls)
+        full = derive(raw, False).with_columns(exprs.values())
+        assert totals == rowchecks.flag_counts(full, flags)
+        assert totals["document_date_after_posting"] > 0
+        quarantining = [flags[c.key] for c in suite.checks if c.quarantines]
+        assert bad.equals(full.filter(pl.any_horizontal(quarantining)).sort(ROW))
+        pick = validate._sample_pick(raw.height, gx_rows, None)
+        columns = [c for c in dict.fromkeys([*suite.columns(), *validate.JOURNAL])]
+        expected = full.filter(pick if pick is not None else pl.lit(True)) \
+            .select(ROW, *flags.values(), *columns)
+        assert sample.equals(expected)

@@ -14,7 +14,7 @@ import polars as pl
 from detect.errors import ConfigError
 from detect.validation import masks
 from detect.validation.gxrun import ROW, CheckResult, GxRunner
-from detect.validation.suites import Suite, load_suite, master_suite_names
+from detect.validation.suites import Check, Suite, load_suite, master_suite_names
 
 
 def master_checks(runner: GxRunner, master: dict[str, pl.DataFrame], directory: Path,
@@ -42,15 +42,26 @@ def master_checks(runner: GxRunner, master: dict[str, pl.DataFrame], directory: 
 def row_masks(view: pl.DataFrame | pl.LazyFrame, suite: Suite, params: dict[str, Any],
               unique: list[list[str]] | None = None, unique_key: list[str] | None = None
               ) -> tuple[Any, dict[str, str], set[str]]:
-    """Evaluate every row-level check of the suite as a boolean column ``_fail_<key>`` (lazily
-    when ``view`` is a LazyFrame: the masks are then computed per query, never stored).
+    """``view`` with the masks of ``mask_exprs`` as columns ``_fail_<key>``; the flags and the
+    row-level checks' keys."""
+    exprs, flags = mask_exprs(view, suite, params, unique, unique_key)
+    return view.with_columns(exprs.values()), flags, set(flags)
+
+
+def mask_exprs(view: pl.DataFrame | pl.LazyFrame, suite: Suite, params: dict[str, Any],
+               unique: list[list[str]] | None = None, unique_key: list[str] | None = None
+               ) -> tuple[dict[str, pl.Expr], dict[str, str]]:
+    """Every row-level check of the suite as a boolean expression (key -> expression aliased
+    ``_fail_<key>``; computed per query when used on a LazyFrame, never stored) and the flag
+    names. The expressions read ``view``'s columns, so they apply to any frame with them, e.g.
+    a few rows of ``view`` (``detect.validate._collect_rows``).
 
     ``unique``, if given, collects the column lists of uniqueness checks that found no
     duplicate at all (among the rows they do not skip): what the history merge would otherwise
     check again (``history.note_unique_keys``). ``unique_key``: columns known to identify
     every row (the ingest's journal runs, ``detect.ingest.JournalRuns``): a uniqueness check
     over them, or over more columns, fails no row and is not counted."""
-    flags, exprs = {}, []
+    flags, exprs = {}, {}
     schema = view.collect_schema() if isinstance(view, pl.LazyFrame) else view.schema
     for check in suite.checks:
         unknown = [c for c in check.columns if c not in schema]
@@ -69,8 +80,25 @@ def row_masks(view: pl.DataFrame | pl.LazyFrame, suite: Suite, params: dict[str,
             if unique is not None and expr.meta.eq(pl.lit(False)):
                 unique.append(list(cols))
         flags[check.key] = f"_fail_{check.key}"
-        exprs.append(expr.fill_null(False).alias(flags[check.key]))
-    return view.with_columns(exprs), flags, set(flags)
+        exprs[check.key] = expr.fill_null(False).alias(flags[check.key])
+    return exprs, flags
+
+
+def can_fail(check: Check, expr: pl.Expr, nulls: dict[str, int] | None, rows: int) -> bool:
+    """False when ``check``'s mask (``expr``, from ``mask_exprs``) is false in every row by
+    what is known without a query: a constant false (uniqueness over columns known to identify
+    every row), or a (not-)null check on a column whose null count ``nulls`` gives (over all
+    ``rows`` rows; only columns whose values the mask reads unchanged)."""
+    if expr.meta.undo_aliases().meta.eq(pl.lit(False).fill_null(False)):
+        return False
+    column = check.kwargs.get("column")
+    if nulls is None or check.kwargs.get("row_condition") or column not in nulls:
+        return True
+    if check.type == "expect_column_values_to_not_be_null":
+        return nulls[column] != 0
+    if check.type == "expect_column_values_to_be_null":
+        return nulls[column] != rows
+    return True
 
 
 def _duplicate_rows(view: pl.LazyFrame, cols: list[str], skip: pl.Expr) -> pl.Expr:
