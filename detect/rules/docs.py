@@ -460,6 +460,55 @@ Measured in round 5 and left (CPU s at 1M, min of 3 unless said):
 - One DuckDB thread: the 34 queries took 4,31 instead of 4,71 CPU s (load ~9, min of 3 per
   rule); see above for why the caller (the pipeline) decides.
 
+Round 6 (issue #10, the engine's fixed costs). Where the CPU of `connect` + `run_catalog`
+goes at 1M lines (catalog alone on the baseline's `bookings.parquet`, CPU s per kind of
+statement, 3 runs, load 6-9): the 34 rule queries 4,19-4,30; the history copy 0,45-0,54;
+`journals` 0,40-0,46; rendering and inserting the hits 0,29-0,34 (of it 0,06 fixed: the 34
+inserts on empty outputs; BEN002 0,09-0,11 and BEN001 0,045 for their 29.946 and 13.147
+rows); the journal count per rule 0,05-0,06; `DESCRIBE` 0,03; `DROP` 0,016; collecting the
+hits 0,04; `catalog_columns` 0,055 plus 0,024 for the parser connection; in `connect` the
+calendar years 0,07 and the first holiday calendar 0,066 (a one-time set-up inside the
+`holidays` package per process: the second call takes 0,001). Changed (same 54.265 hits,
+texts, evidence and `history_journals`; `compare.py` on a job run: hits, findings and model
+scores equal):
+- the calendar years from one grouped scan of the three dates (`GROUP BY ALL` of the year
+  triples, then unnested) instead of three scans joined by `UNION`: 0,069 -> 0,036;
+- the output's column types from the bound relation (`con.sql(...).types`, the same type
+  names) instead of `DESCRIBE`: 0,031-0,036 -> 0,023-0,025;
+- `_rule_out` dropped once after the catalog instead of after every rule (the next rule's
+  `CREATE OR REPLACE` replaces it): 0,013-0,018 -> 0;
+- the `DISTINCT` over the rendered hits left out where no two rows share the hit's key (then
+  no two hits can be equal): a journal rule whose rows equal its journals (from the journal
+  count, now `count(*)` and the row sum of one group-by), a line rule with at least
+  `UNIQUE_CHECK_ROWS` (2.000) rows whose distinct non-null (journal, line) keys equal its rows
+  (one more count); key columns of other types than the hit's keep the `DISTINCT`. Render
+  0,31-0,34 -> 0,28-0,30, counts +0,015.
+In all ~-0,1 CPU s; in the whole job (`belegwacht run bench/cache/ledger_1000000_7/ads`,
+step `rules`, 3 alternating runs against a tree without the change, load ~9) 7,36 / 7,45 /
+7,82 -> 7,49 / 7,47 / 7,45 CPU s: not visible at that load.
+Measured in round 6 and left:
+- Texts rendered once per distinct combination of the template's columns (floats keyed by
+  their text, since `-0.0` equals `0.0` but renders as `-0,0`) and joined back: BEN002's
+  29.946 rows need only 185 texts, but 0,098 -> 0,100 (the grouping and the join cost what the
+  formatting saves: `format()` takes ~0,12 µs a value; BEN002's render goes to the `DISTINCT`
+  hash, the evidence JSON and the insert).
+- The uniqueness check for every rule (`count(DISTINCT line_no)` per journal in the journal
+  count): render -0,05, counts +0,05.
+- One render query for all rules at the end (the 34 templates are bound all the same) and
+  the journal counts from the hits table at the end (the counts are over the whole history,
+  the hits only the delivery's: the keys of every rule's rows would have to be kept, one
+  insert per rule as now, or every history hit rendered in a nightly delta).
+- `journals`: `manual_entry` as `arg_min(manual_entry, line_no)` over the copy's column,
+  0,44 -> 0,49-0,51 (DuckDB already shares `arg_min(source, line_no)` with `source`; the
+  macro over 493.426 journals costs 0,005). Each string aggregate costs 0,03-0,045 on top of
+  the 0,11 of the key group-by: `entered_by`, `approved_by`, `source`, `reversal_of`.
+- The copy per column (CPU s on top of the keys' 0,089): `description` 0,054 and
+  `header_description` 0,049 (TXT001 alone), `reference` 0,049 (PAY001, PAY002), `source`
+  0,020, `vendor_id` 0,020, `entered_by` 0,017, `amount` 0,017, `approved_by` 0,015, the
+  others 0,01 or less. The delivery file rewritten by Polars with zstd, lz4, snappy or
+  without compression copies slower (0,59-0,64 against 0,43-0,44 for the file as ingest
+  writes it): the codec is not the cost.
+
 Not done (measured, not worth it yet): running rules concurrently on DuckDB cursors (the
 rules already keep both cores busy, ~1,9 CPU s per wall second, and temporary tables are per
 connection); shared pre-aggregates declared in `rules/` (the inputs rules share - vendor
