@@ -563,3 +563,24 @@ def test_calendar_years_come_from_every_date_column() -> None:
     years = [r[0] for r in con.execute(
         "SELECT DISTINCT year(date) FROM holidays ORDER BY 1").fetchall()]
     assert years == [2018, 2019, 2020, 2024, 2025, 2026, 2029, 2030, 2031]
+
+
+def test_catalog_columns_parse_on_the_catalog_connection(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``run_catalog`` parses the queries on its own connection in one statement: the same
+    columns as the process-wide parser finds, without opening or using it."""
+    from detect.rules import runner
+
+    write_rule(tmp_path, "amounts", "TST001", GOOD_RULE.replace(
+        "SELECT entity, fiscal_year, journal_id, line_no, amount FROM bookings",
+        "SELECT * FROM bookings"))
+    catalog, star = load_catalog(), load_catalog(tmp_path)
+    expected = catalog_columns(catalog)
+    runner._PREPARSED.clear()
+
+    def no_parser(query: str) -> str:
+        raise AssertionError("the process-wide parser was used")
+
+    monkeypatch.setattr(runner, "_parse_tree_text", no_parser)
+    assert catalog_columns(catalog, duckdb.connect()) == expected
+    assert catalog_columns(star, duckdb.connect())[0] is None
