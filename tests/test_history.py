@@ -167,3 +167,26 @@ def test_merge_of_a_large_history_is_fast(tmp_path: Path) -> None:
     assert time.perf_counter() - start < 5
     out = pl.scan_parquet(glob).group_by("amount").len().sort("amount").collect()
     assert out.rows() == [(Decimal("1.00"), n - 1000), (Decimal("2.00"), 1000)]
+
+
+def test_manifest_stats_after_ranking_preparation_even_when_it_failed(tmp_path) -> None:
+    """With the model worker the manifest's statistics run in the early thread after ranking's
+    preparation (``pipeline._manifest_stats``): they wait for it, and its failure (raised where
+    ranking takes the result) does not cost the manifest its statistics."""
+    from concurrent.futures import Future
+
+    import polars as pl
+
+    from detect import history, pipeline
+
+    clean = tmp_path / "bookings.parquet"
+    pl.DataFrame({"source_file": ["a.csv"] * 3, "entity": ["E"] * 3,
+                  "fiscal_year": [2025, 2025, 2024], "journal_id": ["J1", "J1", "J2"],
+                  "amount": [5.0, -5.0, 2.0]}).write_parquet(clean)
+    failed: Future[object] = Future()
+    failed.set_exception(RuntimeError("worker died"))
+    per_input, years = pipeline._manifest_stats(failed, clean, str(clean))
+    assert per_input == pipeline.input_stats(clean)
+    assert per_input[0]["lines"] == 3 and per_input[0]["journals"] == 2
+    assert years == history.stats(str(clean)) == {"2024": {"lines": 1, "journals": 1},
+                                                  "2025": {"lines": 2, "journals": 1}}
