@@ -483,9 +483,17 @@ scores equal):
   `UNIQUE_CHECK_ROWS` (2.000) rows whose distinct non-null (journal, line) keys equal its rows
   (one more count); key columns of other types than the hit's keep the `DISTINCT`. Render
   0,31-0,34 -> 0,28-0,30, counts +0,015.
-In all ~-0,1 CPU s; in the whole job (`belegwacht run bench/cache/ledger_1000000_7/ads`,
+- `run_catalog` parses the catalog's queries for `catalog_columns` on its own connection, all
+  in one statement (`list_transform` over `json_serialize_sql`), instead of opening the
+  process-wide parser connection and one statement per query: 0,072-0,078 -> 0,050-0,052
+  (3 alternating fresh processes).
+In all ~-0,12 CPU s; in the whole job (`belegwacht run bench/cache/ledger_1000000_7/ads`,
 step `rules`, 3 alternating runs against a tree without the change, load ~9) 7,36 / 7,45 /
-7,82 -> 7,49 / 7,47 / 7,45 CPU s: not visible at that load.
+7,82 -> 7,49 / 7,47 / 7,45 CPU s, and `connect` + `run_catalog` alone 6,74 / 6,21 / 6,55 ->
+6,34 / 6,24 / 6,57 (load ~10): not visible at that load; `connect` alone 0,28-0,31 ->
+0,24-0,26 every time. At 10M (`python -m bench --lines 10000000 --repeat 1 --no-naive`, one
+run, load ~6-10: the floor step took 18,7 s instead of ~7,4): `rules` 85,9 s wall / 68,9 CPU s
+(committed round-5 result 36,6 s / 68,3), job peak RSS 4.357 MB, the same detection figures.
 Measured in round 6 and left:
 - Texts rendered once per distinct combination of the template's columns (floats keyed by
   their text, since `-0.0` equals `0.0` but renders as `-0,0`) and joined back: BEN002's
@@ -508,6 +516,12 @@ Measured in round 6 and left:
   others 0,01 or less. The delivery file rewritten by Polars with zstd, lz4, snappy or
   without compression copies slower (0,59-0,64 against 0,43-0,44 for the file as ingest
   writes it): the codec is not the cost.
+- The first holiday calendar of a process (0,05-0,066 CPU s): `holidays`' registry imports
+  the package `holidays.countries`, whose `__init__` imports all 279 country modules, to
+  return one class. A lazy stand-in for that package (or loading `germany.py` alone) would
+  save it but patches the library's packaging; not done.
+- The largest lever left is not in the engine: the pipeline passing `threads=1` to `connect`
+  while the model worker runs (see above: ~0,6-0,8 CPU s of the `rules` step in round 4).
 
 Not done (measured, not worth it yet): running rules concurrently on DuckDB cursors (the
 rules already keep both cores busy, ~1,9 CPU s per wall second, and temporary tables are per
