@@ -331,7 +331,8 @@ def _bound_is_superset(suite: Suite) -> bool:
 
 def _collect_rows(frame: pl.LazyFrame, derive: Callable[[Any, bool], Any], suite: Suite,
                   exprs: dict[str, pl.Expr], flags: dict[str, str], height: int, gx_rows: int,
-                  runs: pl.DataFrame | None = None, nulls: dict[str, int] | None = None
+                  runs: pl.DataFrame | None = None, nulls: dict[str, int] | None = None,
+                  values: dict[str, pl.Series] | None = None
                   ) -> tuple[dict[str, int], pl.DataFrame, pl.DataFrame]:
     """Every check's failing-row count, the rows failing a quarantining check (whole, in row
     order) and GX's sample of whole journals or all rows (row id, flags and the suite's columns).
@@ -341,7 +342,7 @@ def _collect_rows(frame: pl.LazyFrame, derive: Callable[[Any, bool], Any], suite
     (``derive``: ``prepare.add_derived``) and the masks (``exprs``) are then computed on those
     few rows only, and the rows failing none (and not picked) dropped again. The query's filter
     leaves out masks known to be false everywhere (``rowchecks.can_fail``: the ingest's null
-    counts ``nulls``, keys known unique) and compares the document date with a lower bound of
+    counts ``nulls``, keys known unique, every distinct value of a column in ``values``) and compares the document date with a lower bound of
     its latest allowed date (``derive(.., True)``), a superset of the failing rows. The counts
     are the flags' column sums (a row failing a check is always kept). Only if some row is to
     be quarantined, a second query fetches the full rows of just those ids. (Computing every
@@ -352,7 +353,8 @@ def _collect_rows(frame: pl.LazyFrame, derive: Callable[[Any, bool], Any], suite
     if pick is None:  # GX validates every row (small delivery, or gx_rows = 0), but it too
         pick = pl.lit(True)  # needs only the suite's columns, not the whole delivery's
     by_key = {c.key: c for c in suite.checks}
-    maybe = [e for k, e in exprs.items() if rowchecks.can_fail(by_key[k], e, nulls, height)]
+    maybe = [e for k, e in exprs.items()
+             if rowchecks.can_fail(by_key[k], e, nulls, height, values)]
     bound = _bound_is_superset(suite)
     base = frame.collect_schema().names()
     wanted = set(suite.columns()) | set(JOURNAL) | set(DERIVED_FROM) | set(pick.meta.root_names())
@@ -528,7 +530,8 @@ def _gate(ingested: IngestResult, ctx: RunContext, job: GxJob, shas: list[str],
     for r in reports:
         if r.unreliable:
             warnings_.append(r.message(rows_in, ingested.format))
-    warnings_ += prepare.currency_warnings(frame, settings)
+    currencies = prepare.currency_counts(frame)
+    warnings_ += prepare.currency_warnings(frame, settings, currencies)
     def derive(rows: Any, bound: bool) -> Any:
         return prepare.add_derived(rows, settings, unreliable, bound=bound)
     view = derive(frame, False)
@@ -560,7 +563,7 @@ def _gate(ingested: IngestResult, ctx: RunContext, job: GxJob, shas: list[str],
         {c: n for c, n in facts.nulls.items() if pseudonymised or c != "bank_account"}
     totals, bad, gx_part = _collect_rows(frame, derive, suite, exprs, flags, rows_in,
                                          vs.gx_rows, runs.table if runs is not None else None,
-                                         known)
+                                         known, {"currency": currencies.get_column("currency")})
     on_gx = rowchecks.flag_counts(gx_part, flags)
     label = ("all rows" if gx_part.height == rows_in else
              f"sample of {gx_part.height:,} of {rows_in:,} rows")

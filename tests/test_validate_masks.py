@@ -221,6 +221,13 @@ def test_null_checks_known_to_pass_from_the_ingests_null_counts() -> None:
     assert "amount_missing" in can                 # no count known
     assert all(rowchecks.can_fail(by_key[k], e, None, 10) for k, e in exprs.items()
                if k != "duplicate_line")
+    # every distinct currency known (the validation's currency counts): valid ones settle it
+    check, expr = by_key["currency_not_iso4217"], exprs["currency_not_iso4217"]
+    assert not rowchecks.can_fail(check, expr, None, 10,
+                                  {"currency": pl.Series("currency", ["EUR", "USD"])})
+    assert rowchecks.can_fail(check, expr, None, 10,
+                              {"currency": pl.Series("currency", ["EUR", "EURO"])})
+    assert rowchecks.can_fail(check, expr, None, 10, {"gl_account": pl.Series(["4000"])})
 
 
 def test_failing_rows_and_sample_equal_masks_over_every_row() -> None:
@@ -249,9 +256,10 @@ def test_failing_rows_and_sample_equal_masks_over_every_row() -> None:
     lazy = raw.lazy()
     exprs, flags = rowchecks.mask_exprs(derive(lazy, False), suite, params)
     nulls = dict(zip(raw.columns, raw.null_count().row(0)))
-    for gx_rows in (0, 50):
+    currencies = {"currency": raw["currency"].drop_nulls().unique()}
+    for gx_rows, values in ((0, None), (50, None), (50, currencies)):
         totals, bad, sample = validate._collect_rows(lazy, derive, suite, exprs, flags,
-                                                     raw.height, gx_rows, None, nulls)
+                                                     raw.height, gx_rows, None, nulls, values)
         full = derive(raw, False).with_columns(exprs.values())
         assert totals == rowchecks.flag_counts(full, flags)
         assert totals["document_date_after_posting"] > 0

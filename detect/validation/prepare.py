@@ -183,10 +183,18 @@ def add_derived(frame: pl.DataFrame | pl.LazyFrame, settings: Settings, unreliab
     )
 
 
-def currency_warnings(frame: pl.DataFrame | pl.LazyFrame, settings: Settings) -> list[str]:
-    """Mixed currencies are valid but change what sums mean: say so, with the counts."""
-    counts = (frame.lazy().filter(pl.col("currency").is_not_null()).group_by("currency").len()
-              .sort(["len", "currency"], descending=[True, False]).collect())
+def currency_counts(frame: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+    """Lines per non-null currency (currency, len), most frequent first: one aggregate."""
+    return (frame.lazy().filter(pl.col("currency").is_not_null()).group_by("currency").len()
+            .sort(["len", "currency"], descending=[True, False]).collect())
+
+
+def currency_warnings(frame: pl.DataFrame | pl.LazyFrame, settings: Settings,
+                      counts: pl.DataFrame | None = None) -> list[str]:
+    """Mixed currencies are valid but change what sums mean: say so, with the counts
+    (``counts``: ``currency_counts`` of ``frame`` if already at hand)."""
+    if counts is None:
+        counts = currency_counts(frame)
     if counts.height == 0:
         return []
     listing = ", ".join(f"{c} {n:,}" for c, n in counts.head(5).iter_rows())

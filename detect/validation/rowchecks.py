@@ -84,13 +84,22 @@ def mask_exprs(view: pl.DataFrame | pl.LazyFrame, suite: Suite, params: dict[str
     return exprs, flags
 
 
-def can_fail(check: Check, expr: pl.Expr, nulls: dict[str, int] | None, rows: int) -> bool:
+def can_fail(check: Check, expr: pl.Expr, nulls: dict[str, int] | None, rows: int,
+             values: dict[str, pl.Series] | None = None) -> bool:
     """False when ``check``'s mask (``expr``, from ``mask_exprs``) is false in every row by
     what is known without a query: a constant false (uniqueness over columns known to identify
-    every row), or a (not-)null check on a column whose null count ``nulls`` gives (over all
-    ``rows`` rows; only columns whose values the mask reads unchanged)."""
+    every row), a (not-)null check on a column whose null count ``nulls`` gives (over all
+    ``rows`` rows; only columns whose values the mask reads unchanged), or a row-wise check
+    of one column whose every distinct value ``values`` holds (null included or not: a null
+    is always tried) that fails none of them."""
     if expr.meta.undo_aliases().meta.eq(pl.lit(False).fill_null(False)):
         return False
+    roots = set(expr.meta.root_names())
+    if values and len(roots) == 1 and next(iter(roots)) in values and masks.uniqueness(check) is None \
+            and not check.kwargs.get("row_condition"):
+        known = values[next(iter(roots))]
+        distinct = pl.concat([known, pl.Series(known.name, [None], dtype=known.dtype)])
+        return bool(pl.DataFrame([distinct]).select(expr).to_series().any())
     column = check.kwargs.get("column")
     if nulls is None or check.kwargs.get("row_condition") or column not in nulls:
         return True
