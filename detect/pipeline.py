@@ -7,6 +7,7 @@ renames it to ``runs/<run_id>/`` and switches ``CURRENT`` once everything is com
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -222,6 +223,20 @@ def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
     os.replace(tmp, run_dir / "manifest.json")
 
 
+_FROZEN: list[bool] = []
+
+
+def freeze_imported_objects() -> None:
+    """Move the objects that exist now (the modules and what importing them made) out of the
+    cyclic garbage collector's generations, once per process: they live as long as the process,
+    and each full collection of a 1M run traversed all of them again (2 x ~27 ms at 1M lines;
+    ~13 ms with them frozen, ``gc.freeze``). Once only: in a long-lived process (an inbox loop,
+    the tests) a later freeze would also pin the previous run's objects."""
+    if not _FROZEN:
+        _FROZEN.append(True)
+        gc.freeze()
+
+
 def run_delivery(sources: list[Path], *, fmt: str, settings: Settings, data_dir: Path,
                  control_totals: Path | None = None, log: StepLog | None = None,
                  rescore_history: bool = False, wait_seconds: float | None = None) -> RunSummary:
@@ -249,6 +264,7 @@ def run_delivery(sources: list[Path], *, fmt: str, settings: Settings, data_dir:
         hashing = pool.submit(lifecycle.fingerprint, files)
         from detect import history, rules, scoring, validate  # noqa: F401 - see above
         from detect.store import ReviewStore
+        freeze_imported_objects()
         delivery = hashing.result()
     if wait_seconds is None:
         wait_seconds = float(os.environ.get("BELEGWACHT_LOCK_WAIT", "0") or 0)

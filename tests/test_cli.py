@@ -132,3 +132,25 @@ def test_step_log_records_the_page_faults_of_each_step(tmp_path: Path) -> None:
     # 8192 pages of 4 KB (16 where transparent huge pages map 2 MB at a time)
     assert done["touch"]["minor_faults"] >= 16
     assert 0 <= done["idle"]["minor_faults"] < done["touch"]["minor_faults"]
+
+
+def test_a_run_freezes_the_imported_objects_once_per_process(tmp_path: Path) -> None:
+    """The modules' objects leave the garbage collector's generations before the run's work
+    (``pipeline.freeze_imported_objects``), once: a second run in the same process (an inbox)
+    must not pin the first run's objects."""
+    code = """
+import gc, sys
+from pathlib import Path
+from detect.cli import main
+calls = []
+real = gc.freeze
+gc.freeze = lambda: (calls.append(gc.get_freeze_count()), real())
+for n in (1, 2):
+    assert main(["run", sys.argv[1], "--data-dir", sys.argv[2] + str(n), "-q"]) == 0
+print(len(calls), gc.get_freeze_count() > 0)
+"""
+    result = subprocess.run([sys.executable, "-c", code, str(DELIVERY), str(tmp_path / "v")],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300,
+                            env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-2:] == ["1", "True"]
