@@ -206,6 +206,23 @@ def test_hash_cache_sees_a_rewritten_file(tmp_path: Path) -> None:
     assert sha256_of(f) != first
 
 
+def test_hashing_across_buffer_reads_gives_the_file_hash_and_finds_a_late_quote(
+        tmp_path: Path, monkeypatch) -> None:
+    """``sha256_of`` reads through one reused buffer: the hash and the quote flag must be the
+    whole file's, also when the file ends mid-buffer and the quote is in a later read."""
+    import hashlib
+
+    from detect.ingest import textio
+
+    monkeypatch.setattr(textio, "HASH_BUFFER", 7)
+    late, plain = tmp_path / "late.csv", tmp_path / "plain.csv"
+    late.write_bytes(b"a,b\n" * 25 + b'1,"x"\n1,y')
+    plain.write_bytes(b"a,b\n" * 25 + b"1,y")
+    for f, has_quote in ((late, True), (plain, False)):
+        assert sha256_of(f) == hashlib.sha256(f.read_bytes()).hexdigest()
+        assert textio._QUOTED[textio.file_identity(f)] is has_quote
+
+
 def test_the_quote_scan_takes_what_hashing_noted(tmp_path: Path, monkeypatch) -> None:
     """``sha256_of`` notes whether a file holds a quote; ``contains_byte`` then answers without
     reading the file again, also for a file rewritten in between (new identity: read)."""
