@@ -173,29 +173,17 @@ class Params:
         return sorted(p.name for p in params if p.name != "self" and p.kind != p.VAR_KEYWORD)
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key in self._get_param_names():
-            value = getattr(self, key)
-            if deep and hasattr(value, "get_params") and not isinstance(value, type):
-                out.update((f"{key}__{k}", v) for k, v in value.get_params().items())
-            out[key] = value
-        return out
+        """The parameters by name. ``deep`` is accepted for scikit-learn's API; no parameter of
+        these classes holds an estimator, so there is nothing nested to add."""
+        return {key: getattr(self, key) for key in self._get_param_names()}
 
     def set_params(self, **params: Any) -> "Params":
-        valid = self.get_params(deep=True)
-        nested: dict[str, dict[str, Any]] = {}
+        names = self._get_param_names()
         for key, value in params.items():
-            key, sep, sub = key.partition("__")
-            if key not in valid:
+            if key not in names:
                 raise ValueError(f"Invalid parameter {key!r} for estimator {self!r}. "
-                                 f"Valid parameters are: {sorted(self._get_param_names())!r}.")
-            if sep:
-                nested.setdefault(key, {})[sub] = value
-            else:
-                setattr(self, key, value)
-                valid[key] = value
-        for key, sub_params in nested.items():
-            valid[key].set_params(**sub_params)
+                                 f"Valid parameters are: {names!r}.")
+            setattr(self, key, value)
         return self
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -239,7 +227,6 @@ class TailECOD(Params):
         if isinstance(contamination, (float, int)) and not 0.0 < contamination <= 0.5:
             raise ValueError(f"contamination must be in (0, 0.5], got: {contamination:f}")
         self.contamination = contamination
-        self.n_jobs = 1  # PyOD's ECOD attribute; nothing here runs in parallel
         self.directions = directions
         self.aggregate = aggregate
 
