@@ -1,8 +1,8 @@
 """The model stage in the run's worker process, overlapping the rules (``detect.jobworker``).
 
 Why: the stage needs the rule hits only to pick which lines get reason texts
-(``models.explain_mask``, ~0.4 s of ~5 s at 1M lines); its import of PyOD/scikit-learn
-(~1.9 CPU s), features, fit and scoring need only the merged history. On two cores the rules
+(``models.explain_mask``, ~0.4 s of ~4 s at 1M lines); its imports, features, fit and scoring
+need only the merged history. On two cores the rules
 (~1.5 cores busy) and the models (~1.2) overlap well, so the worker
 
 1. is started when the run starts (the pipeline's ``JobWorker`` with GX's part, handed to
