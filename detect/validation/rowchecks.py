@@ -1,6 +1,6 @@
 """Row-level checks of a suite: vectorised masks over all rows, GX on its sample, agreement.
 
-``row_masks`` decides what is quarantined; ``check_report`` sets GX's counts beside the masks'
+``mask_exprs`` decides what is quarantined; ``check_report`` sets GX's counts beside the masks'
 (on the rows GX saw they must agree); ``master_checks`` runs the master-data suites in GX.
 """
 
@@ -37,15 +37,6 @@ def master_checks(runner: GxRunner, master: dict[str, pl.DataFrame], directory: 
                 warns.append(f"master data {name}: {r.reason} in {r.unexpected_count:,} of "
                              f"{frame.height:,} rows (check {r.key}; see the Data Docs)")
     return checks, warns
-
-
-def row_masks(view: pl.DataFrame | pl.LazyFrame, suite: Suite, params: dict[str, Any],
-              unique: list[list[str]] | None = None, unique_key: list[str] | None = None
-              ) -> tuple[Any, dict[str, str], set[str]]:
-    """``view`` with the masks of ``mask_exprs`` as columns ``_fail_<key>``; the flags and the
-    row-level checks' keys."""
-    exprs, flags = mask_exprs(view, suite, params, unique, unique_key)
-    return view.with_columns(exprs.values()), flags, set(flags)
 
 
 def mask_exprs(view: pl.DataFrame | pl.LazyFrame, suite: Suite, params: dict[str, Any],
