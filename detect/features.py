@@ -92,6 +92,9 @@ class FeatureFrame:
     """KEY + FEATURE_NAMES + CONTEXT + ``_jk`` (the journal's number in key order), sorted by
     KEY."""
     notes: list[str] = field(default_factory=list)
+    order: np.ndarray | None = None
+    """Row ``i`` of ``frame`` is line ``order[i]`` of the bookings as read (None: the same
+    order), so a frame in the lines' order can be compared with it without a sort."""
 
 
 def _rarity(count: pl.Expr, total: pl.Expr) -> pl.Expr:
@@ -114,6 +117,7 @@ class Codes:
         self.journal_start = np.r_[True, self.jk[1:] != self.jk[:-1]] if self.n \
             else np.zeros(0, dtype=bool)
         self._cache: dict[tuple[str, ...], tuple[np.ndarray, int]] = {}
+        self._firsts: dict[tuple[str, ...], np.ndarray] = {}
         self._pairs: list[np.ndarray] | None = None
 
     def of(self, *cols: str) -> tuple[np.ndarray, int]:
@@ -143,20 +147,34 @@ class Codes:
         return np.bincount(code, minlength=size)[code]
 
     def journals(self, *cols: str, per_journal: bool = False,
-                 where: np.ndarray | None = None) -> np.ndarray:
+                 where: np.ndarray | None = None,
+                 same_in_journal: tuple[str, ...] = ()) -> np.ndarray:
         """Distinct journals per group, on every line. ``per_journal``: the columns are the
         same on all lines of a journal (count first lines only); ``where``: count only
-        journals whose (first) line satisfies it."""
+        journals whose (first) line satisfies it; ``same_in_journal``: those of ``cols`` that
+        are the same on all lines of a journal (the journal's vendor), so a line is its
+        (journal, group)'s first exactly when it is the first of the other columns' group
+        (``journals("vendor_j", "gl_account", same_in_journal=("vendor_j",))`` reuses the
+        first lines ``journals("gl_account")`` found: one scan of the journals less)."""
         if per_journal:  # codes of the journals' first lines only (half the rows), expanded
             heads = np.flatnonzero(self.journal_start)
             code, size = self._of_rows(cols, heads)
             counted = code if where is None else code[where[heads]]
             return np.bincount(counted, minlength=size)[code][np.cumsum(self.journal_start) - 1]
         code, size = self.of(*cols)
-        first = self._first_in_journal(code)
+        rest = tuple(c for c in cols if c not in same_in_journal) or cols
+        first = self._first(rest, code if rest == cols else None)
         if where is not None:
-            first &= where
+            first = first & where
         return np.bincount(code[first], minlength=size)[code]
+
+    def _first(self, cols: tuple[str, ...], code: np.ndarray | None = None) -> np.ndarray:
+        """First line of each (journal, group of ``cols``) (``code``: their codes, if the
+        caller has them), kept for reuse: read only, never changed in place."""
+        if cols not in self._firsts:
+            self._firsts[cols] = self._first_in_journal(self.of(*cols)[0] if code is None
+                                                        else code)
+        return self._firsts[cols]
 
     def _of_rows(self, cols: tuple[str, ...], rows: np.ndarray) -> tuple[np.ndarray, int]:
         """``of(*cols)`` at ``rows`` only (the dense renumbering of a big combination, a sort,
@@ -518,7 +536,8 @@ def build_features(bookings: pl.LazyFrame, settings: Settings,
         _u32("_acct_journals", codes.journals("gl_account")),
         _u32("_ua_journals", codes.journals("entered_by", "gl_account")),
         _u32("user_lines", codes.lines("entered_by")),
-        _u32("_va_journals", codes.journals("vendor_j", "gl_account")),
+        _u32("_va_journals", codes.journals("vendor_j", "gl_account",
+                                            same_in_journal=("vendor_j",))),
         _u32("_v_journals", codes.journals("vendor_j", per_journal=True)),
         _u32("bank_journals", codes.journals("vendor_j", "_bank_j", per_journal=True)),
         pl.Series("user_day_lines", codes.lines("entered_by", "day"), dtype=pl.Float64),
@@ -532,10 +551,13 @@ def build_features(bookings: pl.LazyFrame, settings: Settings,
             ((abs_amt.rank("min") - 1) / n_total).alias("amount_pct_all"))
     df = df.with_columns(
         entry_time.alias("entry_time"),
-        (pl.col("posting_date") - pl.col("document_date")).dt.total_days().cast(pl.Int32)
+        # day gaps as differences of the dates' day numbers (Int32, no Duration), and the
+        # entry's date is ``day`` where the stamp is known: no second conversion of the stamps
+        (pl.col("posting_date").to_physical() - pl.col("document_date").to_physical())
         .alias("doc_post"),
-        (pl.col("posting_date") - pl.col("entered_at").dt.date()).dt.total_days()
-        .cast(pl.Int32).alias("entry_post"),
+        pl.when(pl.col("entered_at").is_not_null())
+        .then(pl.col("posting_date").to_physical() - pl.col("day").to_physical())
+        .alias("entry_post"),
         off.alias("_off"),
         (non_work(pl.col("day")) | non_work(pl.col("posting_date"))).cast(pl.Float64)
         .alias("_nonwork"),
@@ -599,7 +621,9 @@ def build_features(bookings: pl.LazyFrame, settings: Settings,
     # the features slice by slice (see _sliced); the key and context columns as they are
     out = df.select(KEY).hstack(_sliced(df, feats)).hstack(
         df.select([c for c in CONTEXT if c in df.columns] + ["_jk"]))
-    return FeatureFrame(out, notes)
+    if order is not None and df.height < np.iinfo(np.int32).max:
+        order = order.astype(np.int32)  # kept with the frame: half the bytes
+    return FeatureFrame(out, notes, order)
 
 
 def amount_percentiles(frame: pl.DataFrame, rows: np.ndarray) -> pl.DataFrame:

@@ -109,7 +109,7 @@ from detect.errors import UserError
 from detect.runlog import max_rss_mb
 from detect.schema import key_hash
 from detect.features import (DIRECTIONS, JOURNAL, KEY, active_features, amount_percentiles,
-                             build_features, to_matrix)
+                             build_features)
 
 MODEL_SCORE_SCHEMA = pl.Schema({
     "entity": pl.String(), "fiscal_year": pl.Int32(), "journal_id": pl.String(),
@@ -231,7 +231,12 @@ class TailECOD(Params):
         self.aggregate = aggregate
 
     def fit(self, X: np.ndarray, y: Any = None) -> "TailECOD":
-        X = np.asarray(X, dtype=np.float64)
+        # Float32 (the feature frame's) as it is: the tables and the training scores are the
+        # same as from its float64 copy (every float32 is a float64), the sorts of ``np.unique``
+        # and the searches run over half the bytes (200k lines: ~0.03 CPU s less)
+        X = np.asarray(X)
+        if X.dtype != np.float32:
+            X = X.astype(np.float64, copy=False)
         self._classes = 2  # PyOD's binary default; y is ignored (unsupervised)
         if y is not None:
             self._classes = len(np.unique(y))
@@ -447,11 +452,21 @@ class BookingOutlierEnsemble(Params):
                         hint=f"known detectors: {', '.join(KNOWN_DETECTORS)}")
 
     def fit(self, X: np.ndarray, y: Any = None) -> "BookingOutlierEnsemble":
-        X = np.asarray(X, dtype=np.float64)
+        """Fits the detectors on ``X``; ``TailECOD`` takes a Float32 ``X`` as it is (see
+        ``TailECOD.fit``), the others a C-contiguous float64 copy."""
+        X = np.asarray(X)
+        if X.dtype != np.float32:
+            X = np.ascontiguousarray(X, dtype=np.float64)
+        wide = None
         names = list(dict.fromkeys(self.detectors))
         if not names:
             raise UserError("[models] detectors is empty", hint="e.g. [\"iforest\", \"hbos\"]")
-        self.detectors_ = {name: self._make(name, len(X)).fit(X) for name in names}
+        self.detectors_ = {}
+        for name in names:
+            det = self._make(name, len(X))
+            if name != "ecod" and wide is None:
+                wide = np.ascontiguousarray(X, dtype=np.float64)
+            self.detectors_[name] = det.fit(X if name == "ecod" else wide)
         # distinct training scores and how many lie below each: one search per scored line
         self.train_scores_ = {}
         for name, det in self.detectors_.items():
@@ -601,9 +616,15 @@ def _key_hash(frame: pl.DataFrame, cols: list[str] = KEY) -> pl.Series:
     return frame.select(key_hash(cols)).to_series()
 
 
-def _target_rows(frame: pl.DataFrame, targets: pl.DataFrame | None) -> np.ndarray | None:
+def _target_rows(frame: pl.DataFrame, targets: pl.DataFrame | None,
+                 order: np.ndarray | None = None) -> np.ndarray | None:
     """Row positions of ``frame`` whose key is in ``targets`` (None = all rows: the
-    delivery is the whole history, as on a first run).
+    delivery is the whole history, as on a first run). ``order``: the feature frame's
+    ``FeatureFrame.order`` (its rows' positions in the history as read).
+
+    A first run's delivery is the history in the order it is stored: put in the frame's
+    order by ``order`` its keys are the frame's, compared exactly (1M lines: 0.03 CPU s
+    against 0.09 for the hash sums below, which remain for any other order).
 
     Why hashes: a semi join over the four key columns (two strings) cost ~0.3 s per 1M lines,
     a 64-bit hash of each key and ``is_in`` a tenth of that. Exactness: the delivery's lines
@@ -612,6 +633,9 @@ def _target_rows(frame: pl.DataFrame, targets: pl.DataFrame | None) -> np.ndarra
     delivery hashes, and then the exact semi join is used."""
     if targets is None:
         return None
+    if targets.height == frame.height and (targets if order is None else
+                                           targets.rechunk()[order]).equals(frame.select(KEY)):
+        return None  # (one chunk first: a gather over the file's row groups took 2x as long)
     if targets.height == frame.height:
         # as many delivery lines as history lines: the delivery is the whole history (a first
         # run) if their keys' hashes add up to the same sum (mod 2^64; a missing, foreign or
@@ -720,9 +744,10 @@ def fit_score(bookings: pl.LazyFrame, settings: Any, *, targets: pl.DataFrame | 
     del fit_cols
     meta["fit_lines"] = sample.height
     clock, cpu = time.perf_counter(), time.process_time()
+    # the Float32 features as stored: the ensemble widens them only for IForest/HBOS
     model = BookingOutlierEnsemble(
         detectors=tuple(cfg.detectors), directions=tuple(DIRECTIONS[n] for n in used),
-        batch_size=cfg.batch_size, random_state=cfg.seed).fit(to_matrix(sample, used))
+        batch_size=cfg.batch_size, random_state=cfg.seed).fit(sample.to_numpy())
     del sample
     meta["seconds"]["fit"] = round(time.perf_counter() - clock, 2)
     meta["cpu_seconds"]["fit"] = round(time.process_time() - cpu, 2)
@@ -730,7 +755,7 @@ def fit_score(bookings: pl.LazyFrame, settings: Any, *, targets: pl.DataFrame | 
     clock, cpu = time.perf_counter(), time.process_time()
     # the lines to score as row positions in the (key-sorted) frame: gathers instead of
     # joins over the four string key columns
-    rows = _target_rows(frame, targets)
+    rows = _target_rows(frame, targets, ff.order)
     keys = frame.select(KEY + ["_jk"])
     keys = keys if rows is None else keys[rows]
     score = np.empty(keys.height)

@@ -118,6 +118,24 @@ def test_features_are_deterministic_whatever_the_input_order(ledger: pl.DataFram
     assert a.equals(b)
 
 
+def test_feature_frame_knows_where_its_lines_were_read(ledger: pl.DataFrame) -> None:
+    """``FeatureFrame.order``: row i of the (key-sorted) frame is line ``order[i]`` of the
+    input, so the model stage can compare a delivery in the input's order with the frame."""
+    from detect.features import KEY
+
+    keys = ledger.select(KEY).with_columns(pl.col("fiscal_year").cast(pl.Int32),
+                                           pl.col("line_no").cast(pl.Int32))
+    sorted_ff = build_features(ledger.sort(KEY).lazy(), Settings())
+    assert sorted_ff.order is None
+    shuffled = ledger.sample(fraction=1.0, shuffle=True, seed=3)
+    ff = build_features(shuffled.lazy(), Settings())
+    assert ff.order is not None and sorted(ff.order.tolist()) == list(range(ledger.height))
+    assert shuffled.select(KEY).with_columns(
+        pl.col("fiscal_year").cast(pl.Int32), pl.col("line_no").cast(pl.Int32)
+    )[ff.order].equals(ff.frame.select(KEY))
+    assert keys.sort(KEY).equals(ff.frame.select(KEY))
+
+
 def test_vendor_master_creation_date_sets_the_vendor_age() -> None:
     f = tiny_ledger(300)
     first = f.filter(pl.col("vendor_id") == "V1")["posting_date"].min()
@@ -241,6 +259,16 @@ def test_distinct_journals_per_group_equal_a_group_by(longest: int) -> None:
         want = df.join(df.group_by(cols).agg(pl.col("_jk").n_unique().alias("want")), on=cols,
                        how="left", nulls_equal=True, maintain_order="left").get_column("want")
         np.testing.assert_array_equal(Codes(df).journals(*cols), want.to_numpy())
+    # a column that is the same on all lines of a journal (the journal's vendor): its pairs
+    # with "g" are counted from the first lines of (journal, g), found once for both counts
+    df = df.with_columns((pl.col("_jk") % 7).alias("v"))
+    want = df.join(df.group_by("v", "g").agg(pl.col("_jk").n_unique().alias("want")),
+                   on=["v", "g"], how="left", nulls_equal=True, maintain_order="left")
+    codes = Codes(df)
+    codes.journals("g")
+    np.testing.assert_array_equal(codes.journals("v", "g", same_in_journal=("v",)),
+                                  want.get_column("want").to_numpy())
+    assert list(codes._firsts) == [("g",)]  # no scan of the journals for ("v", "g")
 
 
 def test_features_sliced_into_small_slices_are_the_same(ledger: pl.DataFrame,

@@ -371,6 +371,31 @@ def test_delivery_rows_by_key_hash_and_exact_fallback() -> None:
     np.testing.assert_array_equal(_target_rows(frame, foreign), [0, 1, 2, 3, 4])
 
 
+def test_whole_delivery_in_the_read_order_is_found_without_hashing(monkeypatch) -> None:
+    """A first run: the delivery is the history in the order the features read it
+    (``FeatureFrame.order``); put in the frame's order its keys are compared exactly, no key
+    is hashed. Any other order, or other keys, take the hash path as before."""
+    import detect.models as models
+
+    frame = pl.DataFrame({"entity": ["E"] * 6, "fiscal_year": [2025] * 6,
+                          "journal_id": ["1", "1", "2", "3", "3", "4"],
+                          "line_no": [1, 2, 1, 1, 2, 1]}).with_columns(
+        pl.col("fiscal_year").cast(pl.Int32), pl.col("line_no").cast(pl.Int32))
+    read = np.array([3, 0, 5, 1, 4, 2])  # frame row i was line read[i] of the input
+    stored = frame[np.argsort(read)]      # the input as read: stored[read] == frame
+    hashed = []
+    real_hash = models._key_hash
+    monkeypatch.setattr(models, "_key_hash", lambda *a: hashed.append(1) or real_hash(*a))
+    assert models._target_rows(frame, stored, read) is None
+    assert models._target_rows(frame, frame) is None  # read in key order: order None
+    assert not hashed
+    # other orders and keys still go by the hashes
+    assert models._target_rows(frame, stored.reverse(), read) is None and hashed
+    np.testing.assert_array_equal(
+        models._target_rows(frame, stored.with_columns(pl.lit("9").alias("journal_id")),
+                            read), [])
+
+
 def test_row_sum_has_numpys_bits() -> None:
     """``row_sum`` sums columns in NumPy's pairwise order: the same bits as summing the rows
     of the matrix (signed zeros included), for any number of columns."""
