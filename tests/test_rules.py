@@ -584,3 +584,84 @@ def test_catalog_columns_parse_on_the_catalog_connection(
     monkeypatch.setattr(runner, "_parse_tree_text", no_parser)
     assert catalog_columns(catalog, duckdb.connect()) == expected
     assert catalog_columns(star, duckdb.connect())[0] is None
+
+
+class FakeTicks:
+    """``/proc/stat`` as ``ThreadGovernor`` reads it: each call advances the machine's clock by
+    ``step`` ticks of which ``spare`` share is idle."""
+
+    def __init__(self, step: int = 1000) -> None:
+        self.total, self.idle, self.step, self.spare = 0, 0, step, 0.0
+
+    def __call__(self) -> tuple[int, int]:
+        self.total += self.step
+        self.idle += round(self.step * self.spare)
+        return self.total, self.idle
+
+
+def _threads(con: duckdb.DuckDBPyConnection) -> int:
+    return int(con.execute("SELECT current_setting('threads')").fetchall()[0][0])
+
+
+def test_thread_governor_takes_the_second_thread_only_while_a_core_is_spare(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One DuckDB thread while the machine has no half core idle (another process on the other
+    core), the configured threads again once it has; a look too short to judge changes
+    nothing, and a connection configured with one thread never gets more."""
+    from detect.rules import runner
+
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 2)
+    con = duckdb.connect(config={"threads": 2})
+    ticks = FakeTicks()
+    governor = runner.ThreadGovernor(con, ticks=ticks)
+    ticks.spare = 0.1  # 0.2 idle cores of 2
+    governor.adjust()
+    assert _threads(con) == 1
+    ticks.spare = 0.5  # one idle core
+    governor.adjust()
+    assert _threads(con) == 2
+    ticks.spare, ticks.step = 0.0, 1  # a few ticks: wait for more
+    governor.adjust()
+    assert _threads(con) == 2 and governor.decisions == [1, 2]
+    ticks.step = 1000
+    governor.adjust()
+    assert _threads(con) == 1 and governor.decisions == [1, 2, 1]
+    single = duckdb.connect(config={"threads": 1})
+    ticks.spare = 1.0
+    runner.ThreadGovernor(single, ticks=ticks).adjust()
+    assert _threads(single) == 1
+    # no /proc/stat: the connection keeps what it was configured with
+    blind = runner.ThreadGovernor(con, ticks=lambda: None)
+    blind.adjust()
+    assert _threads(con) == 1 and blind.decisions == []
+
+
+def test_the_catalog_gives_the_same_hits_on_one_thread_or_switching_and_restores_threads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``run_catalog`` asks the governor before the copy, ``journals`` and every rule: a busy
+    machine runs it on one thread, one whose load comes and goes switches between rules; the
+    hits are those of the configured threads, and the connection ends as configured."""
+    from detect.rules import runner
+
+    hist, run_dir = write_history(tmp_path)
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 2)
+    results = {}
+    for name, spare in (("idle", [1.0]), ("busy", [0.0]), ("switching", [0.0, 1.0])):
+        ticks, seen = FakeTicks(), iter(range(10_000))
+
+        def tick(ticks: FakeTicks = ticks, spare: list[float] = spare, seen=seen) -> tuple:
+            ticks.spare = spare[next(seen) % len(spare)]
+            return ticks()
+
+        monkeypatch.setattr(runner, "_cpu_ticks", tick)
+        con = connect(Ctx(run_dir), str(hist / "*.parquet"), threads=2)
+        results[name] = run_catalog(con, Settings(), load_catalog(), delivery_only=False)
+        assert _threads(con) == 2
+    assert set(results["idle"].threads.values()) == {2}
+    assert set(results["busy"].threads.values()) == {1}
+    assert set(results["switching"].threads.values()) == {1, 2}
+    assert list(results["busy"].threads) == ["copy", "journals", *results["busy"].ran]
+    assert results["busy"].summary()["threads"] == results["busy"].threads
+    for name in ("busy", "switching"):
+        assert results[name].hits.equals(results["idle"].hits)
+    assert results["idle"].hits.height

@@ -9,9 +9,11 @@ fails at run time is reported as failed and the others still run.
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -227,12 +229,74 @@ DUCKDB_MEMORY_LIMIT = "3GB"
 spills to ``temp_directory`` beyond this instead of taking all memory and every core."""
 
 
+def _cpu_ticks() -> tuple[int, int] | None:
+    """(all, spare) CPU ticks of the machine so far, from the first line of ``/proc/stat``
+    (Linux); spare = idle + iowait + nice (a niced process yields its core to ours). None
+    where there is no such file."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 6 or fields[0] != b"cpu":
+        return None
+    values = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    return sum(values), values[1] + values[3] + values[4]
+
+
+SPARE_CORES = 0.5
+"""``ThreadGovernor``: from this many idle cores (machine-wide, since the last look) on, the
+catalog uses its second DuckDB thread."""
+GOVERNOR_WINDOW_S = 0.1
+"""... judged over at least this much wall time (shorter statements add to the next look)."""
+
+
+class ThreadGovernor:
+    """Runs the catalog on one DuckDB thread while the machine has no core to spare, on the
+    configured threads (``duckdb_config``) when it has.
+
+    A second thread costs ~9 % more CPU (parallel hash tables merged, work handed over) and
+    pays only on an otherwise idle core. In the job the model worker takes the other core
+    during the first half of the rules and leaves it idle in the second; a fixed setting is
+    wrong for one of them. ``adjust`` looks at the machine's CPU ticks since its last
+    decision (``_cpu_ticks``) and sets ``threads`` before the next statement: ~0,01 ms."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, start: tuple[int, int] | None = None,
+                 ticks: Callable[[], tuple[int, int] | None] | None = None) -> None:
+        self.con, self.ticks = con, ticks or _cpu_ticks
+        self.most = self.current = int(con.execute(
+            "SELECT current_setting('threads')").fetchall()[0][0])
+        self.cores = os.cpu_count() or 1
+        self.window = GOVERNOR_WINDOW_S * (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf")
+                                           else 100) * self.cores
+        self.last = start if start is not None else self.ticks()
+        self.decisions: list[int] = []
+        """The thread count of each decision, in order."""
+
+    def adjust(self) -> None:
+        if self.most <= 1 or self.last is None:
+            return
+        now = self.ticks()
+        if now is None:
+            return
+        total, spare = now[0] - self.last[0], now[1] - self.last[1]
+        if total < self.window:
+            return
+        self.last = now
+        want = self.most if spare / total * self.cores >= SPARE_CORES else 1
+        self.decisions.append(want)
+        if want != self.current:
+            self.con.execute(f"SET threads = {want}")
+            self.current = want
+
+
 def duckdb_config(temp_dir: Path, threads: int | None = None) -> dict[str, Any]:
     """Connection settings for the rule catalog (threads, memory limit, where to spill).
 
-    ``threads`` (default ``DUCKDB_THREADS``): with 1 the catalog takes ~9 % less CPU at 1M
-    lines (6.2 instead of 6.8 CPU s, no parallel hash tables to merge) but ~1.6x the wall time
-    on an idle second core; worth it when another process (the model worker) has that core."""
+    ``threads`` (default ``DUCKDB_THREADS``): the most the catalog uses. With 1 it takes ~9 %
+    less CPU at 1M lines (6.2 instead of 6.8 CPU s, no parallel hash tables to merge) but ~1.6x
+    the wall time on an idle second core; ``ThreadGovernor`` takes it down to 1 only while
+    the machine has no core to spare (the model worker on the other one)."""
     temp_dir.mkdir(parents=True, exist_ok=True)
     return {"threads": threads or DUCKDB_THREADS, "memory_limit": DUCKDB_MEMORY_LIMIT,
             "temp_directory": str(temp_dir)}
@@ -419,6 +483,9 @@ def materialise_delivery_journals(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("CREATE OR REPLACE VIEW delivery_journals AS SELECT * FROM _delivery_journals")
 
 
+_TICKS_VARIABLE = "belegwacht_cpu_ticks"
+"""Set by ``connect``: the machine's CPU ticks (``_cpu_ticks``) when it began."""
+
 _SAME_FILE_VARIABLE = "belegwacht_delivery_file_is_history"
 """Set by ``connect`` when the history is one file with the delivery file's exact bytes."""
 
@@ -474,7 +541,10 @@ def connect(ctx: Any, history_glob: str | Path | list[str | Path],
     come from ``ctx.run_dir / "bookings.parquet"``, master data from ``ctx.run_dir / "master"``.
     ``threads``: see ``duckdb_config``.
     """
+    ticks = _cpu_ticks()  # the first window of ``ThreadGovernor``: from here to the copy
     con = duckdb.connect(config=duckdb_config(Path(ctx.run_dir) / "tmp" / "duckdb", threads))
+    if ticks is not None:
+        con.execute(f"SET VARIABLE {_TICKS_VARIABLE} = {list(ticks)}")
     source = _parquet_source(history_glob)
     cols = _columns_of(con, source)
     delivery_file = Path(ctx.run_dir) / "bookings.parquet"
@@ -646,6 +716,9 @@ class RuleRunResult:
     """Journals of the whole history each rule that ran flags (before the delivery filter)."""
     history_population: int = 0
     """Journals in the whole history: the denominator of ``history_journals``."""
+    threads: dict[str, int] = field(default_factory=dict)
+    """DuckDB threads ``ThreadGovernor`` gave the history copy (``copy``), ``journals`` and
+    each rule that ran."""
 
     def history_rates(self) -> dict[str, float]:
         """Share of the history's journals each rule flags. Scoring weighs a rule's hits by
@@ -691,6 +764,7 @@ class RuleRunResult:
             "history_population": self.history_population,
             "history_journals": dict(sorted(self.history_journals.items())),
             "durations": {k: round(v, 3) for k, v in self.durations.items()},
+            "threads": self.threads,
         }
 
 
@@ -724,9 +798,16 @@ def run_catalog(con: duckdb.DuckDBPyConnection, settings: Settings, catalog: lis
                 delivery_only: bool = True, log: Any = None) -> RuleRunResult:
     """Run every enabled, runnable rule; never a Python loop over rows, one query per rule."""
     check_rule_settings(settings, catalog, log)
+    start = con.execute(f"SELECT getvariable('{_TICKS_VARIABLE}')").fetchall()[0][0]
+    governor = ThreadGovernor(con, tuple(start) if start else None)
     booking_cols, journal_cols = catalog_columns(
         [r for r in catalog if settings.rule_enabled(r.id)], con)
+    threads: dict[str, int] = {}
+    governor.adjust()
+    threads["copy"] = governor.current
     materialise_inputs(con, booking_cols)
+    governor.adjust()
+    threads["journals"] = governor.current
     # many journal-level rules read `journals`: aggregate the history once, not once per rule
     con.execute(f"CREATE OR REPLACE TEMP TABLE _journals AS {journals_select(journal_cols)}")
     con.execute("CREATE OR REPLACE VIEW journals AS SELECT * FROM _journals")
@@ -745,6 +826,8 @@ def run_catalog(con: duckdb.DuckDBPyConnection, settings: Settings, catalog: lis
             result.skipped.append({"rule_id": rule.id, "reason": reason})
             continue
         params = effective_params(rule.id, rule.defaults(), rule.config_params, settings)
+        governor.adjust()
+        threads[rule.id] = governor.current
         started = time.perf_counter()
         try:
             columns, journals, unique = _rule_output(con, rule, params)
@@ -775,6 +858,9 @@ def run_catalog(con: duckdb.DuckDBPyConnection, settings: Settings, catalog: lis
     # never reads it): dropped once here, not after every rule
     con.execute("DROP TABLE IF EXISTS _rule_out")
     result.hits = _collect_hits(con)
+    if governor.current != governor.most:  # the connection as the caller configured it
+        con.execute(f"SET threads = {governor.most}")
+    result.threads = threads
     return result
 
 
