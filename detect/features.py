@@ -208,27 +208,42 @@ class Codes:
             dup[rows[code[rows] == code[rows - d]]] = True
         return ~dup
 
-    def agg(self, cols: tuple[str, ...], values: pl.DataFrame, **aggs: pl.Expr) -> list[pl.Series]:
-        """Polars aggregates of ``values`` (one row per line) per group, on every line."""
+    def _table(self, cols: tuple[str, ...], values: pl.DataFrame,
+               **aggs: pl.Expr) -> tuple[pl.DataFrame, np.ndarray]:
+        """Polars aggregates of ``values`` (one row per line) per group, and each line's row
+        in that table. In-memory engine: a one-shot group-by of a few columns, no streaming."""
         code, size = self.of(*cols)
         table = values.with_columns(_g=pl.Series(code)).lazy().group_by("_g").agg(**aggs) \
-            .collect()
+            .collect(engine="in-memory")
         slot = np.zeros(size, dtype=np.int64)
         slot[table.get_column("_g").to_numpy()] = np.arange(table.height)
-        idx = pl.Series(slot[code])
+        return table, slot[code]
+
+    def agg(self, cols: tuple[str, ...], values: pl.DataFrame, **aggs: pl.Expr) -> list[pl.Series]:
+        """Polars aggregates of ``values`` (one row per line) per group, on every line."""
+        table, rows = self._table(cols, values, **aggs)
+        idx = pl.Series(rows)
         return [table.get_column(name).gather(idx).alias(name) for name in aggs]
 
     def robust_z(self, cols: tuple[str, ...], x: pl.Series, floor: float,
                  median: pl.Series | None = None) -> pl.Series:
         """(x - median) / (1.4826 MAD + floor) within the groups of ``cols``; ``median``: the
-        groups' median of ``x`` on every line when the caller has it already."""
-        (med,) = (self.agg(cols, x.to_frame("_x"), _med=pl.col("_x").median())
-                  if median is None else (median.alias("_med"),))
-        work = pl.DataFrame([x.alias("_x"), med])
-        dev = work.select((pl.col("_x") - pl.col("_med")).abs().alias("_dev"))
-        (mad,) = self.agg(cols, dev, _mad=pl.col("_dev").median())
-        return work.with_columns(mad).select(
-            (pl.col("_x") - pl.col("_med")) / (1.4826 * pl.col("_mad") + floor)).to_series()
+        groups' median of ``x`` on every line when the caller has it already.
+
+        The medians are Polars group-bys; the per-line arithmetic is NumPy's (its IEEE
+        - * / + and abs give Polars' bits): no column-sized Polars temporaries, which are
+        fresh pages each (1M lines: ~-0.02 CPU s and ~-10k page faults for both z-scores).
+        ``x`` and ``median`` have no nulls (log amounts, log line counts)."""
+        if median is None:
+            table, rows = self._table(cols, x.to_frame("_x"), _med=pl.col("_x").median())
+            med = table.get_column("_med").to_numpy()[rows]
+        else:
+            med = median.to_numpy()
+        centred = x.to_numpy() - med
+        table, rows = self._table(cols, pl.DataFrame({"_dev": np.abs(centred)}),
+                                  _mad=pl.col("_dev").median())
+        mad = table.get_column("_mad").to_numpy()[rows]
+        return pl.Series(centred / (1.4826 * mad + floor))
 
 
 def _column_codes(s: pl.Series) -> tuple[np.ndarray, int]:
@@ -342,14 +357,31 @@ def _trailing(values: np.ndarray, digit: int, limit: int) -> np.ndarray:
     return out
 
 
+_CENT_ZEROS = np.array([2 if c == 0 else int(c % 10 == 0) for c in range(100)], dtype=np.int64)
+_CENT_NINES = np.array([2 if c == 99 else int(c % 10 == 9) for c in range(100)], dtype=np.int64)
+"""Trailing zeros / nines of an amount's two cent digits (00 and 99: 2, continued in the euros)."""
+
+
 def _amount_digits(cents: np.ndarray) -> dict[str, pl.Series]:
     """round_zeros (trailing zeros of the amount in cents, up to 8) and trailing_nines (of the
-    amount as written: 4.999,00 -> "4999", 4.999,99 -> "499999")."""
-    zeros = np.where(cents > 0, _trailing(cents, 0, 8), 0)
-    written = np.where(cents % 100 != 0, cents, cents // 100)
+    amount as written: 4.999,00 -> "4999", 4.999,99 -> "499999").
+
+    Both from the two cent digits (a table of 100) and, only where they are 00 or 99, the
+    euros: one ``divmod`` over all lines instead of four modulo/division passes (1M lines:
+    0.042 -> 0.02 CPU s). The amounts are >= 0 (|amount| in cents)."""
+    euros, cent = np.divmod(cents, 100)
+    zeros = _CENT_ZEROS[cent]
+    nines = _CENT_NINES[cent]
+    whole = np.flatnonzero(cent == 0)  # written without cents: the euros' digits count
+    if len(whole):
+        part = euros[whole]
+        zeros[whole] = np.where(part > 0, 2 + _trailing(part, 0, 6), 0)  # 0.00: no zeros
+        nines[whole] = _trailing(part, 9, 19)
+    ends99 = np.flatnonzero(cent == 99)  # x99: the nines go on into the euros
+    if len(ends99):
+        nines[ends99] += _trailing(euros[ends99], 9, 17)
     return {"round_zeros": pl.Series("round_zeros", zeros, dtype=pl.UInt32),
-            "trailing_nines": pl.Series("trailing_nines", _trailing(written, 9, 19),
-                                        dtype=pl.UInt32)}
+            "trailing_nines": pl.Series("trailing_nines", nines, dtype=pl.UInt32)}
 
 
 def _is_sorted(df: pl.DataFrame) -> bool:
@@ -515,7 +547,6 @@ def build_features(bookings: pl.LazyFrame, settings: Settings,
     if df.schema["entered_at"] == pl.Datetime("us"):
         minute = df.select(((pl.col("entered_at").to_physical() % 86_400_000_000)
                             // 60_000_000).cast(pl.Int32)).to_series()
-        df = df.with_columns(minute.alias("_minute"))
         hours = ((pl.col("_minute") // 60).cast(pl.Float64)
                  + (pl.col("_minute") % 60).cast(pl.Float64) / 60.0)
         entry_time = _HHMM.gather(minute)
@@ -525,6 +556,17 @@ def build_features(bookings: pl.LazyFrame, settings: Settings,
         entry_time = df.select(pl.col("entered_at").dt.strftime("%H:%M")).to_series()
     off = pl.max_horizontal(pl.lit(float(office.start_hour)) - hours,
                             hours - float(office.end_hour), pl.lit(0.0))
+    if df.schema["entered_at"] == pl.Datetime("us"):
+        # the off hours of each minute of the day the lines use, gathered by minute: the same
+        # expression on <= 1,440 values instead of every line (1M lines: 0.02 -> 0.005 CPU s);
+        # no stamp: 0, as max_horizontal gives for nulls
+        if minute.null_count() == df.height:
+            off = pl.lit(0.0)
+        else:
+            low = int(minute.min())
+            span = pl.int_range(low, int(minute.max()) + 1, dtype=pl.Int32, eager=True)
+            off = span.to_frame("_minute").select(off).to_series() \
+                .gather(minute - low).fill_null(0.0)
     def non_work(d: pl.Expr) -> pl.Expr:
         return (~d.dt.weekday().is_in(office.workdays)) | d.is_in(hol)
 
@@ -562,7 +604,7 @@ def build_features(bookings: pl.LazyFrame, settings: Settings,
         (non_work(pl.col("day")) | non_work(pl.col("posting_date"))).cast(pl.Float64)
         .alias("_nonwork"),
         **_amount_digits(df.select(cents.fill_null(0)).to_series().to_numpy()),
-    ).drop("_minute", strict=False)
+    )
     has_user = pl.col("entered_by").is_not_null()
     has_vendor = pl.col("vendor_j").is_not_null()
     # the user's own habits: share of their lines off hours / on non-workdays (null user: all)

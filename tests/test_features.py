@@ -233,12 +233,44 @@ def test_trailing_digits_as_the_amount_is_written() -> None:
     two cent digits unless they are 00)."""
     from detect.features import _amount_digits
 
-    cents = np.array([0, 5, 100, 499900, 499999, 99, 1000000000, 9990, 123456789999, 909])
+    rng = np.random.default_rng(5)
+    cents = np.r_[[0, 5, 100, 499900, 499999, 99, 1000000000, 9990, 123456789999, 909, 199,
+                   9999, 999999999999, 90, 10, 1099, 100000000000],
+                  rng.integers(0, 10**7, 2000),                    # and random ones, among
+                  rng.integers(0, 10**5, 500) * 100,               # them whole euros,
+                  rng.integers(0, 10**5, 500) * 100 + 99,          # ... ,99
+                  rng.integers(1, 10**4, 500) * 10**rng.integers(0, 9, 500)]  # and round ones
     got = _amount_digits(cents)
     written = [str(c // 100) + (f"{c % 100:02d}" if c % 100 else "") for c in cents]
     assert got["trailing_nines"].to_list() == [len(w) - len(w.rstrip("9")) for w in written]
     zeros = [min(len(str(c)) - len(str(c).rstrip("0")), 8) if c else 0 for c in cents]
     assert got["round_zeros"].to_list() == zeros
+
+
+def test_off_hours_per_minute_equal_the_expression_per_line(ledger: pl.DataFrame) -> None:
+    """``off_hours`` comes from a table over the minutes of the day the lines use: equal to
+    the hours outside office hours of each line's own stamp; a line without stamp: 0."""
+    from detect.config import OfficeHours
+
+    settings = Settings(office_hours=OfficeHours(start_hour=7, end_hour=18))
+    stamps = [datetime(2025, 3, 4, h, m) for h, m in
+              [(0, 0), (3, 12), (6, 59), (7, 0), (12, 30), (18, 0), (18, 1), (23, 59)]]
+    f = ledger
+    for i, stamp in enumerate(stamps):
+        f = set_line(f, f"J{100 + i:05d}", None, entered_at=stamp)
+    f = set_line(f, "J00200", None, entered_at=None)
+    frame = build_features(f.lazy(), settings).frame
+    hours = frame.select(pl.col("entry_time").str.slice(0, 2).cast(pl.Float64)
+                         + pl.col("entry_time").str.slice(3, 2).cast(pl.Float64) / 60.0)
+    outside = np.maximum.reduce([7.0 - hours.to_series().to_numpy(),
+                                 hours.to_series().to_numpy() - 18.0,
+                                 np.zeros(frame.height)])
+    want = np.round(np.nan_to_num(outside) * (1.0 - frame["user_off_share"].to_numpy()), 1)
+    np.testing.assert_allclose(frame["off_hours"].to_numpy(), want, atol=1e-6)
+    got = {j: frame.filter(pl.col("journal_id") == j)["off_hours"][0]
+           for j in ("J00100", "J00101", "J00103", "J00107", "J00200")}
+    assert got["J00101"] > 3.5 and got["J00103"] == 0 and got["J00200"] == 0
+    assert got["J00100"] > got["J00101"] > 0 and got["J00107"] > 5
 
 
 @pytest.mark.parametrize("longest", [33, 34])  # row pairs up to 32 back / the hash fallback
