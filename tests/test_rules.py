@@ -378,6 +378,51 @@ def test_bad_state_is_a_config_error() -> None:
         setup_views(con, "b", "b", {}, Settings(state="XX"))
 
 
+HOLIDAY_CASES = """
+import sys
+from detect.errors import UserError
+from detect.rules import runner
+
+CASES = [("DE", "NW", "de"), ("DE", "BY", "en"), ("DE", "", "de"), ("DEU", "BE", "de"),
+         ("AT", "", "de"), ("US", "CA", "en"), ("CH", "ZH", "fr"), ("DE", "NW", "xx"),
+         ("XX", "", "de"), ("DE", "XX", "de")]
+
+
+def calendars():
+    out = []
+    for country, state, language in CASES:
+        try:
+            out.append(runner._holidays(country, state, language, (2024, 2025)).rows())
+        except UserError as exc:
+            out.append(str(exc))
+    return out
+
+
+own = calendars()
+assert "holidays.countries" not in sys.modules, "the package of all countries was imported"
+runner._holidays.cache_clear()
+import holidays.countries  # noqa: E402,F401 - from now on the library's own way
+
+assert runner._holiday_class("DE") is None
+assert calendars() == own, (calendars(), own)
+print(len(own[0]), own[-2:])
+"""
+
+
+def test_holidays_load_only_the_country_module_and_equal_the_librarys_way() -> None:
+    """``_holiday_class`` loads one country's module instead of the package that imports all
+    279 (~0,045 CPU s per run): the same calendars, names, fallbacks and errors as
+    ``holidays.country_holidays`` (a fresh process: this one may have imported the package)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", HOLIDAY_CASES], capture_output=True,
+                          text=True, cwd=Path(__file__).resolve().parents[1], check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("22 ")  # NW 2024 and 2025
+    assert "Country XX not available" in done.stdout and "subdivision XX" in done.stdout
+
+
 def test_empty_master_views_have_the_master_schema() -> None:
     con = duckdb.connect()
     con.register("b", bookings([dict(journal_id="1", line_no=1, amount=1,
