@@ -303,6 +303,33 @@ def test_distinct_journals_per_group_equal_a_group_by(longest: int) -> None:
     assert list(codes._firsts) == [("g",)]  # no scan of the journals for ("v", "g")
 
 
+@pytest.mark.parametrize("journals", [300, 3000])  # 3,000^2 pairs: counted by a hash
+def test_journal_columns_counted_on_first_lines_equal_a_group_by(journals: int,
+                                                                 monkeypatch) -> None:
+    """``Codes.journals(..., per_journal=True)``: columns of the journal (vendor, bank account)
+    counted once per journal, with and without ``where``; a narrow combination by bincount,
+    a wide one (more possible pairs than 4x the journals and 1M) by a hash of the codes."""
+    from detect.features import Codes
+
+    rng = np.random.default_rng(journals)
+    sizes = rng.integers(1, 4, journals)
+    jk = np.repeat(np.arange(1, journals + 1), sizes)
+    df = pl.DataFrame({"_jk": jk.astype(np.uint32), "v": np.repeat(np.arange(journals), sizes),
+                       "b": np.repeat(rng.permutation(journals) // 2, sizes),
+                       "w": np.repeat(rng.random(journals) < 0.7, sizes)})
+    ranks = []
+    monkeypatch.setattr(pl.Series, "rank", lambda *a, **k: ranks.append(1) or 1 / 0)
+    heads = df.unique("_jk", keep="first")
+    for where in (None, "w"):
+        counted = heads if where is None else heads.filter(pl.col(where))
+        want = df.join(counted.group_by("v", "b").agg(pl.len().alias("want")),
+                       on=["v", "b"], how="left").get_column("want").fill_null(0)
+        got = Codes(df).journals("v", "b", per_journal=True,
+                                 where=None if where is None else df["w"].to_numpy())
+        np.testing.assert_array_equal(got, want.to_numpy())
+    assert not ranks  # no dense renumbering (a sort) of the wide combination
+
+
 def test_features_sliced_into_small_slices_are_the_same(ledger: pl.DataFrame,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """The final select runs slice by slice: with slices much shorter than the ledger (the
