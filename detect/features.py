@@ -635,30 +635,38 @@ def build_features(bookings: pl.LazyFrame, settings: Settings,
     )
     has_user = pl.col("entered_by").is_not_null()
     has_vendor = pl.col("vendor_j").is_not_null()
-    # the user's own habits: share of their lines off hours / on non-workdays (null user: all)
-    off_share, nonwork_share, day_median = codes.agg(
-        ("entered_by",), df.select("_off", "_nonwork", "user_day_lines"),
-        _off_share=(pl.col("_off") > 0).mean(),
-        _nonwork_share=(pl.col("_nonwork") > 0).mean(),
-        user_day_median=pl.col("user_day_lines").log1p().median())
+    # the user's own habits: share of their lines off hours / on non-workdays (null user: all
+    # lines) as counts / lines by bincount (Polars' mean of a boolean divides the same two
+    # numbers); the median of the user's log day counts is one Polars group-by, gathered and
+    # exp'd per user (its exp, on the users' values only): 1M lines 0.07 -> 0.04 CPU s
+    user, n_users = codes.of("entered_by")
+    known = df.get_column("entered_by").is_not_null().to_numpy()
+    per_user = np.bincount(user, minlength=n_users)
+    habits = []
+    for name, col in (("user_off_share", "_off"), ("user_nonwork_share", "_nonwork")):
+        flag = df.get_column(col).to_numpy() > 0
+        with np.errstate(invalid="ignore", divide="ignore"):  # unused codes: never gathered
+            share = np.bincount(user, weights=flag, minlength=n_users) / per_user
+        overall = np.count_nonzero(flag) / max(len(flag), 1)
+        habits.append(pl.Series(name, np.where(known, share[user], overall)))
+    day_log = df.get_column("user_day_lines").log1p()
+    table, rows = codes._table(("entered_by",), day_log.to_frame("_x"),
+                               _med=pl.col("_x").median())
+    medians = table.get_column("_med")
+    day_median = medians.to_numpy()[rows]
     # vendor and bank account are the journal's: count journals by their first line
     with_bank = df.get_column("_bank_j").is_not_null().to_numpy()
     vb_journals = _u32("vendor_bank_journals",
                        codes.journals("vendor_j", per_journal=True, where=with_bank))
-    df = df.with_columns(off_share, nonwork_share, vb_journals, day_median,
-                         codes.robust_z(("entered_by",),
-                                        df.get_column("user_day_lines").log1p(), 0.1,
-                                        median=day_median)  # the same median: not twice
-                         .alias("_user_day_z"))
     df = df.with_columns(
-        pl.when(has_user).then(pl.col("_off_share"))
-        .otherwise((pl.col("_off") > 0).mean()).alias("user_off_share"),
-        pl.when(has_user).then(pl.col("_nonwork_share"))
-        .otherwise((pl.col("_nonwork") > 0).mean()).alias("user_nonwork_share"),
+        *habits, vb_journals,
+        pl.Series("user_day_median", (medians.exp() - 1).to_numpy()[rows]),
+        codes.robust_z(("entered_by",), day_log, 0.1,  # the same median: not twice
+                       median=pl.Series(day_median)).alias("_user_day_z"),
         (pl.col("_ua_journals") - 1).alias("ua_other"),
         (pl.col("_va_journals") - 1).alias("va_other"),
-        pl.col("user_day_median").exp().sub(1),
-    ).drop("_off_share", "_nonwork_share", "posting_date", "document_date")
+    ).drop("posting_date", "document_date")
+    del day_log, day_median, user, known, rows
     del codes, with_bank  # the codes (~40 bytes a line) are not needed for the final select
     lines = pl.lit(df.height)  # all lines, not the slice's (pl.len() in _sliced)
     computed = dict(
