@@ -330,6 +330,26 @@ def test_journal_columns_counted_on_first_lines_equal_a_group_by(journals: int,
     assert not ranks  # no dense renumbering (a sort) of the wide combination
 
 
+def test_final_select_falls_back_when_the_stream_reorders(ledger: pl.DataFrame,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The features are selected on the streaming engine (``_sliced``); should its result ever
+    come back in another row order, the journal numbers show it and the slice is selected
+    on the in-memory engine: the frame stays the same."""
+    whole = build_features(ledger.lazy(), Settings()).frame
+    collect = pl.LazyFrame.collect
+    streamed = []
+
+    def shuffled(self: pl.LazyFrame, *args: object, **kwargs: object) -> pl.DataFrame:
+        got = collect(self, *args, **kwargs)
+        if kwargs.get("engine") == "streaming" and "_sliced_check" in got.columns:
+            streamed.append(got.height)
+            return got.reverse()
+        return got
+
+    monkeypatch.setattr(pl.LazyFrame, "collect", shuffled)
+    assert build_features(ledger.lazy(), Settings()).frame.equals(whole) and streamed
+
+
 def test_features_sliced_into_small_slices_are_the_same(ledger: pl.DataFrame,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """The final select runs slice by slice: with slices much shorter than the ledger (the
