@@ -750,9 +750,9 @@ def _forget_amounts(ref: weakref.ref) -> None:
 
 def _amount_tables(frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All lines' |amount| sorted, the lines' (account, |amount| rank) keys sorted, and the
-    lines' account codes: re-sorted stably by account the sorted lines stay ascending within
-    each account, and each line's global rank (position of its first equal value) turns
-    (account, |amount|) into one increasing integer key to search the lines' keys in."""
+    lines' account codes: each line's global rank (position of its first equal value) turns
+    (account, |amount|) into one integer key, increasing with both, to search the lines'
+    sorted keys in."""
     global _amount_cache
     cached = _amount_cache
     if cached is not None and cached[0]() is frame:
@@ -767,12 +767,12 @@ def _amount_tables(frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndar
     del amount
     rank = np.empty(n, dtype=index)
     rank[order] = np.maximum.accumulate(np.where(new_value, np.arange(n, dtype=index), 0))
-    del new_value
-    small = np.int16 if account.max(initial=0) < np.iinfo(np.int16).max else index
-    by_account = order[np.argsort(account[order].astype(small), kind="stable")]
-    del order
-    key = account[by_account].astype(np.int64) * n + rank[by_account]
-    del by_account, rank
+    del new_value, order
+    # the lines' (account, rank) keys, sorted as integers: one sort instead of a stable
+    # argsort by account and two gathers (1M lines: 0.076 -> 0.05 CPU s for the tables)
+    key = account.astype(np.int64) * n + rank
+    del rank
+    key.sort()
     tables = (ordered, key, account)
     _amount_cache = (weakref.ref(frame, _forget_amounts), tables)
     return tables
