@@ -284,3 +284,25 @@ def test_delivery_journals_are_distinct_with_split_journals_and_hash_collisions(
     nulls.write_parquet(Path(ctx.run_dir) / "bookings.parquet")
     got = scoring._delivery_journals(ctx, nulls.lazy())
     assert got.height == nulls.select("entity", "fiscal_year", "journal_id").unique().height
+
+
+def test_rule_ids_sorted_and_reasons_heaviest_first_whatever_the_hit_order(ledger, ctx) -> None:
+    """``rule_ids`` are the journal's distinct rules sorted, and the reasons run heaviest
+    first, however the hits arrive (ranking joins the per-journal lists it collects in the
+    order of its sorted rule table; a regression guard for that order)."""
+    hits = hits_frame([hit("J00010", "TIM001", "timing", "medium"),
+                       hit("J00010", "AMT001", "amounts", "critical", 2),
+                       hit("J00010", "PAY001", "payments", "low", 3),
+                       hit("J00010", "TIM001", "timing", "medium", 4),
+                       hit("J00011", "PAY001", "payments", "low"),
+                       hit("J00011", "AMT001", "amounts", "critical")])
+    items = rank_items(ledger.lazy(), hits, None, ctx)
+    by = {r["journal_id"]: r for r in items.iter_rows(named=True)}
+    assert by["J00010"]["rule_ids"] == "AMT001,PAY001,TIM001"
+    assert by["J00011"]["rule_ids"] == "AMT001,PAY001"
+    assert [r.split(" ")[0] for r in by["J00010"]["reasons"].split("\n")] == [
+        "AMT001", "TIM001", "PAY001"]  # critical, medium (twice), low
+    assert by["J00010"]["reasons_en"].split("\n")[1] == "TIM001 (medium): TIM001 hits J00010 (2×)"
+    assert by["J00010"]["line_no"] == 2 and by["J00010"]["severity"] == "critical"
+    want = hashlib.sha1(f"{ENT}|{FY}|J00011".encode()).hexdigest()[:16]
+    assert by["J00011"]["item_id"] == want
