@@ -150,7 +150,8 @@ KEY_FIELDS: dict[str, pl.DataType] = {"entity": pl.String(), "fiscal_year": pl.I
 items = sa.Table(
     "items", metadata,
     sa.Column("item_id", sa.String, primary_key=True),
-    sa.Column("entity", sa.String, nullable=False, index=True),
+    # no index of its own: uq_items_journal and ix_items_flagged start with it (migration 3)
+    sa.Column("entity", sa.String, nullable=False),
     sa.Column("fiscal_year", sa.Integer, nullable=False),
     sa.Column("journal_id", sa.String, nullable=False),
     *[sa.Column(name, typ) for name, (typ, _) in ITEM_FIELDS.items()],
@@ -241,9 +242,18 @@ def _m2_indexes(conn: Connection) -> None:
     conn.execute(sa.text("CREATE INDEX IF NOT EXISTS ix_access_log_ts ON access_log (ts)"))
 
 
+def _m3_drop_entity_index(conn: Connection) -> None:
+    # ix_items_entity (entity) duplicated the first column of uq_items_journal (entity,
+    # fiscal_year, journal_id) and ix_items_flagged (entity, flagged), which serve every
+    # lookup by entity; keeping it up to date was ~10 % of inserting items (0.02 of 0.23 CPU s
+    # for the 28k items of a 1M-line delivery). Stores created since have never had it.
+    conn.execute(sa.text("DROP INDEX IF EXISTS ix_items_entity"))
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial tables", _m1_initial),
     (2, "listing indexes", _m2_indexes),
+    (3, "drop the items' entity index (covered by two others)", _m3_drop_entity_index),
 ]
 """Ordered; each runs once. Never edit a released migration: append a new one."""
 
@@ -567,10 +577,12 @@ class ReviewStore:
             .alias("changed_since_decision"))
         item_cols = ["item_id", *KEY_FIELDS, *ITEM_FIELDS, "suppressed_by"]
         if inserts.height:
-            _executemany(conn, items.insert(), inserts.select(item_cols).with_columns(
-                pl.lit(run_id).alias("first_run"), pl.lit(run_id).alias("last_run"),
-                pl.lit(True).alias("flagged"), pl.lit("open").alias("status"),
-                pl.lit(False).alias("changed_since_decision")))
+            # the values every new item shares are written into the statement, not bound per
+            # row: 5 of 41 parameters (~0.015 CPU s for 28k items)
+            same = _literals(conn, items, {"first_run": run_id, "last_run": run_id,
+                                           "flagged": True, "status": "open",
+                                           "changed_since_decision": False})
+            _executemany(conn, items.insert().values(same), inserts.select(item_cols))
         if updates.height:
             set_cols = [*ITEM_FIELDS, "suppressed_by", "changed_since_decision"]
             stmt = items.update().where(items.c.item_id == sa.bindparam("_id")).values(
@@ -946,6 +958,25 @@ def _executemany(conn: Connection, stmt: Any, rows: pl.DataFrame) -> None:
     else:
         params = rows.select(list(compiled.binds)).to_dicts()
     conn.exec_driver_sql(compiled.string, params)
+
+
+def _literals(conn: Connection, table: sa.Table, values: dict[str, Any]
+              ) -> dict[str, Any]:
+    """``values`` as SQL literals of ``table``'s column types, rendered by SQLite's literal
+    processors (which quote and escape), for a statement that would otherwise bind the same
+    value in every row of an ``executemany``. Other databases get the values to bind as usual:
+    psycopg's pyformat would need its '%' escaped once more (tested with PostgreSQL: the
+    processor and ``literal_column`` each double it)."""
+    if conn.dialect.name != "sqlite":
+        return dict(values)
+    out = {}
+    for name, value in values.items():
+        render = table.c[name].type.literal_processor(conn.dialect)
+        if render is None:  # a type without a literal form: bound as usual
+            out[name] = value
+        else:
+            out[name] = sa.literal_column(render(value))
+    return out
 
 
 def anchors_from_runs(data_dir: Path) -> dict[str, str]:

@@ -53,13 +53,42 @@ def store(tmp_path: Path) -> ReviewStore:
 
 def test_sqlite_file_wal_and_migrations(tmp_path: Path, store: ReviewStore) -> None:
     assert (tmp_path / "review.sqlite").exists()
-    assert store.schema_version() == MIGRATIONS[-1][0] == 2
+    assert store.schema_version() == MIGRATIONS[-1][0] == 3
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 60000
         versions = conn.exec_driver_sql("SELECT version FROM schema_version ORDER BY 1").all()
-    assert [v[0] for v in versions] == [1, 2]
-    assert ReviewStore.for_data_dir(tmp_path).migrate() == 2  # reopening applies nothing
+    assert [v[0] for v in versions] == [1, 2, 3]
+    assert ReviewStore.for_data_dir(tmp_path).migrate() == 3  # reopening applies nothing
+
+
+def item_indexes(store: ReviewStore) -> set[str]:
+    with store.engine.connect() as conn:
+        return {r[0] for r in conn.exec_driver_sql(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'items'")}
+
+
+def test_migration_3_drops_the_redundant_entity_index(tmp_path: Path) -> None:
+    """A store of schema 2 (with ``ix_items_entity``) loses the index when opened; a new store
+    never has it. The two indexes that start with ``entity`` stay, and lookups by entity use
+    one of them."""
+    import sqlalchemy as sa
+
+    old = ReviewStore.for_data_dir(tmp_path)
+    with old.engine.begin() as conn:  # back to schema 2 as it was released
+        conn.exec_driver_sql("CREATE INDEX ix_items_entity ON items (entity)")
+        conn.exec_driver_sql("DELETE FROM schema_version WHERE version = 3")
+    old.publish_run(ctx(tmp_path, "r1"), findings(["J1", "J2"]))
+    assert "ix_items_entity" in item_indexes(old)
+    assert ReviewStore.for_data_dir(tmp_path).migrate() == 3
+    assert "ix_items_entity" not in item_indexes(old)
+    assert "ix_items_flagged" in item_indexes(old)  # uq_items_journal: an sqlite_autoindex
+    with old.engine.connect() as conn:
+        plan = " ".join(str(r[-1]) for r in conn.execute(
+            sa.text("EXPLAIN QUERY PLAN SELECT item_id FROM items WHERE entity = 'Musterstadt'")))
+    assert "USING" in plan and "INDEX" in plan, plan  # an index, not a full scan
+    assert old.items().height == 2
+    assert "ix_items_entity" not in item_indexes(ReviewStore.for_data_dir(tmp_path / "new"))
 
 
 def test_newer_schema_is_refused(tmp_path: Path, store: ReviewStore) -> None:

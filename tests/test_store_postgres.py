@@ -87,8 +87,8 @@ def ctx(run_id: str) -> SimpleNamespace:
 
 def test_store_on_postgresql(pg_url: str) -> None:
     store = ReviewStore(pg_url)
-    assert store.dialect == "postgresql" and store.schema_version() == 2
-    assert ReviewStore(pg_url).migrate() == 2
+    assert store.dialect == "postgresql" and store.schema_version() == 3
+    assert ReviewStore(pg_url).migrate() == 3
     first = store.publish_run(ctx("r1"), findings(["J1", "J2", "J3"]))
     assert (first["new"], first["still_flagged"]) == (3, 0)
     j1 = item_id("M", 2024, "J1")
