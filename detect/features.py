@@ -346,7 +346,11 @@ class _Journals:
     """The journal runs of the key-sorted lines, for picking one line per journal.
 
     ``df`` is sorted by KEY and ``_jk`` numbers its journals 1, 2, ... in that order; the run
-    starts and |amount| are computed once for all picks (four picks each recomputed them)."""
+    starts, |amount| and the row pairs are computed once for all picks (four picks each
+    recomputed them)."""
+
+    MAX_PAIR_DISTANCE = 32
+    """Journals up to this many lines + 1 are picked by comparing row pairs (``pick``)."""
 
     def __init__(self, df: pl.DataFrame):
         self.n = df.height
@@ -354,12 +358,44 @@ class _Journals:
         self.starts = np.flatnonzero(np.r_[True, self.jk[1:] != self.jk[:-1]]) if self.n \
             else np.zeros(0, dtype=np.int64)
         self.size = np.abs(df.get_column("amount_f").to_numpy())
+        # rows i with a line i - d of the same journal (d = 1, 2, ...) and whether line i is
+        # larger: journals are short runs (at 1M lines 94 % have two lines, none more than 7)
+        self.pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = []
+        rows = np.flatnonzero(self.jk[1:] == self.jk[:-1]) + 1
+        for d in range(1, self.MAX_PAIR_DISTANCE + 2):
+            if d > 1:
+                rows = rows[rows >= d]
+                rows = rows[self.jk[rows] == self.jk[rows - d]]
+            if len(rows) == 0:
+                break
+            if d > self.MAX_PAIR_DISTANCE:  # a long journal: the pairs would grow with its
+                self.pairs = None           # square, run maxima instead (``_pick_runs``)
+                break
+            self.pairs.append((rows - d, rows, self.size[rows] > self.size[rows - d]))
 
     def pick(self, ok: np.ndarray) -> np.ndarray:
         """Row of the journal's line with the largest |amount| among the lines where ``ok``
-        (first such line on ties), on every line of the journal; -1 if none."""
+        (first such line on ties), on every line of the journal; -1 if none.
+
+        A line is out when another ``ok`` line of its journal is larger, or as large and
+        earlier; what is left is each journal's pick. By row pairs (i - d, i): 1M lines
+        0.019 -> 0.01 CPU s per pick against a run maximum by ``np.maximum.reduceat``."""
         if self.n == 0:
             return np.zeros(0, dtype=np.int64)
+        if self.pairs is None:
+            return self._pick_runs(ok)
+        out = ~ok
+        for first, later, larger in self.pairs:
+            both = ok[first] & ok[later]
+            out[first[both & larger]] = True
+            out[later[both & ~larger]] = True
+        rows = np.flatnonzero(~out)  # one line per journal with any ok line
+        pick = np.full(len(self.starts), -1, dtype=np.int64)
+        pick[self.jk[rows]] = rows
+        return pick[self.jk]
+
+    def _pick_runs(self, ok: np.ndarray) -> np.ndarray:
+        """``pick`` by the journals' run maxima (any journal length)."""
         jk = self.jk
         score = np.where(ok, self.size, -1.0)
         best = np.maximum.reduceat(score, self.starts)

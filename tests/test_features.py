@@ -330,6 +330,30 @@ def test_journal_columns_counted_on_first_lines_equal_a_group_by(journals: int,
     assert not ranks  # no dense renumbering (a sort) of the wide combination
 
 
+@pytest.mark.parametrize("longest", [7, 40])  # row pairs / run maxima for a long journal
+def test_journal_picks_take_the_first_largest_line(longest: int) -> None:
+    """``_Journals.pick``: per journal the row of the largest |amount| among the ``ok`` lines,
+    the first on ties, -1 without any; the same by row pairs (short journals) and by run
+    maxima (a journal longer than ``MAX_PAIR_DISTANCE + 1`` lines)."""
+    from detect.features import _Journals
+
+    rng = np.random.default_rng(longest)
+    sizes = np.r_[rng.integers(1, 8, 3000), longest]
+    rng.shuffle(sizes)
+    n = int(sizes.sum())
+    jk = np.repeat(np.arange(1, len(sizes) + 1), sizes)
+    amount = rng.choice([0.0, 1.0, 2.0, 2.5, -1.0, -2.0, -2.5, 7.0], n)
+    runs = _Journals(pl.DataFrame({"_jk": jk.astype(np.uint32), "amount_f": amount}))
+    assert (runs.pairs is None) == (longest > _Journals.MAX_PAIR_DISTANCE + 1)
+    for ok in (amount > 0, amount < 0, rng.random(n) < 0.3, np.zeros(n, dtype=bool)):
+        frame = pl.DataFrame({"j": jk, "row": np.arange(n), "size": np.abs(amount), "ok": ok})
+        best = frame.filter("ok").sort("j", "size", "row", descending=[False, True, False]) \
+            .unique("j", keep="first").select("j", pl.col("row").alias("want"))
+        want = frame.join(best, on="j", how="left", maintain_order="left") \
+            .get_column("want").fill_null(-1).to_numpy()
+        np.testing.assert_array_equal(runs.pick(ok), want)
+
+
 def test_final_select_falls_back_when_the_stream_reorders(ledger: pl.DataFrame,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """The features are selected on the streaming engine (``_sliced``); should its result ever
