@@ -586,37 +586,45 @@ def build_features(bookings: pl.LazyFrame, settings: Settings,
     del runs, amount, debit, contra
 
     codes = Codes(df)
-    # vendor age: master created_at when known, else first appearance in the history
-    df = df.with_columns(codes.agg(("vendor_j",), df.select("posting_date"),
-                                   _first_seen=pl.col("posting_date").min()))
-    first_seen = pl.col("_first_seen")
-    hist_start = pl.col("posting_date").min()
+    # vendor age: master created_at when known, else first appearance in the history; the
+    # dates as day numbers per vendor (a table over the vendors' codes), only the age per
+    # line (1M lines: 0.085 -> 0.03 CPU s against date expressions over every line)
+    code, size = codes.of("vendor_j")
+    posting = df.get_column("posting_date").to_physical()
+    firsts = pl.DataFrame([pl.Series("_g", code), posting.alias("_d")]).lazy().group_by("_g") \
+        .agg(pl.col("_d").min()).drop_nulls("_d").collect(engine="in-memory")
+    first = np.zeros(size, dtype=np.int64)
+    has_first = np.zeros(size, dtype=bool)
+    first[firsts.get_column("_g").to_numpy()] = firsts.get_column("_d").to_numpy()
+    has_first[firsts.get_column("_g").to_numpy()] = True
+    created = np.zeros(size, dtype=np.int64)
+    has_created = np.zeros(size, dtype=bool)
     if vendors is not None and vendors.height and "created_at" in vendors.columns:
-        created = vendors.select(pl.col("vendor_id").cast(pl.String).alias("vendor_j"),
-                                 pl.col("created_at").cast(pl.Date).alias("_created"))
-        created = created.drop_nulls("vendor_j").unique("vendor_j", keep="first",
-                                                        maintain_order=True)
-        # a lookup per vendor (one line of each stands for it), gathered back by the codes:
-        # looking up 1M lines' names cost 0.05 CPU s
-        code, size = codes.of("vendor_j")
+        master = vendors.select(pl.col("vendor_id").cast(pl.String).alias("vendor_j"),
+                                pl.col("created_at").cast(pl.Date).alias("_created"))
+        master = master.drop_nulls("vendor_j").unique("vendor_j", keep="first",
+                                                      maintain_order=True)
+        # a lookup per vendor (one line of each stands for it): looking up 1M lines' names
+        # cost 0.05 CPU s
         line = np.zeros(size, dtype=np.int64)
         line[code] = np.arange(df.height)  # any line of a vendor: all carry its name
         seen = np.flatnonzero(np.bincount(code, minlength=size) > 0)
         per_vendor = df.get_column("vendor_j").gather(line[seen]).cast(pl.String).replace_strict(
-            created.get_column("vendor_j"), created.get_column("_created"), default=None,
-            return_dtype=pl.Date)
-        table = pl.repeat(None, size, dtype=pl.Date, eager=True).scatter(seen, per_vendor)
-        df = df.with_columns(table.gather(pl.Series(code)).alias("_created"))
-    else:
-        df = df.with_columns(pl.lit(None, dtype=pl.Date).alias("_created"))
+            master.get_column("vendor_j"), master.get_column("_created"), default=None,
+            return_dtype=pl.Date).to_physical()
+        known = per_vendor.is_not_null().to_numpy()
+        created[seen[known]] = per_vendor.filter(known).to_numpy()
+        has_created[seen[known]] = True
     # a vendor first seen in the first 90 days of the history may simply predate it: unknown
-    vendor_since = (pl.when(pl.col("_created").is_not_null()).then(pl.col("_created"))
-                    .when(first_seen - hist_start >= pl.duration(days=NEW_VENDOR_DAYS))
-                    .then(first_seen).otherwise(None))
-    df = df.with_columns(
-        (pl.col("posting_date") - vendor_since).dt.total_days().cast(pl.Int32)
-        .alias("vendor_age_days")
-    ).drop("_first_seen", "_created")
+    hist_start = posting.min()
+    recent = has_first & (first - (hist_start if hist_start is not None else 0)
+                          >= NEW_VENDOR_DAYS)
+    since = np.where(has_created, created, first)
+    has_since = has_created | recent
+    valid = has_since[code] & posting.is_not_null().to_numpy()
+    age = posting.fill_null(0).to_numpy().astype(np.int64) - since[code]
+    df = df.with_columns(pl.Series("vendor_age_days", np.where(valid, age, 0), dtype=pl.Int32)
+                         .scatter(np.flatnonzero(~valid), None))
 
     # the entry's minute of the day from the timestamp's integer (a naive microsecond stamp,
     # the canonical type): dt.hour/dt.minute/strftime convert every stamp to a calendar time

@@ -149,6 +149,26 @@ def test_vendor_master_creation_date_sets_the_vendor_age() -> None:
     assert frame.filter(pl.col("vendor_j") == "V2")["vendor_age_days"].null_count() > 0
 
 
+def test_vendor_first_seen_late_counts_from_its_first_line() -> None:
+    """Without master data a vendor first booked 90 days or more after the history starts is
+    new from its first line (age 0 there); one seen earlier has no age; a line without
+    posting date has none either."""
+    f = tiny_ledger(600)
+    late = f.with_columns(pl.when(pl.col("vendor_id") == "V5")
+                          .then(pl.col("posting_date") + pl.duration(days=400))
+                          .otherwise(pl.col("posting_date")).alias("posting_date"))
+    late = set_line(late, "J00007", None, posting_date=None)
+    frame = build_features(late.lazy(), Settings()).frame
+    v5 = frame.filter(pl.col("vendor_j") == "V5").sort("day")
+    first = late.filter(pl.col("vendor_id") == "V5")["posting_date"].min()
+    assert v5["vendor_age_days"].null_count() == 0 and v5["vendor_age_days"].min() == 0
+    posted = v5.select(pl.col("day") + pl.duration(days=pl.col("entry_post")))  # no posting
+    days = posted.to_series() - first                                    # date in the frame
+    assert (v5["vendor_age_days"].to_numpy() == days.dt.total_days().to_numpy()).all()
+    assert frame.filter(pl.col("vendor_j") == "V1")["vendor_age_days"].null_count() > 0
+    assert frame.filter(pl.col("journal_id") == "J00007")["vendor_age_days"].is_null().all()
+
+
 def test_lines_without_user_or_vendor_are_counted_as_their_own_group(ledger: pl.DataFrame) -> None:
     """The per-group tables keep null keys as one group (as a window expression did): lines
     without a user share the counts and the median of the other user-less lines."""
