@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
@@ -631,17 +632,19 @@ def test_catalog_columns_parse_on_the_catalog_connection(
     assert catalog_columns(star, duckdb.connect())[0] is None
 
 
-class FakeTicks:
-    """``/proc/stat`` as ``ThreadGovernor`` reads it: each call advances the machine's clock by
-    ``step`` ticks of which ``spare`` share is idle."""
+class FakeLoad:
+    """``ChildLoad`` as ``ThreadGovernor`` reads it: CPU seconds the other processes used since
+    the last look (``busy`` cores over ``step`` seconds of the fake clock)."""
 
-    def __init__(self, step: int = 1000) -> None:
-        self.total, self.idle, self.step, self.spare = 0, 0, step, 0.0
+    def __init__(self, step: float = 1.0) -> None:
+        self.now, self.step, self.busy = 0.0, step, 0.0
 
-    def __call__(self) -> tuple[int, int]:
-        self.total += self.step
-        self.idle += round(self.step * self.spare)
-        return self.total, self.idle
+    def clock(self) -> float:
+        self.now += self.step
+        return self.now
+
+    def __call__(self) -> float:
+        return self.busy * self.step
 
 
 def _threads(con: duckdb.DuckDBPyConnection) -> int:
@@ -650,55 +653,92 @@ def _threads(con: duckdb.DuckDBPyConnection) -> int:
 
 def test_thread_governor_takes_the_second_thread_only_while_a_core_is_spare(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """One DuckDB thread while the machine has no half core idle (another process on the other
-    core), the configured threads again once it has; a look too short to judge changes
-    nothing, and a connection configured with one thread never gets more."""
+    """One DuckDB thread while the job's other processes keep the other core busy, the
+    configured threads again once they leave half a core idle; a look too short to judge
+    changes nothing, and a connection configured with one thread never gets more."""
     from detect.rules import runner
 
-    monkeypatch.setattr(runner.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(runner.os, "sched_getaffinity", lambda pid: {0, 1})
     con = duckdb.connect(config={"threads": 2})
-    ticks = FakeTicks()
-    governor = runner.ThreadGovernor(con, ticks=ticks)
-    ticks.spare = 0.1  # 0.2 idle cores of 2
+    fake = FakeLoad()
+    governor = runner.ThreadGovernor(con, load=fake, clock=fake.clock)
+    fake.busy = 0.9  # the model worker on the other core
     governor.adjust()
     assert _threads(con) == 1
-    ticks.spare = 0.5  # one idle core
+    fake.busy = 0.3
     governor.adjust()
     assert _threads(con) == 2
-    ticks.spare, ticks.step = 0.0, 1  # a few ticks: wait for more
+    fake.busy, fake.step = 1.0, 0.01  # too short to judge: wait for more
     governor.adjust()
     assert _threads(con) == 2 and governor.decisions == [1, 2]
-    ticks.step = 1000
+    fake.step = 1.0
     governor.adjust()
     assert _threads(con) == 1 and governor.decisions == [1, 2, 1]
     single = duckdb.connect(config={"threads": 1})
-    ticks.spare = 1.0
-    runner.ThreadGovernor(single, ticks=ticks).adjust()
+    fake.busy = 0.0
+    runner.ThreadGovernor(single, load=fake, clock=fake.clock).adjust()
     assert _threads(single) == 1
-    # no /proc/stat: the connection keeps what it was configured with
-    blind = runner.ThreadGovernor(con, ticks=lambda: None)
-    blind.adjust()
-    assert _threads(con) == 1 and blind.decisions == []
+    # four cores: a busy worker still leaves two idle
+    monkeypatch.setattr(runner.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    fake.busy = 1.0
+    con.execute("SET threads = 2")
+    wide = runner.ThreadGovernor(con, load=fake, clock=fake.clock)
+    wide.adjust()
+    assert _threads(con) == 2 and wide.decisions == [2]
+
+
+def test_child_load_counts_the_workers_threads_at_normal_priority_only() -> None:
+    """What the worker's threads use counts; a niced thread (GX's part) does not: it yields
+    its core to the catalog."""
+    import subprocess
+    import sys
+
+    from detect.rules.runner import ChildLoad
+
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import os, sys\n"
+        "x = sum(range(3_000_000))\n"
+        "print('busy', flush=True); sys.stdin.readline()\n"
+        "os.setpriority(os.PRIO_PROCESS, 0, 10)\n"
+        "print('niced', flush=True)\n"
+        "while True: x += 1\n")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        load = ChildLoad([child.pid])
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline() == "busy\n"
+        assert load() > 0
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.stdout.readline() == "niced\n"
+        load()
+        deadline = time.process_time() + 0.3
+        while time.process_time() < deadline:  # the child spins niced meanwhile
+            pass
+        assert load() == 0
+    finally:
+        child.kill()
+        child.wait()
+    assert ChildLoad([child.pid])() == 0  # ended: nothing to count
 
 
 def test_the_catalog_gives_the_same_hits_on_one_thread_or_switching_and_restores_threads(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``run_catalog`` asks the governor before the copy, ``journals`` and every rule: a busy
-    machine runs it on one thread, one whose load comes and goes switches between rules; the
-    hits are those of the configured threads, and the connection ends as configured."""
+    """``run_catalog`` asks the governor before the copy, ``journals`` and every rule: while
+    the worker is busy it runs on one thread, whether it is busy comes and goes between rules;
+    the hits are those of the configured threads, and the connection ends as configured."""
     from detect.rules import runner
 
     hist, run_dir = write_history(tmp_path)
-    monkeypatch.setattr(runner.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(runner.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(runner, "GOVERNOR_WINDOW_S", 0.0)
     results = {}
-    for name, spare in (("idle", [1.0]), ("busy", [0.0]), ("switching", [0.0, 1.0])):
-        ticks, seen = FakeTicks(), iter(range(10_000))
+    for name, busy in (("idle", [0.0]), ("busy", [1e9]), ("switching", [1e9, 0.0])):
+        looks = iter(range(10_000))
 
-        def tick(ticks: FakeTicks = ticks, spare: list[float] = spare, seen=seen) -> tuple:
-            ticks.spare = spare[next(seen) % len(spare)]
-            return ticks()
+        def load(busy: list[float] = busy, looks=looks) -> float:
+            return busy[next(looks) % len(busy)]
 
-        monkeypatch.setattr(runner, "_cpu_ticks", tick)
+        monkeypatch.setattr(runner, "ChildLoad", lambda load=load: load)
         con = connect(Ctx(run_dir), str(hist / "*.parquet"), threads=2)
         results[name] = run_catalog(con, Settings(), load_catalog(), delivery_only=False)
         assert _threads(con) == 2

@@ -282,61 +282,134 @@ DUCKDB_MEMORY_LIMIT = "3GB"
 spills to ``temp_directory`` beyond this instead of taking all memory and every core."""
 
 
-def _cpu_ticks() -> tuple[int, int] | None:
-    """(all, spare) CPU ticks of the machine so far, from the first line of ``/proc/stat``
-    (Linux); spare = idle + iowait + nice (a niced process yields its core to ours). None
-    where there is no such file."""
-    try:
-        with open("/proc/stat", "rb") as f:
-            fields = f.readline().split()
-    except OSError:
-        return None
-    if len(fields) < 6 or fields[0] != b"cpu":
-        return None
-    values = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal
-    return sum(values), values[1] + values[3] + values[4]
+def _child_pids() -> list[int]:
+    """This process's child processes and theirs (Linux: ``/proc/<pid>/task/<tid>/children``);
+    empty where there is no such file."""
+    found: list[int] = []
+    stack = [os.getpid()]
+    while stack:
+        pid = stack.pop()
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                    children = [int(c) for c in f.read().split()]
+            except (OSError, ValueError):
+                continue
+            found += children
+            stack += children
+    return found
+
+
+_TICK_SECONDS = 1 / (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100)
+
+
+class ChildLoad:
+    """CPU seconds the threads of this process's children (the job's model worker) wanted at
+    normal priority since the last call: on a core or waiting for one
+    (``/proc/<pid>/task/<tid>/schedstat``; without it, the ticks they got from ``stat``).
+
+    Wanted, not got: on a loaded machine the worker gets a fraction of a core, but it still
+    takes one from the catalog's second thread. Niced threads (Great Expectations' part of
+    the worker) do not count: they yield their core to the catalog's threads. The children
+    are those of the start (the worker is started before the rules); their threads are
+    listed again at every call (GX's thread starts during the rules), a thread first seen
+    counts from zero, one that ended counts nothing more."""
+
+    def __init__(self, pids: list[int] | None = None) -> None:
+        self.pids = _child_pids() if pids is None else pids
+        self.last: dict[tuple[int, int], float] = {}
+        self._sample(first=True)
+
+    @staticmethod
+    def _wanted(task: str) -> float | None:
+        """Seconds the task ran or waited to run so far; None for a niced or ended task."""
+        try:
+            with open(f"{task}/stat", "rb") as f:
+                data = f.read()
+            fields = data[data.rindex(b")") + 2:].split()
+            if int(fields[16]) > 0:  # nice
+                return None
+            try:
+                with open(f"{task}/schedstat", "rb") as f:
+                    ran, waited = f.read().split()[:2]
+                return (int(ran) + int(waited)) / 1e9
+            except (OSError, ValueError):
+                return (int(fields[11]) + int(fields[12])) * _TICK_SECONDS  # utime, stime
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def _sample(self, first: bool = False) -> float:
+        wanted, seen = 0.0, {}
+        for pid in self.pids:
+            try:
+                tids = os.listdir(f"/proc/{pid}/task")
+            except OSError:
+                continue
+            for tid in tids:
+                now = self._wanted(f"/proc/{pid}/task/{tid}")
+                if now is None:
+                    continue
+                key = (pid, int(tid))
+                if not first:
+                    wanted += max(0.0, now - self.last.get(key, 0.0))
+                seen[key] = now
+        self.last = seen
+        return wanted
+
+    def __call__(self) -> float:
+        return self._sample()
 
 
 SPARE_CORES = 0.5
-"""``ThreadGovernor``: from this many idle cores (machine-wide, since the last look) on, the
-catalog uses its second DuckDB thread."""
+"""``ThreadGovernor``: the catalog takes its second DuckDB thread while the job's other
+processes want less than the cores minus the catalog's first thread minus this much."""
 GOVERNOR_WINDOW_S = 0.1
 """... judged over at least this much wall time (shorter statements add to the next look)."""
 
 
 class ThreadGovernor:
-    """Runs the catalog on one DuckDB thread while the machine has no core to spare, on the
-    configured threads (``duckdb_config``) when it has.
+    """Runs the catalog on one DuckDB thread while the job's other processes (the model
+    worker) want the other cores, on the configured threads (``duckdb_config``) once they
+    leave one idle.
 
     A second thread costs ~9 % more CPU (parallel hash tables merged, work handed over) and
-    pays only on an otherwise idle core. In the job the model worker takes the other core
-    during the first half of the rules and leaves it idle in the second; a fixed setting is
-    wrong for one of them. ``adjust`` looks at the machine's CPU ticks since its last
-    decision (``_cpu_ticks``) and sets ``threads`` before the next statement: ~0,01 ms."""
+    pays only on an otherwise idle core. In the job at 1M lines the model worker takes the
+    other core during the first half of the rules and leaves it idle in the second: a fixed
+    setting is wrong for one of them. ``adjust`` looks at the CPU the worker wanted since the
+    last decision (``ChildLoad``) and sets ``threads`` before the next statement (~0,5 ms).
+    Only the job's own processes count: other work on the machine is not the job's to make
+    room for (on one thread a loaded machine would halve the catalog's share), and at 10M,
+    where the models run after the rules, the catalog keeps its two threads."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, start: tuple[int, int] | None = None,
-                 ticks: Callable[[], tuple[int, int] | None] | None = None) -> None:
-        self.con, self.ticks = con, ticks or _cpu_ticks
+    def __init__(self, con: duckdb.DuckDBPyConnection,
+                 load: Callable[[], float] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.con, self.clock = con, clock
         self.most = self.current = int(con.execute(
             "SELECT current_setting('threads')").fetchall()[0][0])
-        self.cores = os.cpu_count() or 1
-        self.window = GOVERNOR_WINDOW_S * (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf")
-                                           else 100) * self.cores
-        self.last = start if start is not None else self.ticks()
+        self.cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                      else os.cpu_count() or 1)
+        self.load: Callable[[], float] | None = None
+        if self.most > 1:
+            self.load = load if load is not None else ChildLoad()
+        self.since = clock()
         self.decisions: list[int] = []
         """The thread count of each decision, in order."""
 
     def adjust(self) -> None:
-        if self.most <= 1 or self.last is None:
+        if self.load is None:
             return
-        now = self.ticks()
-        if now is None:
+        now = self.clock()
+        wall = now - self.since
+        if wall < GOVERNOR_WINDOW_S or wall <= 0:
             return
-        total, spare = now[0] - self.last[0], now[1] - self.last[1]
-        if total < self.window:
-            return
-        self.last = now
-        want = self.most if spare / total * self.cores >= SPARE_CORES else 1
+        self.since = now
+        busy = self.load() / wall  # cores the other processes wanted
+        want = self.most if self.cores - 1 - busy >= SPARE_CORES else 1
         self.decisions.append(want)
         if want != self.current:
             self.con.execute(f"SET threads = {want}")
@@ -536,9 +609,6 @@ def materialise_delivery_journals(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("CREATE OR REPLACE VIEW delivery_journals AS SELECT * FROM _delivery_journals")
 
 
-_TICKS_VARIABLE = "belegwacht_cpu_ticks"
-"""Set by ``connect``: the machine's CPU ticks (``_cpu_ticks``) when it began."""
-
 _SAME_FILE_VARIABLE = "belegwacht_delivery_file_is_history"
 """Set by ``connect`` when the history is one file with the delivery file's exact bytes."""
 
@@ -594,10 +664,7 @@ def connect(ctx: Any, history_glob: str | Path | list[str | Path],
     come from ``ctx.run_dir / "bookings.parquet"``, master data from ``ctx.run_dir / "master"``.
     ``threads``: see ``duckdb_config``.
     """
-    ticks = _cpu_ticks()  # the first window of ``ThreadGovernor``: from here to the copy
     con = duckdb.connect(config=duckdb_config(Path(ctx.run_dir) / "tmp" / "duckdb", threads))
-    if ticks is not None:
-        con.execute(f"SET VARIABLE {_TICKS_VARIABLE} = {list(ticks)}")
     source = _parquet_source(history_glob)
     cols = _columns_of(con, source)
     delivery_file = Path(ctx.run_dir) / "bookings.parquet"
@@ -851,8 +918,7 @@ def run_catalog(con: duckdb.DuckDBPyConnection, settings: Settings, catalog: lis
                 delivery_only: bool = True, log: Any = None) -> RuleRunResult:
     """Run every enabled, runnable rule; never a Python loop over rows, one query per rule."""
     check_rule_settings(settings, catalog, log)
-    start = con.execute(f"SELECT getvariable('{_TICKS_VARIABLE}')").fetchall()[0][0]
-    governor = ThreadGovernor(con, tuple(start) if start else None)
+    governor = ThreadGovernor(con)
     booking_cols, journal_cols = catalog_columns(
         [r for r in catalog if settings.rule_enabled(r.id)], con)
     threads: dict[str, int] = {}
