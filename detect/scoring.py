@@ -201,20 +201,30 @@ def build_items(bookings: pl.LazyFrame, rule_hits: pl.DataFrame | None,
                 model_scores: pl.DataFrame | None, ctx: Any, *,
                 history_rates: dict[str, float] | None = None,
                 history_journals: int | None = None,
-                prepared: Prepared | None = None) -> pl.DataFrame:
+                prepared: Prepared | None = None, write: bool = True) -> pl.DataFrame:
     """Pipeline stage: review items of this delivery, ranked; writes ``findings.parquet``.
 
     ``history_rates``/``history_journals``: ``RuleRunResult.history_rates()`` and
     ``.history_population`` (see ``_rule_table``); without them rates come from the delivery.
-    ``prepared``: ``prepare(bookings, model_scores, ctx)``, made while the rules ran."""
+    ``prepared``: ``prepare(bookings, model_scores, ctx)``, made while the rules ran.
+    ``write=False``: the caller writes the file itself (``write_findings``), e.g. in a thread
+    beside the store's inserts (~0.035 CPU s at 1M lines, Polars, the GIL released)."""
     items = rank_items(bookings, rule_hits, model_scores, ctx, history_rates=history_rates,
                        history_journals=history_journals, prepared=prepared)
-    items.write_parquet(Path(ctx.run_dir) / "findings.parquet")
+    if write:
+        write_findings(items, ctx)
     cap = int(items.get_column("above_capacity").sum()) if items.height else 0
     ctx.log.info(f"{items.height} review items; {cap} within the review capacity, "
                  f"{items.height - cap} beyond it", items=items.height, within_capacity=cap,
                  beyond_capacity=items.height - cap)
     return items
+
+
+def write_findings(items: pl.DataFrame, ctx: Any) -> Path:
+    """``items`` (``build_items``) as the run's ``findings.parquet``."""
+    path = Path(ctx.run_dir) / "findings.parquet"
+    items.write_parquet(path)
+    return path
 
 
 @dataclass

@@ -306,3 +306,16 @@ def test_rule_ids_sorted_and_reasons_heaviest_first_whatever_the_hit_order(ledge
     assert by["J00010"]["line_no"] == 2 and by["J00010"]["severity"] == "critical"
     want = hashlib.sha1(f"{ENT}|{FY}|J00011".encode()).hexdigest()[:16]
     assert by["J00011"]["item_id"] == want
+
+
+def test_findings_file_written_by_the_caller_when_asked(ledger, ctx) -> None:
+    """``build_items(write=False)`` leaves ``findings.parquet`` to ``write_findings`` (the
+    pipeline can write it beside the store's inserts); the file is the same either way."""
+    from detect.scoring import write_findings
+
+    hits = hits_frame([hit("J00001", "PAY001", "payments", "high")])
+    path = Path(ctx.run_dir) / "findings.parquet"
+    items = build_items(ledger.lazy(), hits, None, ctx, write=False)
+    assert not path.exists()
+    assert write_findings(items, ctx) == path and pl.read_parquet(path).equals(items)
+    assert build_items(ledger.lazy(), hits, None, ctx).equals(pl.read_parquet(path))
