@@ -226,13 +226,18 @@ def explain(frame: pl.DataFrame, tails: np.ndarray, names: list[str], k: int,
         rows = long.filter(pl.col("_feat") == j)
         if rows.height == 0:
             continue
-        ctx = frame[rows.get_column("_row").to_numpy()]
+        # only the columns the two sentences read are gathered, not the whole frame (~45
+        # columns: 0.07 of this function's 0.16 CPU s for 33k lines)
+        used = dict.fromkeys(de[name].meta.root_names() + en[name].meta.root_names())
+        ctx = frame.select(list(used))[rows.get_column("_row").to_numpy()]
         parts.append(ctx.select(de[name].alias("de"), en[name].alias("en"))
                      .hstack(rows.select("_row", "_slot")))
+    # lists joined after the grouping (nulls skipped): ``str.join`` as the aggregation took
+    # ~0.04 of this function's ~0.16 CPU s for 33k lines
     text = (pl.concat(parts).sort("_row", "_slot")
             .group_by("_row", maintain_order=True)
-            .agg(pl.col("de").drop_nulls().str.join("; ").alias("model_reasons_de"),
-                 pl.col("en").drop_nulls().str.join("; ").alias("model_reasons_en"))
+            .agg(pl.col("de").alias("model_reasons_de"), pl.col("en").alias("model_reasons_en"))
+            .with_columns(pl.col("model_reasons_de", "model_reasons_en").list.join("; "))
             if parts else pl.DataFrame(schema={"_row": pl.Int64, "model_reasons_de": pl.String,
                                                "model_reasons_en": pl.String}))
     reasons = (pl.DataFrame({"_row": np.arange(n, dtype=np.int64)})
