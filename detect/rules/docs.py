@@ -292,13 +292,22 @@ its hits are not rendered).
 
 `rules.connect(ctx, history, threads=1)` runs the catalog on one DuckDB thread: ~9 % less CPU
 at 1M lines (6,2 instead of 6,8 CPU s, median of 3) for ~1,6x the wall time when the second
-core is free. The default stays 2: while the rules outlast whatever shares the machine, the
-second core shortens them. In the job at 1M lines the model worker runs next to the rules and
-takes the other core: there one thread took 6,0 / 6,4 CPU s for the `rules` step against 6,8 /
-7,0 with two (two alternating job runs each, load 6-9, same hits) at about the same wall
-time; at 10M (more than `[models] worker_max_lines`) the models run after the rules and the
-second core is free. So the caller that knows whether the worker runs (the pipeline) should
-pass `threads=1` then.
+core is free. The default stays 2, but the engine takes the second thread only while the job's
+own other processes leave a core idle (`ThreadGovernor`, round 7): before the history copy,
+`journals` and each rule (at least 0,1 s after its last look) it reads how much CPU the
+threads of its child processes - the model worker - wanted since then (`ChildLoad`: run plus
+run-queue wait from `/proc/<pid>/task/<tid>/schedstat`, niced threads such as GX's left out,
+since they yield their core) and sets DuckDB's `threads` to 1 while they want more than half a
+core of the one the catalog's first thread leaves, back to 2 once they do not. In the job at
+1M lines the model worker takes the other core during the first half of the rules and leaves
+it idle in the second: a fixed setting is wrong for one of them (one thread for the whole
+stage took 6,0 / 6,4 CPU s for the `rules` step against 6,8 / 7,0 with two in round 4, at
+about the same wall time). Other work on the machine does not count: it is not the job's to
+make room for, and a machine loaded by others would otherwise halve the catalog's share
+(measured: a 10M run at load ~10 took 159 s for `rules` on one thread against 86-97 s on two).
+At 10M (more than `[models] worker_max_lines`) the models run after the rules: two threads
+throughout. `RuleRunResult.threads` (and `threads` of the manifest's `rules`) says what each
+step got; without `/proc` (not Linux) the connection keeps its configured threads.
 
 Measured on the 1 million line sample ledger (`bench/cache/ledger_1000000_7`, 493.426
 journals; the machine's 2 cores shared with other work, so before and after were run back to
@@ -522,6 +531,52 @@ Measured in round 6 and left:
   save it but patches the library's packaging; not done.
 - The largest lever left is not in the engine: the pipeline passing `threads=1` to `connect`
   while the model worker runs (see above: ~0,6-0,8 CPU s of the `rules` step in round 4).
+
+Round 7 (issue #10, the engine's fixed costs again). Changed (same 54.265 hits, texts,
+evidence and `history_journals`; `compare.py` on job runs: hits, findings, model scores and
+clean bookings equal):
+- `ThreadGovernor` (see above; the lever round 6 left to the pipeline, decided in the engine):
+  one DuckDB thread while the model worker wants the other core, two once it does not. In the
+  whole job (`belegwacht run bench/cache/ledger_1000000_7/ads`, step `rules` of
+  `run.log.jsonl`, 5 alternated pairs against the governor switched off, load 6,5-8,8): 6,52 /
+  6,53 / 6,30 / 6,81 / 6,73 -> 6,33 / 6,28 / 6,22 / 6,27 / 6,07 CPU s (median -0,26; 4-16 of
+  the 36 steps on one thread, as long as the worker wanted its core on that machine), the
+  whole job's user+sys 15,59 -> 15,19 (median), the step's wall time 5,7-10,5 -> 4,7-9,1 s
+  (lower in every pair: the worker gets its core sooner), page faults unchanged. On a quiet
+  machine the worker wants its core for the first ~2,5 s of the step.
+- The holiday calendar's class is loaded from its country's module alone (`_holiday_class`:
+  the module named in `holidays.registry.COUNTRIES`, put into `sys.modules` under its usual
+  name) instead of through `holidays.country_holidays`, whose package `holidays.countries`
+  imports all 279 country modules to return one; the same calendars, fallbacks and errors
+  (tested against the library's way in a fresh process), the library's way once that package
+  is imported or for a code the registry does not list. `connect` 0,161-0,176 -> 0,112-0,125
+  CPU s (5 alternated fresh processes, Polars and pyarrow imported first as in the job).
+Measured in round 7 and left:
+- The same governor over the whole machine (idle, iowait and niced ticks of `/proc/stat`):
+  at load ~11 the whole job's `rules` step took 7,47 / 7,47 / 7,62 -> 6,82 / 6,81 / 6,66 CPU s
+  (three alternated pairs; the catalog ran on one thread throughout), but on a machine loaded
+  by others it halves the catalog's share: a 10M run at load ~10 took 159 s wall for `rules`
+  (64,3 CPU s) against 86-97 s on two threads. Counting the worker's CPU as it gets it
+  instead of as it wants it (`stat` ticks instead of `schedstat`): on a loaded machine the
+  worker gets ~0,3 of a core and the catalog never dropped to one thread.
+- The history as a registered Arrow table (read by Polars, `manual_entry` computed there)
+  instead of the DuckDB copy: the copy 0,55 -> 0,48 (placeholder dates not yet nulled), but
+  the catalog +0,8-1,3 CPU s (string columns converted from Arrow on every scan).
+- `journals` with `entered_by` and `source` from one `arg_min` over a struct: 0,31 -> 0,39
+  (one thread); without both `arg_min` it would take 0,23, without both string `max` 0,29.
+  On one thread `journals` takes 0,31-0,34 instead of 0,42-0,46 on two (the copy the same on
+  both): the governor gives it one thread when the worker runs (at the start of the rules).
+- The calendar years from the Parquet row-group statistics (min/max of the three dates,
+  0,004 instead of 0,023 CPU s): a range is a superset of the years that occur, and the
+  `holidays` view is documented (and tested) as the years of the dates +-1.
+- The rule output's row count from `CREATE TABLE` to skip the journal count and the render
+  of empty outputs: 3 rules at 1M (~2 ms in all); the template must be bound anyway.
+- Per rule, the fixed statements on an empty output take ~3,3 ms (the query's `CREATE` 0,5,
+  its types 0,07, the journal count 0,66, binding and inserting the render 1,6): ~0,1 CPU s
+  for the catalog, most of it binding, which one statement for all rules would not save.
+- `load_catalog` (0,045 CPU s in the `rules` step: PyYAML builds the objects in Python even
+  with libyaml's parser) and `catalog_columns` (0,04: DuckDB serialising 35 parse trees, the
+  walk over them) could move before the step only by the pipeline (a thread beside ingest).
 
 Not done (measured, not worth it yet): running rules concurrently on DuckDB cursors (the
 rules already keep both cores busy, ~1,9 CPU s per wall second, and temporary tables are per

@@ -380,10 +380,11 @@ class ThreadGovernor:
     pays only on an otherwise idle core. In the job at 1M lines the model worker takes the
     other core during the first half of the rules and leaves it idle in the second: a fixed
     setting is wrong for one of them. ``adjust`` looks at the CPU the worker wanted since the
-    last decision (``ChildLoad``) and sets ``threads`` before the next statement (~0,5 ms).
-    Only the job's own processes count: other work on the machine is not the job's to make
-    room for (on one thread a loaded machine would halve the catalog's share), and at 10M,
-    where the models run after the rules, the catalog keeps its two threads."""
+    last decision (``ChildLoad``, ~0,25 ms for the worker's 17 threads) and sets ``threads``
+    before the next statement. Only the job's own processes count: other work on the machine
+    is not the job's to make room for (on one thread a loaded machine would halve the
+    catalog's share), and at 10M, where the models run after the rules, the catalog keeps
+    its two threads."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection,
                  load: Callable[[], float] | None = None,
