@@ -18,6 +18,9 @@ describes the pattern):
   (``gxworker.import_gx``, lean), then the model stage (``modelworker.import_models``), which
   reuses GX's NumPy/Polars/pyarrow. Never two imports in two threads at once: CPython's
   per-module import locks deadlocked on that (see ``workerproc``);
+* ``models guess`` (first loads, after ingest): the features of the ingest's file, which the
+  history will probably be a byte copy of (``modelworker.ModelPart.guess``), while the parent
+  validates and merges; ``go`` uses them only if the history is that file;
 * ``models go`` (the history is merged): features, fit, scores and the texts ranking prints
   run at once in the main thread at normal priority -- the job needs the scores before its
   rules end; ``models explain`` (the rule hits): the remaining texts and ``models/``;
@@ -221,7 +224,9 @@ def main(argv: list[str]) -> int:
         if part == GX and command == "go" and gx is not None:
             gx.go()
         elif part == MODELS and models is not None:
-            if command == "go":
+            if command == "guess":
+                models.guess()
+            elif command == "go":
                 models.go()
                 if gx is not None:
                     gx.release()  # the scores are handed over (or failed)

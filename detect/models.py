@@ -721,11 +721,17 @@ class Scored:
 
 
 def fit_score(bookings: pl.LazyFrame, settings: Any, *, targets: pl.DataFrame | None = None,
-              vendors: pl.DataFrame | None = None, log: Any = None) -> Scored:
-    """Features -> fit on a sample of the history -> score ``targets`` (keys) or all lines."""
+              vendors: pl.DataFrame | None = None, log: Any = None,
+              features: Any = None) -> Scored:
+    """Features -> fit on a sample of the history -> score ``targets`` (keys) or all lines.
+
+    ``features``: ``build_features(bookings, settings, vendors, percentiles=False)`` computed
+    already (the model worker's guess, ``modelworker.ModelPart.guess``, once it has checked
+    that ``bookings`` is the file it was computed from); ``bookings`` is then not read."""
     cfg = settings.models
     clock, cpu = time.perf_counter(), time.process_time()
-    ff = build_features(bookings, settings, vendors, percentiles=False)
+    ff = features if features is not None else \
+        build_features(bookings, settings, vendors, percentiles=False)
     frame = ff.frame
     used, dropped = active_features(frame)
     meta: dict[str, Any] = {"features": used, "dropped_features": dropped, "notes": ff.notes,
@@ -817,11 +823,12 @@ def fit_and_score(bookings: pl.LazyFrame, settings: Any, *, targets: pl.DataFram
     return explain_scored(scored, settings, explain_journals)
 
 
-def start_stage(bookings: pl.LazyFrame, ctx: Any) -> Scored:
+def start_stage(bookings: pl.LazyFrame, ctx: Any, features: Any = None) -> Scored:
     """The pipeline stage's first phase (needs no rule hits): fit and score the delivery's
-    lines (``ctx.run_dir``'s ``bookings.parquet``; all lines with ``rescore_history``)."""
+    lines (``ctx.run_dir``'s ``bookings.parquet``; all lines with ``rescore_history``);
+    ``features``: see ``fit_score``."""
     return fit_score(bookings, ctx.settings, targets=_delivery_keys(ctx), vendors=_vendors(ctx),
-                     log=ctx.log)
+                     log=ctx.log, features=features)
 
 
 def explain_stage(scored: Scored, ctx: Any, explain_journals: pl.DataFrame | None = None

@@ -9,13 +9,19 @@ need only the merged history. On two cores the rules
    ``ModelWorker(run_id, worker)``; alone: ``ModelWorker(run_id)``) and imports the stage
    (after GX, reusing its NumPy/Polars/pyarrow) while the parent hashes and ingests
    (``import_models``);
-2. gets ``models go`` once the history is merged (``start``: ``job.pkl`` with the history
+2. on a first load, gets ``models guess`` after ingest (``guess``: ``guess.pkl`` with the
+   ingest's canonical file, the settings and the vendor master data's path) and computes that
+   file's features while the parent validates and merges, in the worker's idle time between
+   its imports and ``go``; ``go`` uses them only if the history is that file byte for byte
+   (``_guess_holds``; validation keeps the file as the clean one when nothing is quarantined,
+   and the merge copies a one-partition delivery), else builds the features from the history;
+3. gets ``models go`` once the history is merged (``start``: ``job.pkl`` with the history
    glob, the run folder and the settings), fits and scores the delivery's lines (``models.start_stage``)
    and explains the lines ranking prints (journals at or above ``[scoring] model_floor``:
    they need no rule hits), all while the parent runs the rules, and hands the scores over as
    ``scores.arrow`` with its ``result.json`` (the stage's warnings and notes for the run log,
    its timings, or its error) -- usually before the rules are done, so the job does not wait;
-3. gets ``models explain`` once the rules are done (``finish``: the hit journals as
+4. gets ``models explain`` once the rules are done (``finish``: the hit journals as
    ``explain.parquet``), explains the hit journals' top lines below the floor (the app shows
    those texts; ranking does not), writes ``models/`` and ``model_scores.parquet`` into the
    run folder (``models.save_stage``) while the parent ranks the items, and ``done.json``; the
@@ -48,6 +54,7 @@ from detect.runlog import max_rss_mb
 
 PART = jobworker.MODELS
 JOB, JOURNALS, SCORES, DONE = "job.pkl", "explain.parquet", "scores.arrow", "done.json"
+GUESS = "guess.pkl"
 
 
 class ModelWorkerError(RuntimeError):
@@ -80,6 +87,19 @@ class ModelWorker:
     @property
     def pid(self) -> int | None:
         return self._worker.pid
+
+    def guess(self, path: Path, ctx: Any) -> None:
+        """The history will probably be ``path`` byte for byte (the ingest's canonical file on
+        a first load: validation keeps it as the clean file when nothing is quarantined, and the
+        merge copies a one-partition delivery's clean file): the worker computes its features
+        now, while the job validates and merges (``ModelPart.guess``), instead of next to the
+        rules. It uses them only if the history turns out to be that file."""
+        spec = {"path": str(path), "settings": ctx.settings,
+                "vendors": str(Path(ctx.run_dir) / "master" / "vendors.parquet")}
+        tmp = self.job_dir / (GUESS + ".tmp")
+        tmp.write_bytes(pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL))
+        tmp.replace(self.job_dir / GUESS)
+        self._shared.send(PART, "guess")
 
     def start(self, history_glob: str, ctx: Any) -> None:
         """The history is merged: fit and score now (while the parent runs the rules)."""
@@ -269,6 +289,36 @@ def _error(exc: BaseException) -> dict[str, Any]:
 TEXTS = ["model_reasons_de", "model_reasons_en", "top_features"]
 
 
+def _read_vendors(path: str | None) -> Any:
+    """``models._vendors``' frame from its path (None: no vendor master data)."""
+    import polars as pl
+
+    return pl.read_parquet(path) if path is not None and Path(path).exists() else None
+
+
+def _guess_holds(guessed: dict[str, Any], job: dict[str, Any]) -> bool:
+    """The guessed features are the job's: its history glob names exactly one file, with the
+    same bytes as the guessed file, and the settings and vendor master data are the same
+    (checked, not assumed: a quarantined row, a second fiscal year or a history that existed
+    already make the history another file)."""
+    import filecmp
+    import glob
+
+    try:
+        files = glob.glob(job["history_glob"])
+        if len(files) != 1 or not filecmp.cmp(files[0], guessed["path"], shallow=False):
+            return False
+        if job["settings"] != guessed["settings"]:
+            return False
+        vendors = _read_vendors(str(Path(job["run_dir"]) / "master" / "vendors.parquet"))
+        before = guessed["vendors"]
+        if (vendors is None) != (before is None):
+            return False
+        return vendors is None or vendors.equals(before)
+    except (OSError, ValueError):
+        return False
+
+
 def _no_journals() -> Any:
     import polars as pl
 
@@ -370,6 +420,46 @@ class ModelPart:
                                           "import_models": round(imported - clock, 3)}
         self.imported, self.imported_at = imported, time.time()
         self.scored: Any = None
+        self.guessed: dict[str, Any] | None = None
+
+    def guess(self) -> None:
+        """``models guess``: the features of the file the history will probably be (``GUESS``:
+        the ingest's canonical file, sent after ingest on a first load, see ``ModelWorker.guess``),
+        computed while the job validates and merges instead of beside its rules. Used by
+        ``go`` only if the history is that file byte for byte (``_guess_holds``); any failure
+        here just leaves no guess (``go`` computes the features as always and reports)."""
+        import polars as pl
+
+        clock, cpu = time.perf_counter(), time.process_time()
+        self.timings["idle_guess"] = round(clock - self.imported, 3)
+        try:
+            if self.failed is not None:
+                return
+            from detect import models
+
+            spec = pickle.loads((self.directory / GUESS).read_bytes())
+            vendors = _read_vendors(spec["vendors"])
+            features = models.build_features(pl.scan_parquet(spec["path"]), spec["settings"],
+                                             vendors, percentiles=False)
+            self.guessed = {"path": spec["path"], "settings": spec["settings"],
+                            "vendors": vendors, "features": features,
+                            "seconds": round(time.perf_counter() - clock, 2),
+                            "cpu_seconds": round(time.process_time() - cpu, 2)}
+        except Exception:  # noqa: BLE001 - no guess; the real features report any error
+            self.guessed = None
+        self.timings["guess"] = round(time.perf_counter() - clock, 3)
+        self.timings["guess_cpu"] = round(time.process_time() - cpu, 3)
+
+    def _guessed_features(self, job: dict[str, Any]) -> Any:
+        """The guessed features if they are the job's (else None, and they are dropped)."""
+        guessed, self.guessed = self.guessed, None
+        if guessed is None:
+            return None
+        held = _guess_holds(guessed, job)
+        self.timings["guess_used"] = held
+        if not held:
+            return None
+        return guessed
 
     def go(self) -> None:
         import polars as pl
@@ -389,7 +479,13 @@ class ModelPart:
             # other), 0 when they were done in time: the models' start on the critical path
             timings["late_go"] = round(max(0.0, self.imported_at - job.get("sent_at", 0)), 3)
             self.ctx = ctx = _Context(job, notes)
-            scored = models.start_stage(pl.scan_parquet(job["history_glob"]), ctx)
+            guessed = self._guessed_features(job)
+            scored = models.start_stage(pl.scan_parquet(job["history_glob"]), ctx,
+                                        None if guessed is None else guessed["features"])
+            if guessed is not None:  # the features' figures are the guess's
+                scored.meta["seconds"]["features"] = guessed["seconds"]
+                scored.meta["cpu_seconds"]["features"] = guessed["cpu_seconds"]
+            del guessed
             timings["fit_score"] = round(time.perf_counter() - go, 3)
             timings["fit_score_cpu"] = round(time.process_time() - cpu_go, 3)
             # while the rules still run: the texts ranking reads (journals at or above

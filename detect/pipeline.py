@@ -56,7 +56,8 @@ class RunSummary:
 
 class Workers:
     """The run's worker process, started once the run holds its lock and knows the delivery
-    is new, so its imports overlap ingest (``detect.jobworker``): Great Expectations' part
+    is new, so its imports overlap ingest (``detect.jobworker``; on a first load it then
+    computes the features of the ingest's file, ``_guess_history``): Great Expectations' part
     (``gxrun.prestart``; ``validate`` adopts it) and, for deliveries of at least ``[models]
     worker_min_mb``, the outlier models' part (``detect.modelworker``) in the same process,
     which then imports NumPy, SciPy, pandas and Polars once. ``close()`` kills whatever was not
@@ -365,6 +366,7 @@ def _run_stages(ctx: RunContext, sources: list[Path], fmt: str, control_totals: 
         for text in ingested.warnings:      # e.g. ADS placeholder dates and how to fix them
             log.warn(text)
     lifecycle.crash_point("ingested")
+    _guess_history(workers, ingested, ctx)
     with log.step("validate", "Validating (Great Expectations)"):
         checked = validate.validate(ingested, ctx)
     workers.gate_done()
@@ -480,6 +482,36 @@ def _run_stages(ctx: RunContext, sources: list[Path], fmt: str, control_totals: 
     final = lifecycle.finish_publish(data_dir, ctx.entity, ctx.run_id, counts)
     log.json_path = final / "run.log.jsonl"  # the partial folder is gone now
     return manifest
+
+
+def _guess_history(workers: Workers, ingested: IngestResult, ctx: RunContext) -> None:
+    """On a first load, let the model worker compute the features of the ingest's canonical
+    file while this process validates and merges (``ModelWorker.guess``): the history then
+    usually becomes a byte copy of that file (validation keeps it as the clean file when
+    nothing is quarantined; the merge copies a one-partition delivery), and the worker's idle
+    time after its imports takes ~1.5 CPU s (1M lines) out of the rules' window, where both
+    cores are busy. The worker checks that the history is that file before it uses them
+    (``modelworker._guess_holds``); a wrong guess costs CPU, never a wrong score.
+
+    Not guessed: without the model worker, for histories that exist already (a nightly delta
+    keeps their lines: the guess would be wrong), and for deliveries above ``[models]
+    worker_max_lines`` (their models run in this process after the rules; the worker's guess
+    would need the memory of both)."""
+    from detect import history
+
+    path = ingested.bookings_file
+    if workers.models is None or path is None:
+        return
+    try:
+        if any(history.entity_root(ctx.data_dir, ctx.entity).glob("*/*.parquet")):
+            return
+        lines = pl.scan_parquet(path).select(pl.len()).collect().item()
+    except (OSError, pl.exceptions.PolarsError, ValueError):
+        return
+    limit = ctx.settings.models.worker_max_lines
+    if 0 <= limit < lines:
+        return
+    workers.models.guess(Path(path), ctx)
 
 
 def _in_background(fn: Callable[..., Any], *args: Any) -> Future[Any]:

@@ -130,6 +130,71 @@ def test_the_worker_gives_the_in_process_outputs(tmp_path: Path) -> None:
     assert done["explain_hits_seconds"] >= 0
 
 
+@pytest.mark.parametrize("guess", ["copy", "other"])
+def test_the_worker_uses_guessed_features_only_for_the_same_file(tmp_path: Path,
+                                                                  guess: str) -> None:
+    """``models guess`` computes the features of a file before the history exists; ``go`` uses
+    them only if the history is that file byte for byte (a copy, as the merge makes of a
+    first load), else computes them from the history. The outputs are the in-process ones
+    either way."""
+    glob, ctx = _stage(tmp_path, "worker")
+    _, local = _stage(tmp_path, "local")
+    guessed = tmp_path / "guessed.parquet"
+    if guess == "copy":
+        shutil.copyfile(glob, guessed)
+    else:  # the delivery's lines only: what a nightly delta's ingest file is to its history
+        shutil.copyfile(ctx.run_dir / "bookings.parquet", guessed)
+    worker = modelworker.ModelWorker(ctx.run_id)
+    try:
+        worker.guess(guessed, ctx)
+        worker.start(glob, ctx)
+        step: dict[str, Any] = {}
+        scores = worker.finish(None, ctx.log, step)
+        worker.join(ctx.log)
+    finally:
+        worker.close()
+    timings = step["worker_timings"]
+    assert timings["guess_used"] is (guess == "copy") and timings["guess_cpu"] > 0
+    score_lines(pl.scan_parquet(glob), local)
+    assert pl.read_parquet(ctx.run_dir / "model_scores.parquet").equals(
+        pl.read_parquet(local.run_dir / "model_scores.parquet"))
+    assert scores.select("model_score").equals(
+        pl.read_parquet(local.run_dir / "model_scores.parquet").select("model_score"))
+
+
+def test_a_guess_holds_only_for_the_same_bytes_settings_and_vendors(tmp_path: Path) -> None:
+    history = tmp_path / "history" / "fiscal_year=2025" / "part.parquet"
+    history.parent.mkdir(parents=True)
+    tiny_ledger(50).write_parquet(history)
+    guessed = tmp_path / "ingested.parquet"
+    shutil.copyfile(history, guessed)
+    run_dir = tmp_path / "run"
+    (run_dir / "master").mkdir(parents=True)
+    vendors = pl.DataFrame({"vendor_id": ["V1"], "name": ["Muster GmbH"]})
+    vendors.write_parquet(run_dir / "master" / "vendors.parquet")
+    settings = Settings()
+    job = {"history_glob": str(tmp_path / "history" / "*" / "*.parquet"),
+           "run_dir": str(run_dir), "settings": settings}
+    guess = {"path": str(guessed), "settings": Settings(), "vendors": vendors}
+    assert modelworker._guess_holds(guess, job)
+    assert not modelworker._guess_holds({**guess, "vendors": None}, job)
+    assert not modelworker._guess_holds({**guess, "vendors": vendors.with_columns(
+        pl.lit("Other AG").alias("name"))}, job)
+    other = Settings()
+    other.models.fit_sample = 1000
+    assert not modelworker._guess_holds({**guess, "settings": other}, job)
+    # a second partition, or another file's bytes, is another history
+    second = tmp_path / "history" / "fiscal_year=2024" / "part.parquet"
+    second.parent.mkdir()
+    shutil.copyfile(history, second)
+    assert not modelworker._guess_holds(guess, job)
+    second.unlink()
+    tiny_ledger(51).write_parquet(guessed)
+    assert not modelworker._guess_holds(guess, job)
+    guessed.unlink()
+    assert not modelworker._guess_holds(guess, job)
+
+
 def test_a_user_error_in_the_worker_is_the_same_user_error(tmp_path: Path) -> None:
     glob, ctx = _stage(tmp_path, "bad", Settings(models=ModelSettings(detectors=["bogus"])))
     worker = modelworker.ModelWorker(ctx.run_id)
@@ -312,6 +377,9 @@ def test_a_job_with_the_worker_publishes_what_the_job_without_it_does(
     steps = _steps(remote.run_dir)
     models = steps["models"]
     assert models["worker"] is True and models["worker_pid"] == started[0].pid
+    # a first load: the worker computed the features of the ingest's file before the history
+    # existed, and the history turned out to be that file
+    assert models["worker_timings"]["guess_used"] is True
     assert models["cpu_seconds"] > models["main_cpu_seconds"]
     assert models["waited_seconds"] <= models["main_seconds"]
     assert remote.manifest["durations"]["models"] == models["seconds"]
