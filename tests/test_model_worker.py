@@ -380,6 +380,16 @@ def test_a_job_with_the_worker_publishes_what_the_job_without_it_does(
     # a first load: the worker computed the features of the ingest's file before the history
     # existed, and the history turned out to be that file
     assert models["worker_timings"]["guess_used"] is True
+    # a run onto a history that exists (here the same delivery again) sends no guess: a
+    # nightly delta keeps the history's lines, the guess would be wrong
+    guesses: list[Any] = []
+    monkeypatch.setattr(modelworker.ModelWorker, "guess",
+                        lambda self, *a: guesses.append(a))
+    settings = _settings(0)
+    settings.validation.reprocess = True
+    again = _run(ledger, tmp_path / "worker", settings)
+    assert guesses == [] and "guess_used" not in _steps(again.run_dir)["models"][
+        "worker_timings"]
     assert models["cpu_seconds"] > models["main_cpu_seconds"]
     assert models["waited_seconds"] <= models["main_seconds"]
     assert remote.manifest["durations"]["models"] == models["seconds"]
@@ -472,6 +482,8 @@ def test_a_history_above_worker_max_lines_runs_the_models_in_the_job(
 
     monkeypatch.setattr(modelworker.ModelWorker, "__init__", init)
     monkeypatch.setattr(modelworker.ModelWorker, "start", no_start)
+    # nor a guess of the features (at 10M it would add the worker's memory to validation's)
+    monkeypatch.setattr(modelworker.ModelWorker, "guess", no_start)
     settings = _settings(0)
     settings.models.worker_max_lines = 1
     summary = _run(ledger, tmp_path / "var", settings)
