@@ -286,7 +286,7 @@ def _column_codes(s: pl.Series) -> tuple[np.ndarray, int]:
     return phys.fill_null(size).to_numpy().astype(np.int32), size + 1
 
 
-SLICE_LINES = 1 << 18
+SLICE_LINES = 1 << 17
 """Lines per slice of the final feature select (see ``_sliced``)."""
 
 
@@ -297,10 +297,11 @@ def _sliced(df: pl.DataFrame, exprs: list[pl.Expr]) -> list[pl.Series]:
 
     Why: the streaming engine evaluates the expressions morsel by morsel (cache-sized, on
     both threads) with less overhead than eager selects over 65k-line slices did (1M lines:
-    0.16 -> 0.12 CPU s; 1M-line slices 0.11). Its result comes in chunks, copied into the
-    arrays chunk by chunk: nothing beyond one slice's result is held (15 MB; a rechunked
-    whole result held a second copy of the features, 600 MB at 10M lines). A select keeps
-    the row order; checked anyway:
+    0.16 -> 0.10 CPU s; 64k- and 256k-line slices 0.11-0.12, and the engine's buffers grow
+    with the slice: peak RSS +30 MB at 128k, +55 MB at 256k). Its result comes in chunks,
+    copied into the arrays chunk by chunk: nothing beyond one slice's result is held (a
+    rechunked whole result held a second copy of the features, 600 MB at 10M lines). A
+    select keeps the row order; checked anyway:
     the slice's journal numbers must come back as they went in, else the slice is selected
     again on the in-memory engine."""
     out = [np.empty(df.height, dtype=np.float32) for _ in exprs]
