@@ -543,7 +543,12 @@ clean bookings equal):
   the 36 steps on one thread, as long as the worker wanted its core on that machine), the
   whole job's user+sys 15,59 -> 15,19 (median), the step's wall time 5,7-10,5 -> 4,7-9,1 s
   (lower in every pair: the worker gets its core sooner), page faults unchanged. On a quiet
-  machine the worker wants its core for the first ~2,5 s of the step.
+  machine the worker wants its core for the first ~2,5 s of the step. With the models after
+  the rules (the 10M path: `[models] worker_max_lines` below the history's lines, tried at 1M)
+  the worker only runs GX, niced: two threads for every step. At 10M (`python -m bench
+  --lines 10000000 --repeat 1 --no-naive`, one run at load 10-15, the floor step 22,1 s
+  instead of 7,9 on a quiet machine): `rules` 281,6 s wall / 70,8 CPU s (the committed round-6
+  figure 39,2 s / 72,0 on a quiet machine), job peak RSS 4.654 MB, the same detection figures.
 - The holiday calendar's class is loaded from its country's module alone (`_holiday_class`:
   the module named in `holidays.registry.COUNTRIES`, put into `sys.modules` under its usual
   name) instead of through `holidays.country_holidays`, whose package `holidays.countries`
