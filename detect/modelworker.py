@@ -305,7 +305,7 @@ def _guess_holds(guessed: dict[str, Any], job: dict[str, Any]) -> bool:
     import glob
 
     try:
-        files = glob.glob(job["history_glob"])
+        files = glob.glob(job["history_glob"], recursive=True)  # ** as DuckDB reads it
         if len(files) != 1 or not filecmp.cmp(files[0], guessed["path"], shallow=False):
             return False
         if job["settings"] != guessed["settings"]:

@@ -571,3 +571,19 @@ def _cmdline(proc: Path) -> bytes:
         return (proc / "cmdline").read_bytes()
     except OSError:
         return b""
+
+
+@pytest.mark.parametrize(("years", "sent"), [([2025, 2025], True), ([2024, 2025], False)])
+def test_a_first_load_is_guessed_only_when_it_holds_one_fiscal_year(
+        tmp_path: Path, years: list[int], sent: bool) -> None:
+    """A first load of two fiscal years becomes two history partitions: the guess (one file)
+    would be wrong, cost the worker the features twice and delay its start, so none is sent."""
+    from types import SimpleNamespace
+
+    delivered = tmp_path / "bookings.parquet"
+    pl.DataFrame({"fiscal_year": years, "journal_id": ["J1", "J2"]}).write_parquet(delivered)
+    guesses: list[Path] = []
+    workers = SimpleNamespace(models=SimpleNamespace(guess=lambda path, ctx: guesses.append(path)))
+    ctx = SimpleNamespace(data_dir=tmp_path / "var", entity="Musterstadt", settings=Settings())
+    pipeline._guess_history(workers, SimpleNamespace(bookings_file=delivered), ctx)
+    assert guesses == ([delivered] if sent else [])
