@@ -106,7 +106,8 @@ def test_cli_list_show_and_test(capsys: pytest.CaptureFixture[str]) -> None:
     assert f"{len(CATALOG)} Regeln" in out
     assert main(["rules", "test", "JRN001", "-v"]) == 0
     out = capsys.readouterr().out
-    assert "ok   JRN001 flags_difference" in out and "2 passed, 0 failed" in out
+    cases = len(next(r for r in CATALOG if r.id == "JRN001").cases)  # the rule's own, today 3
+    assert "ok   JRN001 flags_difference" in out and f"{cases} passed, 0 failed" in out
     assert main(["rules", "show", "NOPE001"]) == 2
     assert "unknown rule 'NOPE001'" in capsys.readouterr().err
 
