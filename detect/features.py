@@ -550,6 +550,8 @@ def build_features(bookings: pl.LazyFrame, settings: Settings,
     # the history is stored in delivery order: the lines are put in key order by one gather
     order, journal = _key_order(df)
     if order is not None:
+        if df.height < np.iinfo(np.int32).max:
+            order = order.astype(np.int32)  # kept with the frame (``FeatureFrame.order``)
         df = df[order]
     # journal number: rows are sorted, so a journal is a run of equal keys; an integer key makes
     # the per-journal group-bys, joins and distinct counts far lighter than the string key
@@ -758,8 +760,6 @@ def build_features(bookings: pl.LazyFrame, settings: Settings,
     # the features slice by slice (see _sliced); the key and context columns as they are
     out = df.select(KEY).hstack(_sliced(df, feats)).hstack(
         df.select([c for c in CONTEXT if c in df.columns] + ["_jk"]))
-    if order is not None and df.height < np.iinfo(np.int32).max:
-        order = order.astype(np.int32)  # kept with the frame: half the bytes
     return FeatureFrame(out, notes, order)
 
 
