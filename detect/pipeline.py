@@ -424,8 +424,9 @@ def _run_stages(ctx: RunContext, sources: list[Path], fmt: str, control_totals: 
         extra = ({"history_rates": rates(), "history_journals": rule_result.history_population}
                  if callable(rates) else {})
         prepared = early.result() if early is not None else None
+        # findings.parquet is written during publish, beside the store's inserts
         findings = scoring.build_items(pl.scan_parquet(history_glob), hits, model_scores, ctx,
-                                       prepared=prepared, **extra)
+                                       prepared=prepared, write=False, **extra)
     lifecycle.crash_point("scored")
     shutil.rmtree(partial / "tmp", ignore_errors=True)
     with log.step("publish", "Publishing"), ThreadPoolExecutor(max_workers=1) as pool:
@@ -436,10 +437,12 @@ def _run_stages(ctx: RunContext, sources: list[Path], fmt: str, control_totals: 
         # add up with the insert's
         if stats is None:
             stats = pool.submit(_manifest_stats, None, checked.clean_path, history_glob)
+        written = pool.submit(scoring.write_findings, findings, ctx)
 
         manifest: dict[str, Any] = {}
 
         def manifest_now() -> dict[str, Any]:
+            written.result()  # findings.parquet before the manifest that lists the run
             if modelling is not None:
                 # models/ and model_scores.parquet, written while the job ranked and inserted
                 modelling.join(log)

@@ -192,8 +192,13 @@ def stages(monkeypatch: pytest.MonkeyPatch) -> Stages:
         state.maybe_fail("models")
         return pl.DataFrame()
 
+    def write_findings(items: pl.DataFrame, ctx: Any) -> Path:
+        path = Path(ctx.run_dir) / "findings.parquet"
+        items.write_parquet(path)
+        return path
+
     def build_items(bookings: pl.LazyFrame, hits: Any, scores: Any, ctx: Any,
-                    **_: Any) -> pl.DataFrame:
+                    write: bool = True, **_: Any) -> pl.DataFrame:
         state.maybe_fail("scoring")
         delivery = pl.read_parquet(Path(ctx.run_dir) / "bookings.parquet").select("journal_id")
         found = (bookings.join(delivery.lazy(), on="journal_id", how="semi")
@@ -202,7 +207,8 @@ def stages(monkeypatch: pytest.MonkeyPatch) -> Stages:
                          pl.lit("BIG001").alias("rule_ids"),
                          pl.col("amount").cast(pl.Float64).alias("risk_score"))
                  .sort("journal_id"))
-        found.write_parquet(Path(ctx.run_dir) / "findings.parquet")
+        if write:
+            write_findings(found, ctx)
         return found
 
     import detect.rules
@@ -211,7 +217,7 @@ def stages(monkeypatch: pytest.MonkeyPatch) -> Stages:
     monkeypatch.setattr(detect.rules, "run_rules", run_rules)
     modules = {"validate": dict(validate=validate),
                "models": dict(score_lines=score_lines),
-               "scoring": dict(build_items=build_items)}
+               "scoring": dict(build_items=build_items, write_findings=write_findings)}
     for name, attrs in modules.items():
         module = types.ModuleType(f"detect.{name}")
         module.__dict__.update(attrs)
