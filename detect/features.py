@@ -298,12 +298,11 @@ def _sliced(df: pl.DataFrame, exprs: list[pl.Expr]) -> list[pl.Series]:
     Why: the streaming engine evaluates the expressions morsel by morsel (cache-sized, on
     both threads) with less overhead than eager selects over 65k-line slices did (1M lines:
     0.16 -> 0.10 CPU s; 64k- and 256k-line slices 0.11-0.12, and the engine's buffers grow
-    with the slice: peak RSS +30 MB at 128k, +55 MB at 256k). Its result comes in chunks,
-    copied into the arrays chunk by chunk: nothing beyond one slice's result is held (a
-    rechunked whole result held a second copy of the features, 600 MB at 10M lines). A
-    select keeps the row order; checked anyway:
-    the slice's journal numbers must come back as they went in, else the slice is selected
-    again on the in-memory engine."""
+    with the slice: build_features' peak RSS +5-17 MB at 128k, +55 MB at 256k). Its result
+    comes in chunks, copied into the arrays chunk by chunk: nothing beyond one slice's result
+    is held (a rechunked whole result held a second copy of the features, 600 MB at 10M
+    lines). A select keeps the row order; checked anyway: the slice's journal numbers must
+    come back as they went in, else the slice is selected again on the in-memory engine."""
     out = [np.empty(df.height, dtype=np.float32) for _ in exprs]
     check = pl.col("_jk").alias("_sliced_check")
     for start in range(0, df.height, SLICE_LINES):
