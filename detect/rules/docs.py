@@ -545,10 +545,12 @@ clean bookings equal):
   (lower in every pair: the worker gets its core sooner), page faults unchanged. On a quiet
   machine the worker wants its core for the first ~2,5 s of the step. With the models after
   the rules (the 10M path: `[models] worker_max_lines` below the history's lines, tried at 1M)
-  the worker only runs GX, niced: two threads for every step. At 10M (`python -m bench
-  --lines 10000000 --repeat 1 --no-naive`, one run at load 10-15, the floor step 22,1 s
-  instead of 7,9 on a quiet machine): `rules` 281,6 s wall / 70,8 CPU s (the committed round-6
-  figure 39,2 s / 72,0 on a quiet machine), job peak RSS 4.654 MB, the same detection figures.
+  the worker only runs GX, niced: two threads for every step. At 10M (`belegwacht run
+  bench/cache/ledger_10000000_7/ads`, load ~8): two threads for all 36 steps, `rules` 40,1 s
+  wall / 64,3 CPU s (committed round-6 bench: 39,2 s / 72,0), the job 104 s, peak RSS 4,70 GB,
+  the same 577.393 hits; a `python -m bench --lines 10000000 --repeat 1 --no-naive` run at
+  load 10-15 beside other jobs (floor 22,1 s instead of 7,9) took 281,6 s / 70,8 CPU s for
+  `rules`, peak 4.654 MB, the same detection figures.
 - The holiday calendar's class is loaded from its country's module alone (`_holiday_class`:
   the module named in `holidays.registry.COUNTRIES`, put into `sys.modules` under its usual
   name) instead of through `holidays.country_holidays`, whose package `holidays.countries`
