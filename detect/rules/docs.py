@@ -585,6 +585,38 @@ Measured in round 7 and left:
   with libyaml's parser) and `catalog_columns` (0,04: DuckDB serialising 35 parse trees, the
   walk over them) could move before the step only by the pipeline (a thread beside ingest).
 
+Round 7, the queries (12 rewritten, each its own commit; the same 54.265 hits at 1M and
+577.393 at 10M; rule_hits of a rules-only run byte-identical; 11 new `cases:` for the edges
+the rewrites touch). CPU s of the query alone, min of 5-9 alternated runs at 1M, of 2-3 on the
+10M history; the rules stage alone (`connect` + `run_rules` on a 1M history, 3 alternated
+pairs, load 10-12) 6,52 / 6,52 / 6,62 -> 6,21 / 6,15 / 6,09 CPU s:
+
+| rule | 1M before | 1M after | 10M before | 10M after | what changed |
+|---|---|---|---|---|---|
+| JRN002 | 0,24 | 0,14 | 3,81 | 1,93 | each series' numbers as one sorted integer list (`list_sort`) beside itself shifted by one instead of `lag()` over every journal; two ids sharing a number after a gap: the smaller is flagged (the window picked either) |
+| PRC002 | 0,22-0,27 | 0,17-0,20 | 3,69 | 2,66 | candidates collapsed to one row per journal, day and clerk; windows count rows, `count(DISTINCT)` only where a journal still spans two rows or has no id |
+| ACC003 | 0,15-0,16 | 0,085-0,09 | 1,42 | 0,73 | outflows materialised once (the inlined CTE ran three times); journal lines matched on the journal id first; account kinds for those ~9k lines only |
+| AMT001 | 0,104-0,108 | 0,065 | 1,03 | 0,57 | the round-line filter in a form the scan applies (`greatest(amount, -amount)`, a whole-amount pre-test); journal vendors matched on the journal id first |
+| PAY002 | 0,285-0,30 | 0,264-0,27 | 4,03 | 3,24 | repeat groups keyed by `hash(entity, vendor, account, amount)` (a collision only adds whole window partitions, never drops one) |
+| AMT005 | 0,169-0,177 | 0,130-0,140 | 2,15 | 1,56 | the same hash key as PAY002 |
+| AMT004 | 0,334-0,340 | 0,299-0,315 | 3,99 | 3,94 | statistics straight from `bookings`, a second scan for the large lines, instead of every line materialised with its log (a round-4 dead end, now -0,025) |
+| BEN001 / BEN002 | 0,187 / 0,253 | 0,167 / 0,239 | 1,86 / 2,30 | 1,71 / 2,04 | leading digit(s) by integer division below 1.000.000, text above (exact) |
+| PRC001 | 0,089 | 0,059 | 0,75 | 0,57 | vendor medians only for vendors with a line near a threshold (still over all their invoices) |
+| USR001 | 0,066 | 0,053 | 0,66 | 0,51 | journals matched on `entered_by IN (rare users)` first, then the exact (entity, user) join |
+| JRN001 | 0,015 | 0,009 | 0,134 | 0,075 | `greatest(balance, -balance)` instead of `abs(balance)` |
+
+Measured in round 7 and left (queries): TXT001 with a case-insensitive `(?i)` regular
+expression on the raw text and an exact fallback for İ 0,41 -> 0,53 (RE2's case folding is
+slow), lower-casing only the kept lines: no gain; ACC002 with the big-journal anti join on
+the pairs 0,49 -> 0,475 (noise); PAY005 journal-id and vendor prefilters, PAY002 series
+prefilters, a USR006 user prefilter (-0,006), TIM007 prefilters (-0,004): not taken; PAY001
+with its normalised reference computed once 0,25 -> 0,24, its CTE not materialised 0,36;
+BEN002 with a full join instead of `QUALIFY` -0,01 but more rows where lines have null keys;
+JRN002's list sorted in blocks of 65.536: the same at 1M, worse at 10M; JRN003 by hashed
+min/max: no gain and not exact. ACC002 (0,47) and TXT001 (0,41) are now the largest: a
+group-by on four string keys and lower-casing plus a regular expression on every text;
+grouping 1M lines on `entity` alone costs 0,023 CPU s.
+
 Not done (measured, not worth it yet): running rules concurrently on DuckDB cursors (the
 rules already keep both cores busy, ~1,9 CPU s per wall second, and temporary tables are per
 connection); shared pre-aggregates declared in `rules/` (the inputs rules share - vendor
@@ -617,6 +649,14 @@ cost at 10 million lines):
 - Join each payment with the few changes near it, not with every change of its vendor: an
   equality on a time bucket (or a small candidate set first) keeps a join from growing with
   the square of the history.
+- Filters that can raise an error (`abs()` and `%` on decimals, `::BIGINT`, `IN` lists) are
+  not pushed through the `bookings`/`journals` views into the scan, which then reads every
+  projected column of every line first (AMT001: 0,048 through the view, 0,019 on the bare
+  table); `trim`, `sign`, `-x` and `::DOUBLE` are pushed. `greatest(x, -x)` is the pushable
+  `abs(x)`.
+- Before a three-key join to a few journals, match on the journal id alone
+  (`journal_id IN (SELECT ...) OR journal_id IS NULL`), then the exact `IS NOT DISTINCT FROM`
+  join; not where the candidate journals are many (PAY005: 27k).
 - Name the columns: a star over `bookings` in any select list (`SELECT *`, `SELECT entity, *`,
   `b.*` of `bookings b`, `COLUMNS(*)`, `to_json(b)`) makes the engine copy every column.
 """
