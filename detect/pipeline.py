@@ -13,9 +13,7 @@ import json
 import os
 import platform
 import shutil
-import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,6 +24,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
+from detect.background import in_background
 from detect.config import Settings
 from detect.fsutil import fsync_path
 from detect.errors import AlreadyProcessed, UserError
@@ -394,10 +393,12 @@ def _run_stages(ctx: RunContext, sources: list[Path], fmt: str, control_totals: 
             modelling.start(history_glob, ctx)
             # ranking's hit-independent part as soon as the worker hands over its scores,
             # on the core the worker leaves idle at the end of the rules
-            early = _in_background(_prepare_ranking, modelling, history_glob, ctx)
+            early = in_background(_prepare_ranking, modelling, history_glob, ctx,
+                                  name="belegwacht-early")
             # then the manifest's statistics, in a thread that waits for it (not during
             # publish, where they competed with the inserts and the model worker's writing)
-            stats = _in_background(_manifest_stats, early, checked.clean_path, history_glob)
+            stats = in_background(_manifest_stats, early, checked.clean_path, history_glob,
+                                  name="belegwacht-early")
     with log.step("rules", "Running the rule catalog"):
         con = rules.connect(ctx, history_glob)
         rule_result = rules.run_rules(con, ctx)
@@ -519,21 +520,6 @@ def _guess_history(workers: Workers, ingested: IngestResult, ctx: RunContext) ->
     if years != 1 or 0 <= limit < lines:
         return
     workers.models.guess(Path(path), ctx)
-
-
-def _in_background(fn: Callable[..., Any], *args: Any) -> Future[Any]:
-    """``fn(*args)`` in a daemon thread: a run that fails meanwhile does not wait for it (a
-    pool would, at its shutdown)."""
-    future: Future[Any] = Future()
-
-    def run() -> None:
-        try:
-            future.set_result(fn(*args))
-        except BaseException as exc:  # noqa: BLE001 - raised where the result is taken
-            future.set_exception(exc)
-
-    threading.Thread(target=run, name="belegwacht-early", daemon=True).start()
-    return future
 
 
 def _prepare_ranking(modelling: Any, history_glob: str, ctx: RunContext) -> Any:

@@ -29,7 +29,6 @@ journals and the scan filter; 3.0 originally), plus ~0.2 in ``prepare`` while th
 from __future__ import annotations
 
 import math
-from concurrent.futures import Future
 import os
 import threading
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
+from detect.background import in_background
 from detect.explain import fmt_pct
 from detect.schema import key_hash
 
@@ -278,7 +278,8 @@ def rank_items(bookings: pl.LazyFrame, rule_hits: pl.DataFrame | None,
     # CPU s at 1M lines, the GIL released) while the rule and model tables are built here
     candidates = pl.concat([rules.select(JOURNAL), prepared.tail.filter(
         pl.col("model_score") >= floor).select(JOURNAL)]).unique()
-    reading = _in_thread(_candidate_lines, bookings.select(want), candidates)
+    reading = in_background(_candidate_lines, bookings.select(want), candidates,
+                            name="belegwacht-lines")
     families = (rules.group_by(JOURNAL + ["family"]).agg(pl.col("specificity").max())
                 .group_by(JOURNAL).agg(pl.col("specificity").sum().alias("_fam_weight"),
                                        pl.col("specificity").max().alias("_fam_max")))
@@ -348,20 +349,6 @@ def _candidate_lines(bookings: pl.LazyFrame, candidates: pl.DataFrame
         pl.col("line_no").sort_by(["amount", "line_no"], descending=[True, False]).first()
         .alias("_big_line"))
     return lines, per_journal, biggest
-
-
-def _in_thread(fn: Any, *args: Any) -> Future[Any]:
-    """``fn(*args)`` in a daemon thread; its result or exception comes from the future."""
-    future: Future[Any] = Future()
-
-    def run() -> None:
-        try:
-            future.set_result(fn(*args))
-        except BaseException as exc:  # noqa: BLE001 - raised where the result is taken
-            future.set_exception(exc)
-
-    threading.Thread(target=run, name="belegwacht-lines", daemon=True).start()
-    return future
 
 
 def _top_lines(scores: pl.DataFrame) -> pl.DataFrame:
