@@ -697,6 +697,7 @@ def test_child_load_counts_the_workers_threads_at_normal_priority_only() -> None
 
     child = subprocess.Popen([sys.executable, "-c", (
         "import os, sys\n"
+        "sys.stdin.readline()\n"  # busy only after the first look: no race with start-up
         "x = sum(range(3_000_000))\n"
         "print('busy', flush=True); sys.stdin.readline()\n"
         "os.setpriority(os.PRIO_PROCESS, 0, 10)\n"
@@ -705,6 +706,8 @@ def test_child_load_counts_the_workers_threads_at_normal_priority_only() -> None
     try:
         load = ChildLoad([child.pid])
         assert child.stdout is not None and child.stdin is not None
+        child.stdin.write("start\n")
+        child.stdin.flush()
         assert child.stdout.readline() == "busy\n"
         assert load() > 0
         child.stdin.write("go\n")
