@@ -423,7 +423,7 @@ def duckdb_config(temp_dir: Path, threads: int | None = None) -> dict[str, Any]:
     ``threads`` (default ``DUCKDB_THREADS``): the most the catalog uses. With 1 it takes ~9 %
     less CPU at 1M lines (6.2 instead of 6.8 CPU s, no parallel hash tables to merge) but ~1.6x
     the wall time on an idle second core; ``ThreadGovernor`` takes it down to 1 only while
-    the machine has no core to spare (the model worker on the other one)."""
+    the job's own model worker wants the other core."""
     temp_dir.mkdir(parents=True, exist_ok=True)
     return {"threads": threads or DUCKDB_THREADS, "memory_limit": DUCKDB_MEMORY_LIMIT,
             "temp_directory": str(temp_dir)}
